@@ -1,0 +1,75 @@
+"""PyTorch adapter: trainability is ``requires_grad``; BatchNorm statistics are buffers."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._base import Adapter
+
+_NORMS = tuple(c for c in (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+                           nn.LocalResponseNorm, getattr(nn, "RMSNorm", None)) if c is not None)
+_KINDS = (("norm", _NORMS), ("conv", (nn.modules.conv._ConvNd,)), ("linear", (nn.Linear,)),
+          ("embedding", (nn.Embedding, nn.EmbeddingBag)))
+_INITS = {
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, a=math.sqrt(5)),
+    "normal": lambda w: nn.init.normal_(w, std=0.01),
+    "zeros": nn.init.zeros_,
+}
+
+
+class TorchAdapter(Adapter):
+    name = "torch"
+
+    def named_modules(self, model):
+        return model.named_modules()
+
+    def direct_parameters(self, module):
+        return list(module.named_parameters(recurse=False))
+
+    def norm_statistics(self, module):
+        return [b for n, b in module.named_buffers(recurse=False) if n in ("running_mean", "running_var")]
+
+    def module_kind(self, module):
+        return next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
+
+    def is_trainable(self, param) -> bool:
+        return param.requires_grad
+
+    def set_trainable(self, param, trainable: bool) -> None:
+        param.requires_grad_(trainable)
+
+    def drop_grad(self, param) -> None:
+        param.grad = None  # a zeroed grad still feeds momentum and weight decay in torch optimizers
+
+    def numel(self, param) -> int:
+        return param.numel()
+
+    def nbytes(self, param) -> int:
+        return param.numel() * param.element_size()
+
+    def dtype_name(self, param) -> str:
+        return str(param.dtype).replace("torch.", "")
+
+    def linear_features(self, module):
+        return module.in_features, module.out_features, module.bias is not None
+
+    def new_linear(self, like, out_features: int, init: str):
+        w = like.weight
+        layer = nn.Linear(like.in_features, out_features, bias=like.bias is not None,
+                          device=w.device, dtype=w.dtype)
+        if init != "default":
+            with torch.no_grad():
+                _INITS[init](layer.weight)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        return layer
+
+    def to_numpy(self, tensor):
+        return tensor.detach().cpu().numpy()
+
+
+ADAPTER = TorchAdapter()

@@ -1,0 +1,55 @@
+"""xfreeze: choose what trains when fine-tuning, and make frozen mean frozen, in PyTorch and PaddlePaddle.
+
+``import xfreeze`` imports neither framework; the adapter for a model's framework is loaded on first use.
+"""
+from __future__ import annotations
+
+from ._backend import get_backend, set_backend
+from ._errors import XFreezeError
+from ._freeze import FreezeReport, freeze, unfreeze
+from ._head import replace_head
+from ._select import compile_patterns as _compile_patterns
+from ._summary import ModuleRow, Summary, summary
+from ._table import Counts
+
+__version__ = "0.1.0"
+__all__ = ["XFreezeError", "FreezeReport", "Summary", "ModuleRow", "Counts", "select", "freeze", "unfreeze",
+           "summary", "replace_head", "set_backend", "get_backend"]
+
+
+def select(model, *patterns, backend: str | None = None) -> list[str]:
+    """The names of the parameters the patterns select, in model order.
+
+    Patterns, applied left to right:
+      * glob on dotted names: ``"backbone.*"``, ``"layer[1-3].*"``, ``"*.bias"``; a module name (``"layer4"``)
+        selects everything under it;
+      * ``"re:<regex>"``: a full match of the name (or of a containing module's name);
+      * ``"type:<Class>"``: parameters inside modules of that class or a subclass, or of a framework-neutral kind
+        ``type:norm``, ``type:linear``, ``type:conv``, ``type:embedding``;
+      * ``"!<pattern>"``: removes from what the patterns before it selected (a leading one starts from all).
+
+    BatchNorm running statistics (torch buffers, Paddle's ``_mean``/``_variance``) are never selected.
+
+    Args:
+        model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
+        *patterns: one or more patterns (lists of patterns are accepted too).
+        backend: force ``"torch"`` or ``"paddle"``.
+
+    Returns:
+        list[str]: parameter names.
+
+    Raises:
+        XFreezeError: no patterns, a pattern that matches nothing (with the closest real names), an invalid regex,
+            or an object that is not a model.
+
+    Example:
+        >>> import torch, xfreeze
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> xfreeze.select(model, "*", "!1.*")
+        ['0.weight', '0.bias']
+    """
+    from ._backend import adapter_for
+    from ._select import resolve, walk
+
+    adapter = adapter_for(model, backend)
+    return [e.name for e in resolve(adapter, model, _compile_patterns(patterns), walk(adapter, model))]

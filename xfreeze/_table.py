@@ -1,0 +1,63 @@
+"""Plain-text tables through rich, so reports print the same in a terminal, a log file or a notebook."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+
+def render(title: str, columns: list[str], rows: list[list], footer: list[str] = ()) -> str:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 or column in ("type", "norm", "state") else "right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    out = io.StringIO()
+    console = Console(file=out, width=120, color_system=None, legacy_windows=False, soft_wrap=False)
+    console.print(table)
+    for line in footer:
+        console.print(line, highlight=False, markup=False)
+    return out.getvalue().rstrip()
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Trainable and frozen parameters of a model: tensors, elements and bytes."""
+    trainable: int = 0
+    frozen: int = 0
+    trainable_bytes: int = 0
+    frozen_bytes: int = 0
+    trainable_tensors: int = 0
+    frozen_tensors: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.frozen
+
+    def lines(self) -> list[str]:
+        return [f"trainable: {self.trainable:,} parameters in {self.trainable_tensors} tensors "
+                f"({human_bytes(self.trainable_bytes)})",
+                f"frozen:    {self.frozen:,} parameters in {self.frozen_tensors} tensors "
+                f"({human_bytes(self.frozen_bytes)})",
+                f"total:     {self.total:,} parameters"]
+
+
+def count(adapter, entries) -> Counts:
+    sums = {"trainable": 0, "frozen": 0, "trainable_bytes": 0, "frozen_bytes": 0,
+            "trainable_tensors": 0, "frozen_tensors": 0}
+    for e in entries:
+        state = "trainable" if adapter.is_trainable(e.param) else "frozen"
+        sums[state] += adapter.numel(e.param)
+        sums[state + "_bytes"] += adapter.nbytes(e.param)
+        sums[state + "_tensors"] += 1
+    return Counts(**sums)
