@@ -26,5 +26,8 @@ class Adapter:
     def is_norm_locked(self, module) -> bool:
         return any(hook is keep_eval for hook in module._forward_pre_hooks.values())
 
+    def sync_grads(self, module) -> None:
+        """Called after the trainability of ``module``'s own parameters changed (most frameworks: nothing)."""
+
     def class_names(self, module) -> list[str]:
         return [cls.__name__ for cls in type(module).__mro__]

@@ -6,6 +6,7 @@ treats buffers: they are never listed, selected or made trainable, so both frame
 from __future__ import annotations
 
 import math
+import types
 
 import paddle
 from paddle import nn
@@ -16,6 +17,10 @@ _STAT_NAMES = ("_mean", "_variance")
 _NORMS = tuple(c for c in (nn.layer.norm._BatchNormBase, nn.BatchNorm, nn.LayerNorm, nn.GroupNorm,
                            nn.layer.norm._InstanceNormBase, nn.LocalResponseNorm,
                            getattr(nn, "RMSNorm", None)) if c is not None)
+# Paddle 3.3's batch_norm computes the gradient of neither scale nor bias when either one is stop_gradient
+# (measured: freezing a BatchNorm2D's bias leaves its weight with grad None), so BitFit-style "train only biases"
+# silently trains no BatchNorm bias. See PaddleAdapter.sync_grads.
+_JOINT_GRAD = (nn.layer.norm._BatchNormBase, nn.BatchNorm)
 _KINDS = (("norm", _NORMS), ("conv", (nn.layer.conv._ConvNd,)), ("linear", (nn.Linear,)),
           ("embedding", (nn.Embedding,)))
 _INITS = {
@@ -44,6 +49,14 @@ class PaddleAdapter(Adapter):
 
     def module_kind(self, module):
         return next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
+
+    def sync_grads(self, module) -> None:
+        trainable = [not p.stop_gradient for _, p in self.direct_parameters(module)]
+        partial = isinstance(module, _JOINT_GRAD) and any(trainable) and not all(trainable)
+        if partial and "forward" not in module.__dict__:
+            object.__setattr__(module, "forward", types.MethodType(_forward_with_live_stand_ins, module))
+        elif not partial and "forward" in module.__dict__:
+            object.__delattr__(module, "forward")
 
     def is_trainable(self, param) -> bool:
         return not param.stop_gradient
@@ -79,6 +92,22 @@ class PaddleAdapter(Adapter):
 
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
+
+
+def _forward_with_live_stand_ins(layer, *args, **kwargs):
+    """Run a half-frozen BatchNorm with a detached, grad-enabled copy of its frozen parameter, so that Paddle's
+    kernel computes the trainable parameter's gradient; the frozen Parameter itself gets no gradient, ever."""
+    saved = dict(layer._parameters)
+    for name in ("weight", "bias"):
+        param = saved.get(name)
+        if param is not None and param.stop_gradient:
+            stand_in = param.detach()
+            stand_in.stop_gradient = False
+            layer._parameters[name] = stand_in
+    try:
+        return type(layer).forward(layer, *args, **kwargs)
+    finally:
+        layer._parameters.update(saved)
 
 
 ADAPTER = PaddleAdapter()

@@ -30,22 +30,27 @@ class FreezeReport:
     norms_locked: list[str] = field(default_factory=list)
     norms_unlocked: list[str] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
+    sizes: dict[str, int] = field(default_factory=dict, repr=False)  # elements per changed parameter
 
     @property
     def selected(self) -> list[str]:
         return self.changed + self.unchanged
 
     def __str__(self) -> str:
-        rows = [[name, "changed"] for name in self.changed[:40]]
-        if len(self.changed) > 40:
-            rows.append([f"... and {len(self.changed) - 40} more", "changed"])
-        if self.unchanged:
-            state = "already frozen" if self.action == "freeze" else "already trainable"
-            rows.append([f"{len(self.unchanged)} more selected parameters", state])
-        rows += [[name, "norm statistics locked"] for name in self.norms_locked]
-        rows += [[name, "norm statistics released"] for name in self.norms_unlocked]
-        return render(f"xfreeze.{self.action}: {self.model}", ["parameter / module", "state"], rows,
-                      self.counts.lines())
+        state = "frozen" if self.action == "freeze" else "trainable"
+        groups: dict[str, list[int]] = {}
+        for name in self.changed:
+            top = name.split(".")[0] if "." in name else "(root)"
+            groups.setdefault(top, [0, 0, 0])
+            groups[top][0] += 1
+            groups[top][1] += self.sizes.get(name, 0)
+        for name in self.norms_locked + self.norms_unlocked:
+            groups.setdefault(name.split(".")[0], [0, 0, 0])[2] += 1
+        norm = "norm stats locked" if self.action == "freeze" else "norm stats released"
+        rows = [[top, n, f"{size:,}", norms] for top, (n, size, norms) in groups.items()]
+        footer = [f"{len(self.changed)} tensors now {state}; {len(self.unchanged)} selected were already {state}"]
+        return render(f"xfreeze.{self.action}: {self.model}", ["module", "tensors changed", "parameters", norm],
+                      rows, footer + self.counts.lines())
 
     __repr__ = __str__
 
@@ -114,10 +119,16 @@ def _set_trainable(model, patterns, trainable: bool, norm: str, backend) -> Free
     report = FreezeReport("unfreeze" if trainable else "freeze", _select.model_name(adapter, model))
     for e in selected:
         target = trainable or (norm == "train" and adapter.module_kind(e.module) == "norm")
-        (report.changed if adapter.is_trainable(e.param) != target else report.unchanged).append(e.name)
+        if adapter.is_trainable(e.param) != target:
+            report.changed.append(e.name)
+            report.sizes[e.name] = adapter.numel(e.param)
+        else:
+            report.unchanged.append(e.name)
         adapter.set_trainable(e.param, target)
         if not target:
             adapter.drop_grad(e.param)
+    for module in {id(e.module): e.module for e in selected}.values():
+        adapter.sync_grads(module)
     _update_norm_locks(adapter, model, compiled, selected, report, lock=not trainable and norm == "freeze")
     report.counts = count(adapter, entries)
     return report
