@@ -120,6 +120,9 @@ class TorchKit:
     def grad(self, param):
         return param.grad
 
+    def numpy(self, tensor):
+        return tensor.detach().cpu().numpy()
+
     def norm_layers(self, model):
         return [(n, m) for n, m in model.named_modules() if isinstance(m, self.nn.modules.batchnorm._BatchNorm)]
 
@@ -203,6 +206,9 @@ class PaddleKit:
 
     def grad(self, param):
         return param.grad
+
+    def numpy(self, tensor):
+        return tensor.detach().cpu().numpy()
 
     def norm_layers(self, model):
         return [(n, m) for n, m in model.named_sublayers() if isinstance(m, self.nn.layer.norm._BatchNormBase)]

@@ -85,8 +85,10 @@ def _check_name(name, argument: str) -> None:
 
 
 def _installed(name: str) -> bool:
-    spec = ADAPTERS[name]
-    return spec.module in sys.modules or importlib.util.find_spec(spec.module) is not None
+    try:
+        return importlib.util.find_spec(ADAPTERS[name].module) is not None
+    except (ImportError, ValueError):  # a blocked or half-imported framework
+        return False
 
 
 def _check_installed(name: str) -> None:

@@ -57,15 +57,15 @@ def find_head(adapter, model, head: str = "auto") -> str:
     linears = [(p, m) for p, m in adapter.named_modules(model) if p and adapter.module_kind(m) == "linear"]
     if head == "auto":
         found = _auto(adapter, model, linears)
-        what = "found no classification head"
+        what = "found no classification head" if not found else "is ambiguous (head='auto')"
     else:
         if not isinstance(head, str) or not head:
             raise XFreezeError(f"head must be 'auto' or a module name. Received: head={head!r}")
         found = [p for p, _ in linears if p == head or fnmatch.fnmatchcase(p, head)]
-        what = f"head={head!r} matched {'no' if not found else len(found)} linear layers"
+        what = f"head={head!r} matched {len(found) or 'no'} linear layers"
     if len(found) != 1:
-        raise XFreezeError(f"replace_head {what} in {_select.model_name(adapter, model)}"
-                           f"{': ' + ', '.join(map(repr, found)) if len(found) > 1 else ''}. "
+        candidates = f": {', '.join(map(repr, found))} could each be the head" if found else ""
+        raise XFreezeError(f"replace_head {what} in {_select.model_name(adapter, model)}{candidates}. "
                            f"Pass head=NAME, one of the linear layers: {_describe(adapter, linears)}")
     return found[0]
 

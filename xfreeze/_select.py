@@ -21,7 +21,7 @@ class Entry:
     name: str
     param: object
     module: object                       # the module that owns the parameter directly
-    ancestors: list = field(default_factory=list)   # [(path, module)], root excluded, owner last
+    ancestors: list = field(default_factory=list)   # [(path, module)], root ("") first, owner last
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Pattern:
     def matches(self, entry: Entry, adapter) -> bool:
         if self.kind == "type":
             return any(self.body in _type_names(adapter, m) for _, m in entry.ancestors)
-        names = [entry.name] + [path for path, _ in entry.ancestors]
+        names = [entry.name] + [path for path, _ in entry.ancestors if path]
         if self.kind == "re":
             return any(self.regex.fullmatch(n) for n in names)
         return any(fnmatch.fnmatchcase(n, self.body) for n in names)
@@ -66,7 +66,7 @@ def module_entries(adapter, model) -> list[Entry]:
 
 def _ancestors(modules: dict, path: str) -> list:
     parts = path.split(".") if path else []
-    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    prefixes = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
     return [(p, modules[p]) for p in prefixes if p in modules]
 
 
@@ -108,12 +108,17 @@ def _compile(text: str) -> Pattern:
 
 
 def resolve(adapter, model, patterns: list[Pattern], entries: list[Entry]) -> list[Entry]:
-    """Apply the patterns left to right; a leading ``!`` pattern starts from every parameter."""
+    """Apply the patterns left to right; a leading ``!`` pattern starts from every parameter.
+
+    A pattern must match a parameter, or a norm layer that has statistics but no parameters (affine=False)."""
     chosen: set[int] = set(range(len(entries))) if patterns and patterns[0].negate else set()
+    stat_only = None
     for pattern in patterns:
         hits = {i for i, e in enumerate(entries) if pattern.matches(e, adapter)}
         if not hits:
-            raise _no_match(adapter, model, pattern, entries)
+            stat_only = _stat_only_modules(adapter, model) if stat_only is None else stat_only
+            if not any(pattern.matches(e, adapter) for e in stat_only):
+                raise _no_match(adapter, model, pattern, entries)
         chosen = chosen - hits if pattern.negate else chosen | hits
     return [entries[i] for i in sorted(chosen)]
 
@@ -128,8 +133,9 @@ def covered_modules(adapter, model, patterns: list[Pattern]) -> list[Entry]:
     return [entries[i] for i in sorted(chosen)]
 
 
-def select_entries(adapter, model, patterns) -> list[Entry]:
-    return resolve(adapter, model, compile_patterns(patterns), walk(adapter, model))
+def _stat_only_modules(adapter, model) -> list[Entry]:
+    return [e for e in module_entries(adapter, model)
+            if adapter.norm_statistics(e.module) and not adapter.direct_parameters(e.module)]
 
 
 def _type_names(adapter, module) -> set[str]:
@@ -148,7 +154,7 @@ def _no_match(adapter, model, pattern: Pattern, entries: list[Entry]) -> XFreeze
         known = ", ".join(c for c in candidates if c in KINDS or c[0].isupper())
         tail = f" Did you mean {' or '.join(map(repr, shown))}?" if shown else f" Types in the model: {known}"
         return XFreezeError(what + tail)
-    paths = {p for e in entries for p, _ in e.ancestors}
+    paths = {p for e in entries for p, _ in e.ancestors if p}
     candidates = [e.name for e in entries] + sorted(paths) + sorted(p + ".*" for p in paths)
     close = difflib.get_close_matches(pattern.body, candidates, n=3, cutoff=0.6)
     prefix = ("!" if pattern.negate else "") + ("re:" if pattern.kind == "re" else "")

@@ -1,0 +1,92 @@
+"""Backend selection: inferred from the model, forced by a flag, and never importing a framework needlessly."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import xfreeze
+from xfreeze import XFreezeError
+from harness import kit
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", **env}, timeout=300)
+
+
+def test_backend_is_inferred_from_the_model(fw):
+    model = fw.nn.Linear(2, 2)
+    assert xfreeze.get_backend(model) == fw.name
+    assert xfreeze.get_backend() is None
+
+
+def test_matching_flags_are_accepted(fw, monkeypatch):
+    model = fw.nn.Linear(2, 2)
+    assert xfreeze.select(model, "*", backend=fw.name) == ["weight", "bias"]
+    xfreeze.set_backend(fw.name)
+    assert xfreeze.get_backend() == fw.name and xfreeze.select(model, "weight") == ["weight"]
+    xfreeze.set_backend(None)
+    monkeypatch.setenv("XFREEZE_BACKEND", fw.name)
+    assert xfreeze.get_backend() == fw.name and xfreeze.get_backend(model) == fw.name
+
+
+def test_a_flag_contradicting_the_model_is_an_error(fw, monkeypatch):
+    other = {"torch": "paddle", "paddle": "torch"}[fw.name]
+    model = fw.nn.Linear(2, 2)
+    kit(other)  # both frameworks are installed here
+    with pytest.raises(XFreezeError, match=f"backend='{other}' was requested but Linear is a"):
+        xfreeze.freeze(model, "*", backend=other)
+    xfreeze.set_backend(other)
+    with pytest.raises(XFreezeError, match=f"pass backend='{fw.name}'"):
+        xfreeze.summary(model)
+    xfreeze.set_backend(None)
+    monkeypatch.setenv("XFREEZE_BACKEND", other)
+    with pytest.raises(XFreezeError, match="XFREEZE_BACKEND"):
+        xfreeze.replace_head(model, 3, head="*")
+    assert xfreeze.select(model, "*", backend=fw.name) == ["weight", "bias"], "backend= beats the environment"
+    assert not model.weight.stop_gradient if fw.name == "paddle" else model.weight.requires_grad
+
+
+@pytest.mark.parametrize("call", [lambda: xfreeze.set_backend("jax"),
+                                  lambda: xfreeze.select(kit("torch").nn.Linear(2, 2), "*", backend="tf")])
+def test_unknown_backend_names(call):
+    with pytest.raises(XFreezeError, match=r"Expected one of \('torch', 'paddle'\)\. Received: backend="):
+        call()
+
+
+def test_unknown_backend_in_the_environment(monkeypatch):
+    monkeypatch.setenv("XFREEZE_BACKEND", "mxnet")
+    with pytest.raises(XFreezeError, match=r"Received: XFREEZE_BACKEND='mxnet'"):
+        xfreeze.select(kit("torch").nn.Linear(2, 2), "*")
+
+
+@pytest.mark.parametrize("obj", [[1, 2], "resnet18", None, 3.0])
+def test_non_models_are_refused(obj):
+    with pytest.raises(XFreezeError, match="is not a supported model type"):
+        xfreeze.summary(obj)
+
+
+def test_import_xfreeze_imports_no_framework():
+    result = run_python(
+        "import sys, xfreeze\n"
+        "try:\n    xfreeze.select([1], '*')\nexcept xfreeze.XFreezeError as e:\n    print('refused:', e)\n"
+        "print(sorted(m for m in ('torch', 'paddle') if m in sys.modules))")
+    assert result.returncode == 0, result.stderr
+    assert "refused: list is not a supported model type" in result.stdout
+    assert result.stdout.strip().endswith("[]")
+
+
+@pytest.mark.parametrize("present, absent, install", [("torch", "paddle", "pip install paddlepaddle"),
+                                                      ("paddle", "torch", "pip install torch")])
+def test_with_one_framework_installed_the_other_is_a_clear_error(present, absent, install):
+    build = {"torch": "import torch; m = torch.nn.Linear(2, 2)",
+             "paddle": "import paddle; m = paddle.nn.Linear(2, 2)"}[present]
+    code = (f"import sys; sys.modules[{absent!r}] = None  # as if {absent} were not installed\n"
+            f"import xfreeze\n{build}\n"
+            "print(xfreeze.freeze(m, 'weight').changed)\n"
+            f"try:\n    xfreeze.set_backend({absent!r})\nexcept xfreeze.XFreezeError as e:\n    print('error:', e)\n")
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "['weight']" in result.stdout
+    assert f"error: backend {absent!r} needs {absent}, which is not installed: {install}" in result.stdout
