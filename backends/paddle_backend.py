@@ -93,6 +93,101 @@ class PaddleAdapter(Adapter):
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
 
+    # --- optimizers -------------------------------------------------------------------------------------------
+    def scheduler_base_lr(self, lr):
+        return float(lr.base_lr) if isinstance(lr, paddle.optimizer.lr.LRScheduler) else None
+
+    def build_optimizer(self, config, groups, lr):
+        O, groups = paddle.optimizer, [_group(config, g) for g in groups]
+        if config.name == "sgd":  # Paddle's SGD has no momentum; Momentum(momentum=0) is plain SGD
+            return O.Momentum(learning_rate=lr, momentum=config.momentum, use_nesterov=config.nesterov,
+                              parameters=groups, weight_decay=0.0)
+        if config.name == "adam":
+            return O.Adam(learning_rate=lr, beta1=config.betas[0], beta2=config.betas[1], epsilon=config.eps,
+                          parameters=groups)
+        opt = O.AdamW(learning_rate=lr, beta1=config.betas[0], beta2=config.betas[1], epsilon=config.eps,
+                      parameters=groups, weight_decay=config.weight_decay)
+        _no_coupled_decay(groups)
+        return opt
+
+    def optimizer_param_ids(self, opt) -> set:
+        groups = opt._param_groups
+        if groups and not isinstance(groups[0], dict):
+            return {id(p) for p in groups}
+        return {id(p) for g in groups for p in g["params"]}
+
+    def add_param_group(self, opt, group, scheduler=None) -> None:
+        if not opt._param_groups or not isinstance(opt._param_groups[0], dict):
+            raise TypeError("a Paddle optimizer can only grow when it was built from parameter groups (dicts); "
+                            "build it with xfreeze.optimizer(model, ...)")
+        new = _group(opt._xfreeze_config, group)
+        if isinstance(opt, paddle.optimizer.Momentum):  # the constructor's own conversion of group decay
+            new["regularization_method"], new["regularization_coeff"] = opt._update_regularization(new["weight_decay"])
+            new["weight_decay"] = None
+        opt._add_param_group(new)
+        if isinstance(opt, paddle.optimizer.AdamW):
+            _no_coupled_decay([new])
+        # the global LRScheduler drives every group (their learning_rate is a multiplier): nothing to extend
+
+    def group_lrs(self, opt) -> list:
+        return [opt.get_lr() * g.get("learning_rate", 1.0) for g in opt._param_groups]
+
+    def optimizer_state(self, opt, model) -> dict:
+        """Paddle keys optimizer state by auto-generated names (linear_0.w_0_velocity_0) that differ between model
+        instances; xfreeze re-keys it by structured parameter name (fc.weight|_velocity_0)."""
+        by_auto = {p.name: n for n, p in model.named_parameters()}
+        out = {}
+        for key, value in opt.state_dict().items():
+            if key == "master_weights":
+                out[key] = {by_auto.get(k, k): v for k, v in value.items()}
+            elif key == "LR_Scheduler":
+                out[key] = value
+            else:
+                auto = max((a for a in by_auto if key.startswith(a + "_")), key=len, default=None)
+                out[f"{by_auto[auto]}|{key[len(auto):]}" if auto else key] = value
+        return out
+
+    def load_optimizer_state(self, opt, model, state) -> None:
+        to_auto = {n: p.name for n, p in model.named_parameters()}
+        restored = {}
+        for key, value in state.items():
+            if key == "master_weights":
+                restored[key] = {to_auto.get(k, k): v for k, v in value.items()}
+            elif "|" in key:
+                name, suffix = key.split("|", 1)
+                restored[to_auto[name] + suffix] = value
+            else:
+                restored[key] = value
+        opt.set_state_dict(restored)
+
+    # --- EMA --------------------------------------------------------------------------------------------------
+    def clone(self, tensor):
+        return tensor.detach().clone()
+
+    def ema_update(self, average, value, weight: float) -> None:
+        with paddle.no_grad():
+            average.set_value(paddle.lerp(average, value.detach(), weight))
+
+    def copy_into(self, target, source) -> None:
+        with paddle.no_grad():
+            target.set_value(source.detach())
+
+
+def _group(config, group: dict) -> dict:
+    """A Paddle group: learning_rate is a multiplier of the global rate; weight decay is set explicitly for every
+    group, so that a regularizer an earlier optimizer wrote onto the parameters is overwritten, not inherited."""
+    wd = float(group["weight_decay"])
+    decay = wd if config.name in ("sgd", "adamw") else (wd or None)
+    return {"params": list(group["params"]), "learning_rate": float(group["lr_scale"]), "weight_decay": decay}
+
+
+def _no_coupled_decay(groups) -> None:
+    # Optimizer._add_param_group turns a group's float weight_decay into an L2Decay on each parameter; AdamW reads
+    # the group's coefficient itself (decoupled), so the parameter-level L2 would decay twice.
+    for group in groups:
+        for param in group["params"]:
+            param.regularizer = None
+
 
 def _forward_with_live_stand_ins(layer, *args, **kwargs):
     """Run a half-frozen BatchNorm with a detached, grad-enabled copy of its frozen parameter, so that Paddle's

@@ -71,5 +71,57 @@ class TorchAdapter(Adapter):
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
 
+    # --- optimizers -------------------------------------------------------------------------------------------
+    def scheduler_base_lr(self, lr):
+        return None  # torch schedulers wrap the optimizer; the base rate is always a number
+
+    def build_optimizer(self, config, groups, lr):
+        groups = [_group(g) for g in groups]
+        if config.name == "sgd":
+            return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                                   weight_decay=config.weight_decay)
+        cls = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
+        return cls(groups, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+
+    def optimizer_param_ids(self, opt) -> set:
+        return {id(p) for g in opt.param_groups for p in g["params"]}
+
+    def add_param_group(self, opt, group, scheduler=None) -> None:
+        new = _group(group)
+        if scheduler is not None:  # the new group follows the schedule from where it stands now
+            factor = opt.param_groups[0]["lr"] / scheduler.base_lrs[0]
+            new["initial_lr"], new["lr"] = group["lr"], group["lr"] * factor
+        opt.add_param_group(new)
+        if scheduler is not None:
+            scheduler.base_lrs.append(group["lr"])
+            scheduler._last_lr.append(new["lr"])
+            if hasattr(scheduler, "lr_lambdas"):  # LambdaLR / MultiplicativeLR keep one lambda per group
+                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+
+    def group_lrs(self, opt) -> list:
+        return [g["lr"] for g in opt.param_groups]
+
+    def optimizer_state(self, opt, model) -> dict:
+        return opt.state_dict()  # keyed by position in param_groups: stable when the groups are rebuilt alike
+
+    def load_optimizer_state(self, opt, model, state) -> None:
+        opt.load_state_dict(state)
+
+    # --- EMA --------------------------------------------------------------------------------------------------
+    def clone(self, tensor):
+        return tensor.detach().clone()
+
+    def ema_update(self, average, value, weight: float) -> None:
+        average.lerp_(value.detach(), weight)  # e + w * (m - e): exactly e when m == e
+
+    def copy_into(self, target, source) -> None:
+        with torch.no_grad():
+            target.copy_(source)
+
+
+def _group(group: dict) -> dict:
+    return {"params": list(group["params"]), "lr": group["lr"], "weight_decay": group["weight_decay"],
+            "xfreeze_names": list(group["names"])}
+
 
 ADAPTER = TorchAdapter()

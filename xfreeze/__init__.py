@@ -8,13 +8,14 @@ from ._backend import get_backend, set_backend
 from ._errors import XFreezeError
 from ._freeze import FreezeReport, freeze, unfreeze
 from ._head import replace_head
+from ._optim import OptimizerConfig, optimizer, param_groups
 from ._select import compile_patterns as _compile_patterns
 from ._summary import ModuleRow, Summary, summary
 from ._table import Counts
 
 __version__ = "0.1.0"
 __all__ = ["XFreezeError", "FreezeReport", "Summary", "ModuleRow", "Counts", "select", "freeze", "unfreeze",
-           "summary", "replace_head", "set_backend", "get_backend"]
+           "summary", "replace_head", "set_backend", "get_backend", "param_groups", "optimizer", "OptimizerConfig"]
 
 
 def select(model, *patterns, backend: str | None = None) -> list[str]:

@@ -1,0 +1,77 @@
+"""Layer indices for layer-wise learning-rate decay, derived from the model's structure.
+
+The "layers" are the repeated blocks of the model: transformer encoder layers (``encoder.layer.N`` in transformers
+BERT/ERNIE, ``encoder.layers.N`` in PaddleNLP, ``blocks.N`` in timm, ``encoder.layers.encoder_layer_N`` in
+torchvision ViT) or ResNet stages (``layer1`` .. ``layer4``). Found as the shallowest module whose children are named
+``<prefix><number>`` with one prefix, at least two of them, each a block (a module with submodules) holding parameters.
+Parameters before the first block (stem, embeddings) get index 0, block k gets k + 1, the rest (head, pooler) n + 1.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ._errors import XFreezeError
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    blocks: list[str]          # module paths of the blocks, in order
+    ids: dict[str, int]        # parameter name -> layer index (0 .. len(blocks) + 1)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def scale(self, name: str, decay: float) -> float:
+        return decay ** (self.num_layers + 1 - self.ids[name])
+
+
+def find_blocks(adapter, model) -> list[str]:
+    modules = dict(adapter.named_modules(model))
+    best: tuple | None = None
+    for path, module in modules.items():
+        children = [(n, c) for n, c in _children(adapter, modules, path)]
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for name, child in children:
+            m = _NUMBERED.match(name)
+            if m and _is_block(adapter, modules, f"{path}.{name}" if path else name):
+                groups.setdefault(m.group(1), []).append((int(m.group(2)), f"{path}.{name}" if path else name))
+        for members in groups.values():
+            if len(members) >= 2:
+                depth = path.count(".") + (1 if path else 0)
+                key = (depth, -len(members))
+                if best is None or key < best[0]:
+                    best = (key, [p for _, p in sorted(members)])
+    return best[1] if best else []
+
+
+def layer_map(adapter, model, names: list[str]) -> LayerMap:
+    blocks = find_blocks(adapter, model)
+    if not blocks:
+        raise XFreezeError(f"layer_decay found no repeated blocks in {type(model).__name__} ({adapter.name}): it looks "
+                           "for encoder layers (encoder.layer.N, encoder.layers.N, blocks.N) or stages (layer1..layerN). "
+                           "Use lr_mult patterns instead, or pass layer_decay=None")
+    ids, seen_block = {}, False
+    for name in names:
+        index = next((i for i, b in enumerate(blocks) if name.startswith(b + ".")), None)
+        if index is not None:
+            ids[name], seen_block = index + 1, True
+        else:
+            ids[name] = len(blocks) + 1 if seen_block else 0
+    return LayerMap(blocks, ids)
+
+
+def _children(adapter, modules: dict, path: str):
+    depth = path.count(".") + 1 if path else 0
+    prefix = path + "." if path else ""
+    return [(p[len(prefix):], m) for p, m in modules.items()
+            if p.startswith(prefix) and p and p.count(".") == depth and p != path]
+
+
+def _is_block(adapter, modules: dict, path: str) -> bool:
+    inner = [p for p in modules if p.startswith(path + ".")]
+    has_params = any(adapter.direct_parameters(modules[p]) for p in inner + [path])
+    return bool(inner) and has_params

@@ -1,0 +1,196 @@
+"""Parameter groups and optimizers over the trainable parameters only, with absolute learning rates everywhere.
+
+Groups are framework-neutral dicts: ``params`` (tensors), ``names``, ``lr`` (absolute), ``lr_scale`` (relative to
+the base ``lr``) and ``weight_decay``. The adapter turns them into the framework's own groups; in Paddle a group's
+``learning_rate`` is a multiplier of the global rate, so xfreeze passes ``lr_scale`` there.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+from . import _select
+from ._backend import adapter_for
+from ._errors import XFreezeError, check_choice
+from ._layers import layer_map
+
+DEFAULT_NO_DECAY = ("*.bias", "type:norm")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Everything but the groups: what xfreeze needs to build or extend an optimizer the same way later."""
+    name: str
+    lr: float
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    no_decay: tuple = DEFAULT_NO_DECAY
+    extra: dict = field(default_factory=dict)
+
+
+def param_groups(model, *, lr: float, weight_decay: float = 0.0, lr_mult: dict | None = None,
+                 no_decay=DEFAULT_NO_DECAY, layer_decay: float | None = None, only=None,
+                 backend: str | None = None) -> list[dict]:
+    """Parameter groups over the trainable parameters, with absolute learning rates.
+
+    Args:
+        model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
+        lr: base learning rate (> 0).
+        weight_decay: weight decay of the parameters not matched by ``no_decay`` (>= 0).
+        lr_mult: ``{pattern: multiplier}``; a parameter matched by several patterns gets their product.
+        no_decay: patterns whose parameters get weight decay 0 (default: biases and norm layers).
+        layer_decay: layer-wise learning-rate decay in (0, 1]: block k of n (encoder layers, ResNet stages) trains
+            at ``lr * layer_decay ** (n + 1 - k)``; stem/embeddings at ``k = 0``, the head at ``k = n + 1``.
+        only: parameter names to restrict the groups to (default: every trainable parameter).
+        backend: force ``"torch"`` or ``"paddle"``.
+
+    Returns:
+        list[dict]: groups with ``params``, ``names``, ``lr``, ``lr_scale``, ``weight_decay``; parameters with the
+        same learning rate and weight decay share a group, groups in model order of their first parameter.
+
+    Raises:
+        XFreezeError: a non-positive ``lr``, negative ``weight_decay``, ``layer_decay`` outside (0, 1], a
+            non-positive multiplier, a pattern that matches nothing, or no trainable parameters.
+
+    Example:
+        >>> import torch, xfreeze
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> [(g["names"], g["lr"]) for g in xfreeze.param_groups(model, lr=0.1, lr_mult={"1.*": 10})]
+        [(['0.weight', '0.bias'], 0.1), (['1.weight', '1.bias'], 1.0)]
+    """
+    adapter = adapter_for(model, backend)
+    _check_positive("lr", lr)
+    _check_number("weight_decay", weight_decay, minimum=0.0)
+    if layer_decay is not None:
+        _check_number("layer_decay", layer_decay)
+        if not 0.0 < layer_decay <= 1.0:
+            raise XFreezeError(f"layer_decay must be in (0, 1]. Received: layer_decay={layer_decay!r}")
+    entries = [e for e in _select.walk(adapter, model) if adapter.is_trainable(e.param)]
+    if only is not None:
+        wanted = set(only)
+        entries = [e for e in entries if e.name in wanted]
+    if not entries:
+        raise XFreezeError(f"{_select.model_name(adapter, model)} has no trainable parameters to optimize; "
+                           "unfreeze some first (xfreeze.unfreeze(model, ...))")
+    scales = _lr_scales(adapter, model, entries, lr_mult or {}, layer_decay)
+    decayed = _decay_flags(adapter, model, entries, no_decay)
+    return _group(entries, scales, decayed, lr, weight_decay)
+
+
+def optimizer(model, name: str, *, lr, weight_decay: float = 0.0, momentum: float = 0.0, nesterov: bool = False,
+              betas=(0.9, 0.999), eps: float = 1e-8, lr_mult: dict | None = None, no_decay=DEFAULT_NO_DECAY,
+              layer_decay: float | None = None, backend: str | None = None):
+    """The framework's own optimizer over the trainable parameters, grouped by :func:`param_groups`.
+
+    The same arguments give the same updates in torch and Paddle: learning rates are absolute in both (Paddle's
+    per-group rate is a multiplier of the global one; xfreeze converts), ``sgd`` with momentum is torch ``SGD`` /
+    ``paddle.optimizer.Momentum``, ``adam`` has L2 weight decay added to the gradient and ``adamw`` decoupled decay
+    in both. Every parameter's Paddle-side decay and rate are set explicitly, so what an earlier Paddle optimizer
+    wrote onto the parameters (``regularizer``, ``optimize_attr``) does not leak in.
+
+    Args:
+        model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
+        name: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        lr: base learning rate (> 0); in Paddle an ``LRScheduler`` is accepted too (its ``base_lr`` is the base).
+        weight_decay, lr_mult, no_decay, layer_decay: as :func:`param_groups`.
+        momentum, nesterov: for ``sgd``.
+        betas, eps: for ``adam`` / ``adamw``.
+        backend: force ``"torch"`` or ``"paddle"``.
+
+    Returns:
+        ``torch.optim.Optimizer`` or ``paddle.optimizer.Optimizer``.
+
+    Raises:
+        XFreezeError: an unknown optimizer name or a bad value, before anything is built.
+
+    Example:
+        >>> import torch, xfreeze
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> _ = xfreeze.freeze(model, "0")
+        >>> opt = xfreeze.optimizer(model, "sgd", lr=0.1, momentum=0.9)
+        >>> sum(len(g["params"]) for g in opt.param_groups)
+        2
+    """
+    adapter = adapter_for(model, backend)
+    check_choice("name", name, OPTIMIZERS)
+    base_lr = _base_lr(adapter, lr)
+    _check_number("momentum", momentum, minimum=0.0)
+    _check_number("eps", eps, minimum=0.0)
+    if nesterov and (name != "sgd" or momentum <= 0):
+        raise XFreezeError("nesterov=True needs name='sgd' and momentum > 0")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise XFreezeError(f"betas must be two numbers in [0, 1). Received: betas={betas!r}")
+    groups = param_groups(model, lr=base_lr, weight_decay=weight_decay, lr_mult=lr_mult, no_decay=no_decay,
+                          layer_decay=layer_decay, backend=adapter.name)
+    config = OptimizerConfig(name, base_lr, weight_decay, momentum, nesterov, tuple(betas), eps, tuple(no_decay))
+    opt = adapter.build_optimizer(config, groups, lr)
+    opt._xfreeze_config = config
+    return opt
+
+
+def _base_lr(adapter, lr) -> float:
+    if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+        _check_positive("lr", lr)
+        return float(lr)
+    base = adapter.scheduler_base_lr(lr)
+    if base is None:
+        raise XFreezeError(f"lr must be a number > 0 (in Paddle, an LRScheduler too). Received: lr={lr!r}")
+    _check_positive("lr (the scheduler's base_lr)", base)
+    return base
+
+
+def _lr_scales(adapter, model, entries, lr_mult: dict, layer_decay) -> dict[str, float]:
+    scales = {e.name: 1.0 for e in entries}
+    all_entries = _select.walk(adapter, model)
+    for pattern, mult in lr_mult.items():
+        _check_positive(f"lr_mult[{pattern!r}]", mult)
+        hits = {e.name for e in _select.resolve(adapter, model, _select.compile_patterns([pattern]), all_entries)}
+        for name in scales.keys() & hits:
+            scales[name] *= float(mult)
+    if layer_decay is not None:
+        layers = layer_map(adapter, model, [e.name for e in all_entries])
+        for name in scales:
+            scales[name] *= layers.scale(name, float(layer_decay))
+    return scales
+
+
+def _decay_flags(adapter, model, entries, no_decay) -> dict[str, bool]:
+    patterns = [no_decay] if isinstance(no_decay, str) else list(no_decay or ())
+    excluded: set[str] = set()
+    all_entries = _select.walk(adapter, model)
+    for pattern in patterns:
+        compiled = _select.compile_patterns([pattern])
+        hits = [e for e in all_entries if compiled[0].matches(e, adapter)]
+        if not hits and tuple(patterns) != DEFAULT_NO_DECAY:
+            _select.resolve(adapter, model, compiled, all_entries)  # raises the no-match error with suggestions
+        excluded |= {e.name for e in hits if not compiled[0].negate}
+    return {e.name: e.name not in excluded for e in entries}
+
+
+def _group(entries, scales, decayed, lr, weight_decay) -> list[dict]:
+    groups: dict[tuple, dict] = {}
+    for e in entries:
+        wd = weight_decay if decayed[e.name] else 0.0
+        key = (scales[e.name], wd)
+        group = groups.setdefault(key, {"params": [], "names": [], "lr": lr * scales[e.name],
+                                        "lr_scale": scales[e.name], "weight_decay": wd})
+        group["params"].append(e.param)
+        group["names"].append(e.name)
+    return list(groups.values())
+
+
+def _check_number(argument: str, value, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise XFreezeError(f"{argument} must be a number. Received: {argument}={value!r}")
+    if minimum is not None and value < minimum:
+        raise XFreezeError(f"{argument} must be >= {minimum}. Received: {argument}={value!r}")
+
+
+def _check_positive(argument: str, value) -> None:
+    _check_number(argument, value)
+    if not value > 0:
+        raise XFreezeError(f"{argument} must be > 0. Received: {argument}={value!r}")
