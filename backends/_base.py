@@ -26,6 +26,11 @@ class Adapter:
     def is_norm_locked(self, module) -> bool:
         return any(hook is keep_eval for hook in module._forward_pre_hooks.values())
 
+    def named_statistics(self, model):
+        """Every norm layer's running statistics under torch's names (``bn1.running_mean``), in model order."""
+        return [(f"{path}.{name}" if path else name, t) for path, m in self.named_modules(model)
+                for name, t in self.norm_statistics(m)]
+
     def sync_grads(self, module) -> None:
         """Called after the trainability of ``module``'s own parameters changed (most frameworks: nothing)."""
 

@@ -14,6 +14,7 @@ from paddle import nn
 from ._base import Adapter
 
 _STAT_NAMES = ("_mean", "_variance")
+_NEUTRAL_STAT = {"_mean": "running_mean", "_variance": "running_var"}
 _NORMS = tuple(c for c in (nn.layer.norm._BatchNormBase, nn.BatchNorm, nn.LayerNorm, nn.GroupNorm,
                            nn.layer.norm._InstanceNormBase, nn.LocalResponseNorm,
                            getattr(nn, "RMSNorm", None)) if c is not None)
@@ -45,7 +46,9 @@ class PaddleAdapter(Adapter):
                 if not (stats and n in _STAT_NAMES)]
 
     def norm_statistics(self, module):
-        return [getattr(module, n) for n in _STAT_NAMES if getattr(module, n, None) is not None]
+        if self.module_kind(module) != "norm":
+            return []
+        return [(_NEUTRAL_STAT[n], getattr(module, n)) for n in _STAT_NAMES if getattr(module, n, None) is not None]
 
     def module_kind(self, module):
         return next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
@@ -139,12 +142,12 @@ class PaddleAdapter(Adapter):
         out = {}
         for key, value in opt.state_dict().items():
             if key == "master_weights":
-                out[key] = {by_auto.get(k, k): v for k, v in value.items()}
+                out[key] = {by_auto.get(k, k): v.detach().clone() for k, v in value.items()}
             elif key == "LR_Scheduler":
-                out[key] = value
-            else:
+                out[key] = dict(value)
+            else:  # a snapshot: Paddle returns the live accumulators
                 auto = max((a for a in by_auto if key.startswith(a + "_")), key=len, default=None)
-                out[f"{by_auto[auto]}|{key[len(auto):]}" if auto else key] = value
+                out[f"{by_auto[auto]}|{key[len(auto):]}" if auto else key] = value.detach().clone()
         return out
 
     def load_optimizer_state(self, opt, model, state) -> None:
@@ -182,8 +185,9 @@ def _group(config, group: dict) -> dict:
 
 
 def _no_coupled_decay(groups) -> None:
-    # Optimizer._add_param_group turns a group's float weight_decay into an L2Decay on each parameter; AdamW reads
-    # the group's coefficient itself (decoupled), so the parameter-level L2 would decay twice.
+    # Optimizer._add_param_group turns a group's float weight_decay into an L2Decay stored on each parameter. AdamW
+    # reads the group's coefficient itself (decoupled) and ignores it, but any optimizer built on these parameters
+    # later would apply it: the trap of regularizers outliving their optimizer. Leave none behind.
     for group in groups:
         for param in group["params"]:
             param.regularizer = None

@@ -1,6 +1,7 @@
 """PyTorch adapter: trainability is ``requires_grad``; BatchNorm statistics are buffers."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -31,7 +32,8 @@ class TorchAdapter(Adapter):
         return list(module.named_parameters(recurse=False))
 
     def norm_statistics(self, module):
-        return [b for n, b in module.named_buffers(recurse=False) if n in ("running_mean", "running_var")]
+        return [(n, b) for n, b in module.named_buffers(recurse=False)
+                if n in ("running_mean", "running_var") and b is not None]
 
     def module_kind(self, module):
         return next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
@@ -102,7 +104,8 @@ class TorchAdapter(Adapter):
         return [g["lr"] for g in opt.param_groups]
 
     def optimizer_state(self, opt, model) -> dict:
-        return opt.state_dict()  # keyed by position in param_groups: stable when the groups are rebuilt alike
+        # a snapshot (torch returns live tensors); keyed by position in param_groups, which xfreeze rebuilds alike
+        return copy.deepcopy(opt.state_dict())
 
     def load_optimizer_state(self, opt, model, state) -> None:
         opt.load_state_dict(state)
