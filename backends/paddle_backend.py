@@ -101,7 +101,7 @@ class PaddleAdapter(Adapter):
         return float(lr.base_lr) if isinstance(lr, paddle.optimizer.lr.LRScheduler) else None
 
     def build_optimizer(self, config, groups, lr):
-        O, groups = paddle.optimizer, [_group(config, g) for g in groups]
+        O, groups = paddle.optimizer, [_group(config, g, g["lr_scale"]) for g in groups]
         if config.name == "sgd":  # Paddle's SGD has no momentum; Momentum(momentum=0) is plain SGD
             return O.Momentum(learning_rate=lr, momentum=config.momentum, use_nesterov=config.nesterov,
                               parameters=groups, weight_decay=0.0)
@@ -123,7 +123,10 @@ class PaddleAdapter(Adapter):
         if not opt._param_groups or not isinstance(opt._param_groups[0], dict):
             raise TypeError("a Paddle optimizer can only grow when it was built from parameter groups (dicts); "
                             "build it with xfreeze.optimizer(model, ...)")
-        new = _group(opt._xfreeze_config, group)
+        config = opt._xfreeze_config
+        new = _group(config, group, group["lr"] / config.lr)  # a multiplier of the optimizer's global base rate
+        # Momentum/Adam replace the base _default_dict and drop 'grad_clip', which step() reads from every group
+        new["grad_clip"] = opt._grad_clip
         if isinstance(opt, paddle.optimizer.Momentum):  # the constructor's own conversion of group decay
             new["regularization_method"], new["regularization_coeff"] = opt._update_regularization(new["weight_decay"])
             new["weight_decay"] = None
@@ -163,6 +166,12 @@ class PaddleAdapter(Adapter):
                 restored[key] = value
         opt.set_state_dict(restored)
 
+    def scheduler_state(self, scheduler) -> dict:
+        return dict(scheduler.state_dict())
+
+    def load_scheduler_state(self, scheduler, state) -> None:
+        scheduler.set_state_dict(state)
+
     # --- EMA --------------------------------------------------------------------------------------------------
     def clone(self, tensor):
         return tensor.detach().clone()
@@ -176,12 +185,12 @@ class PaddleAdapter(Adapter):
             target.set_value(source.detach())
 
 
-def _group(config, group: dict) -> dict:
+def _group(config, group: dict, multiplier: float) -> dict:
     """A Paddle group: learning_rate is a multiplier of the global rate; weight decay is set explicitly for every
     group, so that a regularizer an earlier optimizer wrote onto the parameters is overwritten, not inherited."""
     wd = float(group["weight_decay"])
     decay = wd if config.name in ("sgd", "adamw") else (wd or None)
-    return {"params": list(group["params"]), "learning_rate": float(group["lr_scale"]), "weight_decay": decay}
+    return {"params": list(group["params"]), "learning_rate": float(multiplier), "weight_decay": decay}
 
 
 def _no_coupled_decay(groups) -> None:

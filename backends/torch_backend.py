@@ -110,6 +110,12 @@ class TorchAdapter(Adapter):
     def load_optimizer_state(self, opt, model, state) -> None:
         opt.load_state_dict(state)
 
+    def scheduler_state(self, scheduler) -> dict:
+        return copy.deepcopy(scheduler.state_dict())
+
+    def load_scheduler_state(self, scheduler, state) -> None:
+        scheduler.load_state_dict(state)
+
     # --- EMA --------------------------------------------------------------------------------------------------
     def clone(self, tensor):
         return tensor.detach().clone()

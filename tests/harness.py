@@ -30,19 +30,22 @@ BN_EPS = 2.0 ** -16
 
 @dataclass(frozen=True)
 class Spec:
-    """A small model both frameworks build identically. kind 'mlp': widths; kind 'cnn': conv channels."""
+    """A small model both frameworks build identically. kind 'mlp': widths; kind 'cnn': conv channels;
+    kind 'blocks': an MLP whose layers are repeated blocks (``0.0``, ``1.0``, ...), for layer-wise decay."""
     kind: str
     sizes: tuple
     classes: int = 3
     image: int = 5          # cnn input is [N, 3, image, image]
 
     def input_shape(self, batch: int):
-        return (batch, self.sizes[0]) if self.kind == "mlp" else (batch, 3, self.image, self.image)
+        return (batch, 3, self.image, self.image) if self.kind == "cnn" else (batch, self.sizes[0])
 
     def module_names(self) -> list[str]:
         """Names of the parameter-owning modules, identical in both frameworks."""
         if self.kind == "mlp":
             return [str(2 * i) for i in range(len(self.sizes))]
+        if self.kind == "blocks":
+            return [f"{i}.0" for i in range(len(self.sizes) - 1)] + [str(len(self.sizes) - 1)]
         return [str(3 * i + j) for i in range(len(self.sizes)) for j in (0, 1)] + [str(3 * len(self.sizes) + 2)]
 
 
@@ -68,7 +71,11 @@ class TorchKit:
 
     def build(self, spec: Spec, dtype: str = "float32", device: str = "cpu"):
         nn, layers = self.nn, []
-        if spec.kind == "mlp":
+        if spec.kind == "blocks":
+            w = list(spec.sizes)
+            layers = [nn.Sequential(nn.Linear(w[i], w[i + 1]), nn.ReLU()) for i in range(len(w) - 1)]
+            layers.append(nn.Linear(w[-1], spec.classes))
+        elif spec.kind == "mlp":
             widths = list(spec.sizes) + [spec.classes]
             for i in range(len(widths) - 1):
                 layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
@@ -107,6 +114,12 @@ class TorchKit:
             return o.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return o.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    def xfreeze_optimizer(self, model, name, lr, schedule=None, **kwargs):
+        """xfreeze.optimizer plus, optionally, a StepLR(step_size, gamma) schedule: (optimizer, scheduler)."""
+        import xfreeze
+        opt = xfreeze.optimizer(model, name, lr=lr, **kwargs)
+        return opt, (self.t.optim.lr_scheduler.StepLR(opt, *schedule) if schedule else None)
+
     def train_step(self, model, opt, x, y) -> None:
         loss = self.t.nn.functional.cross_entropy(model(x), y)
         if loss.requires_grad:  # everything frozen: nothing to differentiate, the step still runs
@@ -142,7 +155,11 @@ class PaddleKit:
     def build(self, spec: Spec, dtype: str = "float32", device: str = "cpu"):
         nn, layers = self.nn, []
         self.p.set_device("gpu" if device == "gpu" else "cpu")
-        if spec.kind == "mlp":
+        if spec.kind == "blocks":
+            w = list(spec.sizes)
+            layers = [nn.Sequential(nn.Linear(w[i], w[i + 1]), nn.ReLU()) for i in range(len(w) - 1)]
+            layers.append(nn.Linear(w[-1], spec.classes))
+        elif spec.kind == "mlp":
             widths = list(spec.sizes) + [spec.classes]
             for i in range(len(widths) - 1):
                 layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
@@ -193,6 +210,13 @@ class PaddleKit:
         if cfg.name == "adam":
             return o.Adam(learning_rate=cfg.lr, parameters=params, weight_decay=wd)
         return o.AdamW(learning_rate=cfg.lr, parameters=params, weight_decay=cfg.weight_decay)
+
+    def xfreeze_optimizer(self, model, name, lr, schedule=None, **kwargs):
+        """Paddle schedulers are the optimizer's learning rate: StepDecay(lr, step_size, gamma)."""
+        import xfreeze
+        sched = self.p.optimizer.lr.StepDecay(learning_rate=lr, step_size=schedule[0], gamma=schedule[1]) \
+            if schedule else None
+        return xfreeze.optimizer(model, name, lr=sched or lr, **kwargs), sched
 
     def train_step(self, model, opt, x, y) -> None:
         loss = self.nn.functional.cross_entropy(model(x), y)

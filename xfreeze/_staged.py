@@ -1,7 +1,6 @@
 """StagedUnfreeze: the "train the head first, then unfreeze deeper with a smaller rate" recipe, on a live optimizer."""
 from __future__ import annotations
 
-import copy
 import numbers
 from dataclasses import dataclass
 
@@ -108,7 +107,7 @@ class StagedUnfreeze:
         structured parameter names, so a fresh model, optimizer and StagedUnfreeze can resume bit for bit."""
         return {"applied": self.applied, "position": self.position,
                 "optimizer": self.adapter.optimizer_state(self.optimizer, self.model),
-                "scheduler": copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None}
+                "scheduler": self.adapter.scheduler_state(self.scheduler) if self.scheduler is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Re-apply the stages the saved run had reached (growing the optimizer the same way), then restore the
@@ -122,7 +121,7 @@ class StagedUnfreeze:
         self.position = state["position"]
         self.adapter.load_optimizer_state(self.optimizer, self.model, state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.adapter.load_scheduler_state(self.scheduler, state["scheduler"])
 
     def _apply(self, stage: Stage) -> None:
         if stage.freeze:

@@ -1,0 +1,143 @@
+"""param_groups / optimizer: trainable parameters only, absolute group rates, no-decay, layer decay, Paddle traps."""
+import importlib
+
+import numpy as np
+import pytest
+
+import xfreeze
+from xfreeze import XFreezeError
+from xfreeze._backend import adapter_for
+from harness import OptConfig, Spec, batch, random_state
+
+CNN = Spec("cnn", (4, 3))        # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
+BLOCKS = Spec("blocks", (4, 5, 6, 3))  # 0.0, 1.0, 2.0 blocks, 3 head
+
+
+def names(groups):
+    return [g["names"] for g in groups]
+
+
+def test_only_trainable_parameters_are_grouped(fw):
+    model = fw.build(CNN)
+    xfreeze.freeze(model, "*", "!8")
+    assert names(xfreeze.param_groups(model, lr=0.1)) == [["8.weight", "8.bias"]]
+    opt = xfreeze.optimizer(model, "adam", lr=0.1)
+    assert len(adapter_for(model).optimizer_param_ids(opt)) == 2
+
+
+def test_no_decay_defaults_to_biases_and_norms(fw):
+    model = fw.build(CNN)
+    groups = xfreeze.param_groups(model, lr=0.1, weight_decay=0.01)
+    decayed = [n for g in groups if g["weight_decay"] for n in g["names"]]
+    assert decayed == ["0.weight", "3.weight", "8.weight"]
+    assert xfreeze.param_groups(model, lr=0.1, weight_decay=0.01, no_decay=())[0]["weight_decay"] == 0.01
+
+
+def test_lr_mult_scales_by_pattern_and_multiplies(fw):
+    model = fw.build(CNN)
+    groups = xfreeze.param_groups(model, lr=0.5, lr_mult={"8": 10, "*.bias": 2})
+    by_name = {n: g["lr"] for g in groups for n in g["names"]}
+    assert by_name["0.weight"] == 0.5 and by_name["8.weight"] == 5.0 and by_name["8.bias"] == 10.0
+    assert by_name["0.bias"] == 1.0
+
+
+def test_group_learning_rates_are_absolute_in_both_frameworks(fw):
+    """Paddle's group learning_rate is a multiplier of the global rate; xfreeze hides that."""
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1, momentum=0.9, lr_mult={"8": 10})
+    assert sorted(adapter_for(model).group_lrs(opt)) == pytest.approx([0.1, 1.0])
+
+
+def test_layer_decay_on_repeated_blocks(fw):
+    model = fw.build(BLOCKS)
+    groups = xfreeze.param_groups(model, lr=1.0, layer_decay=0.5)
+    assert [(g["names"][0], g["lr"]) for g in groups] == [("0.0.weight", 0.125), ("1.0.weight", 0.25),
+                                                          ("2.0.weight", 0.5), ("3.weight", 1.0)]
+
+
+def test_layer_decay_on_resnet_stages(fw):
+    module = "torchvision.models" if fw.name == "torch" else "paddle.vision.models"
+    model = importlib.import_module(module).resnet18()
+    by_name = {n: g["lr"] for g in xfreeze.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["names"]}
+    assert by_name["conv1.weight"] == 0.5 ** 5 and by_name["layer1.0.conv1.weight"] == 0.5 ** 4
+    assert by_name["layer4.1.bn2.bias"] == 0.5 and by_name["fc.weight"] == 1.0
+
+
+def test_layer_decay_on_a_transformer_encoder_layout():
+    """transformers BERT/ERNIE name their layers encoder.layer.N; torchvision ViT encoder.layers.encoder_layer_N."""
+    import torchvision
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=3, num_heads=2,
+                                               hidden_dim=8, mlp_dim=16)
+    by_name = {n: g["lr"] for g in xfreeze.param_groups(vit, lr=1.0, layer_decay=0.5) for n in g["names"]}
+    assert by_name["conv_proj.weight"] == 0.5 ** 4
+    assert by_name["encoder.layers.encoder_layer_0.ln_1.weight"] == 0.5 ** 3
+    assert by_name["encoder.layers.encoder_layer_2.mlp.0.weight"] == 0.5
+    assert by_name["heads.head.weight"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_paddle_regularizers_left_by_an_earlier_optimizer_do_not_leak(name):
+    """Paddle writes a dict group's float weight_decay (as L2Decay) and rate multiplier onto the parameters
+    themselves; an optimizer built later without decay still decayed them. xfreeze sets both for every group."""
+    from harness import kit
+    paddle_kit = kit("paddle")
+    import paddle
+    finals = []
+    for pollute in (False, True):
+        model = paddle_kit.build(CNN, "float64")
+        paddle_kit.load(model, random_state(CNN, "float64", 0))
+        if pollute:
+            paddle.optimizer.Adam(learning_rate=0.1, parameters=[{"params": model.parameters(),
+                                                                  "weight_decay": 0.5, "learning_rate": 7.0}])
+            # the trap is real: decay and rate multiplier now live on the parameters
+            assert model[0].weight.regularizer is not None
+            assert model[0].weight.optimize_attr["learning_rate"] == 7.0
+        opt = xfreeze.optimizer(model, name, lr=2 ** -6, momentum=0.875 if name == "sgd" else 0.0)
+        for step in range(3):
+            x, y = batch(CNN, "float64", step)
+            paddle_kit.train_step(model, opt, paddle_kit.tensor(x), paddle_kit.labels(y))
+        finals.append(paddle_kit.state(model))
+    for key in finals[0]:
+        assert np.array_equal(finals[0][key], finals[1][key]), key
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: xfreeze.optimizer(m, "rmsprop", lr=0.1), r"Expected one of \('sgd', 'adam', 'adamw'\)\. "
+                                                        r"Received: name='rmsprop'"),
+    (lambda m: xfreeze.optimizer(m, "sgd", lr=0), r"lr must be > 0\. Received: lr=0"),
+    (lambda m: xfreeze.optimizer(m, "sgd", lr=-1e-3), r"lr must be > 0"),
+    (lambda m: xfreeze.optimizer(m, "sgd", lr="0.1"), r"lr must be a number > 0"),
+    (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=0.0), r"layer_decay must be in \(0, 1\]"),
+    (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=1.5), r"layer_decay must be in \(0, 1\]"),
+    (lambda m: xfreeze.param_groups(m, lr=0.1, weight_decay=-1), r"weight_decay must be >= 0"),
+    (lambda m: xfreeze.param_groups(m, lr=0.1, lr_mult={"8": 0}), r"lr_mult\['8'\] must be > 0"),
+    (lambda m: xfreeze.param_groups(m, lr=0.1, lr_mult={"fcc": 2}), r"Pattern 'fcc' matched no parameters"),
+    (lambda m: xfreeze.param_groups(m, lr=0.1, no_decay=["*.bais"]), r"Did you mean"),
+    (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=0.5), r"layer_decay found no repeated blocks"),
+    (lambda m: xfreeze.optimizer(m, "adam", lr=0.1, nesterov=True), r"nesterov=True needs name='sgd'"),
+])
+def test_bad_optimizer_arguments(fw, call, message):
+    model = fw.build(CNN)
+    with pytest.raises(XFreezeError, match=message):
+        call(model)
+
+
+def test_nothing_trainable_is_an_error(fw):
+    model = fw.build(CNN)
+    xfreeze.freeze(model, "*")
+    with pytest.raises(XFreezeError, match="has no trainable parameters to optimize"):
+        xfreeze.optimizer(model, "sgd", lr=0.1)
+
+
+def test_optimizer_trains_and_frozen_stays(fw):
+    model = fw.build(CNN)
+    fw.load(model, random_state(CNN, "float32", 0))
+    xfreeze.freeze(model, "0", "1")
+    opt = xfreeze.optimizer(model, "adamw", lr=1e-2, weight_decay=0.1)
+    before = fw.state(model)
+    for step in range(2):
+        x, y = batch(CNN, "float32", step)
+        fw.train_step(model, opt, fw.tensor(x), fw.labels(y))
+    after = fw.state(model)
+    assert np.array_equal(before["0.weight"], after["0.weight"])
+    assert not np.array_equal(before["3.weight"], after["3.weight"])

@@ -1,0 +1,158 @@
+"""StagedUnfreeze: boundaries, live optimizer growth, schedulers, batch sizes, bitwise resume."""
+import numpy as np
+import pytest
+
+import xfreeze
+from xfreeze import Stage, StagedUnfreeze, XFreezeError
+from xfreeze._backend import adapter_for
+from harness import Spec, batch, random_state
+
+CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
+STAGES = [Stage(0, freeze=["*", "!8"], batch_size=8),
+          Stage(2, unfreeze=["3", "4"], lr=2 ** -7),
+          Stage(4, unfreeze=["*"], lr=2 ** -9, batch_size=4)]
+
+
+def setup(fw, name="sgd", schedule=None, dtype="float64", seed=0, stages=STAGES):
+    model = fw.build(CNN, dtype)
+    fw.load(model, random_state(CNN, dtype, seed))
+    xfreeze.freeze(model, *stages[0].freeze)
+    kwargs = {"momentum": 0.875, "weight_decay": 2 ** -6} if name == "sgd" else {"weight_decay": 2 ** -6}
+    opt, sched = fw.xfreeze_optimizer(model, name, 2 ** -5, schedule, **kwargs)
+    return model, opt, sched, StagedUnfreeze(model, opt, stages, scheduler=sched)
+
+
+def epoch(fw, model, opt, sched, staged, e, dtype="float64"):
+    staged.step(e)
+    model.train()
+    x, y = batch(CNN, dtype, 100 + e)
+    fw.train_step(model, opt, fw.tensor(x), fw.labels(y))
+    if sched is not None:
+        sched.step()
+
+
+def test_boundaries_grow_the_optimizer_with_the_stage_rate(fw):
+    model, opt, sched, staged = setup(fw)
+    adapter = adapter_for(model)
+    assert staged.step(0) is STAGES[0] and staged.batch_size == 8
+    assert adapter.group_lrs(opt) == pytest.approx([2 ** -5, 2 ** -5])  # head weight (decayed), head bias (not)
+    staged.step(1)
+    assert len(adapter.group_lrs(opt)) == 2
+    staged.step(2)
+    assert adapter.group_lrs(opt) == pytest.approx([2 ** -5, 2 ** -5, 2 ** -7, 2 ** -7])
+    staged.step(5)
+    assert staged.current is STAGES[2] and staged.batch_size == 4
+    assert len(adapter.optimizer_param_ids(opt)) == 10
+
+
+def test_parameters_already_training_keep_their_state(fw):
+    model, opt, sched, staged = setup(fw, "adam")
+    for e in range(2):
+        epoch(fw, model, opt, sched, staged, e)
+    head_state = {k: v for k, v in adapter_for(model).optimizer_state(opt, model).items() if "8" in str(k)}
+    staged.step(2)  # adds a group
+    after = adapter_for(model).optimizer_state(opt, model)
+    if fw.name == "paddle":
+        for key, value in head_state.items():
+            assert np.array_equal(fw.numpy(value), fw.numpy(after[key])), key
+    else:
+        for index, state in opt.state_dict()["state"].items():
+            if index in head_state.get("state", {}):
+                assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(state.values(), head_state["state"][index].values()))
+    assert len(opt.state_dict()["state"] if fw.name == "torch" else after) > 0
+
+
+def test_a_refrozen_parameter_stops_at_once(fw):
+    stages = [Stage(0, freeze=["0"]), Stage(2, freeze=["8"])]
+    model, opt, sched, staged = setup(fw, stages=stages)
+    for e in range(2):
+        epoch(fw, model, opt, sched, staged, e)
+    staged.step(2)
+    before = fw.state(model)["8.weight"]
+    for e in range(2, 4):
+        epoch(fw, model, opt, sched, staged, e)
+    assert np.array_equal(before, fw.state(model)["8.weight"])
+
+
+def test_new_groups_follow_the_lr_schedule(fw):
+    model, opt, sched, staged = setup(fw, schedule=(2, 0.5))
+    for e in range(5):
+        epoch(fw, model, opt, sched, staged, e)
+    # after 5 scheduler steps with step_size 2: factor 0.25; stage 2's group was added at factor 0.5
+    lrs = adapter_for(model).group_lrs(opt)
+    assert lrs[0] == pytest.approx(2 ** -5 * 0.25)
+    assert lrs[2] == pytest.approx(2 ** -7 * 0.25)
+
+
+@pytest.mark.parametrize("name, schedule", [("sgd", None), ("adam", (2, 0.5)), ("adamw", None)])
+@pytest.mark.parametrize("stop", [1, 2, 3, 4])
+def test_resume_after_any_epoch_is_bitwise_identical(fw, name, schedule, stop):
+    epochs = 6
+    model, opt, sched, staged = setup(fw, name, schedule)
+    for e in range(epochs):
+        if e == stop:
+            saved_model, saved_staged = fw.state(model), staged.state_dict()
+        epoch(fw, model, opt, sched, staged, e)
+    uninterrupted = fw.state(model)
+
+    model2, opt2, sched2, staged2 = setup(fw, name, schedule, seed=1)  # other weights, other Paddle auto names
+    staged2.load_state_dict(saved_staged)
+    fw.load(model2, saved_model)
+    for e in range(stop, epochs):
+        epoch(fw, model2, opt2, sched2, staged2, e)
+    resumed = fw.state(model2)
+    for key in uninterrupted:
+        assert np.array_equal(uninterrupted[key], resumed[key]), key
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([Stage(2, freeze=["0"]), Stage(1, unfreeze=["0"])], r"stages are out of order: stages\[0\].at=2 and stages\[1\].at=1"),
+    ([Stage(1, freeze=["0"]), Stage(1, unfreeze=["0"])], r"stages overlap"),
+    ([Stage(0, freeze=["layr4"])], r"Pattern 'layr4' matched no parameters"),
+    ([Stage(0, unfreeze=["0"], lr=0)], r"stages\[0\].lr must be > 0"),
+    ([Stage(0, unfreeze=["0"], lr=-1.0)], r"stages\[0\].lr must be > 0"),
+    ([Stage(-1, freeze=["0"])], r"stages\[0\].at must be an integer epoch >= 0"),
+    ([Stage(0, freeze=["0"], batch_size=0)], r"batch_size must be an integer >= 1"),
+    ([Stage(0, freeze=["0"], norm="bn")], r"Expected one of \('freeze', 'train'\)"),
+    ([], r"at least one Stage"),
+    ([{"at": 0}], r"stages\[0\] is a dict, expected xfreeze.Stage"),
+])
+def test_bad_stages_fail_at_construction(fw, stages, message):
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    before = xfreeze.summary(model, print_table=False).counts
+    with pytest.raises(XFreezeError, match=message):
+        StagedUnfreeze(model, opt, stages)
+    assert xfreeze.summary(model, print_table=False).counts == before
+
+
+def test_bad_unit_and_backwards_steps(fw):
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    with pytest.raises(XFreezeError, match=r"Expected one of \('epoch', 'step'\)"):
+        StagedUnfreeze(model, opt, [Stage(0, freeze=["0"])], unit="batch")
+    staged = StagedUnfreeze(model, opt, [Stage(0, freeze=["0"])], unit="step")
+    staged.step(3)
+    with pytest.raises(XFreezeError, match=r"steps must not go backwards"):
+        staged.step(2)
+
+
+def test_paddle_optimizer_built_by_hand_is_refused_with_the_fix():
+    from harness import kit
+    paddle_kit = kit("paddle")
+    model = paddle_kit.build(CNN)
+    opt = paddle_kit.p.optimizer.Momentum(learning_rate=0.1, parameters=model.parameters())
+    with pytest.raises(XFreezeError, match=r"Build it with xfreeze.optimizer"):
+        StagedUnfreeze(model, opt, [Stage(0, freeze=["0"])])
+
+
+def test_torch_optimizer_built_by_hand_can_grow():
+    from harness import kit
+    torch_kit = kit("torch")
+    model = torch_kit.build(CNN)
+    xfreeze.freeze(model, "*", "!8")
+    opt = torch_kit.t.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=1e-4)
+    staged = StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), Stage(1, unfreeze=["3"], lr=0.01)])
+    staged.step(1)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01, 0.01]
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 1e-4, 0.0]  # the new bias group: no decay
