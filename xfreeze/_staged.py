@@ -45,6 +45,8 @@ class StagedUnfreeze:
     optimizer join it as a new group with the stage's learning rate and the optimizer's weight-decay rules
     (``no_decay`` groups included). Parameters already training keep their optimizer state; a re-frozen parameter
     stops moving at once (its gradient is dropped). LR schedulers keep driving every group, new ones included.
+    Build the optimizer after applying the first stage's freeze, so that it holds only what trains at first: a
+    parameter the optimizer already holds keeps its group (and rate) when a stage unfreezes it.
 
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
@@ -61,7 +63,8 @@ class StagedUnfreeze:
     Example:
         >>> import torch, xfreeze
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-        >>> opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+        >>> _ = xfreeze.freeze(model, "0")                 # the first stage's freeze, before the optimizer
+        >>> opt = xfreeze.optimizer(model, "sgd", lr=0.1)  # holds only what trains now
         >>> staged = xfreeze.StagedUnfreeze(model, opt, [xfreeze.Stage(0, freeze=["0"]),
         ...                                              xfreeze.Stage(2, unfreeze=["0"], lr=0.01)])
         >>> staged.step(0).at, staged.step(2).at, len(opt.param_groups)
