@@ -49,6 +49,25 @@ class Spec:
         return [str(3 * i + j) for i in range(len(self.sizes)) for j in (0, 1)] + [str(3 * len(self.sizes) + 2)]
 
 
+def build_layers(spec: Spec, nn, conv, bn, pool) -> list:
+    """The layers of ``spec``; the framework supplies ``nn`` (Linear, ReLU, Identity, Sequential, Flatten) and
+    the constructors whose names or conventions differ (conv, BatchNorm, adaptive pooling)."""
+    if spec.kind == "blocks":
+        w = list(spec.sizes)
+        return [nn.Sequential(nn.Linear(w[i], w[i + 1]), nn.ReLU()) for i in range(len(w) - 1)] + \
+            [nn.Linear(w[-1], spec.classes)]
+    layers = []
+    if spec.kind == "mlp":
+        widths = list(spec.sizes) + [spec.classes]
+        for i in range(len(widths) - 1):
+            layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
+        return layers[:-1] + [nn.Identity()]
+    channels = [3] + list(spec.sizes)
+    for i in range(len(spec.sizes)):
+        layers += [conv(channels[i], channels[i + 1]), bn(channels[i + 1]), nn.ReLU()]
+    return layers + [pool(1), nn.Flatten(), nn.Linear(channels[-1], spec.classes)]
+
+
 @dataclass(frozen=True)
 class OptConfig:
     name: str               # "sgd" | "adam" | "adamw"
@@ -70,22 +89,10 @@ class TorchKit:
         return self.t.cuda.is_available()
 
     def build(self, spec: Spec, dtype: str = "float32", device: str = "cpu"):
-        nn, layers = self.nn, []
-        if spec.kind == "blocks":
-            w = list(spec.sizes)
-            layers = [nn.Sequential(nn.Linear(w[i], w[i + 1]), nn.ReLU()) for i in range(len(w) - 1)]
-            layers.append(nn.Linear(w[-1], spec.classes))
-        elif spec.kind == "mlp":
-            widths = list(spec.sizes) + [spec.classes]
-            for i in range(len(widths) - 1):
-                layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
-            layers = layers[:-1] + [nn.Identity()]
-        else:
-            channels = [3] + list(spec.sizes)
-            for i in range(len(spec.sizes)):
-                layers += [nn.Conv2d(channels[i], channels[i + 1], 3, padding=1),
-                           nn.BatchNorm2d(channels[i + 1], momentum=0.125, eps=BN_EPS), nn.ReLU()]
-            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], spec.classes)]
+        nn = self.nn
+        conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1)  # noqa: E731
+        bn = lambda c: nn.BatchNorm2d(c, momentum=0.125, eps=BN_EPS)  # noqa: E731
+        layers = build_layers(spec, nn, conv, bn, nn.AdaptiveAvgPool2d)
         return nn.Sequential(*layers).to(device=self._device(device), dtype=getattr(self.t, dtype))
 
     def _device(self, device):
@@ -153,23 +160,11 @@ class PaddleKit:
         return self.p.device.is_compiled_with_cuda() and self.p.device.cuda.device_count() > 0
 
     def build(self, spec: Spec, dtype: str = "float32", device: str = "cpu"):
-        nn, layers = self.nn, []
+        nn = self.nn
         self.p.set_device("gpu" if device == "gpu" else "cpu")
-        if spec.kind == "blocks":
-            w = list(spec.sizes)
-            layers = [nn.Sequential(nn.Linear(w[i], w[i + 1]), nn.ReLU()) for i in range(len(w) - 1)]
-            layers.append(nn.Linear(w[-1], spec.classes))
-        elif spec.kind == "mlp":
-            widths = list(spec.sizes) + [spec.classes]
-            for i in range(len(widths) - 1):
-                layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
-            layers = layers[:-1] + [nn.Identity()]
-        else:
-            channels = [3] + list(spec.sizes)
-            for i in range(len(spec.sizes)):
-                layers += [nn.Conv2D(channels[i], channels[i + 1], 3, padding=1),
-                           nn.BatchNorm2D(channels[i + 1], momentum=0.875, epsilon=BN_EPS), nn.ReLU()]
-            layers += [nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(channels[-1], spec.classes)]
+        conv = lambda i, o: nn.Conv2D(i, o, 3, padding=1)  # noqa: E731
+        bn = lambda c: nn.BatchNorm2D(c, momentum=0.875, epsilon=BN_EPS)  # momentum: 1 - torch's  # noqa: E731
+        layers = build_layers(spec, nn, conv, bn, nn.AdaptiveAvgPool2D)
         model = nn.Sequential(*layers)
         model.to(dtype=dtype)
         return model
