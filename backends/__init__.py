@@ -17,9 +17,11 @@ class AdapterSpec:
     base_class: str    # dotted path of the framework's model base class
     adapter: str       # the xfreeze adapter module, relative to this package
     install: str       # what to run when the framework is missing
+    tensor_class: str  # dotted path of the framework's tensor class
 
 
 ADAPTERS: dict[str, AdapterSpec] = {
-    "torch": AdapterSpec("torch", "torch", "torch.nn.Module", ".torch_backend", "pip install torch"),
-    "paddle": AdapterSpec("paddle", "paddle", "paddle.nn.Layer", ".paddle_backend", "pip install paddlepaddle"),
+    "torch": AdapterSpec("torch", "torch", "torch.nn.Module", ".torch_backend", "pip install torch", "torch.Tensor"),
+    "paddle": AdapterSpec("paddle", "paddle", "paddle.nn.Layer", ".paddle_backend", "pip install paddlepaddle",
+                          "paddle.Tensor"),
 }

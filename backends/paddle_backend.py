@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import types
 
+import numpy as np
+
 import paddle
 from paddle import nn
 
@@ -95,6 +97,25 @@ class PaddleAdapter(Adapter):
 
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
+
+    # --- weights ----------------------------------------------------------------------------------------------
+    def padding_idx(self, module):
+        if not isinstance(module, nn.Embedding):
+            return None
+        index = module._padding_idx  # Paddle stores -1 (or None) for "no padding row"
+        return None if index is None or index < 0 else int(index)
+
+    def state_tensors(self, model) -> dict:
+        return dict(model.state_dict())
+
+    def state_arrays(self, model) -> dict:
+        return {k: v.numpy() for k, v in model.state_dict().items()}
+
+    def assign(self, tensor, array) -> None:
+        tensor.set_value(np.ascontiguousarray(array))
+
+    def numpy_dtype(self, tensor):
+        return paddle.zeros([1], dtype=tensor.dtype).numpy().dtype
 
     # --- optimizers -------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr):

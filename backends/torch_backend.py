@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
+
+import numpy as np
 
 import torch
 from torch import nn
 
 from ._base import Adapter
+from .._errors import XFreezeError
 
 _NORMS = tuple(c for c in (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
                            nn.LocalResponseNorm, getattr(nn, "RMSNorm", None)) if c is not None)
@@ -72,6 +76,33 @@ class TorchAdapter(Adapter):
 
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
+
+    # --- weights ----------------------------------------------------------------------------------------------
+    def padding_idx(self, module):
+        return module.padding_idx if isinstance(module, nn.Embedding) else None
+
+    def state_tensors(self, model) -> dict:
+        return dict(model.state_dict())
+
+    def state_arrays(self, model) -> dict:
+        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+    def assign(self, tensor, array) -> None:
+        with torch.no_grad():
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+
+    def numpy_dtype(self, tensor):
+        return torch.empty((), dtype=tensor.dtype).numpy().dtype
+
+    def load_file(self, path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # weights_only refuses globals: the file asks to run code
+            raise XFreezeError(f"checkpoint {str(path)!r}: refused to load it: it asks to run code and torch.load "
+                               f"ran with weights_only=True ({str(exc).splitlines()[0]})") from None
+
+    def save_file(self, arrays: dict, f) -> None:
+        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, f)
 
     # --- optimizers -------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr):

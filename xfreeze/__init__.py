@@ -8,7 +8,10 @@ from ._backend import get_backend, set_backend
 from ._errors import XFreezeError
 from ._freeze import FreezeReport, freeze, unfreeze
 from ._head import replace_head
+from ._checkpoint import StateDict, load_checkpoint, save_checkpoint
+from ._convert import convert
 from ._ema import EMA
+from ._load import LoadReport, load_matched
 from ._optim import OptimizerConfig, optimizer, param_groups
 from ._staged import Stage, StagedUnfreeze
 from ._select import compile_patterns as _compile_patterns
@@ -17,7 +20,8 @@ from ._table import Counts
 
 __version__ = "0.1.0"
 __all__ = ["XFreezeError", "FreezeReport", "Summary", "ModuleRow", "Counts", "select", "freeze", "unfreeze",
-           "summary", "replace_head", "set_backend", "get_backend", "param_groups", "optimizer", "OptimizerConfig", "Stage", "StagedUnfreeze", "EMA"]
+           "summary", "replace_head", "set_backend", "get_backend", "param_groups", "optimizer", "OptimizerConfig", "Stage", "StagedUnfreeze", "EMA",
+           "load_matched", "LoadReport", "load_checkpoint", "save_checkpoint", "StateDict", "convert"]
 
 
 def select(model, *patterns, backend: str | None = None) -> list[str]:

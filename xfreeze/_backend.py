@@ -97,18 +97,30 @@ def _check_installed(name: str) -> None:
                            f"{ADAPTERS[name].install}")
 
 
+def tensor_backend(value) -> str | None:
+    """The framework whose tensor ``value`` is (None for numpy arrays and everything else)."""
+    cls = type(value)
+    return next((name for name, spec in ADAPTERS.items() if _is_subclass(cls, spec, spec.tensor_class)), None)
+
+
+def adapter_named(name: str):
+    """The adapter of a framework by name; a clear error when that framework is not installed."""
+    _check_installed(name)
+    return _load(name)
+
+
 def _detect(cls: type) -> str | None:
     if cls not in _type_cache or _type_cache[cls] is None:  # a framework imported later may own it
         _type_cache[cls] = next((name for name, spec in ADAPTERS.items() if _is_subclass(cls, spec)), None)
     return _type_cache[cls]
 
 
-def _is_subclass(cls: type, spec) -> bool:
+def _is_subclass(cls: type, spec, dotted: str | None = None) -> bool:
     framework = sys.modules.get(spec.module)
     if framework is None:
         return False
     try:
-        base = reduce(getattr, spec.base_class.split(".")[1:], framework)
+        base = reduce(getattr, (dotted or spec.base_class).split(".")[1:], framework)
     except AttributeError:  # a framework still half-way through its own import
         return False
     return isinstance(base, type) and issubclass(cls, base)

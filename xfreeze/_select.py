@@ -58,6 +58,16 @@ def walk(adapter, model) -> list[Entry]:
     return entries
 
 
+def entries_for(adapter, model, names: list[str]) -> list[Entry]:
+    """Entries for arbitrary dotted keys of ``model`` (parameters and statistics), for matching patterns."""
+    modules = dict(adapter.named_modules(model))
+    out = []
+    for name in names:
+        path = name.rpartition(".")[0]
+        out.append(Entry(name, None, modules.get(path), _ancestors(modules, path)))
+    return out
+
+
 def module_entries(adapter, model) -> list[Entry]:
     """Every named module as an entry, so that patterns can say which modules they cover."""
     modules = dict(adapter.named_modules(model))
