@@ -1,11 +1,12 @@
 # Two commands for a fresh clone: `make demo` runs the workflow demo, `make test` runs the tests.
 # Both create .venv/ and install the pinned set (constraints.txt) the first time.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xfreeze-installed
 
-.PHONY: demo test test-thorough bench clean
+.PHONY: demo test test-thorough bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,17 @@ test: $(STAMP)
 
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/train_step.py
+	$(PY) bench/convert.py
+
+# Rewrite the resolved part of constraints.txt from the current environment (after changing a direct pin).
+lock: $(STAMP)
+	sed -n '1,/^# Everything else/p' constraints.txt > constraints.tmp
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(xfreeze|pip|setuptools|wheel)==' | \
+		grep -v -i -F -f <(sed -n '/^[A-Za-z]/s/==.*//p' constraints.tmp) >> constraints.tmp
+	mv constraints.tmp constraints.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -112,7 +112,7 @@ class PaddleAdapter(Adapter):
         return {k: v.numpy() for k, v in model.state_dict().items()}
 
     def assign(self, tensor, array) -> None:
-        tensor.set_value(np.ascontiguousarray(array))
+        tensor.set_value(np.require(array, requirements='C'))
 
     def numpy_dtype(self, tensor):
         return paddle.zeros([1], dtype=tensor.dtype).numpy().dtype

@@ -89,7 +89,7 @@ class TorchAdapter(Adapter):
 
     def assign(self, tensor, array) -> None:
         with torch.no_grad():
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+            tensor.copy_(torch.from_numpy(np.require(array, requirements='C')))
 
     def numpy_dtype(self, tensor):
         return torch.empty((), dtype=tensor.dtype).numpy().dtype
@@ -102,7 +102,7 @@ class TorchAdapter(Adapter):
                                f"ran with weights_only=True ({str(exc).splitlines()[0]})") from None
 
     def save_file(self, arrays: dict, f) -> None:
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, f)
+        torch.save({k: torch.from_numpy(np.require(v, requirements='C')) for k, v in arrays.items()}, f)
 
     # --- optimizers -------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr):

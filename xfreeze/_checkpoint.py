@@ -74,13 +74,15 @@ def load_checkpoint(path) -> StateDict:
     kind = detect_format(path)
     readers = {"torch": _read_torch, "paddle": _read_pickle, "safetensors": _read_safetensors, "npz": _read_npz}
     try:
-        data, framework = readers[kind](path)
+        data, framework = readers[kind](path)  # framework: what the file says of itself, if anything
     except XFreezeError:
         raise
     except Exception as exc:  # every reader's own way of saying "truncated" or "corrupt"
         raise XFreezeError(f"checkpoint {str(path)!r} ({kind} format) is truncated or corrupt: "
                            f"{type(exc).__name__}: {exc}") from None
-    return as_state_dict(data, framework=framework, format=kind, what=f"checkpoint {str(path)!r}")
+    state = as_state_dict(data, framework=framework, format=kind, what=f"checkpoint {str(path)!r}")
+    state.framework = state.framework or {"torch": "torch", "paddle": "paddle"}.get(kind)  # names first, then format
+    return state
 
 
 def save_checkpoint(obj, path, *, format: str | None = None) -> Path:
@@ -161,6 +163,10 @@ def to_numpy(value, key="") -> np.ndarray:
     return adapter_named(backend).to_numpy(value)
 
 
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    return np.require(array, requirements="C")  # unlike np.ascontiguousarray, keeps 0-d arrays 0-d
+
+
 def _is_tensor(value) -> bool:
     return isinstance(value, np.ndarray) or tensor_backend(value) is not None
 
@@ -170,17 +176,15 @@ def _all_tensors(data: dict) -> bool:
 
 
 def _framework_of(state) -> str | None:
-    """Whose naming a mapping follows: tensor types first, then names only one framework uses."""
-    kinds = {tensor_backend(v) for v in state.values()} - {None}
-    if len(kinds) == 1:
-        return kinds.pop()
+    """Whose naming a mapping follows: names only one framework uses, then the tensors' type."""
     keys = list(state)
     if any(k.endswith(("._mean", "._variance")) for k in keys) or any(".self_attn.q_proj." in k for k in keys):
         return "paddle"
     if any(k.endswith((".running_mean", ".num_batches_tracked")) for k in keys) or \
             any(".attention.self.query." in k for k in keys):
         return "torch"
-    return None
+    kinds = {tensor_backend(v) for v in state.values()} - {None}
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def _model_state(model) -> dict:
@@ -205,21 +209,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _read_pickle(path: Path):
     with open(path, "rb") as f:
         try:
-            return _RestrictedUnpickler(f).load(), "paddle"
+            return _RestrictedUnpickler(f).load(), None
         except XFreezeError as exc:
             raise XFreezeError(f"checkpoint {str(path)!r}: {exc}") from None
 
 
 def _read_torch(path: Path):
     adapter = adapter_named("torch")
-    return adapter.load_file(path), "torch"
+    return adapter.load_file(path), None
 
 
 def _read_safetensors(path: Path):
     from safetensors import safe_open
     with safe_open(str(path), framework="numpy") as f:
         metadata = f.metadata() or {}
-        return {k: f.get_tensor(k) for k in f.keys()}, metadata.get("framework")
+        return {k: f.get_tensor(k) for k in f.keys()}, metadata.get("framework") or None
 
 
 def _read_npz(path: Path):
@@ -232,12 +236,12 @@ def _write_torch(arrays, f, framework):
 
 
 def _write_pickle(arrays, f, framework):
-    pickle.dump({k: np.ascontiguousarray(v) for k, v in arrays.items()}, f, protocol=4)  # what paddle.load reads
+    pickle.dump({k: _contiguous(v) for k, v in arrays.items()}, f, protocol=4)  # what paddle.load reads
 
 
 def _write_safetensors(arrays, f, framework):
     from safetensors.numpy import save
-    f.write(save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+    f.write(save({k: _contiguous(v) for k, v in arrays.items()},
                  metadata={"framework": framework or "", "writer": "xfreeze"}))
 
 

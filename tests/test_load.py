@@ -1,0 +1,123 @@
+"""load_matched: shape-matched loading with a full report, prefixes, rename, skip, strict, dtype casts, errors."""
+import numpy as np
+import pytest
+
+import xfreeze
+from xfreeze import XFreezeError
+from harness import Spec, kit, random_state
+
+CNN = Spec("cnn", (4, 3))          # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear (3 classes)
+CNN10 = Spec("cnn", (4, 3), classes=10)
+
+
+def built(fw, spec=CNN, seed=0, dtype="float32"):
+    m = fw.build(spec, dtype)
+    fw.load(m, random_state(spec, dtype, seed))
+    return m
+
+
+def state(fw, m):
+    from xfreeze._backend import adapter_for
+    return adapter_for(m).state_tensors(m)
+
+
+def test_head_of_another_size_is_reported_and_the_rest_loads(fw):
+    source, target = built(fw, CNN10, seed=1), built(fw, CNN, seed=2)
+    report = xfreeze.load_matched(target, state(fw, source))
+    assert report.mismatched == {"8.weight": ((3, 3), (10, 3)) if fw.name == "torch" else ((3, 3), (3, 10)),
+                                 "8.bias": ((3,), (10,))}
+    stat = "1.running_mean" if fw.name == "torch" else "1._mean"
+    assert "0.weight" in report.loaded and stat in report.loaded
+    assert np.array_equal(fw.state(target)["0.weight"], fw.state(source)["0.weight"])
+    assert not np.array_equal(fw.state(target)["8.bias"], fw.state(source)["8.bias"][:3])
+    assert "shape mismatch" in str(report)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_layers."])
+def test_data_parallel_prefixes_are_removed(fw, prefix):
+    source, target = built(fw, seed=1), built(fw, seed=2)
+    report = xfreeze.load_matched(target, {prefix + k: v for k, v in state(fw, source).items()})
+    assert not report.missing and not report.unexpected
+    assert report.renamed[prefix + "0.weight"] == "0.weight"
+
+
+def test_rename_by_prefix_map_and_function(fw):
+    source, target = built(fw, seed=1), built(fw, seed=2)
+    wrapped = {"backbone.body." + k: v for k, v in state(fw, source).items()}
+    assert not xfreeze.load_matched(target, wrapped, rename={"backbone.body.": ""}).unexpected
+    report = xfreeze.load_matched(target, wrapped, rename=lambda k: k.replace("backbone.body.", "")
+                                  if not k.endswith("bias") else None)
+    assert all(k.endswith("bias") for k in report.missing)
+
+
+def test_skip_keeps_chosen_keys(fw):
+    source, target = built(fw, seed=1), built(fw, seed=2)
+    before = fw.state(target)
+    report = xfreeze.load_matched(target, state(fw, source), skip=["8", "type:norm"])
+    assert "8.weight" in report.skipped and any(k.startswith("1.") for k in report.skipped)
+    after = fw.state(target)
+    assert np.array_equal(before["8.weight"], after["8.weight"])
+    assert np.array_equal(before["1.running_mean"], after["1.running_mean"])
+    assert np.array_equal(after["0.weight"], fw.state(source)["0.weight"])
+
+
+def test_dtype_is_cast_and_reported(fw):
+    source, target = built(fw, seed=1, dtype="float64"), built(fw, seed=2)
+    report = xfreeze.load_matched(target, state(fw, source))
+    assert report.cast["0.weight"] == ("float64", "float32")
+    assert fw.state(target)["0.weight"].dtype == np.float32
+
+
+def test_source_may_be_a_model_a_path_or_numpy(fw, tmp_path):
+    source = built(fw, seed=1)
+    for src in (source, xfreeze.save_checkpoint(source, tmp_path / "w.safetensors"),
+                {k: np.asarray(v) for k, v in xfreeze.load_checkpoint(tmp_path / "w.safetensors").items()}):
+        target = built(fw, seed=2)
+        xfreeze.load_matched(target, src)
+        assert np.array_equal(fw.state(target)["8.weight"], fw.state(source)["8.weight"])
+
+
+def test_strict_raises_with_the_report_and_changes_nothing(fw):
+    source, target = built(fw, CNN10, seed=1), built(fw, seed=2)
+    before = fw.state(target)
+    with pytest.raises(XFreezeError, match=r"(?s)strict load .* nothing was loaded.*shape mismatch"):
+        xfreeze.load_matched(target, state(fw, source), strict=True)
+    assert all(np.array_equal(v, fw.state(target)[k]) for k, v in before.items())
+
+
+def test_an_unrelated_model_is_an_error(fw):
+    unrelated = fw.build(Spec("mlp", (7, 9)))
+    target = built(fw)
+    before = fw.state(target)
+    with pytest.raises(XFreezeError, match=r"loaded 0 of \d+ keys into Sequential .* another model"):
+        xfreeze.load_matched(target, unrelated)
+    assert all(np.array_equal(v, fw.state(target)[k]) for k, v in before.items())
+    assert xfreeze.load_matched(target, unrelated, allow_empty=True).loaded == []
+
+
+def test_conflicting_rename_rules(fw):
+    source, target = built(fw, seed=1), built(fw, seed=2)
+    wrapped = {"backbone.body." + k: v for k, v in state(fw, source).items()}
+    before = fw.state(target)
+    with pytest.raises(XFreezeError, match=r"conflicting rename rules: 'backbone.' and 'backbone.body.'"):
+        xfreeze.load_matched(target, wrapped, rename={"backbone.": "", "backbone.body.": ""})
+    with pytest.raises(XFreezeError, match=r"rename rules map 2 source keys to '0.weight'"):
+        weight = state(fw, source)["0.weight"]
+        xfreeze.load_matched(target, {"a.0.weight": weight, "b.0.weight": weight}, rename=lambda k: k[2:])
+    assert all(np.array_equal(v, fw.state(target)[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"0.weight": "not a tensor"}, r"values that are not tensors: '0.weight' \(str\)"),
+    ({"0.weight": None, "lr": 0.1}, r"values that are not tensors"),
+    (42, r"source must be a checkpoint path, a state dict or a model; received int"),
+])
+def test_bad_sources(fw, source, message):
+    target = built(fw)
+    with pytest.raises(XFreezeError, match=message):
+        xfreeze.load_matched(target, source)
+
+
+def test_skip_pattern_matching_nothing(fw):
+    with pytest.raises(XFreezeError, match=r"Pattern 'fcc' matched no parameters"):
+        xfreeze.load_matched(built(fw), state(fw, built(fw, seed=1)), skip=["fcc"])
