@@ -60,7 +60,7 @@ def load_checkpoint(path) -> StateDict:
     Example:
         >>> import numpy as np, tempfile, os, xfreeze
         >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
-        >>> xfreeze.save_checkpoint({"fc.weight": np.ones((2, 3), "float32")}, path)
+        >>> _ = xfreeze.save_checkpoint({"fc.weight": np.ones((2, 3), "float32")}, path)
         >>> xfreeze.load_checkpoint(path)["fc.weight"].shape
         (2, 3)
     """
