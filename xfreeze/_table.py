@@ -8,14 +8,15 @@ from rich.console import Console
 from rich.table import Table
 
 
-def render(title: str, columns: list[str], rows: list[list], footer: list[str] = ()) -> str:
+def render(title: str, columns: list[str], rows: list[list], footer: list[str] = (), width: int = 120) -> str:
     table = Table(title=title, title_justify="left", show_lines=False)
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 or column in ("type", "norm", "state") else "right")
+        table.add_column(column, justify="left" if i == 0 or column in ("type", "norm", "state") else "right",
+                         no_wrap=i == 0, overflow="fold")
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
     out = io.StringIO()
-    console = Console(file=out, width=120, color_system=None, legacy_windows=False, soft_wrap=False)
+    console = Console(file=out, width=width, color_system=None, legacy_windows=False, soft_wrap=False)
     console.print(table)
     for line in footer:
         console.print(line, highlight=False, markup=False)

@@ -1,0 +1,181 @@
+"""The ``xfreeze`` command line: plan what trains, inspect a checkpoint, convert between frameworks.
+
+Errors are one line on stderr and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from ._errors import XFreezeError
+
+OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # state tensors per trainable parameter (SGD: momentum)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        args.run(args)
+    except XFreezeError as exc:
+        print(f"xfreeze: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`
+        return 0
+    except (OSError, ImportError) as exc:
+        print(f"xfreeze: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xfreeze", description="Plan, inspect and convert fine-tuning setups in "
+                                     "PyTorch and PaddlePaddle.")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    plan = sub.add_parser("plan", help="show what would train, with exact bytes, before any training",
+                          description="Build a named model and print, per module, what would train and the exact "
+                                      "bytes of parameters, gradients and optimizer state, frozen vs trainable.")
+    plan.add_argument("model", help="torchvision / paddle.vision name (resnet50), a timm name when timm is "
+                                    "installed, or module:callable returning a model")
+    plan.add_argument("--freeze", nargs="+", default=[], metavar="PATTERN",
+                      help="patterns to freeze, e.g. '*' '!layer4' '!fc' (see the README's selector language)")
+    plan.add_argument("--norm", choices=["freeze", "train"], default="freeze",
+                      help="norm layers inside the frozen region: locked (freeze) or trainable (train)")
+    plan.add_argument("--head", type=int, metavar="N", help="replace the classification head with N classes")
+    plan.add_argument("--optimizer", choices=sorted(OPTIMIZER_STATES), default="sgd",
+                      help="optimizer whose state to count: sgd (with momentum), adam, adamw (default sgd)")
+    plan.add_argument("--backend", choices=["torch", "paddle"], help="framework to build the model in "
+                                                                       "(default: torch if installed, else paddle)")
+    plan.set_defaults(run=_plan)
+
+    inspect = sub.add_parser("inspect", help="format, framework, keys, shapes, dtypes and size of a checkpoint",
+                             description="Read a checkpoint safely (no code runs) and describe it.")
+    inspect.add_argument("checkpoint", help=".pt/.pth/.bin, .pdparams, .safetensors or .npz file")
+    inspect.add_argument("--limit", type=int, default=40, help="show at most this many keys (default 40; 0: all)")
+    inspect.set_defaults(run=_inspect)
+
+    convert = sub.add_parser("convert", help="convert a checkpoint between torch and Paddle",
+                             description="Convert a checkpoint's names and layouts to the other framework and "
+                                         "print what was done.")
+    convert.add_argument("input", help="checkpoint to read")
+    convert.add_argument("output", help="file to write; its suffix picks the format (.pdparams, .pt, "
+                                        ".safetensors, .npz)")
+    convert.add_argument("--to", required=True, choices=["paddle", "torch"], help="target framework")
+    convert.add_argument("--arch", help="target architecture (resnet18 ... resnet152, or a torchvision / "
+                                        "paddle.vision name): layouts are then decided from that model, not guessed")
+    convert.set_defaults(run=_convert)
+    return parser
+
+
+def build_model(name: str, backend: str | None):
+    backend = backend or ("torch" if importlib.util.find_spec("torch") else "paddle")
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise XFreezeError(f"cannot load {name!r}: {exc}") from None
+        return factory()
+    if backend == "torch":
+        import torchvision
+        if name in torchvision.models.list_models():
+            return torchvision.models.get_model(name, weights=None)
+        if importlib.util.find_spec("timm"):
+            import timm
+            if name in timm.list_models():
+                return timm.create_model(name, pretrained=False)
+        raise XFreezeError(f"unknown model {name!r} for torch: not a torchvision name"
+                           f"{'' if importlib.util.find_spec('timm') else ' (timm is not installed)'}"
+                           f"{_did_you_mean(name, torchvision.models.list_models())} Or pass module:callable")
+    import paddle
+    factory = getattr(paddle.vision.models, name, None)
+    if not callable(factory) or name[:1].isupper():
+        names = [n for n in dir(paddle.vision.models) if n[:1].islower() and callable(getattr(paddle.vision.models, n))]
+        raise XFreezeError(f"unknown model {name!r} for paddle: not a paddle.vision.models function"
+                           f"{_did_you_mean(name, names)} Or pass module:callable")
+    return factory()
+
+
+def _did_you_mean(name: str, names) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    return f". Did you mean {' or '.join(map(repr, close))}?" if close else "."
+
+
+def _plan(args) -> None:
+    import xfreeze
+    from ._backend import adapter_for
+    from ._table import human_bytes, render
+    model = build_model(args.model, args.backend)
+    adapter = adapter_for(model)
+    if args.head is not None:
+        xfreeze.replace_head(model, args.head)
+    if args.freeze:
+        xfreeze.freeze(model, *args.freeze, norm=args.norm)
+    summary = xfreeze.summary(model, print_table=False)
+    states = OPTIMIZER_STATES[args.optimizer]
+    element = {r.name: _element_size(adapter, model, r.name) for r in summary.rows}
+    rows, totals = [], [0, 0, 0, 0]
+    for r in summary.rows:
+        size = element[r.name]
+        trainable_bytes, frozen_bytes = r.trainable * size, r.frozen * size
+        rows.append([r.name or "(root)", r.type, f"{r.parameters:,}", f"{r.trainable:,}", f"{frozen_bytes:,}",
+                     f"{trainable_bytes:,}", f"{trainable_bytes:,}", f"{trainable_bytes * states:,}", r.norm])
+        for i, value in enumerate((frozen_bytes, trainable_bytes, trainable_bytes, trainable_bytes * states)):
+            totals[i] += value
+    footer = [f"{summary.model}: {summary.counts.trainable:,} of {summary.counts.total:,} parameters train",
+              f"bytes: frozen parameters {totals[0]:,} ({human_bytes(totals[0])}); trainable parameters "
+              f"{totals[1]:,}; gradients {totals[2]:,}; {args.optimizer} state {totals[3]:,}; "
+              f"training total {sum(totals[1:]):,} ({human_bytes(sum(totals[1:]))})"]
+    print(render(f"xfreeze plan: {args.model} ({adapter.name})",
+                 ["module", "type", "params", "trainable", "frozen bytes", "param bytes", "grad bytes",
+                  f"{args.optimizer} state bytes", "norm"], rows, footer, width=170))
+
+
+def _element_size(adapter, model, path: str) -> int:
+    modules = dict(adapter.named_modules(model))
+    params = adapter.direct_parameters(modules[path])
+    return (adapter.nbytes(params[0][1]) // max(adapter.numel(params[0][1]), 1)) if params else 0
+
+
+def _inspect(args) -> None:
+    from ._checkpoint import describe, load_checkpoint
+    from ._table import human_bytes, render
+    info = describe(load_checkpoint(args.checkpoint))
+    shown = info["tensors"] if args.limit == 0 else info["tensors"][: args.limit]
+    rows = [[k, "x".join(map(str, shape)) or "scalar", dtype] for k, shape, dtype in shown]
+    footer = [f"format: {info['format']}; framework: {info['framework'] or 'unknown'}; {info['keys']} keys; "
+              f"{info['bytes']:,} bytes ({human_bytes(info['bytes'])})"]
+    if len(shown) < info["keys"]:
+        footer.append(f"... {info['keys'] - len(shown)} more keys (--limit 0 shows all)")
+    print(render(f"xfreeze inspect: {args.checkpoint}", ["key", "shape", "dtype"], rows, footer))
+
+
+def _convert(args) -> None:
+    from ._checkpoint import load_checkpoint, save_checkpoint
+    from ._convert import convert
+    from ._table import render
+    state = load_checkpoint(args.input)
+    if state.framework == args.to:
+        raise XFreezeError(f"{args.input} already holds {args.to} names; nothing to convert")
+    model = build_model(args.arch, args.to) if args.arch else None
+    arch = "resnet" if args.arch and args.arch.startswith("resnet") else None
+    out = convert(state, to=args.to, model=model, arch=arch)
+    save_checkpoint(out, args.output)
+    counts = {}
+    for _, note in out.notes:
+        kind = note.split(":")[0].split(" to ")[0].split(" (")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    rows = [[kind, n] for kind, n in sorted(counts.items())]
+    print(render(f"xfreeze convert: {args.input} -> {args.output} ({args.to})", ["what was done", "keys"], rows,
+                 [f"{len(out)} keys written; unplaced: {len(getattr(out, 'unplaced', []))}"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
