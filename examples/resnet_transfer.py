@@ -157,6 +157,7 @@ def main(argv=None):
     parser.add_argument("--shots", type=int, default=10, help="labelled images per class of 5-9 (default 10)")
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--test-images", type=int, default=0, help="evaluate on at most this many (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for checkpoint and plot")
     args = parser.parse_args(argv)
@@ -175,6 +176,8 @@ def main(argv=None):
             raise SystemExit(f"could not get the ImageNet ResNet-18 weights for {args.backend} (offline?): "
                              f"{type(exc).__name__}: {exc}") from None
     train, test = few_shot_split(x[y >= 5], y[y >= 5] - 5, args.shots, rng)
+    if args.test_images:
+        test = (test[0][: args.test_images], test[1][: args.test_images])
     results = {name: finetune(name, args.backend, run, source, train, test, args, rng) for name in STRATEGIES}
     report(results, args.backend, args)
     print(f"plot: {plot(results, args.backend, args)}")

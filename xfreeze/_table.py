@@ -11,7 +11,7 @@ from rich.table import Table
 def render(title: str, columns: list[str], rows: list[list], footer: list[str] = (), width: int = 120) -> str:
     table = Table(title=title, title_justify="left", show_lines=False)
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 or column in ("type", "norm", "state") else "right",
+        table.add_column(column, justify="left" if i == 0 or column in ("type", "norm", "state", "examples") else "right",
                          no_wrap=i == 0, overflow="fold")
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
