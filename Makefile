@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xfreeze-installed
 
-.PHONY: demo test test-thorough bench lock clean
+.PHONY: demo test test-thorough examples bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q
+
+examples: $(STAMP)
+	for b in torch paddle; do $(PY) examples/resnet_transfer.py --backend $$b && $(PY) examples/ernie_classify.py --backend $$b || exit 1; done
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py

@@ -40,7 +40,7 @@ class PaddleAdapter(Adapter):
     name = "paddle"
 
     def named_modules(self, model):
-        return model.named_sublayers(include_self=True)
+        return _unwrap(model).named_sublayers(include_self=True)
 
     def direct_parameters(self, module):
         stats = self.module_kind(module) == "norm"
@@ -106,10 +106,10 @@ class PaddleAdapter(Adapter):
         return None if index is None or index < 0 else int(index)
 
     def state_tensors(self, model) -> dict:
-        return dict(model.state_dict())
+        return dict(_unwrap(model).state_dict())
 
     def state_arrays(self, model) -> dict:
-        return {k: v.numpy() for k, v in model.state_dict().items()}
+        return {k: v.numpy() for k, v in _unwrap(model).state_dict().items()}
 
     def assign(self, tensor, array) -> None:
         tensor.set_value(np.require(array, requirements='C'))
@@ -204,6 +204,13 @@ class PaddleAdapter(Adapter):
     def copy_into(self, target, source) -> None:
         with paddle.no_grad():
             target.set_value(source.detach())
+
+
+def _unwrap(model):
+    """The model inside paddle.DataParallel, so names carry no "_layers." prefix."""
+    while isinstance(model, paddle.DataParallel):
+        model = model._layers
+    return model
 
 
 def _group(config, group: dict, multiplier: float) -> dict:

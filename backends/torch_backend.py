@@ -30,7 +30,7 @@ class TorchAdapter(Adapter):
     name = "torch"
 
     def named_modules(self, model):
-        return model.named_modules()
+        return _unwrap(model).named_modules()
 
     def direct_parameters(self, module):
         return list(module.named_parameters(recurse=False))
@@ -82,10 +82,10 @@ class TorchAdapter(Adapter):
         return module.padding_idx if isinstance(module, nn.Embedding) else None
 
     def state_tensors(self, model) -> dict:
-        return dict(model.state_dict())
+        return dict(_unwrap(model).state_dict())
 
     def state_arrays(self, model) -> dict:
-        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        return {k: v.detach().cpu().numpy() for k, v in _unwrap(model).state_dict().items()}
 
     def assign(self, tensor, array) -> None:
         with torch.no_grad():
@@ -157,6 +157,13 @@ class TorchAdapter(Adapter):
     def copy_into(self, target, source) -> None:
         with torch.no_grad():
             target.copy_(source)
+
+
+def _unwrap(model):
+    """The model inside DataParallel / DistributedDataParallel, so names carry no "module." prefix."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
 
 
 def _group(group: dict) -> dict:

@@ -210,3 +210,17 @@ def test_non_model_objects_are_refused():
     with pytest.raises(XFreezeError, match=r"list is not a supported model type \(expected torch.nn.Module or "
                                            r"paddle.nn.Layer\)"):
         xfreeze.freeze([1, 2], "*")
+
+
+def test_data_parallel_wrappers_are_seen_through():
+    """DataParallel / DDP name everything "module.*"; xfreeze works on the wrapped model's own names."""
+    fw = kit("torch")
+    inner = build(fw)
+    wrapped = fw.t.nn.DataParallel(inner)  # on a CPU-only machine it only wraps
+    assert xfreeze.select(wrapped, "8") == ["8.weight", "8.bias"]
+    xfreeze.freeze(wrapped, "*", "!8")
+    assert not inner[0].weight.requires_grad and inner[8].weight.requires_grad
+    assert xfreeze.replace_head(wrapped, 5, head="8") is inner[8]
+    report = xfreeze.load_matched(wrapped, {"module." + k: v for k, v in build(fw).state_dict().items()},
+                                  skip=["8"])
+    assert not report.missing and not report.unexpected

@@ -121,3 +121,26 @@ def test_bad_sources(fw, source, message):
 def test_skip_pattern_matching_nothing(fw):
     with pytest.raises(XFreezeError, match=r"Pattern 'fcc' matched no parameters"):
         xfreeze.load_matched(built(fw), state(fw, built(fw, seed=1)), skip=["fcc"])
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "truncated", "runs code"])
+def test_bad_files_leave_the_model_unchanged(fw, tmp_path, case):
+    import os
+    import pickle
+    target = built(fw)
+    before = fw.state(target)
+    path = tmp_path / "w.pdparams"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        xfreeze.save_checkpoint(built(fw, seed=1), path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif case == "runs code":
+        class Evil:
+            def __reduce__(self):
+                return os.system, (f"touch {tmp_path / 'pwned'}",)
+        path.write_bytes(pickle.dumps({"0.weight": Evil()}))
+    with pytest.raises(XFreezeError, match="w.pdparams"):
+        xfreeze.load_matched(target, path)
+    assert all(np.array_equal(v, fw.state(target)[k]) for k, v in before.items())
+    assert not (tmp_path / "pwned").exists()

@@ -141,3 +141,22 @@ def test_optimizer_trains_and_frozen_stays(fw):
     after = fw.state(model)
     assert np.array_equal(before["0.weight"], after["0.weight"])
     assert not np.array_equal(before["3.weight"], after["3.weight"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_layer_decay_on_real_ernie(backend):
+    """transformers (encoder.layer.N) and PaddleNLP (encoder.layers.N) ERNIE: the same rates per depth."""
+    config = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+                  max_position_embeddings=16, num_labels=2)
+    if backend == "torch":
+        from transformers import ErnieConfig, ErnieForSequenceClassification
+        layer = "ernie.encoder.layer"
+    else:
+        from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+        layer = "ernie.encoder.layers"
+    model = ErnieForSequenceClassification(ErnieConfig(**config))
+    rates = {n: g["lr"] for g in xfreeze.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["names"]}
+    assert rates["ernie.embeddings.word_embeddings.weight"] == 0.5 ** 4
+    assert {rates[n] for n in rates if n.startswith(f"{layer}.0.")} == {0.5 ** 3}
+    assert {rates[n] for n in rates if n.startswith(f"{layer}.2.")} == {0.5}
+    assert rates["classifier.weight"] == 1.0 and rates["ernie.pooler.dense.weight"] == 1.0
