@@ -98,6 +98,17 @@ class PaddleAdapter(Adapter):
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
 
+    # --- named models (the command line) ----------------------------------------------------------------------
+    model_zoo = "a paddle.vision.models name"
+
+    def model_names(self) -> list:
+        models = paddle.vision.models
+        return [n for n in dir(models) if n[:1].islower() and callable(getattr(models, n))]
+
+    def build_named_model(self, name: str):
+        """A paddle.vision model (random weights); None if unknown."""
+        return getattr(paddle.vision.models, name)() if name in self.model_names() else None
+
     # --- weights ----------------------------------------------------------------------------------------------
     def padding_idx(self, module):
         if not isinstance(module, nn.Embedding):
@@ -113,6 +124,9 @@ class PaddleAdapter(Adapter):
 
     def assign(self, tensor, array) -> None:
         tensor.set_value(np.require(array, requirements='C'))
+
+    def own_only_keys(self, names) -> set:
+        return set()
 
     def numpy_dtype(self, tensor):
         return paddle.zeros([1], dtype=tensor.dtype).numpy().dtype

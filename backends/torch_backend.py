@@ -77,6 +77,29 @@ class TorchAdapter(Adapter):
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
 
+    # --- named models (the command line) ----------------------------------------------------------------------
+    model_zoo = "a torchvision name (or a timm name, when timm is installed)"
+
+    def model_names(self) -> list:
+        import importlib.util
+        import torchvision
+        names = list(torchvision.models.list_models())
+        if importlib.util.find_spec("timm"):
+            import timm
+            names += timm.list_models()
+        return names
+
+    def build_named_model(self, name: str):
+        """A torchvision model (random weights), else a timm model when timm is installed; None if unknown."""
+        import torchvision
+        if name in torchvision.models.list_models():
+            return torchvision.models.get_model(name, weights=None)
+        try:
+            import timm
+        except ImportError:
+            return None
+        return timm.create_model(name, pretrained=False) if name in timm.list_models() else None
+
     # --- weights ----------------------------------------------------------------------------------------------
     def padding_idx(self, module):
         return module.padding_idx if isinstance(module, nn.Embedding) else None
@@ -100,6 +123,10 @@ class TorchAdapter(Adapter):
         except pickle.UnpicklingError as exc:  # weights_only refuses globals: the file asks to run code
             raise XFreezeError(f"checkpoint {str(path)!r}: refused to load it: it asks to run code and torch.load "
                                f"ran with weights_only=True ({str(exc).splitlines()[0]})") from None
+
+    def own_only_keys(self, names) -> set:
+        """State keys with no counterpart in the other framework (not "missing" when loading from it)."""
+        return {n for n in names if n.endswith("num_batches_tracked")}
 
     def save_file(self, arrays: dict, f) -> None:
         torch.save({k: torch.from_numpy(np.require(v, requirements='C')) for k, v in arrays.items()}, f)

@@ -77,7 +77,17 @@ class OptConfig:
     weight_decay: float = 0.0
 
 
-class TorchKit:
+class _Kit:
+    """What both kits do the same way."""
+
+    def grad(self, param):
+        return param.grad
+
+    def numpy(self, tensor):
+        return tensor.detach().cpu().numpy()
+
+
+class TorchKit(_Kit):
     name = "torch"
 
     def __init__(self):
@@ -137,17 +147,11 @@ class TorchKit:
     def labels(self, array, device="cpu"):
         return self.t.from_numpy(array.astype(np.int64)).to(self._device(device))
 
-    def grad(self, param):
-        return param.grad
-
-    def numpy(self, tensor):
-        return tensor.detach().cpu().numpy()
-
     def norm_layers(self, model):
         return [(n, m) for n, m in model.named_modules() if isinstance(m, self.nn.modules.batchnorm._BatchNorm)]
 
 
-class PaddleKit:
+class PaddleKit(_Kit):
     name = "paddle"
     _STATS = {"_mean": "running_mean", "_variance": "running_var"}
 
@@ -222,12 +226,6 @@ class PaddleKit:
 
     def labels(self, array, device="cpu"):
         return self.p.to_tensor(array.astype(np.int64), place=self._place(device))
-
-    def grad(self, param):
-        return param.grad
-
-    def numpy(self, tensor):
-        return tensor.detach().cpu().numpy()
 
     def norm_layers(self, model):
         return [(n, m) for n, m in model.named_sublayers() if isinstance(m, self.nn.layer.norm._BatchNormBase)]

@@ -90,3 +90,17 @@ def test_with_one_framework_installed_the_other_is_a_clear_error(present, absent
     assert result.returncode == 0, result.stderr
     assert "['weight']" in result.stdout
     assert f"error: backend {absent!r} needs {absent}, which is not installed: {install}" in result.stdout
+
+
+def test_the_core_never_imports_a_framework():
+    """Only backends/ may import torch, paddle or their model zoos (docstring examples aside)."""
+    import ast
+    from pathlib import Path
+    frameworks = {"torch", "torchvision", "paddle", "paddlenlp", "transformers", "timm"}
+    offenders = []
+    for path in (Path(__file__).resolve().parents[1] / "xfreeze").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in frameworks]
+    assert not offenders, offenders

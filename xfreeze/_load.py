@@ -17,7 +17,8 @@ PREFIXES = ("module.", "_layers.")  # torch DataParallel / DDP, Paddle DataParal
 
 @dataclass
 class LoadReport:
-    """What :func:`load_matched` did. Every key of the model and of the source is in exactly one list.
+    """What :func:`load_matched` did. Every key of the model and of the source is in exactly one list, except the
+    model's keys that the source's framework has no counterpart for (torch's ``num_batches_tracked``), kept as is.
 
     Attributes:
         loaded: model keys filled from the source.
@@ -104,7 +105,9 @@ def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, a
             report.converted.setdefault(key, []).append(note)
         state = converted
     skipped = _skipped(adapter, model, targets, skip)
-    plan = _plan(adapter, targets, state, skipped, report)
+    # keys the source's framework has no counterpart for (torch's num_batches_tracked) are kept, not "missing"
+    no_counterpart = adapter.own_only_keys(targets) if origin not in (None, adapter.name) else set()
+    plan = _plan(adapter, targets, state, skipped, no_counterpart, report)
     if strict and (report.mismatched or report.missing or report.unexpected):
         raise XFreezeError(f"strict load of {report.model} found differences; nothing was loaded:\n{report}")
     if not plan and not allow_empty:
@@ -179,14 +182,15 @@ def _skipped(adapter, model, targets: dict, skip) -> set:
     return {e.name for e in _select.resolve(adapter, model, patterns, entries)}
 
 
-def _plan(adapter, targets: dict, state: StateDict, skipped: set, report: LoadReport) -> dict:
+def _plan(adapter, targets: dict, state: StateDict, skipped: set, ignored: set, report: LoadReport) -> dict:
     plan = {}
     for key, tensor in targets.items():
+        if key in ignored and key not in state:
+            continue
         if key in skipped:
             report.skipped.append(key)
         elif key not in state:
-            if not (key.endswith("num_batches_tracked") and report.source_framework == "paddle"):
-                report.missing.append(key)
+            report.missing.append(key)
         else:
             array = to_numpy(state[key], key)
             shape = tuple(tensor.shape)

@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_model(name: str, backend: str | None):
+    from ._backend import adapter_named
     backend = backend or ("torch" if importlib.util.find_spec("torch") else "paddle")
     if ":" in name:
         module, _, attr = name.partition(":")
@@ -82,24 +83,12 @@ def build_model(name: str, backend: str | None):
         except (ImportError, AttributeError) as exc:
             raise XFreezeError(f"cannot load {name!r}: {exc}") from None
         return factory()
-    if backend == "torch":
-        import torchvision
-        if name in torchvision.models.list_models():
-            return torchvision.models.get_model(name, weights=None)
-        if importlib.util.find_spec("timm"):
-            import timm
-            if name in timm.list_models():
-                return timm.create_model(name, pretrained=False)
-        raise XFreezeError(f"unknown model {name!r} for torch: not a torchvision name"
-                           f"{'' if importlib.util.find_spec('timm') else ' (timm is not installed)'}"
-                           f"{_did_you_mean(name, torchvision.models.list_models())} Or pass module:callable")
-    import paddle
-    factory = getattr(paddle.vision.models, name, None)
-    if not callable(factory) or name[:1].isupper():
-        names = [n for n in dir(paddle.vision.models) if n[:1].islower() and callable(getattr(paddle.vision.models, n))]
-        raise XFreezeError(f"unknown model {name!r} for paddle: not a paddle.vision.models function"
-                           f"{_did_you_mean(name, names)} Or pass module:callable")
-    return factory()
+    adapter = adapter_named(backend)
+    model = adapter.build_named_model(name)
+    if model is None:
+        raise XFreezeError(f"unknown model {name!r} for {backend}: not {adapter.model_zoo}"
+                           f"{_did_you_mean(name, adapter.model_names())} Or pass module:callable")
+    return model
 
 
 def _did_you_mean(name: str, names) -> str:
