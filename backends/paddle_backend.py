@@ -14,6 +14,7 @@ import paddle
 from paddle import nn
 
 from ._base import Adapter
+from .._errors import XFreezeError
 
 _STAT_NAMES = ("_mean", "_variance")
 _NEUTRAL_STAT = {"_mean": "running_mean", "_variance": "running_var"}
@@ -26,6 +27,13 @@ _NORMS = tuple(c for c in (nn.layer.norm._BatchNormBase, nn.BatchNorm, nn.LayerN
 _JOINT_GRAD = (nn.layer.norm._BatchNormBase, nn.BatchNorm)
 _KINDS = (("norm", _NORMS), ("conv", (nn.layer.conv._ConvNd,)), ("linear", (nn.Linear,)),
           ("embedding", (nn.Embedding,)))
+# neutral dtype name -> Paddle dtype, for the dtypes this Paddle build has (fp8 since 2.6)
+DTYPES = {name: getattr(paddle, name) for name in (
+    "float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int64", "int32", "int16", "int8",
+    "uint8", "bool", "complex64", "complex128") if hasattr(paddle, name)}
+_NAMES = {str(dtype): name for name, dtype in DTYPES.items()}
+# Tensor.numpy() gives bf16 as its uint16 bits and fp8 as its int8 bits; the carriers xfreeze uses are unsigned
+_BIT_CARRIERS = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8}
 _INITS = {
     "xavier_uniform": nn.initializer.XavierUniform,
     "xavier_normal": nn.initializer.XavierNormal,
@@ -97,6 +105,44 @@ class PaddleAdapter(Adapter):
 
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
+
+    # --- native tensors (dtype table, exact bits) -------------------------------------------------------------
+    DTYPES = DTYPES
+
+    def tensor_dtype(self, tensor) -> str:
+        try:
+            return _NAMES[str(tensor.dtype)]
+        except KeyError:
+            raise XFreezeError(f"Paddle dtype {tensor.dtype} is not supported by xfreeze "
+                               f"(supported: {', '.join(DTYPES)})") from None
+
+    def to_raw(self, tensor):
+        from .._tensors import Raw
+        name = self.tensor_dtype(tensor)
+        bits = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        if name in _BIT_CARRIERS:
+            bits = bits.view(_BIT_CARRIERS[name])
+        return Raw(bits, name)
+
+    def from_raw(self, raw):
+        if raw.dtype in _BIT_CARRIERS:  # a uint16 array becomes bfloat16 by itself; view keeps the bits either way
+            carrier = paddle.to_tensor(raw.bits.view(np.int8) if raw.bits.itemsize == 1 else raw.bits)
+            return paddle.view(carrier, DTYPES[raw.dtype])
+        return paddle.to_tensor(raw.bits)
+
+    def cast(self, tensor, dtype: str):
+        return tensor.astype(DTYPES[dtype])
+
+    def transpose(self, tensor):
+        return paddle.transpose(tensor, [1, 0]).contiguous()
+
+    def row_nonzero(self, tensor, index: int) -> bool:
+        return bool((tensor[index] != 0).any())
+
+    def zero_row(self, tensor, index: int):
+        out = tensor.clone()
+        out[index] = 0
+        return out
 
     # --- named models (the command line) ----------------------------------------------------------------------
     model_zoo = "a paddle.vision.models name"

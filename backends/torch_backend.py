@@ -17,6 +17,16 @@ _NORMS = tuple(c for c in (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.Laye
                            nn.LocalResponseNorm, getattr(nn, "RMSNorm", None)) if c is not None)
 _KINDS = (("norm", _NORMS), ("conv", (nn.modules.conv._ConvNd,)), ("linear", (nn.Linear,)),
           ("embedding", (nn.Embedding, nn.EmbeddingBag)))
+# neutral dtype name -> torch dtype, for the dtypes this torch build has (fp8 since 2.1)
+DTYPES = {name: getattr(torch, attr) for name, attr in (
+    ("float64", "float64"), ("float32", "float32"), ("float16", "float16"), ("bfloat16", "bfloat16"),
+    ("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "float8_e5m2"), ("int64", "int64"), ("int32", "int32"),
+    ("int16", "int16"), ("int8", "int8"), ("uint8", "uint8"), ("bool", "bool"), ("complex64", "complex64"),
+    ("complex128", "complex128")) if hasattr(torch, attr)}
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+# dtypes numpy lacks travel as the bits of a same-width integer (view, not cast)
+_BIT_VIEWS = {"bfloat16": (torch.int16, np.uint16), "float8_e4m3fn": (torch.uint8, np.uint8),
+              "float8_e5m2": (torch.uint8, np.uint8)}
 _INITS = {
     "xavier_uniform": nn.init.xavier_uniform_,
     "xavier_normal": nn.init.xavier_normal_,
@@ -76,6 +86,46 @@ class TorchAdapter(Adapter):
 
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
+
+    # --- native tensors (dtype table, exact bits) -------------------------------------------------------------
+    DTYPES = DTYPES
+
+    def tensor_dtype(self, tensor) -> str:
+        try:
+            return _NAMES[tensor.dtype]
+        except KeyError:
+            raise XFreezeError(f"torch dtype {tensor.dtype} is not supported by xfreeze "
+                               f"(supported: {', '.join(DTYPES)})") from None
+
+    def to_raw(self, tensor):
+        from .._tensors import Raw
+        name = self.tensor_dtype(tensor)
+        t = _local(tensor).detach().cpu().contiguous()
+        if name in _BIT_VIEWS:
+            carrier, np_carrier = _BIT_VIEWS[name]
+            return Raw(t.view(carrier).numpy().view(np_carrier), name)
+        return Raw(t.numpy(), name)
+
+    def from_raw(self, raw):
+        bits = np.require(raw.bits, requirements=["C", "W"])  # from_numpy shares memory and wants it writeable
+        if raw.dtype in _BIT_VIEWS:
+            carrier, _ = _BIT_VIEWS[raw.dtype]
+            return torch.from_numpy(bits.view(np.int16 if carrier is torch.int16 else np.uint8)).view(DTYPES[raw.dtype])
+        return torch.from_numpy(bits)
+
+    def cast(self, tensor, dtype: str):
+        return tensor.to(DTYPES[dtype])
+
+    def transpose(self, tensor):
+        return tensor.t().contiguous()
+
+    def row_nonzero(self, tensor, index: int) -> bool:
+        return bool((tensor[index] != 0).any())
+
+    def zero_row(self, tensor, index: int):
+        out = tensor.clone()
+        out[index] = 0
+        return out
 
     # --- named models (the command line) ----------------------------------------------------------------------
     model_zoo = "a torchvision name (or a timm name, when timm is installed)"
@@ -184,6 +234,11 @@ class TorchAdapter(Adapter):
     def copy_into(self, target, source) -> None:
         with torch.no_grad():
             target.copy_(source)
+
+
+def _local(tensor):
+    """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _unwrap(model):
