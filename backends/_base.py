@@ -1,5 +1,12 @@
-"""What the torch and Paddle adapters share: both keep forward pre-hooks in ``_forward_pre_hooks``."""
+"""The adapter contract: every method an adapter implements, one real framework difference each.
+
+The core (``xfreeze/``) talks to a framework only through these methods. A new framework = one module subclassing
+:class:`Adapter`, one :class:`~xfreeze.backends.naming.Naming`, one entry in ``xfreeze.backends.ADAPTERS``, and
+``tests/test_conformance.py`` passing for it. Methods that raise ``NotImplementedError`` here must be provided.
+"""
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 
 def keep_eval(module, args):
@@ -7,12 +14,73 @@ def keep_eval(module, args):
     module.training = False
 
 
+def _todo(self, what: str):
+    raise NotImplementedError(f"{type(self).__name__} does not implement {what}, which every xfreeze adapter must")
+
+
 class Adapter:
     """Base of every adapter. Subclasses override one small method per real framework difference."""
 
-    name = ""
+    name: ClassVar[str] = ""
+    DTYPES: ClassVar[dict] = {}           # neutral dtype name -> framework dtype (what this build supports)
+    model_zoo: ClassVar[str] = ""         # what ``build_named_model`` accepts, in words (for the CLI)
+
+    # --- structure: the model view ---------------------------------------------------------------------------
+    def walk(self, model):
+        """A :class:`xfreeze._view.Walk` of ``model``: wrappers seen through, modules, parameters, statistics."""
+        _todo(self, "walk")
+
+    def structure_token(self, model) -> tuple:
+        """The identities of ``model``'s modules and parameters (equal to ``walk(model).token`` while unchanged)."""
+        _todo(self, "structure_token")
+
+    def module_kind(self, module) -> str | None:
+        """``"norm"``, ``"linear"``, ``"conv"``, ``"embedding"`` or None."""
+        _todo(self, "module_kind")
+
+    def class_names(self, module) -> list[str]:
+        """Names of the module's classes, most derived first (for ``type:`` patterns)."""
+        return [cls.__name__ for cls in type(module).__mro__]
+
+    def state_keys(self, view) -> list[str]:
+        """State-dict keys beyond parameters and statistics (other persistent buffers)."""
+        return []
+
+    def padding_idx(self, module) -> int | None:
+        """An Embedding's padding row, else None."""
+        return None
+
+    def module_training(self, module) -> bool:
+        """Whether the module is in training mode."""
+        return bool(module.training)
+
+    # --- trainability ----------------------------------------------------------------------------------------
+    def trainable_flags(self, params) -> list[bool]:
+        """Live trainability of each parameter."""
+        return [self.is_trainable(p) for p in params]
+
+    def is_trainable(self, param) -> bool:
+        _todo(self, "is_trainable")
+
+    def set_trainable(self, param, trainable: bool) -> None:
+        _todo(self, "set_trainable")
+
+    def drop_grad(self, param) -> None:
+        """Release the gradient (None, not zeros: a zeroed gradient still feeds momentum and weight decay)."""
+        _todo(self, "drop_grad")
+
+    def apply_trainable(self, params, trainable: bool) -> None:
+        """A freeze plan's flags for many parameters at once; frozen ones also lose their gradient."""
+        for p in params:
+            self.set_trainable(p, trainable)
+            if not trainable:
+                self.drop_grad(p)
+
+    def sync_grads(self, module) -> None:
+        """Called after the trainability of ``module``'s own parameters changed (most frameworks: nothing)."""
 
     def lock_norm(self, module) -> None:
+        """Keep a norm layer's statistics fixed: it runs in eval mode on every forward, even after train()."""
         if not self.is_norm_locked(module):
             module.register_forward_pre_hook(keep_eval)
         module.training = False  # visible at once, not only from the next forward
@@ -26,13 +94,124 @@ class Adapter:
     def is_norm_locked(self, module) -> bool:
         return any(hook is keep_eval for hook in module._forward_pre_hooks.values())
 
-    def named_statistics(self, model):
-        """Every norm layer's running statistics under torch's names (``bn1.running_mean``), in model order."""
-        return [(f"{path}.{name}" if path else name, t) for path, m in self.named_modules(model)
-                for name, t in self.norm_statistics(m)]
+    # --- native tensors --------------------------------------------------------------------------------------
+    def tensor_dtype(self, tensor) -> str:
+        """The neutral dtype name (``"bfloat16"``)."""
+        _todo(self, "tensor_dtype")
 
-    def sync_grads(self, module) -> None:
-        """Called after the trainability of ``module``'s own parameters changed (most frameworks: nothing)."""
+    def to_raw(self, tensor):
+        """The tensor's exact bits as a :class:`xfreeze._tensors.Raw`."""
+        _todo(self, "to_raw")
 
-    def class_names(self, module) -> list[str]:
-        return [cls.__name__ for cls in type(module).__mro__]
+    def from_raw(self, raw):
+        """A new tensor of this framework with exactly ``raw``'s bits and dtype."""
+        _todo(self, "from_raw")
+
+    def cast(self, tensor, dtype: str):
+        _todo(self, "cast")
+
+    def transpose(self, tensor):
+        _todo(self, "transpose")
+
+    def row_nonzero(self, tensor, index: int) -> bool:
+        _todo(self, "row_nonzero")
+
+    def zero_row(self, tensor, index: int):
+        _todo(self, "zero_row")
+
+    def numel(self, tensor) -> int:
+        _todo(self, "numel")
+
+    def nbytes(self, tensor) -> int:
+        _todo(self, "nbytes")
+
+    def full_shape(self, tensor) -> tuple:
+        """The tensor's logical shape (the whole tensor, also when it is sharded)."""
+        return tuple(tensor.shape)
+
+    def clone(self, tensor):
+        """A detached copy."""
+        _todo(self, "clone")
+
+    # --- weights ---------------------------------------------------------------------------------------------
+    def state_tensors(self, model) -> dict:
+        """``{key: tensor}`` of the (unwrapped) model's state dict, live tensors."""
+        _todo(self, "state_tensors")
+
+    def as_native(self, value, like):
+        """``value`` (a tensor of this framework) on ``like``'s device and dtype."""
+        _todo(self, "as_native")
+
+    def load_tensors(self, targets: list, values: list) -> None:
+        """Copy ``values`` (this framework's tensors, same shapes and dtypes) into ``targets``, without autograd."""
+        _todo(self, "load_tensors")
+
+    def linear_features(self, module) -> tuple:
+        """``(in_features, out_features, has_bias)`` of a Linear layer."""
+        _todo(self, "linear_features")
+
+    def new_linear(self, like, out_features: int, init: str):
+        """A new Linear with ``like``'s input size, bias setting, device and dtype."""
+        _todo(self, "new_linear")
+
+    # --- optimizers ------------------------------------------------------------------------------------------
+    def scheduler_base_lr(self, lr) -> float | None:
+        _todo(self, "scheduler_base_lr")
+
+    def build_optimizer(self, config, groups, lr):
+        _todo(self, "build_optimizer")
+
+    def optimizer_param_ids(self, opt) -> set:
+        _todo(self, "optimizer_param_ids")
+
+    def add_param_group(self, opt, group, scheduler=None) -> None:
+        _todo(self, "add_param_group")
+
+    def group_lrs(self, opt) -> list:
+        _todo(self, "group_lrs")
+
+    def optimizer_state(self, opt, model) -> dict:
+        _todo(self, "optimizer_state")
+
+    def load_optimizer_state(self, opt, model, state) -> None:
+        _todo(self, "load_optimizer_state")
+
+    def scheduler_state(self, scheduler) -> dict:
+        _todo(self, "scheduler_state")
+
+    def load_scheduler_state(self, scheduler, state) -> None:
+        _todo(self, "load_scheduler_state")
+
+    # --- EMA (an EMA plan: lists of tensors, fused where the framework can) -----------------------------------
+    def ema_update(self, averages: list, values: list, weight: float) -> None:
+        """``a += weight * (v - a)`` for each pair (a lerp: exactly ``a`` when ``v == a``)."""
+        _todo(self, "ema_update")
+
+    def copy_into(self, targets: list, sources: list) -> None:
+        """Copy each source into its target, without autograd."""
+        _todo(self, "copy_into")
+
+    # --- named models (the command line) ---------------------------------------------------------------------
+    def model_names(self) -> list:
+        return []
+
+    def build_named_model(self, name: str) -> Any:
+        return None
+
+    # --- compatibility: module-level walks (kept for code that predates the view) -----------------------------
+    def named_modules(self, model):
+        """``[(path, module)]`` of the inner model, wrappers seen through."""
+        return self.walk(model).modules
+
+    def direct_parameters(self, module) -> list:
+        """``[(local name, parameter)]`` of the module itself (norm statistics excluded)."""
+        _todo(self, "direct_parameters")
+
+    def norm_statistics(self, module) -> list:
+        """``[(neutral local name, tensor)]``: the module's norm running statistics."""
+        _todo(self, "norm_statistics")
+
+    def named_statistics(self, model) -> list:
+        """Every norm layer's running statistics under neutral names (``bn1.running_mean``), in model order."""
+        walk = self.walk(model)
+        return [(f"{walk.modules[mi][0]}.{local}" if walk.modules[mi][0] else local, t) for mi, local, t in walk.stats]

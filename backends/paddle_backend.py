@@ -47,11 +47,43 @@ _INITS = {
 class PaddleAdapter(Adapter):
     name = "paddle"
 
-    def named_modules(self, model):
-        return _unwrap(model).named_sublayers(include_self=True)
+    # --- structure: the model view ---------------------------------------------------------------------------
+    def walk(self, model):
+        from .._view import Walk
+        inner, wrappers = _unwrap_root(model)
+        modules, params, stats, token = [], [], [], []
+        for path, module in _traverse(inner):
+            index = len(modules)
+            modules.append((path, module))
+            token.append(id(module))
+            is_norm = isinstance(module, _NORMS)
+            for local, p in module._parameters.items():
+                if p is None:
+                    continue
+                if is_norm and local in _STAT_NAMES:
+                    stats.append((index, _NEUTRAL_STAT[local], p))
+                else:
+                    params.append((index, local, p))
+                token.append(id(p))
+        return Walk(inner, wrappers, modules, params, stats, tuple(token))
+
+    def structure_token(self, model) -> tuple:
+        token = []
+        for _, module in _traverse(_unwrap_root(model)[0], paths=False):
+            token.append(id(module))
+            token.extend(id(p) for p in module._parameters.values() if p is not None)
+        return tuple(token)
+
+    def state_keys(self, view) -> list:
+        return [f"{path}.{local}" if path else local for path, m in zip(view.paths, view.modules)
+                for local, b in m._buffers.items()
+                if b is not None and local not in m._non_persistable_buffer_names_set]
+
+    def trainable_flags(self, params):
+        return [not p.stop_gradient for p in params]
 
     def direct_parameters(self, module):
-        stats = self.module_kind(module) == "norm"
+        stats = isinstance(module, _NORMS)
         return [(n, p) for n, p in module.named_parameters(include_sublayers=False)
                 if not (stats and n in _STAT_NAMES)]
 
@@ -163,7 +195,15 @@ class PaddleAdapter(Adapter):
         return None if index is None or index < 0 else int(index)
 
     def state_tensors(self, model) -> dict:
-        return dict(_unwrap(model).state_dict())
+        return dict(_unwrap_root(model)[0].state_dict())
+
+    def as_native(self, value, like):
+        return value.astype(like.dtype) if value.dtype != like.dtype else value
+
+    def load_tensors(self, targets, values) -> None:
+        with paddle.no_grad():
+            for target, value in zip(targets, values):
+                target.set_value(value)
 
     def state_arrays(self, model) -> dict:
         return {k: v.numpy() for k, v in _unwrap(model).state_dict().items()}
@@ -193,6 +233,73 @@ class PaddleAdapter(Adapter):
                       parameters=groups, weight_decay=config.weight_decay)
         _no_coupled_decay(groups)
         return opt
+
+    def build_optimizer_from(self, factory, config, groups, lr, kwargs):
+        """Any Paddle optimizer class/factory: group ``learning_rate`` is a multiplier of the global rate, which
+        every Paddle optimizer applies per parameter (``optimize_attr``); decay is the group's own."""
+        import inspect
+        label = config.name
+        try:
+            accepts_decay = "weight_decay" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            accepts_decay = True
+        if config.weight_decay and not accepts_decay:  # Lamb: lamb_weight_decay, one rule for every parameter
+            raise XFreezeError(f"optimizer {label} has no per-group weight_decay, so xfreeze cannot give groups "
+                               f"their own decay; pass weight_decay=0.0 (and {label}'s own decay option)")
+        groups = [_group(config, g, g["lr_scale"]) for g in groups]
+        extra = {"weight_decay": config.weight_decay} if accepts_decay and config.weight_decay else {}
+        try:
+            opt = factory(learning_rate=lr, parameters=groups, **extra, **kwargs)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise XFreezeError(f"optimizer {label} cannot be built over xfreeze's parameter groups: {exc}") from None
+        if not isinstance(opt, paddle.optimizer.Optimizer) or not opt._param_groups \
+                or not isinstance(opt._param_groups[0], dict):
+            raise XFreezeError(f"optimizer {label} does not keep xfreeze's parameter groups, so absolute group "
+                               "rates cannot be guaranteed")
+        if isinstance(opt, paddle.optimizer.AdamW):
+            _no_coupled_decay(groups)
+        return opt
+
+    def optimizer_defaults(self, opt):
+        return None  # a Paddle optimizer built by hand over a parameter list cannot grow groups
+
+    def is_optimizer(self, obj) -> bool:
+        return isinstance(obj, paddle.optimizer.Optimizer)
+
+    def is_scheduler(self, obj) -> bool:
+        return isinstance(obj, paddle.optimizer.lr.LRScheduler)
+
+    def group_rows(self, opt) -> list:
+        """(param ids, absolute lr, weight decay) per group; a hand-built optimizer is one group."""
+        groups = opt._param_groups
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        return [([id(p) for p in g["params"]], opt.get_lr() * g.get("learning_rate", 1.0), _decay_of(opt, g))
+                for g in groups]
+
+    def has_optimizer_state(self, opt, param) -> bool:
+        return any(param.name in accumulators for accumulators in opt._accumulators.values())
+
+    def optimizer_state_problem(self, opt, model, state):
+        if not isinstance(state, dict):
+            return f"expected a dict of accumulators, got {type(state).__name__}"
+        names = {n for n, _ in model.named_parameters()}
+        unknown = sorted({k.split("|", 1)[0] for k in state if "|" in k} - names)
+        return f"it names parameters this model lacks: {unknown[:3]}" if unknown else None
+
+    def saved_param_count(self, state):
+        return None  # Paddle keys state by parameter, not by group: nothing to count
+
+    def register_state_hooks(self, opt, save, load) -> None:
+        """Paddle optimizers have no state hooks: wrap this instance's state_dict / set_state_dict."""
+        state_dict, set_state_dict = opt.state_dict, opt.set_state_dict
+
+        def saving():
+            state = state_dict()
+            save(state)
+            return state
+        opt.state_dict = saving
+        opt.set_state_dict = lambda state: set_state_dict(load(dict(state)))
 
     def optimizer_param_ids(self, opt) -> set:
         groups = opt._param_groups
@@ -257,20 +364,56 @@ class PaddleAdapter(Adapter):
     def clone(self, tensor):
         return tensor.detach().clone()
 
-    def ema_update(self, average, value, weight: float) -> None:
-        with paddle.no_grad():
-            average.set_value(paddle.lerp(average, value.detach(), weight))
+    def ema_update(self, averages, values, weight: float) -> None:
+        with paddle.no_grad():  # Paddle has no foreach kernels: an in-place lerp per tensor, e exactly e when m == e
+            for average, value in zip(averages, values):
+                average.lerp_(value, weight)
 
-    def copy_into(self, target, source) -> None:
+    def copy_into(self, targets, sources) -> None:
         with paddle.no_grad():
-            target.set_value(source.detach())
+            for target, source in zip(targets, sources):
+                paddle.assign(source, output=target)
+
+
+# Wrappers seen through, by class name -> the attribute holding the wrapped layer (its "_layers." segment never
+# reaches a name).
+WRAPPERS = {"DataParallel": "_layers"}
+
+
+def _inner_of(layer):
+    attr = WRAPPERS.get(type(layer).__name__)
+    return getattr(layer, attr, None) if attr else None
+
+
+def _unwrap_root(model):
+    """The model inside any wrappers, and the wrappers' class names, outermost first."""
+    wrappers = []
+    inner = _inner_of(model)
+    while inner is not None:
+        wrappers.append(type(model).__name__)
+        model, inner = inner, _inner_of(inner)
+    return model, wrappers
 
 
 def _unwrap(model):
-    """The model inside paddle.DataParallel, so names carry no "_layers." prefix."""
-    while isinstance(model, paddle.DataParallel):
-        model = model._layers
-    return model
+    return _unwrap_root(model)[0]
+
+
+def _traverse(root, paths: bool = True):
+    """(path, layer) in named_sublayers order (pre-order, shared layers once), wrappers seen through."""
+    seen, stack = set(), [("", root)]
+    while stack:
+        path, layer = stack.pop()
+        inner = _inner_of(layer)
+        while inner is not None:
+            layer, inner = inner, _inner_of(inner)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield path, layer
+        children = [(name, child) for name, child in layer._sub_layers.items() if child is not None]
+        for name, child in reversed(children):
+            stack.append(((f"{path}.{name}" if path else name) if paths else "", child))
 
 
 def _group(config, group: dict, multiplier: float) -> dict:
@@ -279,6 +422,13 @@ def _group(config, group: dict, multiplier: float) -> dict:
     wd = float(group["weight_decay"])
     decay = wd if config.name in ("sgd", "adamw") else (wd or None)
     return {"params": list(group["params"]), "learning_rate": float(multiplier), "weight_decay": decay}
+
+
+def _decay_of(opt, group) -> float:
+    if group.get("regularization_method"):  # Momentum converts a group's decay into these
+        return float(group.get("regularization_coeff") or 0.0)
+    decay = group.get("weight_decay", getattr(opt, "_weight_decay", None))
+    return float(getattr(decay, "_coeff", decay) or 0.0)  # a float, an L2Decay or None
 
 
 def _no_coupled_decay(groups) -> None:

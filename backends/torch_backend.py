@@ -39,15 +39,45 @@ _INITS = {
 class TorchAdapter(Adapter):
     name = "torch"
 
-    def named_modules(self, model):
-        return _unwrap(model).named_modules()
+    # --- structure: the model view ---------------------------------------------------------------------------
+    def walk(self, model):
+        from .._view import Walk
+        inner, wrappers = _unwrap_root(model)
+        modules, params, stats, token = [], [], [], []
+        for path, module in _traverse(inner):
+            index = len(modules)
+            modules.append((path, module))
+            token.append(id(module))
+            for local, p in module._parameters.items():
+                if p is not None:
+                    params.append((index, local, p))
+                    token.append(id(p))
+            for local in _STATS:
+                b = module._buffers.get(local)
+                if b is not None:
+                    stats.append((index, local, b))
+        return Walk(inner, wrappers, modules, params, stats, tuple(token))
+
+    def structure_token(self, model) -> tuple:
+        token = []
+        for _, module in _traverse(_unwrap_root(model)[0], paths=False):
+            token.append(id(module))
+            token.extend(id(p) for p in module._parameters.values() if p is not None)
+        return tuple(token)
+
+    def state_keys(self, view) -> list:
+        return [f"{path}.{local}" if path else local for path, m in zip(view.paths, view.modules)
+                for local, b in m._buffers.items()
+                if b is not None and local not in _STATS and local not in m._non_persistent_buffers_set]
+
+    def trainable_flags(self, params):
+        return [p.requires_grad for p in params]
 
     def direct_parameters(self, module):
         return list(module.named_parameters(recurse=False))
 
     def norm_statistics(self, module):
-        return [(n, b) for n, b in module.named_buffers(recurse=False)
-                if n in ("running_mean", "running_var") and b is not None]
+        return [(n, b) for n, b in module.named_buffers(recurse=False) if n in _STATS and b is not None]
 
     def module_kind(self, module):
         return next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
@@ -155,7 +185,14 @@ class TorchAdapter(Adapter):
         return module.padding_idx if isinstance(module, nn.Embedding) else None
 
     def state_tensors(self, model) -> dict:
-        return dict(_unwrap(model).state_dict())
+        return dict(_unwrap_root(model)[0].state_dict(keep_vars=True))
+
+    def as_native(self, value, like):
+        return value.to(device=like.device, dtype=like.dtype)
+
+    def load_tensors(self, targets, values) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(list(targets), list(values)) if targets else None
 
     def state_arrays(self, model) -> dict:
         return {k: v.detach().cpu().numpy() for k, v in _unwrap(model).state_dict().items()}
@@ -196,6 +233,56 @@ class TorchAdapter(Adapter):
     def optimizer_param_ids(self, opt) -> set:
         return {id(p) for g in opt.param_groups for p in g["params"]}
 
+    def build_optimizer_from(self, factory, config, groups, lr, kwargs):
+        """Any torch optimizer class/factory over the groups; each group's ``lr`` is absolute in torch already."""
+        groups, label = [_group(g) for g in groups], config.name
+        try:
+            opt = factory(groups, lr=config.lr, **kwargs)
+        except (TypeError, ValueError) as exc:  # LBFGS: "doesn't support per-parameter options"
+            raise XFreezeError(f"optimizer {label} cannot be built over xfreeze's parameter groups: {exc}") from None
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise XFreezeError(f"optimizer {label} returned a {type(opt).__name__}, not a torch.optim.Optimizer")
+        if len(opt.param_groups) != len(groups) or "lr" not in opt.defaults:
+            raise XFreezeError(f"optimizer {label} does not keep xfreeze's {len(groups)} parameter groups with their "
+                               "own learning rates, so absolute group rates cannot be guaranteed")
+        if config.weight_decay and "weight_decay" not in opt.defaults:
+            raise XFreezeError(f"optimizer {label} has no per-group weight decay; pass weight_decay=0.0")
+        return opt
+
+    def optimizer_defaults(self, opt):
+        defaults = getattr(opt, "defaults", None)
+        return defaults if isinstance(defaults, dict) and "lr" in defaults else None
+
+    def is_optimizer(self, obj) -> bool:
+        return isinstance(obj, torch.optim.Optimizer)
+
+    def is_scheduler(self, obj) -> bool:
+        return isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau))
+
+    def group_rows(self, opt) -> list:
+        """(param ids, absolute lr, weight decay) per group."""
+        return [([id(p) for p in g["params"]], g["lr"], g.get("weight_decay", 0.0)) for g in opt.param_groups]
+
+    def has_optimizer_state(self, opt, param) -> bool:
+        return bool(opt.state.get(param))
+
+    def optimizer_state_problem(self, opt, model, state):
+        if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list) \
+                or not isinstance(state.get("state"), dict):
+            return "expected a torch optimizer state_dict with 'state' and 'param_groups'"
+        if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in state["param_groups"]):
+            return "a param_groups entry has no 'params' list"
+        return None
+
+    def saved_param_count(self, state):
+        return sum(len(g["params"]) for g in state["param_groups"])
+
+    def register_state_hooks(self, opt, save, load) -> None:
+        """``save(state_dict)`` adds to what ``opt.state_dict()`` returns; ``load(state_dict)`` runs first in
+        ``opt.load_state_dict`` (before torch checks the groups) and returns the state to load."""
+        opt.register_state_dict_post_hook(lambda o, state: save(state))
+        opt.register_load_state_dict_pre_hook(lambda o, state: load(state))
+
     def add_param_group(self, opt, group, scheduler=None) -> None:
         new = _group(group)
         if scheduler is not None:  # the new group follows the schedule from where it stands now
@@ -228,12 +315,15 @@ class TorchAdapter(Adapter):
     def clone(self, tensor):
         return tensor.detach().clone()
 
-    def ema_update(self, average, value, weight: float) -> None:
-        average.lerp_(value.detach(), weight)  # e + w * (m - e): exactly e when m == e
+    def ema_update(self, averages, values, weight: float) -> None:
+        if averages:  # one fused lerp (timm ModelEmaV3): e + w * (m - e), exactly e when m == e
+            with torch.no_grad():
+                torch._foreach_lerp_(averages, values, weight)
 
-    def copy_into(self, target, source) -> None:
-        with torch.no_grad():
-            target.copy_(source)
+    def copy_into(self, targets, sources) -> None:
+        if targets:
+            with torch.no_grad():
+                torch._foreach_copy_(targets, sources)
 
 
 def _local(tensor):
@@ -241,11 +331,54 @@ def _local(tensor):
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
+# Wrappers seen through, by class name -> the attribute holding the wrapped module. Their own path segment
+# ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.") never reaches a name.
+WRAPPERS = {
+    "DataParallel": "module",
+    "DistributedDataParallel": "module",
+    "OptimizedModule": "_orig_mod",                       # torch.compile
+    "FullyShardedDataParallel": "_fsdp_wrapped_module",   # FSDP1, at the root and around inner units
+    "CheckpointWrapper": "_checkpoint_wrapped_module",    # activation checkpointing
+    "OffloadWrapper": "_checkpoint_wrapped_module",
+}
+_STATS = ("running_mean", "running_var")
+
+
+def _inner_of(module):
+    attr = WRAPPERS.get(type(module).__name__)
+    return getattr(module, attr, None) if attr else None
+
+
+def _unwrap_root(model):
+    """The model inside any wrappers, and the wrappers' class names, outermost first."""
+    wrappers = []
+    inner = _inner_of(model)
+    while inner is not None:
+        wrappers.append(type(model).__name__)
+        model, inner = inner, _inner_of(inner)
+    return model, wrappers
+
+
 def _unwrap(model):
-    """The model inside DataParallel / DistributedDataParallel, so names carry no "module." prefix."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
+    return _unwrap_root(model)[0]
+
+
+def _traverse(root, paths: bool = True):
+    """(path, module) in named_modules order (pre-order, shared modules once), wrappers replaced by their inner
+    module under the wrapper's own path."""
+    seen, stack = set(), [("", root)]
+    while stack:
+        path, module = stack.pop()
+        inner = _inner_of(module)
+        while inner is not None:
+            module, inner = inner, _inner_of(inner)
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield path, module
+        children = [(name, child) for name, child in module._modules.items() if child is not None]
+        for name, child in reversed(children):
+            stack.append(((f"{path}.{name}" if path else name) if paths else "", child))
 
 
 def _group(group: dict) -> dict:

@@ -55,8 +55,9 @@ def select(model, *patterns, backend: str | None = None) -> list[str]:
         >>> xfreeze.select(model, "*", "!1.*")
         ['0.weight', '0.bias']
     """
-    from ._backend import adapter_for
-    from ._select import resolve, walk
+    from ._select import select_mask
+    from ._view import view_of
 
-    adapter = adapter_for(model, backend)
-    return [e.name for e in resolve(adapter, model, _compile_patterns(patterns), walk(adapter, model))]
+    compiled = _compile_patterns(patterns)
+    view = view_of(model, backend)
+    return [name for name, hit in zip(view.names, select_mask(view, compiled)) if hit]

@@ -59,7 +59,7 @@ def adapter_for(model, backend: str | None = None):
     found = _detect(type(model))
     if found is None:
         expected = " or ".join(spec.base_class for spec in ADAPTERS.values())
-        hint = f" ({wanted} is not installed: {ADAPTERS[wanted].install})" if wanted and not _installed(wanted) else ""
+        hint = f" ({wanted} is not installed: {ADAPTERS[wanted].install})" if wanted and not installed(wanted) else ""
         raise XFreezeError(f"{type(model).__name__} is not a supported model type (expected {expected}){hint}")
     if wanted is not None and wanted != found:
         raise XFreezeError(
@@ -84,7 +84,7 @@ def _check_name(name, argument: str) -> None:
     check_choice(argument, name, tuple(ADAPTERS))
 
 
-def _installed(name: str) -> bool:
+def installed(name: str) -> bool:
     try:
         return importlib.util.find_spec(ADAPTERS[name].module) is not None
     except (ImportError, ValueError):  # a blocked or half-imported framework
@@ -92,7 +92,7 @@ def _installed(name: str) -> bool:
 
 
 def _check_installed(name: str) -> None:
-    if not _installed(name):
+    if not installed(name):
         raise XFreezeError(f"backend {name!r} needs {ADAPTERS[name].module}, which is not installed: "
                            f"{ADAPTERS[name].install}")
 

@@ -1,164 +1,200 @@
-"""torch <-> Paddle weight conversion: generic layer rules plus architecture name maps.
+"""Weight conversion between frameworks: names and layouts go through one neutral naming.
 
-Generic rules (every architecture):
-  * Linear weights are [out, in] in torch and [in, out] in Paddle: transposed. Embedding and Conv weights share a
-    layout and are NOT transposed (a popular converter transposes every 2-D weight and breaks embeddings).
-  * BatchNorm statistics: ``running_mean``/``running_var`` <-> ``_mean``/``_variance``; torch's
-    ``num_batches_tracked`` has no Paddle counterpart and is dropped (noted).
+Each framework describes itself once against the neutral (torch-ecosystem) naming, in its adapter's
+``backends/<framework>_names.py`` (:class:`xfreeze.backends.naming.Naming`): statistic names, the Linear weight
+layout, what an Embedding does with its padding row, state it alone keeps, and architecture name maps. Converting
+from A to B is A -> neutral -> B, so a third framework needs one description, not one map per pair.
+
+Generic rules, from those descriptions:
+  * Linear weights are transposed when the two layouts differ; Embedding and Conv weights never are (a popular
+    converter transposes every 2-D weight and breaks embeddings). Which weights are Linear is decided from the
+    target model's own modules when it is given; without one, 2-D ``*.weight`` tensors outside embeddings are
+    transposed and each such case is reported as a guess.
+  * Statistic names map through the neutral ones; state only one framework keeps is dropped (noted).
   * Embedding ``padding_idx``: Paddle forces that row's output to zero, torch returns the stored row. Converting to
-    torch, a non-zero padding row is zeroed so torch outputs what Paddle did; converting to Paddle, a non-zero row
-    is reported (Paddle will output zeros there).
-Which weights are Linear is decided from the target model's own modules when it is given; without one, 2-D
-``*.weight`` tensors are transposed unless their module name says embedding (reported as a guess).
-
-Architecture maps: torchvision ResNet <-> paddle.vision ResNet share names; transformers ``ErnieModel`` (torch) <->
-PaddleNLP ``ErnieModel`` (Paddle) need the ``ERNIE`` map below. The map is chosen by how many of the target model's
-names it produces (or by ``arch=``).
+    torch, a non-zero padding row is zeroed so torch outputs what Paddle did; converting to Paddle it is reported.
+Values stay native tensors (a torch tensor becomes a Paddle tensor bit for bit, bf16 included); the architecture
+map is the one that places the most keys (or ``arch=``), chosen once per call.
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
-import numpy as np
+from ._backend import adapter_for, installed
+from ._checkpoint import StateDict, as_state_dict
+from ._errors import XFreezeError, check_choice
+from . import _tensors
+from .backends import ADAPTERS
+from .backends.naming import Naming, naming
 
-from ._backend import adapter_for
-from ._checkpoint import StateDict, as_state_dict, to_numpy
-from ._errors import check_choice
-
-# (torch fragment, Paddle fragment); {i} is a layer number. Applied anywhere in a key (after "ernie." etc.).
-ARCH_MAPS = {
-    "resnet": [],
-    "ernie": [
-        ("embeddings.LayerNorm.", "embeddings.layer_norm."),
-        ("encoder.layer.{i}.attention.self.query.", "encoder.layers.{i}.self_attn.q_proj."),
-        ("encoder.layer.{i}.attention.self.key.", "encoder.layers.{i}.self_attn.k_proj."),
-        ("encoder.layer.{i}.attention.self.value.", "encoder.layers.{i}.self_attn.v_proj."),
-        ("encoder.layer.{i}.attention.output.dense.", "encoder.layers.{i}.self_attn.out_proj."),
-        ("encoder.layer.{i}.attention.output.LayerNorm.", "encoder.layers.{i}.norm1."),
-        ("encoder.layer.{i}.intermediate.dense.", "encoder.layers.{i}.linear1."),
-        ("encoder.layer.{i}.output.dense.", "encoder.layers.{i}.linear2."),
-        ("encoder.layer.{i}.output.LayerNorm.", "encoder.layers.{i}.norm2."),
-    ],
-}
-_STATS = {"torch": ("running_mean", "running_var"), "paddle": ("_mean", "_variance")}
-_LEGACY_NORM = {"gamma": "weight", "beta": "bias"}  # TF-era BERT checkpoints name LayerNorm parameters so
+FRAMEWORKS = tuple(ADAPTERS)
 
 
-def convert(state, to: str, model=None, *, arch: str | None = None) -> StateDict:
-    """Convert a state dict between torch and Paddle names and layouts.
+def convert(state, to: str, model=None, *, arch: str | None = None, source: str | None = None) -> StateDict:
+    """Convert a state dict between frameworks' names and layouts.
 
     Args:
-        state: ``{name: tensor or array}`` of the other framework (a :class:`StateDict` from
-            :func:`load_checkpoint`, a model's ``state_dict()``, or plain numpy arrays).
-        to: ``"paddle"`` or ``"torch"``.
-        model: the target model; when given, layouts are decided from its modules and every key it cannot place is
-            listed in ``result.unplaced``.
-        arch: ``"resnet"`` or ``"ernie"`` to force a name map (default: the one that places the most keys).
+        state: ``{name: tensor or array}`` of another framework (a :class:`StateDict` from
+            :func:`load_checkpoint`, a ``state_dict()``, or plain numpy arrays).
+        to: the target framework, ``"torch"`` or ``"paddle"``.
+        model: the target model (optional but recommended): layouts are then decided from its own modules and
+            keys it cannot place are listed in ``result.unplaced``.
+        arch: force an architecture map (``xfreeze.convert_archs()`` lists them); default: the one placing most keys.
+        source: the framework ``state`` comes from, when neither its ``framework`` attribute nor its keys tell.
 
     Returns:
-        StateDict: numpy arrays under the target framework's names (arrays that need no change are shared, not
-        copied), with ``notes`` saying what was renamed, transposed, dropped or zeroed, and ``unplaced``.
+        StateDict: converted tensors (the target framework's own when it is installed, dtypes kept bit for bit),
+        with ``framework=to`` and ``notes`` saying what was renamed, transposed, dropped or zeroed.
 
     Raises:
-        XFreezeError: ``to`` or ``arch`` unknown, or non-tensor values.
+        XFreezeError: an unknown ``to``/``arch``/``source``, a state whose framework cannot be told, non-tensor
+            values, or a dtype the target framework cannot hold (named).
 
     Example:
-        >>> import numpy as np, xfreeze
-        >>> out = xfreeze.convert({"fc.weight": np.zeros((10, 512), "float32")}, to="paddle")
-        >>> out["fc.weight"].shape
+        >>> import torch, xfreeze
+        >>> out = xfreeze.convert({"fc.weight": torch.zeros(10, 512)}, to="paddle")
+        >>> tuple(out["fc.weight"].shape)
         (512, 10)
     """
-    check_choice("to", to, ("torch", "paddle"))
+    check_choice("to", to, FRAMEWORKS)
     if arch is not None:
-        check_choice("arch", arch, tuple(ARCH_MAPS))
+        check_choice("arch", arch, convert_archs())
     state = state if isinstance(state, StateDict) else as_state_dict(dict(state))
-    source = "torch" if to == "paddle" else "paddle"
+    origin = _source_framework(state, to, source)
+    src, dst = naming(origin), naming(to)
     targets = _target_info(model) if model is not None else None
-    names = {key: _rename(key, source, to, arch or _best_arch(state, source, to, targets)) for key in state}
+    chosen = arch or _best_arch(list(state), src, dst, targets)
     out = StateDict(framework=to, format=state.format, notes=list(state.notes))
+    keep_native = installed(to)
     for key, value in state.items():
-        new = names[key]
+        new = rename(key, src, dst, chosen)
         if new is None:
-            out.notes.append((key, "dropped: no counterpart in " + to))
+            out.notes.append((key, f"dropped: no counterpart in {to}"))
             continue
         if new != key:
             out.notes.append((key, f"renamed to {new}"))
-        out[new] = _convert_value(key, new, to_numpy(value, key), to, targets, out.notes)
+        value = _tensors.to_backend(value, to, key) if keep_native else value
+        out[new] = _convert_value(key, new, value, src, dst, targets, out.notes)
+    out.arch = chosen
     out.unplaced = sorted(set(out) - set(targets)) if targets is not None else []
     for key in out.unplaced:
         out.notes.append((key, "not placed: the target model has no such key"))
     return out
 
 
-def _rename(key: str, source: str, to: str, arch: str) -> str | None:
+def convert_archs() -> tuple:
+    """Every architecture map some framework describes (``"resnet"`` is the plain one: same names)."""
+    names = {"resnet"}
+    for framework in FRAMEWORKS:
+        names |= set(naming(framework).arch_maps)
+    return tuple(sorted(names))
+
+
+def guess_framework(keys) -> str | None:
+    """Whose naming ``keys`` follow, from names only one framework uses; None when they do not tell."""
+    hits = {fw for fw in FRAMEWORKS if any(_signal(fw).search(k) for k in keys)}
+    return hits.pop() if len(hits) == 1 else None
+
+
+def rename(key: str, src: Naming, dst: Naming, arch: str) -> str | None:
+    """``key`` of ``src``'s naming in ``dst``'s, through the neutral naming; None when ``dst`` has no counterpart."""
     head, _, leaf = key.rpartition(".")
-    if source == "torch" and leaf == "num_batches_tracked":
+    if leaf in src.own_only_leaves and src is not dst:
         return None
-    if source == "torch" and leaf in _LEGACY_NORM and "LayerNorm" in head:
-        leaf = _LEGACY_NORM[leaf]
-    if leaf in _STATS[source]:
-        leaf = _STATS[to][_STATS[source].index(leaf)]
+    if leaf in src.leaf_aliases and any(m in head for m in src.alias_modules):
+        leaf = src.leaf_aliases[leaf]
+    leaf = _stat_to_neutral(src).get(leaf, leaf)
+    leaf = dst.stat_names.get(leaf, leaf)
     name = f"{head}.{leaf}" if head else leaf
-    for pattern, replacement in _compiled(arch, source):
+    name = _apply(_rules(src.framework, arch, to_neutral=True), name)
+    return _apply(_rules(dst.framework, arch, to_neutral=False), name)
+
+
+def _source_framework(state: StateDict, to: str, source) -> str:
+    if source is not None:
+        check_choice("source", source, FRAMEWORKS)
+        return source
+    origin = state.framework or guess_framework(state)
+    if origin is None:
+        others = [fw for fw in FRAMEWORKS if fw != to]
+        if len(others) == 1:
+            return others[0]
+        raise XFreezeError(f"cannot tell which framework the state dict comes from; pass source=one of {others}")
+    return origin
+
+
+@lru_cache(maxsize=None)
+def _signal(framework: str) -> re.Pattern:
+    signals = naming(framework).key_signals
+    return re.compile("|".join(f"(?:{s})" for s in signals) if signals else r"(?!x)x")
+
+
+@lru_cache(maxsize=None)
+def _stat_to_neutral_of(framework: str) -> dict:
+    return {native: neutral for neutral, native in naming(framework).stat_names.items()}
+
+
+def _stat_to_neutral(src: Naming) -> dict:
+    return _stat_to_neutral_of(src.framework)
+
+
+@lru_cache(maxsize=None)
+def _rules(framework: str, arch: str, to_neutral: bool) -> tuple:
+    """Compiled (pattern, replacement) rules of one framework's map for ``arch``, in one direction."""
+    rules = []
+    for neutral, native in naming(framework).arch_maps.get(arch, ()):
+        src, dst = (native, neutral) if to_neutral else (neutral, native)
+        pattern = "(^|\\.)" + re.escape(src).replace(re.escape("{i}"), "(\\d+)")
+        rules.append((re.compile(pattern), "\\g<1>" + dst.replace("{i}", "\\g<2>")))
+    return tuple(rules)
+
+
+def _apply(rules, name: str) -> str:
+    for pattern, replacement in rules:
         name, count = pattern.subn(replacement, name, count=1)
         if count:
             break
     return name
 
 
-def _compiled(arch: str, source: str):
-    rules = []
-    for torch_side, paddle_side in ARCH_MAPS[arch]:
-        src, dst = (torch_side, paddle_side) if source == "torch" else (paddle_side, torch_side)
-        pattern = "(^|\\.)" + re.escape(src).replace(re.escape("{i}"), "(\\d+)")
-        rules.append((re.compile(pattern), "\\g<1>" + dst.replace("{i}", "\\g<2>")))
-    return rules
+def _best_arch(keys: list, src: Naming, dst: Naming, targets) -> str:
+    """The map that places the most keys in the target model (without one: that renames the most), once per call."""
+    plain = {k: rename(k, src, dst, "resnet") for k in keys}
 
-
-def _best_arch(state, source, to, targets) -> str:
-    def placed(arch):
-        names = {_rename(k, source, to, arch) for k in state}
+    def score(arch):
+        names = plain.values() if arch == "resnet" else (rename(k, src, dst, arch) for k in keys)
         if targets is not None:
-            return len(names & set(targets))
-        return sum(1 for k in state if _rename(k, source, to, arch) != _rename(k, source, to, "resnet"))
-    return max(ARCH_MAPS, key=lambda arch: (placed(arch), arch == "resnet"))
+            return sum(1 for n in names if n in targets)
+        return sum(1 for k, n in zip(keys, names) if n != plain[k])
+    return max(convert_archs(), key=lambda arch: (score(arch), arch == "resnet"))
 
 
-def _convert_value(key, new, array: np.ndarray, to, targets, notes) -> np.ndarray:
-    if targets is not None:
-        kind, padding_idx = targets.get(new, (None, None))
-        transpose = kind == "linear" and array.ndim == 2 and new.endswith("weight")
-    else:
-        kind, padding_idx = None, None
-        owner = new.rpartition(".")[0].lower()
-        transpose = array.ndim == 2 and new.endswith(".weight") and "embed" not in owner
-        if transpose:
-            notes.append((key, "transposed as a Linear weight (a guess from its name: pass model= to be sure)"))
-    if transpose:
-        array = np.ascontiguousarray(array.T)
+def _convert_value(key, new, value, src: Naming, dst: Naming, targets, notes):
+    kind, padding_idx = targets.get(new, (None, None)) if targets is not None else (None, None)
+    if len(_tensors.shape_of(value)) == 2 and new.endswith("weight") and src.linear_layout != dst.linear_layout:
         if targets is not None:
-            notes.append((key, "transposed (Linear)"))
-    if kind == "embedding" and padding_idx is not None and np.any(array[padding_idx] != 0):
-        if to == "torch":
-            array = array.copy()
-            array[padding_idx] = 0
-            notes.append((key, f"padding row {padding_idx} zeroed: Paddle output zeros there, torch returns the row"))
+            transpose = kind == "linear"
+            if transpose:
+                notes.append((key, "transposed (Linear)"))
         else:
-            notes.append((key, f"padding row {padding_idx} is non-zero: Paddle will output zeros there, torch "
-                               "returned the row"))
-    return array
+            transpose = "embed" not in new.rpartition(".")[0].lower()
+            if transpose:
+                notes.append((key, "transposed as a Linear weight (a guess from its name: pass model= to be sure)"))
+        value = _tensors.transpose(value) if transpose else value
+    if kind == "embedding" and padding_idx is not None and src.padding_row != dst.padding_row \
+            and _tensors.row_nonzero(value, padding_idx):
+        if dst.padding_row == "stored":
+            value = _tensors.zero_row(value, padding_idx)
+            notes.append((key, f"padding row {padding_idx} zeroed: {src.framework} output zeros there, "
+                               f"{dst.framework} returns the row"))
+        else:
+            notes.append((key, f"padding row {padding_idx} is non-zero: {dst.framework} will output zeros there, "
+                               f"{src.framework} returned the row"))
+    return value
 
 
 def _target_info(model) -> dict:
-    """Target key -> (module kind, embedding padding index) from the model's own modules."""
-    adapter = adapter_for(model)
-    info = {}
-    for path, module in adapter.named_modules(model):
-        kind, padding = adapter.module_kind(module), adapter.padding_idx(module)
-        for local, _ in adapter.direct_parameters(module):
-            info[f"{path}.{local}" if path else local] = (kind, padding)
-    for name in adapter.state_arrays(model):
-        info.setdefault(name, (None, None))
-    return info
-
-
+    """Target key -> (module kind, embedding padding index), from the model's view."""
+    from ._view import view_of
+    return view_of(model).key_info()

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import _select
-from ._backend import adapter_for
-from ._errors import check_choice
-from ._table import Counts, count, render
+from ._distributed import guard_trainability_change
+from ._errors import XFreezeError, check_choice
+from ._table import Counts, counts, render
+from ._tensors import FLOAT_DTYPES
+from ._view import view_of
 
 NORM_MODES = ("freeze", "train")
 
@@ -31,6 +35,7 @@ class FreezeReport:
     norms_unlocked: list[str] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     sizes: dict[str, int] = field(default_factory=dict, repr=False)  # elements per changed parameter
+    not_trainable: list[str] = field(default_factory=list)  # selected to train, but not floating point: left frozen
 
     @property
     def selected(self) -> list[str]:
@@ -49,6 +54,9 @@ class FreezeReport:
         norm = "norm stats locked" if self.action == "freeze" else "norm stats released"
         rows = [[top, n, f"{size:,}", norms] for top, (n, size, norms) in groups.items()]
         footer = [f"{len(self.changed)} tensors now {state}; {len(self.unchanged)} selected were already {state}"]
+        if self.not_trainable:
+            footer.append(f"left frozen, not floating point: {', '.join(self.not_trainable[:5])}"
+                          + (" ..." if len(self.not_trainable) > 5 else ""))
         return render(f"xfreeze.{self.action}: {self.model}", ["module", "tensors changed", "parameters", norm],
                       rows, footer + self.counts.lines())
 
@@ -111,43 +119,53 @@ def unfreeze(model, *patterns, backend: str | None = None) -> FreezeReport:
 
 
 def _set_trainable(model, patterns, trainable: bool, norm: str, backend) -> FreezeReport:
-    adapter = adapter_for(model, backend)
     check_choice("norm", norm, NORM_MODES)
     compiled = _select.compile_patterns(patterns)
-    entries = _select.walk(adapter, model)
-    selected = _select.resolve(adapter, model, compiled, entries)  # raises before anything changes
-    report = FreezeReport("unfreeze" if trainable else "freeze", _select.model_name(adapter, model))
-    for e in selected:
-        target = trainable or (norm == "train" and adapter.module_kind(e.module) == "norm")
-        if adapter.is_trainable(e.param) != target:
-            report.changed.append(e.name)
-            report.sizes[e.name] = adapter.numel(e.param)
-        else:
-            report.unchanged.append(e.name)
-        adapter.set_trainable(e.param, target)
-        if not target:
-            adapter.drop_grad(e.param)
-    for module in {id(e.module): e.module for e in selected}.values():
-        adapter.sync_grads(module)
-    _update_norm_locks(adapter, model, compiled, selected, report, lock=not trainable and norm == "freeze")
-    report.counts = count(adapter, entries)
+    view = view_of(model, backend)
+    adapter = view.adapter
+    selected = np.flatnonzero(_select.select_mask(view, compiled))  # raises before anything changes
+    before = view.trainable()
+    target = np.full(len(selected), trainable)
+    if not trainable and norm == "train":
+        target = np.fromiter((view.kinds[view.owner[i]] == "norm" for i in selected), dtype=bool, count=len(selected))
+    report = FreezeReport("unfreeze" if trainable else "freeze", view.label)
+    untrainable = [int(i) for i, t in zip(selected, target) if t and view.dtypes[i] not in FLOAT_DTYPES]
+    if untrainable:
+        report.not_trainable = [f"{view.names[i]} ({view.dtypes[i]})" for i in untrainable]
+        target[np.isin(selected, untrainable)] = False
+        if not target.any() and trainable:
+            raise XFreezeError(f"{view.label}: the patterns select only parameters that cannot train (their dtype is "
+                               f"not floating point): {report.not_trainable[:5]}; nothing was changed")
+    changed = selected[target != before[selected]]
+    guard_trainability_change(view, [view.names[i] for i in changed if not before[i]],
+                              [view.names[i] for i in changed if before[i]])
+    adapter.apply_trainable([view.params[i] for i, t in zip(selected, target) if t], True)
+    adapter.apply_trainable([view.params[i] for i, t in zip(selected, target) if not t], False)
+    changed_set = set(changed.tolist())
+    for i in selected:
+        (report.changed if i in changed_set else report.unchanged).append(view.names[i])
+    report.sizes = {view.names[i]: int(view.numels[i]) for i in changed}
+    touched = set(view.owner_array[selected].tolist())
+    for mi in touched:
+        adapter.sync_grads(view.modules[mi])
+    _update_norm_locks(view, compiled, touched, report, lock=not trainable and norm == "freeze")
+    report.counts = counts(view)
     return report
 
 
-def _update_norm_locks(adapter, model, compiled, selected, report: FreezeReport, lock: bool) -> None:
+def _update_norm_locks(view, compiled, touched: set, report: FreezeReport, lock: bool) -> None:
     """Lock (or release) the stat-keeping norm layers the call touched, by the state of their parameters."""
-    touched = {id(e.module): e.module for e in selected}
-    touched.update({id(e.module): e.module for e in _select.covered_modules(adapter, model, compiled)
-                    if not adapter.direct_parameters(e.module)})
-    names = {id(m): path for path, m in adapter.named_modules(model)}
-    for module in touched.values():
-        if not adapter.norm_statistics(module):
-            continue
-        params = [p for _, p in adapter.direct_parameters(module)]
-        all_frozen = not any(adapter.is_trainable(p) for p in params)
+    adapter = view.adapter
+    covered = _select.module_mask(view, compiled)
+    stat_only = {i for i in view.stat_modules if covered[i] and not view.direct(i)}
+    live = view.trainable()
+    training = adapter.module_training(view.inner)
+    for mi in sorted((touched & view.stat_modules) | stat_only):
+        module = view.modules[mi]
+        all_frozen = not any(live[i] for i in view.direct(mi))
         if lock and all_frozen and not adapter.is_norm_locked(module):
             adapter.lock_norm(module)
-            report.norms_locked.append(names[id(module)])
+            report.norms_locked.append(view.paths[mi])
         elif not (lock and all_frozen) and adapter.is_norm_locked(module):
-            adapter.unlock_norm(module, training=model.training)
-            report.norms_unlocked.append(names[id(module)])
+            adapter.unlock_norm(module, training=training)
+            report.norms_unlocked.append(view.paths[mi])

@@ -4,15 +4,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 
-from . import _select
+from . import _select, _tensors
 from ._backend import adapter_for
-from ._checkpoint import StateDict, as_state_dict, load_checkpoint, to_numpy
+from ._checkpoint import StateDict, as_state_dict, load_checkpoint
 from ._convert import convert
-from ._errors import XFreezeError
+from ._errors import XFreezeError, check_choice
 from ._table import render
-
-PREFIXES = ("module.", "_layers.")  # torch DataParallel / DDP, Paddle DataParallel
+from ._view import view_of
+from .backends import ADAPTERS
+from .backends.naming import naming
 
 
 @dataclass
@@ -92,30 +94,45 @@ def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, a
         >>> report.loaded, list(report.mismatched)
         (['0.weight', '0.bias'], ['1.weight', '1.bias'])
     """
-    adapter = adapter_for(model, backend)
+    _check_options(rename, skip, strict, allow_empty, framework)
+    view = view_of(model, backend)
+    adapter = view.adapter
     state = _source_state(source)
     origin = framework or state.framework
-    report = LoadReport(_select.model_name(adapter, model), origin, notes=list(state.notes))
+    report = LoadReport(view.label, origin, notes=list(state.notes))
     targets = adapter.state_tensors(model)
     keys = _renamed_keys(list(state), set(targets), rename, report)
     state = StateDict({keys[k]: v for k, v in state.items() if keys[k] is not None}, framework=origin)
     if origin is not None and origin != adapter.name:
-        converted = convert(state, to=adapter.name, model=model)
+        converted = convert(state, to=adapter.name, model=model, source=origin)
         for key, note in converted.notes:
             report.converted.setdefault(key, []).append(note)
         state = converted
-    skipped = _skipped(adapter, model, targets, skip)
+    skipped = _skipped(view, list(targets), skip)
     # keys the source's framework has no counterpart for (torch's num_batches_tracked) are kept, not "missing"
-    no_counterpart = adapter.own_only_keys(targets) if origin not in (None, adapter.name) else set()
-    plan = _plan(adapter, targets, state, skipped, no_counterpart, report)
+    no_counterpart = _own_only(adapter.name, targets) if origin not in (None, adapter.name) else set()
+    plan = _plan(view, targets, state, skipped, no_counterpart, report)  # validates every value before any write
     if strict and (report.mismatched or report.missing or report.unexpected):
         raise XFreezeError(f"strict load of {report.model} found differences; nothing was loaded:\n{report}")
     if not plan and not allow_empty:
         raise XFreezeError(f"loaded 0 of {len(targets)} keys into {report.model}: the source looks like another "
                            f"model (pass allow_empty=True if that is intended); nothing was changed.\n{report}")
-    for key, array in plan.items():
-        adapter.assign(targets[key], array)
+    adapter.load_tensors([targets[k] for k in plan], list(plan.values()))
     return report
+
+
+def _check_options(rename, skip, strict, allow_empty, framework) -> None:
+    if rename is not None and not callable(rename) and not (
+            isinstance(rename, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items())):
+        raise XFreezeError(f"rename must be a {{str prefix: str prefix}} dict or a function key -> key (or None). "
+                           f"Received: rename={rename!r}")
+    if not (isinstance(skip, str) or (isinstance(skip, (list, tuple)) and all(isinstance(p, str) for p in skip))):
+        raise XFreezeError(f"skip must be a pattern string or a list of them. Received: skip={skip!r}")
+    for argument, value in (("strict", strict), ("allow_empty", allow_empty)):
+        if not isinstance(value, bool):
+            raise XFreezeError(f"{argument} must be True or False. Received: {argument}={value!r}")
+    if framework is not None:
+        check_choice("framework", framework, tuple(ADAPTERS))
 
 
 def _source_state(source) -> StateDict:
@@ -130,17 +147,23 @@ def _source_state(source) -> StateDict:
     except XFreezeError:
         raise XFreezeError(f"source must be a checkpoint path, a state dict or a model; received "
                            f"{type(source).__name__}") from None
-    return StateDict(adapter.state_arrays(source), framework=adapter.name)
+    return StateDict(adapter.state_tensors(source), framework=adapter.name)
+
+
+def _own_only(framework: str, targets) -> set:
+    leaves = naming(framework).own_only_leaves
+    return {k for k in targets if k.rpartition(".")[2] in leaves}
 
 
 def _renamed_keys(keys: list, targets: set, rename, report: LoadReport) -> dict:
-    """Source key -> model key (or None), after framework prefixes and ``rename``; errors on conflicts."""
+    """Source key -> model key (or None), after wrapper prefixes and ``rename``; errors on conflicts."""
     out = {}
     rules = _prefix_rules(rename) if isinstance(rename, dict) else None
+    prefixes = [p for fw in ADAPTERS for p in naming(fw).wrapper_prefixes if not any(t.startswith(p) for t in targets)]
     for key in keys:
         new = key
-        for prefix in PREFIXES:
-            if new.startswith(prefix) and not any(t.startswith(prefix) for t in targets):
+        for prefix in prefixes:
+            if new.startswith(prefix):
                 new = new[len(prefix):]
         if rules is not None:
             match = next(((old, rep) for old, rep in rules if new.startswith(old)), None)
@@ -149,12 +172,10 @@ def _renamed_keys(keys: list, targets: set, rename, report: LoadReport) -> dict:
             new = rename(new)
             if new is not None and not isinstance(new, str):
                 raise XFreezeError(f"rename({key!r}) returned {new!r}: return a string, or None to drop the key")
-        elif rename is not None:
-            raise XFreezeError(f"rename must be a {{prefix: prefix}} dict or a function. Received: {type(rename).__name__}")
         out[key] = new
         if new != key:
             report.renamed[key] = new
-    clashes = {}
+    clashes: dict = {}
     for key, new in out.items():
         if new is not None:
             clashes.setdefault(new, []).append(key)
@@ -174,16 +195,18 @@ def _prefix_rules(rename: dict) -> list:
     return sorted(rename.items(), key=lambda item: -len(item[0]))
 
 
-def _skipped(adapter, model, targets: dict, skip) -> set:
+def _skipped(view, keys: list, skip) -> set:
     if not skip:
         return set()
     patterns = _select.compile_patterns([skip] if isinstance(skip, str) else list(skip))
-    entries = _select.entries_for(adapter, model, list(targets))
-    return {e.name for e in _select.resolve(adapter, model, patterns, entries)}
+    owners = np.asarray([view.module_index.get(k.rpartition(".")[0], 0) for k in keys], dtype=np.int64)
+    mask = _select.select_mask(view, patterns, names=keys, owners=owners, allow_stat_only=False)
+    return {k for k, hit in zip(keys, mask) if hit}
 
 
-def _plan(adapter, targets: dict, state: StateDict, skipped: set, ignored: set, report: LoadReport) -> dict:
-    plan = {}
+def _plan(view, targets: dict, state: StateDict, skipped: set, ignored: set, report: LoadReport) -> dict:
+    """Model key -> a value ready to copy (this framework's tensor, the target's dtype and device)."""
+    adapter, plan = view.adapter, {}
     for key, tensor in targets.items():
         if key in ignored and key not in state:
             continue
@@ -192,19 +215,27 @@ def _plan(adapter, targets: dict, state: StateDict, skipped: set, ignored: set, 
         elif key not in state:
             report.missing.append(key)
         else:
-            array = to_numpy(state[key], key)
-            shape = tuple(tensor.shape)
-            if tuple(array.shape) != shape:
-                report.mismatched[key] = (shape, tuple(array.shape))
+            value = state[key]
+            if isinstance(value, np.ndarray) and value.dtype == np.uint16 and adapter.tensor_dtype(tensor) == "bfloat16":
+                value = adapter.from_raw(_tensors.Raw(value, "bfloat16"))  # Paddle writes bf16 as its uint16 bits
+                report.notes.append((key, "uint16 array read as bfloat16 bits (Paddle stores bf16 so)"))
+            value = _tensors.to_backend(value, adapter.name, key)
+            shape, got = tuple(adapter.full_shape(tensor)), _tensors.shape_of(value)
+            if got != shape:
+                report.mismatched[key] = (shape, got)
                 continue
-            dtype = adapter.numpy_dtype(tensor)
-            if array.dtype != dtype:
-                report.cast[key] = (str(array.dtype), str(dtype))
-                array = array.astype(dtype)
-            plan[key] = array
+            plan[key] = _cast(adapter, key, value, tensor, report)
             report.loaded.append(key)
     report.unexpected = [k for k in state if k not in targets]
     return plan
+
+
+def _cast(adapter, key, value, tensor, report: LoadReport):
+    have, want = adapter.tensor_dtype(value), adapter.tensor_dtype(tensor)
+    if have != want:
+        report.cast[key] = (have, want)
+        value = adapter.cast(value, want)
+    return adapter.as_native(value, tensor)
 
 
 def _sample(items: list, n: int = 3) -> str:

@@ -2,29 +2,24 @@
 
 A pattern selects a parameter when it matches the parameter's own name or the name (for ``type:``, the class or
 framework-neutral kind) of any module that contains it: ``layer4`` selects everything under ``layer4``.
+Each pattern is compiled once and matched once per call against the model view: once per parameter name and once
+per module path, with module matches propagated down the module tree (so the cost is linear in the model's size).
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import numpy as np
 
 from ._errors import XFreezeError
 
 KINDS = ("norm", "linear", "conv", "embedding")
 
 
-@dataclass
-class Entry:
-    """One parameter (or, for module coverage, one module) with the modules that contain it, outermost first."""
-    name: str
-    param: object
-    module: object                       # the module that owns the parameter directly
-    ancestors: list = field(default_factory=list)   # [(path, module)], root ("") first, owner last
-
-
-@dataclass
+@dataclass(frozen=True)
 class Pattern:
     text: str
     negate: bool
@@ -32,52 +27,38 @@ class Pattern:
     body: str
     regex: re.Pattern | None = None
 
-    def matches(self, entry: Entry, adapter) -> bool:
+    def name_hits(self, names: list) -> np.ndarray:
+        """Which of ``names`` the pattern matches by name (always False for ``type:``)."""
         if self.kind == "type":
-            return any(self.body in _type_names(adapter, m) for _, m in entry.ancestors)
-        names = [entry.name] + [path for path, _ in entry.ancestors if path]
-        if self.kind == "re":
-            return any(self.regex.fullmatch(n) for n in names)
-        return any(fnmatch.fnmatchcase(n, self.body) for n in names)
+            return np.zeros(len(names), dtype=bool)
+        match = self.regex.fullmatch if self.kind == "re" else self.regex.match
+        return np.fromiter((match(n) is not None for n in names), dtype=bool, count=len(names))
+
+    def matches(self, entry, adapter=None) -> bool:
+        """Whether the pattern selects one parameter entry (from :func:`walk`); one mask per view, cached."""
+        cache = entry.view.__dict__.setdefault("_pattern_masks", {})
+        if self.text not in cache:
+            cache[self.text] = self.name_hits(entry.view.names) | self.module_hits(entry.view)[entry.view.owner_array]
+        return bool(cache[self.text][entry.index])
+
+    def module_hits(self, view) -> np.ndarray:
+        """Modules covered by the pattern: matched themselves or inside a matched module."""
+        if self.kind == "type":
+            own = np.fromiter((self.body in t for t in view.type_names), dtype=bool, count=len(view.paths))
+        else:
+            own = self.name_hits(view.paths)
+            own[0] = own[0] and view.paths[0] != ""  # the root has no name to match
+        covered = own.copy()
+        parent = view.parent
+        for i in range(len(covered)):  # parents come before children
+            if not covered[i] and parent[i] >= 0 and covered[parent[i]]:
+                covered[i] = True
+        return covered
 
 
 def model_name(adapter, model) -> str:
-    return f"{type(model).__name__} ({adapter.name})"
-
-
-def walk(adapter, model) -> list[Entry]:
-    """Every parameter of ``model`` once (shared ones under their first name), in model order."""
-    modules = dict(adapter.named_modules(model))
-    entries, seen = [], set()
-    for path, module in modules.items():
-        for local, param in adapter.direct_parameters(module):
-            if id(param) not in seen:
-                seen.add(id(param))
-                name = f"{path}.{local}" if path else local
-                entries.append(Entry(name, param, module, _ancestors(modules, path)))
-    return entries
-
-
-def entries_for(adapter, model, names: list[str]) -> list[Entry]:
-    """Entries for arbitrary dotted keys of ``model`` (parameters and statistics), for matching patterns."""
-    modules = dict(adapter.named_modules(model))
-    out = []
-    for name in names:
-        path = name.rpartition(".")[0]
-        out.append(Entry(name, None, modules.get(path), _ancestors(modules, path)))
-    return out
-
-
-def module_entries(adapter, model) -> list[Entry]:
-    """Every named module as an entry, so that patterns can say which modules they cover."""
-    modules = dict(adapter.named_modules(model))
-    return [Entry(path, None, module, _ancestors(modules, path)) for path, module in modules.items() if path]
-
-
-def _ancestors(modules: dict, path: str) -> list:
-    parts = path.split(".") if path else []
-    prefixes = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
-    return [(p, modules[p]) for p in prefixes if p in modules]
+    from ._view import view_of
+    return view_of(model, adapter.name).label
 
 
 def compile_patterns(patterns) -> list[Pattern]:
@@ -114,61 +95,103 @@ def _compile(text: str) -> Pattern:
             regex = re.compile(body)
         except re.error as exc:
             raise XFreezeError(f"Invalid regular expression in pattern {text!r}: {exc}") from None
+    elif kind == "glob":
+        regex = re.compile(fnmatch.translate(body))
     return Pattern(text, negate, kind, body, regex)
 
 
-def resolve(adapter, model, patterns: list[Pattern], entries: list[Entry]) -> list[Entry]:
-    """Apply the patterns left to right; a leading ``!`` pattern starts from every parameter.
-
-    A pattern must match a parameter, or a norm layer that has statistics but no parameters (affine=False)."""
-    chosen: set[int] = set(range(len(entries))) if patterns and patterns[0].negate else set()
-    stat_only = None
+def select_mask(view, patterns: list[Pattern], names: list | None = None, owners=None,
+                allow_stat_only: bool = True) -> np.ndarray:
+    """Apply the patterns left to right over the view's parameters (or over ``names`` owned by module indices
+    ``owners``); a leading ``!`` pattern starts from everything. Raises for a pattern that matches nothing:
+    neither a parameter nor, when ``allow_stat_only``, a norm layer that has statistics but no parameters."""
+    names = view.names if names is None else names
+    owners = view.owner_array if owners is None else owners
+    chosen = np.full(len(names), bool(patterns and patterns[0].negate))
     for pattern in patterns:
-        hits = {i for i, e in enumerate(entries) if pattern.matches(e, adapter)}
-        if not hits:
-            stat_only = _stat_only_modules(adapter, model) if stat_only is None else stat_only
-            if not any(pattern.matches(e, adapter) for e in stat_only):
-                raise _no_match(adapter, model, pattern, entries)
-        chosen = chosen - hits if pattern.negate else chosen | hits
-    return [entries[i] for i in sorted(chosen)]
+        modules = pattern.module_hits(view)
+        hits = pattern.name_hits(names)
+        if len(names):
+            hits |= modules[owners]
+        if not hits.any() and not (allow_stat_only and _covers_stat_only(view, modules)):
+            raise no_match(view, pattern)
+        chosen = chosen & ~hits if pattern.negate else chosen | hits
+    return chosen
 
 
-def covered_modules(adapter, model, patterns: list[Pattern]) -> list[Entry]:
+def module_mask(view, patterns: list[Pattern]) -> np.ndarray:
     """The modules the patterns select as a whole (no error when none)."""
-    entries = module_entries(adapter, model)
-    chosen: set[int] = set(range(len(entries))) if patterns and patterns[0].negate else set()
+    chosen = np.full(len(view.paths), bool(patterns and patterns[0].negate))
     for pattern in patterns:
-        hits = {i for i, e in enumerate(entries) if pattern.matches(e, adapter)}
-        chosen = chosen - hits if pattern.negate else chosen | hits
-    return [entries[i] for i in sorted(chosen)]
+        hits = pattern.module_hits(view)
+        chosen = chosen & ~hits if pattern.negate else chosen | hits
+    return chosen
 
 
-def _stat_only_modules(adapter, model) -> list[Entry]:
-    return [e for e in module_entries(adapter, model)
-            if adapter.norm_statistics(e.module) and not adapter.direct_parameters(e.module)]
+def _covers_stat_only(view, modules: np.ndarray) -> bool:
+    return any(modules[i] and not view.direct(i) for i in view.stat_modules)
 
 
-def _type_names(adapter, module) -> set[str]:
-    kind = adapter.module_kind(module)
-    return set(adapter.class_names(module)) | ({kind} if kind else set())
-
-
-def _no_match(adapter, model, pattern: Pattern, entries: list[Entry]) -> XFreezeError:
-    what = f"Pattern {pattern.text!r} matched no parameters of {model_name(adapter, model)}."
-    if not entries:
+def no_match(view, pattern: Pattern) -> XFreezeError:
+    what = f"Pattern {pattern.text!r} matched no parameters of {view.label}."
+    if not view.names:
         return XFreezeError(f"{what} The model has no parameters.")
     if pattern.kind == "type":
-        candidates = sorted({n for e in entries for _, m in e.ancestors for n in _type_names(adapter, m)})
+        candidates = sorted({n for names in set(view.type_names) for n in names})
         close = difflib.get_close_matches(pattern.body, candidates, n=3, cutoff=0.6)
         shown = [("!" if pattern.negate else "") + "type:" + c for c in close]
         known = ", ".join(c for c in candidates if c in KINDS or c[0].isupper())
         tail = f" Did you mean {' or '.join(map(repr, shown))}?" if shown else f" Types in the model: {known}"
         return XFreezeError(what + tail)
-    paths = {p for e in entries for p, _ in e.ancestors if p}
-    candidates = [e.name for e in entries] + sorted(paths) + sorted(p + ".*" for p in paths)
+    paths = [p for p in view.paths if p]
+    candidates = _suggestion_pool(view.names, paths, pattern.body)
     close = difflib.get_close_matches(pattern.body, candidates, n=3, cutoff=0.6)
     prefix = ("!" if pattern.negate else "") + ("re:" if pattern.kind == "re" else "")
     if close:
         return XFreezeError(what + f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?")
-    sample = ", ".join(e.name for e in entries[:5])
+    sample = ", ".join(view.names[:5])
     return XFreezeError(what + f" Parameter names look like: {sample}, ... (see xfreeze.summary(model))")
+
+
+def _suggestion_pool(names: list, paths: list, body: str, limit: int = 2000) -> list:
+    """Candidate spellings for a "Did you mean": bounded, so an error on a 100k-tensor model stays fast.
+    Numbers are collapsed (``blocks.17.attn`` and ``blocks.3.attn`` are one shape) before sampling."""
+    pool = list(dict.fromkeys(list(paths) + [p + ".*" for p in paths] + list(names)))
+    if len(pool) <= limit:
+        return pool
+    first = body.split(".")[0]
+    near = [c for c in pool if c.split(".")[0] == first]
+    by_shape = {re.sub(r"\d+", "0", c): c for c in pool}
+    return (near[:limit // 2] + list(by_shape.values()))[:limit]
+
+
+# --- compatibility for code written against the walk of entries (kept small; the view is the source) ----------
+@dataclass(eq=False)
+class Entry:
+    """One parameter of a model, as the view names it."""
+    name: str
+    param: object
+    module: object
+    view: object = None
+    index: int = -1
+
+
+def walk(adapter, model) -> list[Entry]:
+    """Every parameter of ``model`` once (shared ones under their first name), in model order."""
+    from ._view import view_of
+    view = view_of(model, adapter.name)
+    return [Entry(n, p, view.modules[mi], view, i)
+            for i, (n, p, mi) in enumerate(zip(view.names, view.params, view.owner))]
+
+
+def resolve(adapter, model, patterns: list[Pattern], entries: list[Entry] | None = None) -> list[Entry]:
+    """The entries (default: every parameter) the patterns select; raises for a pattern matching nothing."""
+    from ._view import view_of
+    view = view_of(model, adapter.name)
+    all_entries = walk(adapter, model)
+    mask = select_mask(view, patterns)
+    chosen = [e for e, hit in zip(all_entries, mask) if hit]
+    if entries is not None:
+        keep = {e.name for e in entries}
+        chosen = [e for e in chosen if e.name in keep]
+    return chosen

@@ -53,12 +53,9 @@ class Counts:
                 f"total:     {self.total:,} parameters"]
 
 
-def count(adapter, entries) -> Counts:
-    sums = {"trainable": 0, "frozen": 0, "trainable_bytes": 0, "frozen_bytes": 0,
-            "trainable_tensors": 0, "frozen_tensors": 0}
-    for e in entries:
-        state = "trainable" if adapter.is_trainable(e.param) else "frozen"
-        sums[state] += adapter.numel(e.param)
-        sums[state + "_bytes"] += adapter.nbytes(e.param)
-        sums[state + "_tensors"] += 1
-    return Counts(**sums)
+def counts(view, trainable=None) -> Counts:
+    """Trainable / frozen totals of a model view (``trainable``: a live mask, read when not given)."""
+    mask = view.trainable() if trainable is None else trainable
+    numels, nbytes = view.numels, view.nbytes
+    return Counts(int(numels[mask].sum()), int(numels[~mask].sum()), int(nbytes[mask].sum()),
+                  int(nbytes[~mask].sum()), int(mask.sum()), int((~mask).sum()))

@@ -1,0 +1,184 @@
+"""The model view: one framework-free description of a model, built by one adapter call and cached.
+
+Selection, the layer map, head search, summary, reports, conversion and loading read only the view: names of
+parameters and norm statistics (the inner model's names, whatever wrapper the model came in), module paths, kinds
+and classes, parents, tied tensors and the wrapper chain. Shapes, dtypes and sizes are computed once, when first
+asked for. Trainability is *not* part of the view (it is read live through the adapter), so freezing never
+invalidates it; anything that changes structure does (``replace_head``, a user assigning a new module or
+parameter), and is detected by a cheap identity check of modules and parameters on each use.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ._backend import adapter_for
+
+
+@dataclass
+class Walk:
+    """What an adapter's ``walk(model)`` returns: raw structure, in model order (parents before children)."""
+    inner: object                 # the model inside any wrappers
+    wrappers: list                # wrapper class names, outermost first
+    modules: list                 # [(clean path, module)], root "" first, wrapper modules left out
+    params: list                  # [(module index, local name, tensor)], every registration (tied ones repeat)
+    stats: list                   # [(module index, neutral local name, tensor)]: norm running statistics
+    token: tuple                  # identity of modules and parameters, to tell a stale view
+
+
+class ModelView:
+    """A cached, framework-free view of one model (see the module docstring)."""
+
+    def __init__(self, model, adapter, walk: Walk):
+        self.model, self.adapter, self.inner = model, adapter, walk.inner
+        self.wrappers, self.token = tuple(walk.wrappers), walk.token
+        self.paths = [p for p, _ in walk.modules]
+        self.modules = [m for _, m in walk.modules]
+        self.module_index = {p: i for i, p in enumerate(self.paths)}
+        self.params, self.names, self.owner, self.tied = [], [], [], {}
+        first: dict[int, int] = {}
+        for mi, local, tensor in walk.params:
+            name = _join(self.paths[mi], local)
+            seen = first.get(id(tensor))
+            if seen is not None:
+                self.tied.setdefault(self.names[seen], []).append(name)
+                continue
+            first[id(tensor)] = len(self.params)
+            self.params.append(tensor)
+            self.names.append(name)
+            self.owner.append(mi)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.stat_names = [_join(self.paths[mi], local) for mi, local, _ in walk.stats]
+        self.stat_tensors = [t for _, _, t in walk.stats]
+        self.stat_owner = [mi for mi, _, _ in walk.stats]
+
+    # --- structure ------------------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """``ResNet (torch)``, or ``ResNet in DistributedDataParallel (torch)`` for a wrapped model."""
+        inside = f" in {' in '.join(self.wrappers)}" if self.wrappers else ""
+        return f"{type(self.inner).__name__}{inside} ({self.adapter.name})"
+
+    @cached_property
+    def parent(self) -> np.ndarray:
+        out = np.full(len(self.paths), -1, dtype=np.int64)
+        for i, path in enumerate(self.paths):
+            while path:
+                path = path.rpartition(".")[0]
+                j = self.module_index.get(path)
+                if j is not None:
+                    out[i] = j
+                    break
+        return out
+
+    @cached_property
+    def kinds(self) -> list:
+        return [self.adapter.module_kind(m) for m in self.modules]
+
+    @cached_property
+    def type_names(self) -> list:
+        """Per module: its class names (MRO) and its framework-neutral kind."""
+        by_type: dict = {}
+        out = []
+        for module, kind in zip(self.modules, self.kinds):
+            key = (type(module), kind)
+            if key not in by_type:
+                by_type[key] = frozenset(self.adapter.class_names(module)) | ({kind} if kind else frozenset())
+            out.append(by_type[key])
+        return out
+
+    @cached_property
+    def owner_array(self) -> np.ndarray:
+        return np.asarray(self.owner, dtype=np.int64)
+
+    @cached_property
+    def numels(self) -> np.ndarray:
+        return np.asarray([self.adapter.numel(p) for p in self.params], dtype=np.int64)
+
+    @cached_property
+    def nbytes(self) -> np.ndarray:
+        return np.asarray([self.adapter.nbytes(p) for p in self.params], dtype=np.int64)
+
+    @cached_property
+    def shapes(self) -> list:
+        return [tuple(int(n) for n in self.adapter.full_shape(p)) for p in self.params]
+
+    @cached_property
+    def dtypes(self) -> list:
+        return [self.adapter.tensor_dtype(p) for p in self.params]
+
+    @cached_property
+    def stat_modules(self) -> set:
+        """Indices of modules that keep norm statistics."""
+        return set(self.stat_owner)
+
+    def ancestors(self, module_index: int) -> list:
+        """Module indices from the root down to ``module_index``."""
+        chain = []
+        i = module_index
+        while i >= 0:
+            chain.append(i)
+            i = int(self.parent[i])
+        return chain[::-1]
+
+    def direct(self, module_index: int) -> list:
+        """Parameter indices owned directly by a module."""
+        return self._by_owner.get(module_index, [])
+
+    @cached_property
+    def _by_owner(self) -> dict:
+        out: dict = {}
+        for i, mi in enumerate(self.owner):
+            out.setdefault(mi, []).append(i)
+        return out
+
+    def key_info(self) -> dict:
+        """State key -> (module kind, embedding padding index) for every parameter and statistic."""
+        info = {}
+        for name, mi in zip(self.names, self.owner):
+            info[name] = (self.kinds[mi], self.adapter.padding_idx(self.modules[mi]))
+        for name, mi in zip(self.stat_names, self.stat_owner):
+            info[name] = (self.kinds[mi], None)
+        for name in self.adapter.state_keys(self):
+            info.setdefault(name, (None, None))
+        return info
+
+    # --- live state -----------------------------------------------------------------------------------------
+    def trainable(self) -> np.ndarray:
+        """The live trainability of every parameter (a fresh read, never cached)."""
+        return np.fromiter(self.adapter.trainable_flags(self.params), dtype=bool, count=len(self.params))
+
+
+def _join(path: str, local: str) -> str:
+    return f"{path}.{local}" if path else local
+
+
+_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def view_of(model, backend: str | None = None) -> ModelView:
+    """The cached view of ``model``; rebuilt when its modules or parameters changed since it was built."""
+    adapter = adapter_for(model, backend)
+    try:
+        cached = _cache.get(model)
+    except TypeError:  # an object that cannot be weakly referenced: no caching
+        cached = None
+    if cached is not None and cached.adapter is adapter and adapter.structure_token(model) == cached.token:
+        return cached
+    view = ModelView(model, adapter, adapter.walk(model))
+    try:
+        _cache[model] = view
+    except TypeError:
+        pass
+    return view
+
+
+def invalidate(model) -> None:
+    """Forget the cached view of ``model`` (after xfreeze itself changed its structure)."""
+    try:
+        _cache.pop(model, None)
+    except TypeError:
+        pass
