@@ -214,4 +214,4 @@ class Adapter:
     def named_statistics(self, model) -> list:
         """Every norm layer's running statistics under neutral names (``bn1.running_mean``), in model order."""
         walk = self.walk(model)
-        return [(f"{walk.modules[mi][0]}.{local}" if walk.modules[mi][0] else local, t) for mi, local, t in walk.stats]
+        return [(f"{walk.modules[mi][0]}.{local}" if walk.modules[mi][0] else local, t) for mi, local, t, _ in walk.stats]

@@ -61,7 +61,7 @@ class PaddleAdapter(Adapter):
                 if p is None:
                     continue
                 if is_norm and local in _STAT_NAMES:
-                    stats.append((index, _NEUTRAL_STAT[local], p))
+                    stats.append((index, _NEUTRAL_STAT[local], p, local))
                 else:
                     params.append((index, local, p))
                 token.append(id(p))

@@ -55,7 +55,7 @@ class TorchAdapter(Adapter):
             for local in _STATS:
                 b = module._buffers.get(local)
                 if b is not None:
-                    stats.append((index, local, b))
+                    stats.append((index, local, b, local))
         return Walk(inner, wrappers, modules, params, stats, tuple(token))
 
     def structure_token(self, model) -> tuple:

@@ -25,7 +25,7 @@ class Walk:
     wrappers: list                # wrapper class names, outermost first
     modules: list                 # [(clean path, module)], root "" first, wrapper modules left out
     params: list                  # [(module index, local name, tensor)], every registration (tied ones repeat)
-    stats: list                   # [(module index, neutral local name, tensor)]: norm running statistics
+    stats: list                   # [(module index, neutral local name, tensor, state-dict local name)]: norm statistics
     token: tuple                  # identity of modules and parameters, to tell a stale view
 
 
@@ -51,9 +51,10 @@ class ModelView:
             self.names.append(name)
             self.owner.append(mi)
         self.index = {n: i for i, n in enumerate(self.names)}
-        self.stat_names = [_join(self.paths[mi], local) for mi, local, _ in walk.stats]
-        self.stat_tensors = [t for _, _, t in walk.stats]
-        self.stat_owner = [mi for mi, _, _ in walk.stats]
+        self.stat_names = [_join(self.paths[mi], local) for mi, local, _, _ in walk.stats]      # neutral names
+        self.stat_keys = [_join(self.paths[mi], native) for mi, _, _, native in walk.stats]    # state-dict keys
+        self.stat_tensors = [t for _, _, t, _ in walk.stats]
+        self.stat_owner = [mi for mi, _, _, _ in walk.stats]
 
     # --- structure ------------------------------------------------------------------------------------------
     @property
@@ -140,7 +141,7 @@ class ModelView:
         info = {}
         for name, mi in zip(self.names, self.owner):
             info[name] = (self.kinds[mi], self.adapter.padding_idx(self.modules[mi]))
-        for name, mi in zip(self.stat_names, self.stat_owner):
+        for name, mi in zip(self.stat_keys, self.stat_owner):
             info[name] = (self.kinds[mi], None)
         for name in self.adapter.state_keys(self):
             info.setdefault(name, (None, None))
