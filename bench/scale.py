@@ -1,0 +1,91 @@
+"""select / freeze / unfreeze / summary on models of 1k, 10k and 100k tensors, against hand-written loops.
+
+The models are built on torch's meta device (no memory for weights): ``blocks.N`` of (Linear, LayerNorm, Linear),
+5 tensors a block, plus a head. The reference is what users write by hand: a ``named_parameters()`` loop with
+``fnmatch`` that does the same thing (freeze everything but the head; select the norm weights; unfreeze the last
+block). Ratios are measured side by side in one run (best of N); the target is <= 2x for select/freeze/unfreeze and
+a summary of the 100k-tensor model built in < 1 s with a bounded table.
+
+    .venv/bin/python bench/scale.py [--sizes 1000 10000 100000]
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import time
+
+import torch
+from torch import nn
+
+import xfreeze
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(width, width), nn.LayerNorm(width), nn.Linear(width, width, bias=False)
+
+
+def build(tensors: int, width: int = 8):
+    with torch.device("meta"):
+        model = nn.Module()
+        model.blocks = nn.ModuleList(Block(width) for _ in range(tensors // 5))
+        model.head = nn.Linear(width, 10)
+    return model
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def hand_freeze(model):
+    for name, p in model.named_parameters():
+        frozen = fnmatch.fnmatchcase(name, "*") and not fnmatch.fnmatchcase(name, "head.*")
+        p.requires_grad_(not frozen)
+        if frozen:
+            p.grad = None
+
+
+def hand_select(model):
+    return [n for n, p in model.named_parameters() if fnmatch.fnmatchcase(n, "blocks.*.norm.*")]
+
+
+def hand_unfreeze(model, last):
+    for name, p in model.named_parameters():
+        if fnmatch.fnmatchcase(name, f"blocks.{last}.*"):
+            p.requires_grad_(True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    args = parser.parse_args()
+    print(f"{'tensors':>8} {'op':>9} {'hand s':>9} {'xfreeze s':>10} {'ratio':>6}")
+    for size in args.sizes:
+        model = build(size)
+        repeat = 5 if size <= 10000 else 3
+        last = size // 5 - 1
+        xfreeze.select(model, "head")  # the first call builds the view (timed separately below)
+        cases = [("select", lambda: hand_select(model), lambda: xfreeze.select(model, "blocks.*.norm.*")),
+                 ("freeze", lambda: hand_freeze(model), lambda: xfreeze.freeze(model, "*", "!head")),
+                 ("unfreeze", lambda: hand_unfreeze(model, last), lambda: xfreeze.unfreeze(model, f"blocks.{last}"))]
+        for op, hand, ours in cases:
+            h, x = best(hand, repeat), best(ours, repeat)
+            print(f"{size:>8} {op:>9} {h:>9.4f} {x:>10.4f} {x / h:>6.2f}")
+        from xfreeze import _view
+        _view.invalidate(model)
+        cold = best(lambda: (_view.invalidate(model), xfreeze.select(model, "head")), 1)
+        s = best(lambda: xfreeze.summary(model, print_table=False), repeat)
+        text = str(xfreeze.summary(model, print_table=False))
+        print(f"{size:>8} {'view':>9} {'':>9} {cold:>10.4f}   (first call: builds the view)")
+        print(f"{size:>8} {'summary':>9} {'':>9} {s:>10.4f}   table: {len(text.splitlines())} lines")
+    print("\nsummary of the largest model:\n" + text)
+
+
+if __name__ == "__main__":
+    main()
