@@ -1,73 +1,65 @@
-"""Converting a ResNet-50 checkpoint torch -> Paddle -> torch, side by side with a plain copy of the same arrays.
+"""Conversion torch <-> Paddle: the path users hit (no ``arch=``), side by side with plain copies.
 
-Prints the time of xfreeze.convert (both directions) as a ratio to a plain copy of every array, and its peak extra
-memory (tracemalloc, which sees numpy's allocations) as a ratio to the checkpoint size. Targets (issue 3): time
-<= 3x the plain copy, extra memory <= 1x the checkpoint. Arrays that need no change are shared, not copied; only
-Linear weights are transposed into new arrays.
-Run: .venv/bin/python bench/convert.py [--rounds N]
+1. A ResNet-50 state dict (torch tensors) torch -> Paddle -> torch with ``xfreeze.convert`` and no ``arch=``, as a
+   ratio to a plain clone of every tensor into the other framework and back (``_tensors.to_backend`` both ways);
+   the round trip must be bitwise identical.
+2. ``xfreeze.load_matched`` of a torchvision ResNet-18/50/152 state dict into the paddle.vision twin, **without**
+   ``arch=`` (the map is chosen once per call from the target's names), and with ``arch="resnet"`` for comparison.
+   Target: resnet152 < 1 s.
+
+    .venv/bin/python bench/convert.py [--rounds N]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
-import tracemalloc
 
-import numpy as np
+import paddle
+import torch
+import torchvision
 
 import xfreeze
+from xfreeze import _tensors
 
 
-def checkpoint() -> dict:
-    import torchvision
-    model = torchvision.models.resnet50()
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def plain_copy(state):
-    return {k: v.copy() for k, v in state.items()}
-
-
-def round_trip(state):
-    return xfreeze.convert(xfreeze.convert(state, to="paddle", arch="resnet"), to="torch", arch="resnet")
-
-
-def measure(fn, state, rounds):
+def median_time(fn, rounds: int) -> float:
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        fn(state)
+        fn()
         times.append(time.perf_counter() - start)
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    result = fn(state)
-    peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
-    del result
-    return statistics.median(times), peak
+    return statistics.median(times)
+
+
+def plain_round_trip(state):
+    there = {k: _tensors.to_backend(v, "paddle") for k, v in state.items()}
+    return {k: _tensors.to_backend(v, "torch") for k, v in there.items()}
+
+
+def round_trip(state):
+    return xfreeze.convert(xfreeze.convert(state, to="paddle"), to="torch")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    state = checkpoint()
-    size = sum(a.nbytes for a in state.values())
+    state = {k: v.detach().clone() for k, v in torchvision.models.resnet50().state_dict().items()}
     back = round_trip(state)
-    bitwise = all(np.array_equal(state[k], back[k]) for k in state if not k.endswith("num_batches_tracked"))
-    copy_time, copy_peak = measure(plain_copy, state, args.rounds)
-    conv_time, conv_peak = measure(round_trip, state, args.rounds)
-    from rich.console import Console
-    from rich.table import Table
-    table = Table(title=f"ResNet-50 checkpoint ({size / 2**20:.1f} MiB, {len(state)} arrays), median of {args.rounds}")
-    for column in ("operation", "time ms", "time / plain copy", "peak extra MiB", "extra / checkpoint"):
-        table.add_column(column, justify="left" if column == "operation" else "right")
-    table.add_row("plain copy of every array", f"{copy_time * 1e3:.1f}", "1.000", f"{copy_peak / 2**20:.1f}",
-                  f"{copy_peak / size:.3f}")
-    table.add_row("convert torch->paddle->torch", f"{conv_time * 1e3:.1f}", f"{conv_time / copy_time:.3f}",
-                  f"{conv_peak / 2**20:.1f}", f"{conv_peak / size:.3f}")
-    Console(width=140).print(table)
-    print(f"round trip bitwise identical: {bitwise}")
+    bitwise = all(torch.equal(state[k], back[k]) for k in back)
+    plain = median_time(lambda: plain_round_trip(state), args.rounds)
+    ours = median_time(lambda: round_trip(state), args.rounds)
+    print(f"ResNet-50 torch->paddle->torch, median of {args.rounds}: plain clone {plain * 1e3:.1f} ms, "
+          f"xfreeze.convert (no arch=) {ours * 1e3:.1f} ms, ratio {ours / plain:.2f}; bitwise identical: {bitwise}")
+    print("\nload_matched of a torchvision state dict into paddle.vision (seconds, median):")
+    for arch in ("resnet18", "resnet50", "resnet152"):
+        source = {k: v.detach().clone() for k, v in getattr(torchvision.models, arch)().state_dict().items()}
+        target = getattr(paddle.vision.models, arch)()
+        auto = median_time(lambda: xfreeze.load_matched(target, source), max(1, args.rounds // 2))
+        fixed = median_time(lambda: xfreeze.load_matched(target, xfreeze.convert(source, to="paddle", arch="resnet",
+                                                                                 model=target)), 1)
+        print(f"  {arch:>9}: without arch= {auto:6.3f} s   (convert with arch= then load: {fixed:6.3f} s)")
 
 
 if __name__ == "__main__":
