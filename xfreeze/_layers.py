@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ._errors import XFreezeError
+from ._view import view_of
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
@@ -30,17 +31,23 @@ class LayerMap:
 
 
 def find_blocks(adapter, model) -> list[str]:
-    modules = dict(adapter.named_modules(model))
+    view = view_of(model, adapter.name)
+    children: dict[int, list[int]] = {}
+    for i, parent in enumerate(view.parent.tolist()):
+        if parent >= 0:
+            children.setdefault(parent, []).append(i)
+    holds = _holds_params(view)
     best: tuple | None = None
-    for path, module in modules.items():
-        children = [(n, c) for n, c in _children(adapter, modules, path)]
+    for mi, kids in children.items():
         groups: dict[str, list[tuple[int, str]]] = {}
-        for name, child in children:
-            m = _NUMBERED.match(name)
-            if m and _is_block(adapter, modules, f"{path}.{name}" if path else name):
-                groups.setdefault(m.group(1), []).append((int(m.group(2)), f"{path}.{name}" if path else name))
+        for child in kids:
+            path = view.paths[child]
+            m = _NUMBERED.match(path.rpartition(".")[2])
+            if m and child in children and holds[child]:
+                groups.setdefault(m.group(1), []).append((int(m.group(2)), path))
         for members in groups.values():
             if len(members) >= 2:
+                path = view.paths[mi]
                 depth = path.count(".") + (1 if path else 0)
                 key = (depth, -len(members))
                 if best is None or key < best[0]:
@@ -48,10 +55,20 @@ def find_blocks(adapter, model) -> list[str]:
     return best[1] if best else []
 
 
+def _holds_params(view) -> list:
+    """Per module: whether it or a module inside it owns parameters."""
+    holds = [bool(view.direct(i)) for i in range(len(view.paths))]
+    for i in range(len(holds) - 1, 0, -1):  # children come after their parents
+        parent = int(view.parent[i])
+        if holds[i] and parent >= 0:
+            holds[parent] = True
+    return holds
+
+
 def layer_map(adapter, model, names: list[str]) -> LayerMap:
     blocks = find_blocks(adapter, model)
     if not blocks:
-        raise XFreezeError(f"layer_decay found no repeated blocks in {type(model).__name__} ({adapter.name}): it looks "
+        raise XFreezeError(f"layer_decay found no repeated blocks in {view_of(model, adapter.name).label}: it looks "
                            "for encoder layers (encoder.layer.N, encoder.layers.N, blocks.N) or stages (layer1..layerN). "
                            "Use lr_mult patterns instead, or pass layer_decay=None")
     ids, seen_block = {}, False
@@ -62,16 +79,3 @@ def layer_map(adapter, model, names: list[str]) -> LayerMap:
         else:
             ids[name] = len(blocks) + 1 if seen_block else 0
     return LayerMap(blocks, ids)
-
-
-def _children(adapter, modules: dict, path: str):
-    depth = path.count(".") + 1 if path else 0
-    prefix = path + "." if path else ""
-    return [(p[len(prefix):], m) for p, m in modules.items()
-            if p.startswith(prefix) and p and p.count(".") == depth and p != path]
-
-
-def _is_block(adapter, modules: dict, path: str) -> bool:
-    inner = [p for p in modules if p.startswith(path + ".")]
-    has_params = any(adapter.direct_parameters(modules[p]) for p in inner + [path])
-    return bool(inner) and has_params
