@@ -13,6 +13,7 @@ from ._convert import convert
 from ._ema import EMA
 from ._load import LoadReport, load_matched
 from ._optim import OptimizerConfig, optimizer, param_groups
+from ._check import CheckReport, ParamRow, ParamTable, check, param_table
 from ._staged import Stage, StagedUnfreeze
 from ._select import compile_patterns as _compile_patterns
 from ._summary import ModuleRow, Summary, summary
@@ -21,7 +22,8 @@ from ._table import Counts
 __version__ = "0.1.0"
 __all__ = ["XFreezeError", "FreezeReport", "Summary", "ModuleRow", "Counts", "select", "freeze", "unfreeze",
            "summary", "replace_head", "set_backend", "get_backend", "param_groups", "optimizer", "OptimizerConfig", "Stage", "StagedUnfreeze", "EMA",
-           "load_matched", "LoadReport", "load_checkpoint", "save_checkpoint", "StateDict", "convert"]
+           "load_matched", "LoadReport", "load_checkpoint", "save_checkpoint", "StateDict", "convert",
+           "check", "CheckReport", "param_table", "ParamTable", "ParamRow"]
 
 
 def select(model, *patterns, backend: str | None = None) -> list[str]:

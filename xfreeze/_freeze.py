@@ -115,7 +115,10 @@ def unfreeze(model, *patterns, backend: str | None = None) -> FreezeReport:
         >>> xfreeze.unfreeze(model, "1").changed
         ['1.weight', '1.bias']
     """
-    return _set_trainable(model, patterns, True, "freeze", backend)
+    report = _set_trainable(model, patterns, True, "freeze", backend)
+    from ._check import warn_if_out_of_step  # issue 12: warn when the live optimizer lacks what now trains
+    warn_if_out_of_step(model, report.changed, backend)
+    return report
 
 
 def _set_trainable(model, patterns, trainable: bool, norm: str, backend) -> FreezeReport:

@@ -6,6 +6,7 @@ the base ``lr``) and ``weight_decay``. The adapter turns them into the framework
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -65,6 +66,8 @@ def param_groups(model, *, lr: float, weight_decay: float = 0.0, lr_mult: dict |
     adapter = adapter_for(model, backend)
     _check_positive("lr", lr)
     _check_number("weight_decay", weight_decay, minimum=0.0)
+    if lr_mult is not None and not isinstance(lr_mult, dict):
+        raise XFreezeError(f"lr_mult must be a dict {{pattern: multiplier}}. Received: lr_mult={lr_mult!r}")
     if layer_decay is not None:
         _check_number("layer_decay", layer_decay)
         if not 0.0 < layer_decay <= 1.0:
@@ -81,9 +84,9 @@ def param_groups(model, *, lr: float, weight_decay: float = 0.0, lr_mult: dict |
     return _group(entries, scales, decayed, lr, weight_decay)
 
 
-def optimizer(model, name: str, *, lr, weight_decay: float = 0.0, momentum: float = 0.0, nesterov: bool = False,
+def optimizer(model, name, *, lr, weight_decay: float = 0.0, momentum: float = 0.0, nesterov: bool = False,
               betas=(0.9, 0.999), eps: float = 1e-8, lr_mult: dict | None = None, no_decay=DEFAULT_NO_DECAY,
-              layer_decay: float | None = None, backend: str | None = None):
+              layer_decay: float | None = None, backend: str | None = None, **kwargs):
     """The framework's own optimizer over the trainable parameters, grouped by :func:`param_groups`.
 
     The same arguments give the same updates in torch and Paddle: learning rates are absolute in both (Paddle's
@@ -92,14 +95,22 @@ def optimizer(model, name: str, *, lr, weight_decay: float = 0.0, momentum: floa
     in both. Every parameter's Paddle-side decay and rate are set explicitly, so what an earlier Paddle optimizer
     wrote onto the parameters (``regularizer``, ``optimize_attr``) does not leak in.
 
+    Any other optimizer works too: pass its class (``torch.optim.RMSprop``, ``paddle.optimizer.Lamb``) or a
+    factory with the class's signature (``functools.partial(torch.optim.SGD, momentum=0.9)``), and its own
+    options as keywords. Groups keep absolute rates there as well (torch: each group's ``lr``; Paddle: a
+    per-group multiplier of the global rate, which every Paddle optimizer applies through the parameter's
+    ``optimize_attr``). An optimizer that cannot honour per-group rates and decays (torch ``LBFGS``, one
+    without weight decay when ``weight_decay`` is set) is refused with an ``XFreezeError``.
+
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
-        name: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        name: ``"sgd"``, ``"adam"`` or ``"adamw"``; or an optimizer class / factory of the model's framework.
         lr: base learning rate (> 0); in Paddle an ``LRScheduler`` is accepted too (its ``base_lr`` is the base).
         weight_decay, lr_mult, no_decay, layer_decay: as :func:`param_groups`.
-        momentum, nesterov: for ``sgd``.
+        momentum, nesterov: for ``sgd`` (momentum in [0, 1)).
         betas, eps: for ``adam`` / ``adamw``.
         backend: force ``"torch"`` or ``"paddle"``.
+        **kwargs: options of an optimizer given as a class or factory (``alpha=0.9`` for RMSprop).
 
     Returns:
         ``torch.optim.Optimizer`` or ``paddle.optimizer.Optimizer``.
@@ -116,20 +127,53 @@ def optimizer(model, name: str, *, lr, weight_decay: float = 0.0, momentum: floa
         2
     """
     adapter = adapter_for(model, backend)
-    check_choice("name", name, OPTIMIZERS)
+    factory = None if isinstance(name, str) else name
+    if factory is None:
+        check_choice("name", name, OPTIMIZERS)
+        if kwargs:
+            raise XFreezeError(f"unexpected options {sorted(kwargs)} for name={name!r}; extra options are for an "
+                               "optimizer given as a class, e.g. xfreeze.optimizer(model, torch.optim.RMSprop, ...)")
+    elif not callable(factory):
+        raise XFreezeError(f"name must be one of {OPTIMIZERS} or an optimizer class/factory. Received: {name!r}")
     base_lr = _base_lr(adapter, lr)
-    _check_number("momentum", momentum, minimum=0.0)
-    _check_number("eps", eps, minimum=0.0)
+    _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_decay)
     if nesterov and (name != "sgd" or momentum <= 0):
         raise XFreezeError("nesterov=True needs name='sgd' and momentum > 0")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise XFreezeError(f"betas must be two numbers in [0, 1). Received: betas={betas!r}")
     groups = param_groups(model, lr=base_lr, weight_decay=weight_decay, lr_mult=lr_mult, no_decay=no_decay,
                           layer_decay=layer_decay, backend=adapter.name)
-    config = OptimizerConfig(name, base_lr, weight_decay, momentum, nesterov, tuple(betas), eps, tuple(no_decay))
-    opt = adapter.build_optimizer(config, groups, lr)
+    label = name if factory is None else getattr(factory, "__name__", type(factory).__name__)
+    config = OptimizerConfig(label, base_lr, weight_decay, momentum, nesterov, tuple(betas), eps, tuple(no_decay),
+                             extra=dict(kwargs))
+    if factory is None:
+        opt = adapter.build_optimizer(config, groups, lr)
+    else:
+        opt = adapter.build_optimizer_from(factory, config, groups, lr, kwargs)
     opt._xfreeze_config = config
+    _register(opt, model)
     return opt
+
+
+def _register(opt, model) -> None:
+    from ._check import remember
+    remember(model, opt)
+
+
+def _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_decay) -> None:
+    """Every number and type first, so that nothing is built from a bad value."""
+    _check_number("weight_decay", weight_decay, minimum=0.0)
+    _check_number("momentum", momentum, minimum=0.0)
+    if not momentum < 1.0:
+        raise XFreezeError(f"momentum must be in [0, 1). Received: momentum={momentum!r}")
+    if not isinstance(nesterov, bool):
+        raise XFreezeError(f"nesterov must be a bool. Received: nesterov={nesterov!r}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(
+            isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas):
+        raise XFreezeError(f"betas must be two numbers in [0, 1). Received: betas={betas!r}")
+    _check_number("eps", eps, minimum=0.0)
+    if lr_mult is not None and not isinstance(lr_mult, dict):
+        raise XFreezeError(f"lr_mult must be a dict {{pattern: multiplier}}. Received: lr_mult={lr_mult!r}")
+    if layer_decay is not None:
+        _check_number("layer_decay", layer_decay)
 
 
 def _base_lr(adapter, lr) -> float:
@@ -186,6 +230,8 @@ def _group(entries, scales, decayed, lr, weight_decay) -> list[dict]:
 def _check_number(argument: str, value, minimum: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise XFreezeError(f"{argument} must be a number. Received: {argument}={value!r}")
+    if not math.isfinite(value):
+        raise XFreezeError(f"{argument} must be a finite number. Received: {argument}={value!r}")
     if minimum is not None and value < minimum:
         raise XFreezeError(f"{argument} must be >= {minimum}. Received: {argument}={value!r}")
 

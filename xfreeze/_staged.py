@@ -4,13 +4,15 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from . import _select
+from . import _check, _select
 from ._backend import adapter_for
 from ._errors import XFreezeError, check_choice
 from ._freeze import NORM_MODES, freeze, unfreeze
 from ._optim import DEFAULT_NO_DECAY, OptimizerConfig, param_groups
 
 UNITS = ("epoch", "step")
+STATE_FORMAT = "xfreeze.StagedUnfreeze"
+STATE_VERSION = 1  # 0: the first release's state (no format, version, unit or plan keys); still loaded
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class StagedUnfreeze:
 
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
-        optimizer: the live optimizer (any torch optimizer; in Paddle, one built by :func:`xfreeze.optimizer`).
+        optimizer: the live optimizer (any torch optimizer; in Paddle, one built by :func:`xfreeze.optimizer`), or
+            ``None`` to apply the first stage before the optimizer exists (a training framework's callback); give
+            it later with :meth:`attach`.
         stages: :class:`Stage` objects in strictly increasing ``at`` order.
         unit: ``"epoch"`` or ``"step"``: what the numbers given to :meth:`step` count.
         scheduler: torch: the ``LRScheduler`` wrapping ``optimizer``; Paddle schedulers live inside the optimizer.
@@ -58,7 +62,8 @@ class StagedUnfreeze:
 
     Raises:
         XFreezeError: stages out of order or overlapping, a stage pattern that matches nothing, a non-positive
-            learning rate or batch size, an unknown unit or norm mode: all at construction, before any training.
+            learning rate or batch size, an unknown unit or norm mode, a ``scheduler`` that is not a scheduler of
+            the model's framework: all at construction, before any training.
 
     Example:
         >>> import torch, xfreeze
@@ -74,12 +79,44 @@ class StagedUnfreeze:
     def __init__(self, model, optimizer, stages, *, unit: str = "epoch", scheduler=None, backend: str | None = None):
         self.adapter = adapter_for(model, backend)
         check_choice("unit", unit, UNITS)
-        self.model, self.optimizer, self.scheduler, self.unit = model, optimizer, scheduler, unit
+        self.model, self.unit = model, unit
         self.stages = list(stages)
-        self.config = self._config(optimizer)
         self._validate()
+        self.optimizer, self.scheduler, self.config = None, None, None
+        if optimizer is not None:
+            self._check_scheduler(scheduler)
+            self.optimizer, self.scheduler, self.config = optimizer, scheduler, self._config(optimizer)
+            _check.remember(model, optimizer)
+        elif scheduler is not None:
+            raise XFreezeError("scheduler= needs optimizer=: give both to StagedUnfreeze.attach")
         self.applied = 0           # how many stages have been applied
         self.position: int | None = None
+
+    def attach(self, optimizer, scheduler=None) -> None:
+        """Give the optimizer (and torch scheduler) built after the first stage was applied.
+
+        Raises:
+            XFreezeError: the optimizer already holds a parameter the stages applied so far froze (it was built
+                before the first stage was applied, so a later stage could not give that parameter its own group
+                and rate), or it cannot grow, or ``scheduler`` is not a scheduler. Nothing is changed then.
+        """
+        self._check_scheduler(scheduler)
+        config = self._config(optimizer)
+        held = self.adapter.optimizer_param_ids(optimizer)
+        stale = [e.name for e in _select.walk(self.adapter, self.model)
+                 if id(e.param) in held and not self.adapter.is_trainable(e.param)]
+        if stale:
+            raise XFreezeError(
+                f"the optimizer holds {len(stale)} parameters that stage 0 froze ({', '.join(stale[:3])}"
+                f"{', ...' if len(stale) > 3 else ''}): it was built before the stage could be applied. Build it "
+                "after (xfreeze.optimizer(model, ...) holds only what trains), e.g. in configure_optimizers")
+        self.optimizer, self.scheduler, self.config = optimizer, scheduler, config
+        _check.remember(self.model, optimizer)
+
+    @property
+    def plan(self) -> list:
+        """The stages as plain data (what a saved state is checked against on load)."""
+        return [[s.at, list(s.freeze), list(s.unfreeze), s.lr, s.batch_size, s.norm] for s in self.stages]
 
     @property
     def current(self) -> Stage | None:
@@ -99,38 +136,120 @@ class StagedUnfreeze:
         if self.position is not None and position < self.position:
             raise XFreezeError(f"StagedUnfreeze.step({position}) after step({self.position}): {self.unit}s must not "
                                "go backwards; to resume, use load_state_dict")
+        if self.optimizer is None and any(s.at <= position for s in self.stages[max(self.applied, 1):]):
+            raise XFreezeError(f"StagedUnfreeze.step({position}) reaches a stage after the first, and no optimizer "
+                               "was given: build it after step(0) and give it with attach(optimizer) first")
         self.position = position
         while self.applied < len(self.stages) and self.stages[self.applied].at <= position:
             self._apply(self.stages[self.applied])
             self.applied += 1
         return self.current
 
-    def state_dict(self) -> dict:
-        """A snapshot of the schedule's progress and of the optimizer (and torch scheduler) state, keyed by
-        structured parameter names, so a fresh model, optimizer and StagedUnfreeze can resume bit for bit."""
-        return {"applied": self.applied, "position": self.position,
-                "optimizer": self.adapter.optimizer_state(self.optimizer, self.model),
-                "scheduler": self.adapter.scheduler_state(self.scheduler) if self.scheduler is not None else None}
+    def state_dict(self, *, optimizer: bool = True) -> dict:
+        """A snapshot of the schedule's progress (with the stage plan and a format version) and of the optimizer
+        (and scheduler) state, keyed by structured parameter names, so a fresh model, optimizer and StagedUnfreeze
+        can resume bit for bit. ``optimizer=False`` leaves the optimizer and scheduler out (a training framework
+        that saves them itself)."""
+        with_opt = optimizer and self.optimizer is not None
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, "unit": self.unit, "plan": self.plan,
+                "applied": self.applied, "position": self.position,
+                "optimizer": self.adapter.optimizer_state(self.optimizer, self.model) if with_opt else None,
+                "scheduler": self.adapter.scheduler_state(self.scheduler)
+                if with_opt and self.scheduler is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Re-apply the stages the saved run had reached (growing the optimizer the same way), then restore the
-        optimizer and scheduler state. Load the model's weights before or after: they are not touched here."""
-        if not 0 <= state["applied"] <= len(self.stages) or self.applied > state["applied"]:
-            raise XFreezeError(f"state reached {state['applied']} stages, this StagedUnfreeze has {len(self.stages)} "
-                               f"and already applied {self.applied}: build a fresh one with the same stages")
+        optimizer and scheduler state. Load the model's weights before or after: they are not touched here.
+
+        Raises:
+            XFreezeError: not a StagedUnfreeze state, an unknown version, a different stage plan or unit, more
+                stages reached than this plan has (or fewer than already applied), or an optimizer state that
+                does not fit what the stages give. Everything is checked first: nothing changes then.
+        """
+        state = self._checked_state(state)
+        if state["optimizer"] is not None and self.optimizer is not None:
+            self._check_optimizer_state(state)
         while self.applied < state["applied"]:
             self._apply(self.stages[self.applied])
             self.applied += 1
         self.position = state["position"]
-        self.adapter.load_optimizer_state(self.optimizer, self.model, state["optimizer"])
+        if state["optimizer"] is not None and self.optimizer is not None:
+            self.adapter.load_optimizer_state(self.optimizer, self.model, state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.adapter.load_scheduler_state(self.scheduler, state["scheduler"])
+
+    def _checked_state(self, state) -> dict:
+        where = "StagedUnfreeze.load_state_dict"
+        if not isinstance(state, dict) or "applied" not in state:
+            raise XFreezeError(f"{where}: expected the dict StagedUnfreeze.state_dict() returns. "
+                               f"Received: {type(state).__name__}")
+        version = state.get("version", 0)
+        if state.get("format", STATE_FORMAT) != STATE_FORMAT or version not in (0, STATE_VERSION):
+            raise XFreezeError(f"{where}: state format {state.get('format')!r} version {version!r} is not one this "
+                               f"xfreeze reads ({STATE_FORMAT!r} versions 0..{STATE_VERSION}); upgrade xfreeze")
+        if version >= 1 and state.get("unit") != self.unit:
+            raise XFreezeError(f"{where}: the state counts {state.get('unit')}s, this StagedUnfreeze counts "
+                               f"{self.unit}s: build it with unit={state.get('unit')!r}")
+        if version >= 1 and state.get("plan") != self.plan:
+            saved, now = state.get("plan") or [], self.plan
+            i = next((k for k, (a, b) in enumerate(zip(saved, now)) if a != b), min(len(saved), len(now)))
+            raise XFreezeError(f"{where}: the checkpoint was saved with a different stage plan (first difference at "
+                               f"stages[{i}]: saved {saved[i] if i < len(saved) else 'none'}, now "
+                               f"{now[i] if i < len(now) else 'none'}); resume with the stages it was saved with")
+        applied, position = state["applied"], state.get("position")
+        if isinstance(applied, bool) or not isinstance(applied, numbers.Integral) \
+                or not self.applied <= applied <= len(self.stages):
+            raise XFreezeError(f"{where}: state reached {applied!r} stages, this StagedUnfreeze has "
+                               f"{len(self.stages)} and already applied {self.applied}: build a fresh one with the "
+                               "same stages")
+        if position is not None and (isinstance(position, bool) or not isinstance(position, numbers.Integral)):
+            raise XFreezeError(f"{where}: position must be an integer or None. Received: {position!r}")
+        return {"optimizer": None, "scheduler": None, **state}
+
+    def _check_optimizer_state(self, state: dict) -> None:
+        """The saved optimizer state must fit the optimizer re-applying the stages gives, checked before growing."""
+        problem = self.adapter.optimizer_state_problem(self.optimizer, self.model, state["optimizer"])
+        if problem is None:
+            expected = self._held_after(state["applied"])
+            saved = self.adapter.saved_param_count(state["optimizer"])
+            if saved is not None and saved != expected:
+                problem = (f"it holds {saved} parameters, re-applying {state['applied']} stages gives {expected}: it "
+                           "comes from another model or stage plan")
+        if problem is not None:
+            raise XFreezeError(f"StagedUnfreeze.load_state_dict: the optimizer state does not fit: {problem}")
+
+    def _held_after(self, applied: int) -> int:
+        """How many parameters the optimizer will hold after the stages up to ``applied``, without applying any."""
+        entries = _select.walk(self.adapter, self.model)
+        held = self.adapter.optimizer_param_ids(self.optimizer)
+        trainable = {e.name for e in entries if self.adapter.is_trainable(e.param)}
+        ever = {e.name for e in entries if id(e.param) in held}
+        for stage in self.stages[self.applied:applied]:
+            for patterns, add in ((stage.freeze, False), (stage.unfreeze, True)):
+                if not patterns:
+                    continue
+                hits = _select.resolve(self.adapter, self.model, _select.compile_patterns(patterns), entries)
+                if add:
+                    trainable |= {e.name for e in hits}
+                else:
+                    trainable -= {e.name for e in hits
+                                  if not (stage.norm == "train" and self.adapter.module_kind(e.module) == "norm")}
+            ever |= trainable
+        return len(ever)
+
+    def _check_scheduler(self, scheduler) -> None:
+        if scheduler is not None and not self.adapter.is_scheduler(scheduler):
+            raise XFreezeError(f"scheduler must be a learning-rate scheduler object of the model's framework (or "
+                               f"None). Received: scheduler={scheduler!r}")
 
     def _apply(self, stage: Stage) -> None:
         if stage.freeze:
             freeze(self.model, *stage.freeze, norm=stage.norm, backend=self.adapter.name)
         if stage.unfreeze:
-            unfreeze(self.model, *stage.unfreeze, backend=self.adapter.name)
+            with _check.quiet():  # the new parameters join the optimizer just below
+                unfreeze(self.model, *stage.unfreeze, backend=self.adapter.name)
+        if self.optimizer is None:  # the first stage, before the optimizer exists (see attach)
+            return
         held = self.adapter.optimizer_param_ids(self.optimizer)
         new = [e.name for e in _select.walk(self.adapter, self.model)
                if self.adapter.is_trainable(e.param) and id(e.param) not in held]
@@ -144,8 +263,8 @@ class StagedUnfreeze:
         config = getattr(optimizer, "_xfreeze_config", None)
         if config is not None:
             return config
-        defaults = getattr(optimizer, "defaults", None)  # a torch optimizer built by hand
-        if self.adapter.name == "torch" and isinstance(defaults, dict) and "lr" in defaults:
+        defaults = self.adapter.optimizer_defaults(optimizer)  # an optimizer built by hand, where it can grow
+        if defaults is not None:
             return OptimizerConfig("custom", float(defaults["lr"]), float(defaults.get("weight_decay", 0.0)),
                                    no_decay=DEFAULT_NO_DECAY)
         raise XFreezeError(f"StagedUnfreeze needs an optimizer it can grow; {type(optimizer).__name__} was not built "
