@@ -60,9 +60,11 @@ class Adapter:
         return [self.is_trainable(p) for p in params]
 
     def is_trainable(self, param) -> bool:
+        """Whether the parameter trains (``requires_grad`` / ``not stop_gradient``)."""
         _todo(self, "is_trainable")
 
     def set_trainable(self, param, trainable: bool) -> None:
+        """Make the parameter trainable or frozen (no gradient is computed for a frozen one)."""
         _todo(self, "set_trainable")
 
     def drop_grad(self, param) -> None:
@@ -86,12 +88,14 @@ class Adapter:
         module.training = False  # visible at once, not only from the next forward
 
     def unlock_norm(self, module, training: bool) -> None:
+        """Release a lock: the norm layer follows ``training`` (and later ``model.train()``) again."""
         hooks = module._forward_pre_hooks
         for key in [k for k, hook in hooks.items() if hook is keep_eval]:
             del hooks[key]
         module.training = training
 
     def is_norm_locked(self, module) -> bool:
+        """Whether :meth:`lock_norm` holds the layer."""
         return any(hook is keep_eval for hook in module._forward_pre_hooks.values())
 
     # --- native tensors --------------------------------------------------------------------------------------
@@ -108,21 +112,27 @@ class Adapter:
         _todo(self, "from_raw")
 
     def cast(self, tensor, dtype: str):
+        """A copy of the tensor converted (numerically) to the neutral dtype ``dtype``."""
         _todo(self, "cast")
 
     def transpose(self, tensor):
+        """A contiguous transpose of a 2-D tensor."""
         _todo(self, "transpose")
 
     def row_nonzero(self, tensor, index: int) -> bool:
+        """Whether row ``index`` holds any non-zero value."""
         _todo(self, "row_nonzero")
 
     def zero_row(self, tensor, index: int):
+        """A copy of the tensor with row ``index`` set to zero."""
         _todo(self, "zero_row")
 
     def numel(self, tensor) -> int:
+        """Elements of the whole (logical) tensor."""
         _todo(self, "numel")
 
     def nbytes(self, tensor) -> int:
+        """Bytes of the whole (logical) tensor."""
         _todo(self, "nbytes")
 
     def full_shape(self, tensor) -> tuple:
@@ -156,30 +166,39 @@ class Adapter:
 
     # --- optimizers ------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr) -> float | None:
+        """The base rate of an LR scheduler passed as ``lr`` (Paddle), else None."""
         _todo(self, "scheduler_base_lr")
 
     def build_optimizer(self, config, groups, lr):
+        """The framework's optimizer over neutral groups with absolute rates (``config`` says which)."""
         _todo(self, "build_optimizer")
 
     def optimizer_param_ids(self, opt) -> set:
+        """``id()`` of every parameter an optimizer holds."""
         _todo(self, "optimizer_param_ids")
 
     def add_param_group(self, opt, group, scheduler=None) -> None:
+        """Grow a live optimizer by one neutral group (absolute rate), keeping LR schedulers driving it."""
         _todo(self, "add_param_group")
 
     def group_lrs(self, opt) -> list:
+        """The absolute learning rate of each group, as the optimizer will apply it now."""
         _todo(self, "group_lrs")
 
     def optimizer_state(self, opt, model) -> dict:
+        """A snapshot of the optimizer's state keyed by structured parameter names."""
         _todo(self, "optimizer_state")
 
     def load_optimizer_state(self, opt, model, state) -> None:
+        """Restore :meth:`optimizer_state` into an optimizer over a fresh model."""
         _todo(self, "load_optimizer_state")
 
     def scheduler_state(self, scheduler) -> dict:
+        """A snapshot of an LR scheduler's state."""
         _todo(self, "scheduler_state")
 
     def load_scheduler_state(self, scheduler, state) -> None:
+        """Restore :meth:`scheduler_state`."""
         _todo(self, "load_scheduler_state")
 
     # --- EMA (an EMA plan: lists of tensors, fused where the framework can) -----------------------------------
@@ -193,9 +212,11 @@ class Adapter:
 
     # --- named models (the command line) ---------------------------------------------------------------------
     def model_names(self) -> list:
+        """Names :meth:`build_named_model` accepts (the command line lists them)."""
         return []
 
     def build_named_model(self, name: str) -> Any:
+        """A model of the framework's zoo by name, with random weights; None when unknown."""
         return None
 
     # --- compatibility: module-level walks (kept for code that predates the view) -----------------------------

@@ -20,13 +20,15 @@ _KINDS = (("norm", _NORMS), ("conv", (nn.modules.conv._ConvNd,)), ("linear", (nn
 # neutral dtype name -> torch dtype, for the dtypes this torch build has (fp8 since 2.1)
 DTYPES = {name: getattr(torch, attr) for name, attr in (
     ("float64", "float64"), ("float32", "float32"), ("float16", "float16"), ("bfloat16", "bfloat16"),
-    ("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "float8_e5m2"), ("int64", "int64"), ("int32", "int32"),
+    ("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "float8_e5m2"), ("float8_e4m3fnuz", "float8_e4m3fnuz"),
+    ("float8_e5m2fnuz", "float8_e5m2fnuz"), ("int64", "int64"), ("int32", "int32"),
     ("int16", "int16"), ("int8", "int8"), ("uint8", "uint8"), ("bool", "bool"), ("complex64", "complex64"),
     ("complex128", "complex128")) if hasattr(torch, attr)}
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # dtypes numpy lacks travel as the bits of a same-width integer (view, not cast)
 _BIT_VIEWS = {"bfloat16": (torch.int16, np.uint16), "float8_e4m3fn": (torch.uint8, np.uint8),
-              "float8_e5m2": (torch.uint8, np.uint8)}
+              "float8_e5m2": (torch.uint8, np.uint8), "float8_e4m3fnuz": (torch.uint8, np.uint8),
+              "float8_e5m2fnuz": (torch.uint8, np.uint8)}
 _INITS = {
     "xavier_uniform": nn.init.xavier_uniform_,
     "xavier_normal": nn.init.xavier_normal_,

@@ -104,3 +104,18 @@ def test_the_core_never_imports_a_framework():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in frameworks]
     assert not offenders, offenders
+
+
+def test_the_core_never_branches_on_a_backend_name():
+    """Framework differences live in the adapters: no `adapter.name == "torch"` (or "paddle") in xfreeze/."""
+    import ast
+    from pathlib import Path
+    from xfreeze.backends import ADAPTERS
+    offenders = []
+    for path in (Path(__file__).resolve().parents[1] / "xfreeze").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                constants = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                if any(value in ADAPTERS for value in constants):
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders

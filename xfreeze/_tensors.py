@@ -19,8 +19,10 @@ from ._backend import adapter_named, tensor_backend
 from ._errors import XFreezeError
 
 # dtypes numpy cannot hold, and the unsigned integer type of the same width that carries their bits
-BIT_CARRIERS = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8}
-FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+BIT_CARRIERS = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8,
+                "float8_e4m3fnuz": np.uint8, "float8_e5m2fnuz": np.uint8}
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                "float8_e5m2fnuz")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""The model view: wrappers seen through (DataParallel, torch.compile), caching and invalidation, large models."""
+import copy
+
+import numpy as np
+import pytest
+
+import xfreeze
+from xfreeze._view import view_of
+from harness import Spec, batch, random_state
+
+CNN = Spec("cnn", (4, 3))
+
+
+def test_the_view_is_cached_and_rebuilt_when_structure_changes(fw):
+    model = fw.build(CNN)
+    view = view_of(model)
+    assert view_of(model) is view
+    xfreeze.freeze(model, "*")  # trainability is not structure
+    assert view_of(model) is view
+    model[8] = fw.build(Spec("mlp", (3,), classes=7))[0]  # the user swaps the head by hand
+    rebuilt = view_of(model)
+    assert rebuilt is not view and rebuilt.names[-2:] == ["8.weight", "8.bias"]
+    assert xfreeze.freeze(model, "8").changed == ["8.weight", "8.bias"]  # the new layer's parameters
+
+
+def test_tied_parameters_are_listed_once():
+    import torch
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight
+    view = view_of(model)
+    assert view.names == ["0.weight"] and view.tied == {"0.weight": ["1.weight"]}
+    rows = xfreeze.summary(model, print_table=False).rows
+    assert sum(r.parameters for r in rows) == 40 and rows[-1].tied == ("1.weight = 0.weight",)
+
+
+def test_a_compiled_model_uses_the_inner_names():
+    import torch
+    from harness import kit
+    fw = kit("torch")
+    model = fw.build(CNN)
+    fw.load(model, random_state(CNN, "float32", 0))
+    compiled = torch.compile(model, backend="aot_eager")
+    assert view_of(compiled).wrappers == ("OptimizedModule",) and "in OptimizedModule" in view_of(compiled).label
+    assert xfreeze.select(compiled, "*", "!8") == xfreeze.select(model, "*", "!8")
+    assert xfreeze.freeze(compiled, "*", "!8").changed[0] == "0.weight"
+    assert [r.name for r in xfreeze.summary(compiled, print_table=False).rows] == ["0", "1", "3", "4", "8"]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert "8.weight" in xfreeze.load_matched(compiled, state).loaded
+    head = xfreeze.replace_head(compiled, 6, head="8")
+    assert model[8] is head
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = xfreeze.optimizer(compiled, "sgd", lr=0.1, momentum=0.9, weight_decay=1e-2)
+    for step in range(3):
+        x, y = batch(CNN, "float32", step)
+        out = compiled(torch.from_numpy(x))
+        assert out.shape[1] == 6
+        loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(y % 6).long())
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    for key in before:
+        moved = not torch.equal(before[key], after[key])
+        assert moved == key.startswith("8."), key
+
+
+def test_data_parallel_label_and_names():
+    import torch
+    from harness import kit
+    model = kit("torch").build(CNN)
+    wrapped = torch.nn.DataParallel(model)
+    view = view_of(wrapped)
+    assert view.inner is model and view.names == view_of(model).names
+    assert view.label == "Sequential in DataParallel (torch)"
+
+
+def test_a_large_model_summarizes_with_collapsed_blocks():
+    import torch
+    from torch import nn
+    with torch.device("meta"):
+        model = nn.Module()
+        model.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(300))
+        model.head = nn.Linear(4, 2)
+    xfreeze.freeze(model, "*", "!head", "!blocks.299")
+    s = xfreeze.summary(model, print_table=False)
+    text = str(s)
+    assert len(s.rows) == 601 and "blocks.0-298 (x299)" in text and len(text.splitlines()) < 30
+    assert s.counts.total == 300 * (20 + 8) + 10 and s.counts.trainable == 28 + 10
+    assert s.counts.total == sum(r.parameters for r in s.rows)
+
+
+def test_selection_errors_stay_helpful_on_large_models():
+    import torch
+    from torch import nn
+    with torch.device("meta"):
+        model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(3000)])
+    with pytest.raises(xfreeze.XFreezeError, match=r"Did you mean '2999\.weight'|Did you mean"):
+        xfreeze.freeze(model, "2999.weigth")
+    assert all(view_of(model).trainable())
