@@ -367,7 +367,12 @@ class PaddleAdapter(Adapter):
     def ema_update(self, averages, values, weight: float) -> None:
         with paddle.no_grad():  # Paddle has no foreach kernels: an in-place lerp per tensor, e exactly e when m == e
             for average, value in zip(averages, values):
-                average.lerp_(value, weight)
+                if average.dtype in (paddle.float32, paddle.float64):
+                    average.lerp_(value, weight)
+                else:  # Paddle 3.3's CPU lerp has float32/64 kernels only: lerp in float32, round once (as torch does)
+                    wide = average.astype("float32")
+                    wide.lerp_(value.astype("float32"), weight)
+                    paddle.assign(wide.astype(average.dtype), output=average)
 
     def copy_into(self, targets, sources) -> None:
         with paddle.no_grad():
