@@ -1,0 +1,126 @@
+"""xfreeze.integrations.lightning.Finetuning in a real Lightning Trainer (CPU, tiny CNN, generated data)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pl = pytest.importorskip("pytorch_lightning")
+
+import xfreeze  # noqa: E402
+from xfreeze import Stage, XFreezeError  # noqa: E402
+from xfreeze.integrations.lightning import Finetuning  # noqa: E402
+
+STAGES = [Stage(0, freeze=["backbone"]), Stage(2, unfreeze=["backbone.3", "backbone.4"], lr=0.01)]
+
+
+class Net(pl.LightningModule):
+    def __init__(self, optimizer="xfreeze"):
+        super().__init__()
+        nn = torch.nn
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, 3)
+        self.kind = optimizer
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        if self.kind == "all":  # built over every parameter, whatever stage 0 froze
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+        opt = xfreeze.optimizer(self, "sgd", lr=0.1, momentum=0.875, weight_decay=2 ** -10)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
+
+
+class Rates(pl.Callback):
+    """The absolute group rates of the live optimizer at the start of every epoch (after Finetuning ran)."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.seen[trainer.current_epoch] = [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 6, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=False)
+
+
+def net(kind="xfreeze"):
+    torch.manual_seed(0)
+    return Net(kind)
+
+
+def trainer(tmp_path, callbacks, epochs=4, save=False):
+    if save:
+        callbacks = callbacks + [pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)]
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=save, callbacks=callbacks,
+                      default_root_dir=tmp_path)
+
+
+def weights(module):
+    return {k: v.detach().clone().numpy() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
+    model, rates = net(), Rates()
+    start = weights(model)
+    trainer(tmp_path, [Finetuning(STAGES), rates], save=True).fit(model, data())
+    end = weights(model)
+    # stage 0 trains the head only; stage 2 adds backbone.3/.4 in new groups at 0.01 scaled by the schedule
+    assert rates.seen[0] == pytest.approx([0.1, 0.1])
+    assert rates.seen[1] == pytest.approx([0.05, 0.05])
+    assert rates.seen[2] == pytest.approx([0.025, 0.025, 0.0025, 0.0025])
+    assert rates.seen[3] == pytest.approx([0.0125, 0.0125, 0.00125, 0.00125])  # the scheduler drives new groups
+    for key in ("backbone.0.weight", "backbone.0.bias", "backbone.1.weight", "backbone.1.running_mean",
+                "backbone.1.running_var"):
+        assert np.array_equal(start[key], end[key]), key          # never unfrozen: bitwise fixed
+    assert not np.array_equal(start["backbone.3.weight"], end["backbone.3.weight"])
+
+    for ckpt in ("epoch=0.ckpt", "epoch=2.ckpt"):  # before and after the boundary
+        resumed, rates2 = net(), Rates()
+        trainer(tmp_path / "b", [Finetuning(STAGES), rates2]).fit(resumed, data(), ckpt_path=tmp_path / ckpt)
+        assert rates2.seen[3] == pytest.approx(rates.seen[3])
+        for key, value in weights(resumed).items():
+            assert np.array_equal(value, end[key]), (ckpt, key)
+
+
+@pytest.mark.slow
+def test_step_unit_and_ema(tmp_path):
+    model, rates = net(), Rates()
+    callback = Finetuning([Stage(0, freeze=["backbone"]), Stage(6, unfreeze=["backbone"], lr=0.01)], unit="step",
+                          ema=0.5)
+    trainer(tmp_path, [callback, rates], epochs=2).fit(model, data())  # 4 steps an epoch: step 6 in epoch 1
+    assert len(rates.seen[1]) == 2
+    assert len(model.trainer.optimizers[0].param_groups) > 2
+    assert callback.ema.num_updates == 8
+
+
+def test_stages_that_name_nothing_fail_before_training(tmp_path):
+    model = net()
+    before = weights(model)
+    with pytest.raises(XFreezeError, match=r"bakcbone.*matched no parameters|matched no parameters"):
+        trainer(tmp_path, [Finetuning([Stage(0, freeze=["bakcbone"])])], epochs=1).fit(model, data())
+    assert all(np.array_equal(v, before[k]) for k, v in weights(model).items())
+
+
+def test_an_optimizer_over_every_parameter_is_refused(tmp_path):
+    with pytest.raises(XFreezeError, match=r"built before the stage could be applied"):
+        trainer(tmp_path, [Finetuning(STAGES)], epochs=1).fit(net("all"), data())
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
+    trainer(tmp_path, [Finetuning(STAGES)], epochs=1, save=True).fit(net(), data())
+    other = [Stage(0, freeze=["backbone"]), Stage(1, unfreeze=["backbone"], lr=0.01)]
+    model = net()
+    with pytest.raises(XFreezeError, match=r"different stage plan"):
+        trainer(tmp_path / "b", [Finetuning(other)], epochs=2).fit(model, data(), ckpt_path=tmp_path / "epoch=0.ckpt")

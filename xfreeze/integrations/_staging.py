@@ -1,0 +1,137 @@
+"""What every integration shares: apply stage 0 before the optimizer exists, attach it, step, keep an EMA, resume.
+
+Framework-free: the callbacks in the sibling modules only decide *when* to call these methods.
+"""
+from __future__ import annotations
+
+import numbers
+
+from .._ema import EMA
+from .._errors import XFreezeError, check_choice
+from .._staged import UNITS, Stage, StagedUnfreeze
+
+STATE_FORMAT = "xfreeze.integrations.Staging"
+STATE_VERSION = 1
+STATE_KEY = "xfreeze"  # the key under which the staging state rides inside an optimizer's state dict
+
+
+class Staging:
+    """A :class:`~xfreeze.StagedUnfreeze` (and an optional :class:`~xfreeze.EMA`) driven by a training framework.
+
+    The life of a fit: :meth:`prepare` (the model is known: stages are checked and the first stage's freeze is
+    applied, before the optimizer is built), :meth:`attach` (the optimizer exists: checked to hold nothing stage 0
+    froze), :meth:`step` at every epoch or step, :meth:`after_optimizer_step` (EMA), :meth:`state_dict` /
+    :meth:`load_state_dict` (resume: the stages reached are re-applied, growing the optimizer the same way, before
+    the framework loads the optimizer state).
+
+    Args:
+        stages: :class:`xfreeze.Stage` objects in increasing ``at`` order.
+        unit: ``"epoch"`` or ``"step"`` (optimizer steps, the framework's global step).
+        ema: ``None`` or an EMA decay in (0, 1).
+        backend: force ``"torch"`` or ``"paddle"``.
+
+    Raises:
+        XFreezeError: an unknown unit, a bad ``ema``, or no/invalid stages (pattern checks come at :meth:`prepare`).
+    """
+
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, backend: str | None = None):
+        check_choice("unit", unit, UNITS)
+        stages = list(stages) if isinstance(stages, (list, tuple)) else stages
+        if not isinstance(stages, list) or not stages or not all(isinstance(s, Stage) for s in stages):
+            raise XFreezeError(f"stages must be a non-empty list of xfreeze.Stage. Received: stages={stages!r}")
+        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0 < ema < 1):
+            raise XFreezeError(f"ema must be None or a decay in (0, 1). Received: ema={ema!r}")
+        self.stages, self.unit, self.decay, self.backend = stages, unit, ema, backend
+        self.staged: StagedUnfreeze | None = None
+        self.ema: EMA | None = None
+        self.pending: dict | None = None  # a state loaded before the optimizer existed
+
+    @property
+    def prepared(self) -> bool:
+        return self.staged is not None
+
+    @property
+    def attached(self) -> bool:
+        return self.staged is not None and self.staged.optimizer is not None
+
+    def prepare(self, model) -> None:
+        """Check the stages against ``model`` and apply what is due at 0 (before the optimizer is built)."""
+        if self.staged is not None and self.staged.model is model:
+            return
+        self.staged = StagedUnfreeze(model, None, self.stages, unit=self.unit, backend=self.backend)
+        self.staged.step(0)
+        if self.decay is not None:
+            self.ema = EMA(model, self.decay, backend=self.backend)
+
+    def attach(self, optimizer, scheduler=None) -> None:
+        """Give the live optimizer (and scheduler); a state loaded earlier is applied now (groups regrown)."""
+        self._need_prepared("attach")
+        self.staged.attach(optimizer, scheduler)
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self._restore(pending)
+
+    def step(self, position: int) -> None:
+        """At the start of every epoch (or step): apply the stages that have come."""
+        self._need_prepared("step")
+        if self.staged.position is None or position > self.staged.position:
+            self.staged.step(position)
+
+    def after_optimizer_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update()
+
+    def state_dict(self) -> dict:
+        """Progress of the stages (plan and version included) and the EMA; not the optimizer, which the
+        framework saves itself."""
+        self._need_prepared("state_dict")
+        return {"format": STATE_FORMAT, "version": STATE_VERSION,
+                "staged": self.staged.state_dict(optimizer=False),
+                "ema": self.ema.state_dict() if self.ema is not None else None}
+
+    def load_state_dict(self, state) -> None:
+        """Check ``state`` at once (format, version, stage plan); apply it now if the optimizer is attached, else
+        when it is."""
+        self._need_prepared("load_state_dict")
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise XFreezeError(f"not an xfreeze staging state (expected format {STATE_FORMAT!r}); was the checkpoint "
+                               "written with the xfreeze callback?")
+        if state.get("version") != STATE_VERSION:
+            raise XFreezeError(f"staging state version {state.get('version')!r} is not one this xfreeze reads "
+                               f"({STATE_VERSION}); upgrade xfreeze")
+        self.staged._checked_state(state["staged"])  # a different stage plan fails here, before training starts
+        if (state.get("ema") is None) != (self.ema is None):
+            raise XFreezeError("the checkpoint was saved with ema=" + ("None" if state.get("ema") is None else
+                                                                      "a decay") + f", this callback has ema={self.decay}")
+        if self.attached:
+            self._restore(state)
+        else:
+            self.pending = state
+
+    def resume_position(self) -> int | None:
+        """The epoch (or step) the restored run had reached, for frameworks that restart counting at 0."""
+        return None if self.staged is None else self.staged.position
+
+    def ride_in_optimizer_state(self) -> None:
+        """Save this state inside the optimizer's own state dict and restore it first when that is loaded, for
+        frameworks that save and load the optimizer but offer callbacks no hook in between."""
+        def save(state):
+            state[STATE_KEY] = self.state_dict()
+            return state
+
+        def load(state):
+            state = dict(state)
+            saved = state.pop(STATE_KEY, None)
+            if saved is not None:
+                self.load_state_dict(saved)
+            return state
+        self.staged.adapter.register_state_hooks(self.staged.optimizer, save, load)
+
+    def _restore(self, state: dict) -> None:
+        self.staged.load_state_dict(state["staged"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+    def _need_prepared(self, what: str) -> None:
+        if self.staged is None:
+            raise XFreezeError(f"Staging.{what} before prepare(model): the callback has not seen the model yet")

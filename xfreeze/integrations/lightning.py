@@ -1,0 +1,80 @@
+"""PyTorch Lightning: ``Finetuning``, a callback that replaces ``BaseFinetuning`` / ``BackboneFinetuning``.
+
+Where it hooks in (Lightning 2.x ``Trainer._run``): ``setup`` runs before the checkpoint's callback states are
+restored and before ``configure_optimizers``; so stage 0 is applied in ``setup`` and the optimizer built in
+``configure_optimizers`` holds only what trains. ``load_state_dict`` (callback state) comes next and is checked
+against the stage plan; ``on_fit_start`` runs after the optimizer exists and *before* Lightning loads the
+optimizer and scheduler state, so the stages the saved run had reached are re-applied there (groups regrown in the
+same order), and Lightning's own restore then fits. BaseFinetuning instead re-applies nothing (Lightning #21901).
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+from .._errors import XFreezeError
+from ._staging import Staging
+
+
+class Finetuning(pl.Callback):
+    """Staged unfreezing, growing the optimizer and its LR scheduler, optional EMA, exact resume.
+
+    Args:
+        stages: :class:`xfreeze.Stage` objects; patterns name parameters of the ``LightningModule``
+            (``"backbone.*"``).
+        unit: ``"epoch"`` (``trainer.current_epoch``) or ``"step"`` (``trainer.global_step``).
+        ema: ``None`` or a decay in (0, 1): an :class:`xfreeze.EMA` of the module, updated after every optimizer
+            step, saved in checkpoints, available as ``callback.ema``.
+
+    Raises:
+        XFreezeError: at ``setup``: a stage pattern that matches nothing; at ``on_fit_start``: an optimizer built
+            before stage 0 was applied (it holds parameters stage 0 froze), more than one optimizer; on resume:
+            a checkpoint from a different stage plan. All before the first training step.
+
+    Example:
+        >>> from xfreeze import Stage
+        >>> from xfreeze.integrations.lightning import Finetuning
+        >>> callback = Finetuning([Stage(0, freeze=["backbone"]), Stage(2, unfreeze=["backbone.layer4"], lr=1e-4)])
+        >>> callback.staging.unit
+        'epoch'
+    """
+
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None):
+        self.staging = Staging(stages, unit=unit, ema=ema, backend="torch")
+
+    @property
+    def ema(self):
+        return self.staging.ema
+
+    @property
+    def state_key(self) -> str:
+        return "xfreeze.Finetuning"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self.staging.prepare(pl_module)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if len(trainer.optimizers) != 1:
+            raise XFreezeError(f"xfreeze Finetuning drives one optimizer; configure_optimizers returned "
+                               f"{len(trainer.optimizers)}")
+        optimizer = trainer.optimizers[0]
+        configs = [c for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+        self.staging.attach(optimizer, configs[0].scheduler if configs else None)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.staging.unit == "epoch":
+            self.staging.step(trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.staging.unit == "step":
+            self.staging.step(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.staging.after_optimizer_step()
+
+    def state_dict(self) -> dict:
+        return self.staging.state_dict() if self.staging.prepared else {}
+
+    def load_state_dict(self, state_dict) -> None:
+        if state_dict:
+            self.staging.load_state_dict(state_dict)
