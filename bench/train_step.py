@@ -11,6 +11,7 @@ the trainable parameters' own bytes (the minimum for SGD with momentum: one grad
 Targets (issue 4): xfreeze / hand <= 1.02 in time; gradient and optimizer-state bytes == trainable bytes.
 Note the ways differ in one behaviour on purpose: "hand" leaves the frozen BatchNorm layers in train mode (their
 statistics drift, and they normalize with batch statistics); xfreeze locks them (eval-mode forward).
+torch is also timed with the model and inputs in bfloat16 (the bf16 columns).
 Run: .venv/bin/python bench/train_step.py [--rounds N] [--framework torch|paddle|both]
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ WAYS = ("all", "hand", "xfreeze")
 BATCH, SIZE, LR, MOMENTUM = 32, 64, 0.01, 0.9
 
 
-def setup(framework: str, way: str):
-    """Model, optimizer and a step function for one way."""
+def setup(framework: str, way: str, dtype: str = "float32"):
+    """Model, optimizer and a step function for one way (torch also in bfloat16)."""
     import xfreeze
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, 3, SIZE, SIZE)).astype("float32")
@@ -40,7 +41,7 @@ def setup(framework: str, way: str):
         import torchvision
         torch.manual_seed(0)
         torch.set_num_threads(2)
-        model = torchvision.models.resnet18(num_classes=10)
+        model = torchvision.models.resnet18(num_classes=10).to(getattr(torch, dtype))
         if way == "hand":
             for name, p in model.named_parameters():
                 p.requires_grad = name.startswith("fc.")
@@ -50,7 +51,7 @@ def setup(framework: str, way: str):
             opt = xfreeze.optimizer(model, "sgd", lr=LR, momentum=MOMENTUM)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        xt, yt = torch.from_numpy(x).to(getattr(torch, dtype)), torch.from_numpy(y)
 
         def step():
             torch.nn.functional.cross_entropy(model(xt), yt).backward()
@@ -109,8 +110,8 @@ def measure_memory(framework: str, way: str) -> dict:
     return {"extra_kib": max(peak - base, 1), "grads": grads, "state": state, "trainable": trainable}
 
 
-def measure_time(framework: str, rounds: int, steps: int) -> dict:
-    setups = {way: setup(framework, way)[0] for way in WAYS}
+def measure_time(framework: str, rounds: int, steps: int, dtype: str = "float32") -> dict:
+    setups = {way: setup(framework, way, dtype)[0] for way in WAYS}
     for step in setups.values():
         step()  # warm-up
     times = {way: [] for way in WAYS}
@@ -139,7 +140,7 @@ def main():
     table = Table(title=f"ResNet-18, {SIZE}x{SIZE}, batch {BATCH}, backbone frozen, SGD momentum (median of "
                         f"{args.rounds} interleaved rounds x {args.steps} steps)")
     for column in ("framework", "way", "step ms", "time / hand", "peak extra MiB", "memory / hand",
-                   "grad bytes", "opt-state bytes", "trainable bytes"):
+                   "grad bytes", "opt-state bytes", "trainable bytes", "bf16 step ms", "bf16 time / hand"):
         table.add_column(column, justify="left" if column in ("framework", "way") else "right")
     for framework in frameworks:
         mem = {}
@@ -148,11 +149,13 @@ def main():
                                  text=True, check=True).stdout.strip().splitlines()[-1]
             mem[way] = json.loads(out)
         times = measure_time(framework, args.rounds, args.steps)
+        half = measure_time(framework, args.rounds, args.steps, "bfloat16") if framework == "torch" else None
         for way in WAYS:
             m = mem[way]
             table.add_row(framework, way, f"{times[way] * 1e3:.1f}", f"{times[way] / times['hand']:.3f}",
                           f"{m['extra_kib'] / 1024:.1f}", f"{m['extra_kib'] / mem['hand']['extra_kib']:.3f}",
-                          f"{m['grads']:,}", f"{m['state']:,}", f"{m['trainable']:,}")
+                          f"{m['grads']:,}", f"{m['state']:,}", f"{m['trainable']:,}",
+                          f"{half[way] * 1e3:.1f}" if half else "-", f"{half[way] / half['hand']:.3f}" if half else "-")
     Console(width=160).print(table)
 
 
