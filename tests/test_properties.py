@@ -176,3 +176,20 @@ def test_torch_and_paddle_agree_on_gpu(sc):
     for name in t_final:
         if not name.endswith("running_var"):
             np.testing.assert_allclose(p_final[name], t_final[name], rtol=0, atol=TOLERANCE, err_msg=name)
+
+
+@pytest.mark.gpu
+@given(sc=scenarios())
+def test_torch_on_cuda_and_paddle_on_cpu_agree(sc):
+    """The parity that a GPU machine without a CUDA build of Paddle can check: torch on CUDA, Paddle on CPU,
+    float64 (cuDNN / CPU kernels round differently by ~1e-15; the tolerance is the same 1e-7)."""
+    torch_kit, paddle_kit = kit("torch"), kit("paddle")
+    if not torch_kit.cuda_available():
+        pytest.skip("no CUDA build of torch with a visible GPU here")
+    t, p = run_all([Run(torch_kit, sc, "float64", device="gpu"), Run(paddle_kit, sc, "float64")])
+    t_final, p_final = t.final(), p.final()
+    for name in t_final:
+        if not name.endswith("running_var"):
+            np.testing.assert_allclose(p_final[name], t_final[name], rtol=0, atol=TOLERANCE, err_msg=name)
+    assert_frozen_unchanged(t_final, t.snapshot)
+    assert_frozen_unchanged(p_final, p.snapshot)
