@@ -358,6 +358,8 @@ def _unwrap_root(model):
     while inner is not None:
         wrappers.append(type(model).__name__)
         model, inner = inner, _inner_of(inner)
+    if any(cls.__name__ == "FSDPModule" for cls in type(model).__mro__):  # FSDP2: the module itself, sharded
+        wrappers.append("fully_shard")
     return model, wrappers
 
 

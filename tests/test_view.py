@@ -97,3 +97,52 @@ def test_selection_errors_stay_helpful_on_large_models():
     with pytest.raises(xfreeze.XFreezeError, match=r"Did you mean '2999\.weight'|Did you mean"):
         xfreeze.freeze(model, "2999.weigth")
     assert all(view_of(model).trainable())
+
+
+WRAPPED = r'''
+import os, sys, torch, torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+import xfreeze
+from xfreeze._view import view_of
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, fully_shard
+
+def make():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
+                               torch.nn.Sequential(torch.nn.Linear(4, 2)))
+
+plain = view_of(make())
+fsdp1 = FSDP(make(), use_orig_params=True, device_id=torch.device("cpu"),
+             auto_wrap_policy=lambda module, recurse, nonwrapped_numel: recurse or isinstance(module, torch.nn.Linear))
+assert any("_fsdp_wrapped_module" in n for n, _ in fsdp1.named_parameters())
+fsdp2 = make(); fully_shard(fsdp2[2]); fully_shard(fsdp2)
+ddp = torch.nn.parallel.DistributedDataParallel(make())
+for model, wrappers in ((fsdp1, ("FullyShardedDataParallel",)), (fsdp2, ("fully_shard",)),
+                        (ddp, ("DistributedDataParallel",)), (torch.compile(make()), ("OptimizedModule",))):
+    view = view_of(model)
+    assert view.wrappers == wrappers, view.wrappers
+    assert view.names == plain.names and view.stat_names == plain.stat_names, view.names
+    assert view.shapes == plain.shapes, view.shapes
+    assert xfreeze.select(model, "2") == ["2.0.weight", "2.0.bias"]
+    rows = [r.name for r in xfreeze.summary(model, print_table=False).rows]
+    assert rows == ["0", "1", "2.0"], rows
+dist.destroy_process_group()
+print("ok")
+'''
+
+
+@pytest.mark.slow
+def test_distributed_wrappers_use_the_inner_names(tmp_path):
+    """FSDP1 (`_fsdp_wrapped_module.` at every unit), FSDP2 (DTensor parameters), DDP and torch.compile: names,
+    shapes (logical, unsharded), selection and summary are the plain model's (world size 1, gloo, a subprocess)."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "wrapped.py"
+    script.write_text(WRAPPED)
+    result = subprocess.run([sys.executable, str(script), port], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
