@@ -1,0 +1,109 @@
+"""xfreeze.integrations.transformers.Finetuning in a real Hugging Face Trainer (CPU, tiny BERT from a config)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from xfreeze import Stage, XFreezeError  # noqa: E402
+from xfreeze.integrations.transformers import Finetuning  # noqa: E402
+
+STAGES = [Stage(0, freeze=["bert.embeddings", "bert.encoder.layer.0"]),
+          Stage(1, unfreeze=["bert.encoder.layer.0"], lr=2 ** -10)]
+LR, EPOCHS, STEPS = 2 ** -8, 3, 4  # 16 examples, batch 4: 4 steps an epoch
+
+
+def bert():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return transformers.BertForSequenceClassification(config)
+
+
+def dataset():
+    g = np.random.default_rng(0)
+    return [{"input_ids": torch.tensor(g.integers(1, 40, 8)), "attention_mask": torch.ones(8, dtype=torch.long),
+             "labels": torch.tensor(int(g.integers(0, 2)))} for _ in range(16)]
+
+
+def args(tmp_path, **extra):
+    return transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=EPOCHS,
+                                          per_device_train_batch_size=4, use_cpu=True, report_to=[], seed=0,
+                                          save_strategy="epoch", logging_strategy="no", disable_tqdm=True,
+                                          dataloader_num_workers=0, **extra)
+
+
+class Rates(transformers.TrainerCallback):
+    def __init__(self):
+        self.seen, self.grads = {}, {}
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.seen[state.global_step] = [g["lr"] for g in optimizer.param_groups]
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        w = model.bert.encoder.layer[0].attention.self.query.weight
+        self.grads[state.global_step] = None if w.grad is None else float(w.grad.abs().sum())
+
+
+def weights(model):
+    return {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
+
+
+def fit(tmp_path, stages=STAGES, resume=None, rates=None, **extra):
+    model, staging = bert(), Finetuning(stages)
+    trainer = transformers.Trainer(model=model, args=args(tmp_path, **extra), train_dataset=dataset(),
+                                   callbacks=[staging] + ([rates] if rates else []),
+                                   optimizers=staging.optimizers(model, "adamw", lr=LR, weight_decay=2 ** -8,
+                                                                 layer_decay=0.5, num_training_steps=EPOCHS * STEPS))
+    trainer.train(resume_from_checkpoint=resume)
+    return model
+
+
+@pytest.mark.slow
+def test_trainer_stages_rates_frozen_bits_and_exact_resume(tmp_path):
+    start, rates = weights(bert()), Rates()
+    end = weights(fit(tmp_path, rates=rates))
+    assert np.array_equal(start["bert.embeddings.word_embeddings.weight"], end["bert.embeddings.word_embeddings.weight"])
+    first, boundary, later = rates.seen[0], rates.seen[STEPS], rates.seen[STEPS + 2]
+    assert len(boundary) > len(first)  # layer 0 joined at the epoch-1 boundary, in groups of its own
+    factor = 1 - STEPS / (EPOCHS * STEPS)  # the linear schedule where the boundary comes
+    assert boundary[len(first)] == pytest.approx(2 ** -10 * factor)
+    assert later[len(first)] / later[0] == pytest.approx(boundary[len(first)] / boundary[0])  # schedule drives it
+    assert later[len(first)] < boundary[len(first)]
+    assert rates.grads[0] is None and rates.grads[STEPS] > 0
+
+    resumed = weights(fit(tmp_path / "b", resume=str(tmp_path / f"checkpoint-{2 * STEPS}")))
+    for key, value in resumed.items():
+        assert np.array_equal(value, end[key]), key
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_with_frozen_embeddings_reaches_the_first_layer(tmp_path):
+    rates = Rates()
+    stages = [Stage(0, freeze=["bert.embeddings"])]
+    fit(tmp_path, stages=stages, rates=rates, gradient_checkpointing=True, max_steps=1)
+    assert rates.grads[0] is not None and rates.grads[0] > 0  # without the fix: None (transformers #21381)
+
+
+def test_stages_that_name_nothing_fail_when_the_trainer_is_built(tmp_path):
+    with pytest.raises(XFreezeError, match=r"matched no parameters"):
+        transformers.Trainer(model=bert(), args=args(tmp_path), train_dataset=dataset(),
+                             callbacks=[Finetuning([Stage(0, freeze=["bert.embedings"])])])
+
+
+def test_an_optimizer_built_before_stage_0_is_refused(tmp_path):
+    model = bert()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    with pytest.raises(XFreezeError, match=r"built before the stage could be applied"):
+        transformers.Trainer(model=model, args=args(tmp_path), train_dataset=dataset(), optimizers=(opt, None),
+                             callbacks=[Finetuning(STAGES)])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
+    fit(tmp_path, max_steps=STEPS)
+    other = [STAGES[0], Stage(2, unfreeze=["bert.encoder.layer.0"], lr=2 ** -10)]
+    with pytest.raises(XFreezeError, match=r"different stage plan"):
+        fit(tmp_path / "b", stages=other, resume=str(tmp_path / f"checkpoint-{STEPS}"))

@@ -1,0 +1,108 @@
+"""Hugging Face ``Trainer``: ``Finetuning``, a ``TrainerCallback``, and its optimizer factory.
+
+Where it hooks in (transformers 4.x ``Trainer``): ``on_init_end`` runs in ``Trainer.__init__``, before the Trainer
+builds its optimizer, so stage 0 is applied there. The Trainer loads a checkpoint's optimizer state before any
+callback event of ``train()``, so the staging state rides *inside* the optimizer's state dict (a torch state-dict
+hook on the optimizer :meth:`Finetuning.optimizers` builds): loading it re-applies the stages the saved run had
+reached, growing optimizer and scheduler the same way, just before torch checks the groups.
+
+Gradient checkpointing with frozen embeddings (transformers #21381): with the default reentrant checkpointing, a
+checkpointed block whose inputs need no gradient gives its parameters none; frozen embeddings are such an input.
+With ``args.gradient_checkpointing`` the callback calls the model's ``enable_input_require_grads()`` (the
+embeddings' output then requires a gradient, the embeddings themselves stay frozen).
+"""
+from __future__ import annotations
+
+import math
+
+from transformers import TrainerCallback
+
+from .._errors import XFreezeError
+from .._optim import optimizer as build_optimizer
+from ._staging import Staging
+
+
+class Finetuning(TrainerCallback):
+    """Staged unfreezing by epoch or step for the Hugging Face ``Trainer``, with xfreeze groups and exact resume.
+
+    Args:
+        stages: :class:`xfreeze.Stage` objects; patterns name the model's parameters (``"bert.embeddings"``).
+        unit: ``"epoch"`` or ``"step"`` (``state.global_step``, optimizer steps).
+        ema: ``None`` or a decay in (0, 1): an :class:`xfreeze.EMA` updated after every optimizer step
+            (``callback.ema``; it is saved with the optimizer state).
+
+    Raises:
+        XFreezeError: when the Trainer is built: a stage pattern that matches nothing, an optimizer passed to the
+            Trainer that was built before stage 0 was applied; on ``train(resume_from_checkpoint=...)``: a
+            checkpoint from a different stage plan. All before the first training step.
+
+    Example:
+        >>> from xfreeze import Stage
+        >>> from xfreeze.integrations.transformers import Finetuning
+        >>> staging = Finetuning([Stage(0, freeze=["bert.embeddings"]), Stage(1, unfreeze=["bert"], lr=1e-5)])
+        >>> staging.staging.unit
+        'epoch'
+    """
+
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None):
+        self.staging = Staging(stages, unit=unit, ema=ema, backend="torch")
+
+    @property
+    def ema(self):
+        return self.staging.ema
+
+    def optimizers(self, model, name="adamw", *, lr: float, scheduler: str | None = "linear",
+                   num_training_steps: int | None = None, warmup_steps: int = 0, **options):
+        """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``: stage 0 applied first, then
+        :func:`xfreeze.optimizer` (``lr_mult``, ``no_decay``, ``layer_decay``, any optimizer class) and a
+        ``transformers.get_scheduler`` schedule; both grow at stage boundaries and resume exactly.
+
+        Args:
+            model: the model given to the Trainer.
+            name, lr, **options: as :func:`xfreeze.optimizer`.
+            scheduler: a ``transformers.SchedulerType`` name, or ``None`` for none.
+            num_training_steps, warmup_steps: for the schedule (``num_training_steps`` is required by most).
+
+        Returns:
+            tuple: ``(optimizer, scheduler)``.
+        """
+        from transformers import get_scheduler
+        self.staging.prepare(model)
+        opt = build_optimizer(model, name, lr=lr, backend="torch", **options)
+        sched = None
+        if scheduler is not None:
+            sched = get_scheduler(scheduler, opt, num_warmup_steps=warmup_steps, num_training_steps=num_training_steps)
+        self.staging.attach(opt, sched)
+        self.staging.ride_in_optimizer_state()
+        return opt, sched
+
+    def on_init_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if model is None:
+            raise XFreezeError("xfreeze Finetuning needs the Trainer's model; build the Trainer with model=...")
+        self.staging.prepare(model)
+        if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # transformers #21381, see the module docstring
+        if optimizer is not None and not self.staging.attached:
+            self.staging.attach(_unwrap(optimizer), lr_scheduler)
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if not self.staging.attached:  # the Trainer built its default optimizer after stage 0
+            self.staging.attach(_unwrap(optimizer), lr_scheduler)
+        elif self.staging.staged.scheduler is None and lr_scheduler is not None and self.staging.staged.applied <= 1:
+            self.staging.staged.scheduler = lr_scheduler  # the Trainer built the schedule over our optimizer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.staging.unit == "epoch":
+            self.staging.step(int(math.floor((state.epoch or 0.0) + 1e-6)))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.staging.unit == "step":
+            self.staging.step(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.staging.after_optimizer_step()
+
+
+def _unwrap(optimizer):
+    """The torch optimizer inside accelerate's ``AcceleratedOptimizer``."""
+    return getattr(optimizer, "optimizer", optimizer)
