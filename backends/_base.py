@@ -25,14 +25,72 @@ class Adapter:
     DTYPES: ClassVar[dict] = {}           # neutral dtype name -> framework dtype (what this build supports)
     model_zoo: ClassVar[str] = ""         # what ``build_named_model`` accepts, in words (for the CLI)
 
+    WRAPPERS: ClassVar[dict] = {}         # wrapper class name -> attribute holding the wrapped module
+
     # --- structure: the model view ---------------------------------------------------------------------------
     def walk(self, model):
         """A :class:`xfreeze._view.Walk` of ``model``: wrappers seen through, modules, parameters, statistics."""
-        _todo(self, "walk")
+        from .._view import Walk
+        inner, wrappers = self.unwrap(model)
+        modules: list = []
+        params: list = []
+        stats: list = []
+        token: list = []
+        for path, module in self.traverse(inner):
+            index = len(modules)
+            modules.append((path, module))
+            token.append(id(module))
+            own, statistics = self.module_tensors(module)
+            params.extend((index, local, p) for local, p in own)
+            stats.extend((index, neutral, t, native) for neutral, native, t in statistics)
+            token.extend(id(p) for p in module._parameters.values() if p is not None)
+        return Walk(inner, wrappers, modules, params, stats, tuple(token))
 
     def structure_token(self, model) -> tuple:
         """The identities of ``model``'s modules and parameters (equal to ``walk(model).token`` while unchanged)."""
-        _todo(self, "structure_token")
+        token: list = []
+        for _, module in self.traverse(self.unwrap(model)[0], paths=False):
+            token.append(id(module))
+            token.extend(id(p) for p in module._parameters.values() if p is not None)
+        return tuple(token)
+
+    def unwrap(self, model) -> tuple:
+        """The model inside any wrappers (``WRAPPERS``), and the wrappers' class names, outermost first."""
+        wrappers = []
+        inner = self._inner_of(model)
+        while inner is not None:
+            wrappers.append(type(model).__name__)
+            model, inner = inner, self._inner_of(inner)
+        return model, wrappers
+
+    def traverse(self, root, paths: bool = True):
+        """``(path, module)`` in the framework's named-modules order (pre-order, shared modules once), a wrapper
+        replaced by its inner module under the wrapper's own path (its attribute never reaches a name)."""
+        seen, stack = set(), [("", root)]
+        while stack:
+            path, module = stack.pop()
+            inner = self._inner_of(module)
+            while inner is not None:
+                module, inner = inner, self._inner_of(inner)
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield path, module
+            for name, child in reversed(self.children(module)):
+                stack.append(((f"{path}.{name}" if path else name) if paths else "", child))
+
+    def _inner_of(self, module):
+        attr = self.WRAPPERS.get(type(module).__name__)
+        return getattr(module, attr, None) if attr else None
+
+    def children(self, module) -> list:
+        """``[(name, child)]``: the module's direct submodules, in registration order."""
+        _todo(self, "children")
+
+    def module_tensors(self, module) -> tuple:
+        """``([(local, parameter)], [(neutral stat name, state-dict local name, tensor)])`` of the module itself:
+        its parameters, and its norm running statistics (torch buffers; Paddle's ``_mean``/``_variance``)."""
+        _todo(self, "module_tensors")
 
     def module_kind(self, module) -> str | None:
         """``"norm"``, ``"linear"``, ``"conv"``, ``"embedding"`` or None."""

@@ -44,35 +44,30 @@ _INITS = {
 }
 
 
+# Wrappers seen through, by class name -> the attribute holding the wrapped layer (its "_layers." segment never
+# reaches a name).
+WRAPPERS = {"DataParallel": "_layers"}
+
 class PaddleAdapter(Adapter):
     name = "paddle"
 
     # --- structure: the model view ---------------------------------------------------------------------------
-    def walk(self, model):
-        from .._view import Walk
-        inner, wrappers = _unwrap_root(model)
-        modules, params, stats, token = [], [], [], []
-        for path, module in _traverse(inner):
-            index = len(modules)
-            modules.append((path, module))
-            token.append(id(module))
-            is_norm = isinstance(module, _NORMS)
-            for local, p in module._parameters.items():
-                if p is None:
-                    continue
-                if is_norm and local in _STAT_NAMES:
-                    stats.append((index, _NEUTRAL_STAT[local], p, local))
-                else:
-                    params.append((index, local, p))
-                token.append(id(p))
-        return Walk(inner, wrappers, modules, params, stats, tuple(token))
+    WRAPPERS = WRAPPERS
 
-    def structure_token(self, model) -> tuple:
-        token = []
-        for _, module in _traverse(_unwrap_root(model)[0], paths=False):
-            token.append(id(module))
-            token.extend(id(p) for p in module._parameters.values() if p is not None)
-        return tuple(token)
+    def children(self, module) -> list:
+        return [(name, child) for name, child in module._sub_layers.items() if child is not None]
+
+    def module_tensors(self, module) -> tuple:
+        is_norm = isinstance(module, _NORMS)
+        params, stats = [], []
+        for local, p in module._parameters.items():
+            if p is None:
+                continue
+            if is_norm and local in _STAT_NAMES:  # Paddle registers running statistics as Parameters
+                stats.append((_NEUTRAL_STAT[local], local, p))
+            else:
+                params.append((local, p))
+        return params, stats
 
     def state_keys(self, view) -> list:
         return [f"{path}.{local}" if path else local for path, m in zip(view.paths, view.modules)
@@ -380,45 +375,12 @@ class PaddleAdapter(Adapter):
                 paddle.assign(source, output=target)
 
 
-# Wrappers seen through, by class name -> the attribute holding the wrapped layer (its "_layers." segment never
-# reaches a name).
-WRAPPERS = {"DataParallel": "_layers"}
-
-
-def _inner_of(layer):
-    attr = WRAPPERS.get(type(layer).__name__)
-    return getattr(layer, attr, None) if attr else None
-
-
 def _unwrap_root(model):
-    """The model inside any wrappers, and the wrappers' class names, outermost first."""
-    wrappers = []
-    inner = _inner_of(model)
-    while inner is not None:
-        wrappers.append(type(model).__name__)
-        model, inner = inner, _inner_of(inner)
-    return model, wrappers
+    return ADAPTER.unwrap(model)
 
 
 def _unwrap(model):
-    return _unwrap_root(model)[0]
-
-
-def _traverse(root, paths: bool = True):
-    """(path, layer) in named_sublayers order (pre-order, shared layers once), wrappers seen through."""
-    seen, stack = set(), [("", root)]
-    while stack:
-        path, layer = stack.pop()
-        inner = _inner_of(layer)
-        while inner is not None:
-            layer, inner = inner, _inner_of(inner)
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield path, layer
-        children = [(name, child) for name, child in layer._sub_layers.items() if child is not None]
-        for name, child in reversed(children):
-            stack.append(((f"{path}.{name}" if path else name) if paths else "", child))
+    return ADAPTER.unwrap(model)[0]
 
 
 def _group(config, group: dict, multiplier: float) -> dict:

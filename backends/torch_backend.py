@@ -38,34 +38,37 @@ _INITS = {
 }
 
 
+# Wrappers seen through, by class name -> the attribute holding the wrapped module. Their own path segment
+# ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.") never reaches a name.
+WRAPPERS = {
+    "DataParallel": "module",
+    "DistributedDataParallel": "module",
+    "OptimizedModule": "_orig_mod",                       # torch.compile
+    "FullyShardedDataParallel": "_fsdp_wrapped_module",   # FSDP1, at the root and around inner units
+    "CheckpointWrapper": "_checkpoint_wrapped_module",    # activation checkpointing
+    "OffloadWrapper": "_checkpoint_wrapped_module",
+}
+_STATS = ("running_mean", "running_var")
+
 class TorchAdapter(Adapter):
     name = "torch"
 
     # --- structure: the model view ---------------------------------------------------------------------------
-    def walk(self, model):
-        from .._view import Walk
-        inner, wrappers = _unwrap_root(model)
-        modules, params, stats, token = [], [], [], []
-        for path, module in _traverse(inner):
-            index = len(modules)
-            modules.append((path, module))
-            token.append(id(module))
-            for local, p in module._parameters.items():
-                if p is not None:
-                    params.append((index, local, p))
-                    token.append(id(p))
-            for local in _STATS:
-                b = module._buffers.get(local)
-                if b is not None:
-                    stats.append((index, local, b, local))
-        return Walk(inner, wrappers, modules, params, stats, tuple(token))
+    WRAPPERS = WRAPPERS
 
-    def structure_token(self, model) -> tuple:
-        token = []
-        for _, module in _traverse(_unwrap_root(model)[0], paths=False):
-            token.append(id(module))
-            token.extend(id(p) for p in module._parameters.values() if p is not None)
-        return tuple(token)
+    def unwrap(self, model) -> tuple:
+        inner, wrappers = super().unwrap(model)
+        if any(cls.__name__ == "FSDPModule" for cls in type(inner).__mro__):  # FSDP2: the module itself, sharded
+            wrappers.append("fully_shard")
+        return inner, wrappers
+
+    def children(self, module) -> list:
+        return [(name, child) for name, child in module._modules.items() if child is not None]
+
+    def module_tensors(self, module) -> tuple:
+        params = [(local, p) for local, p in module._parameters.items() if p is not None]
+        stats = [(local, local, module._buffers[local]) for local in _STATS if module._buffers.get(local) is not None]
+        return params, stats
 
     def state_keys(self, view) -> list:
         return [f"{path}.{local}" if path else local for path, m in zip(view.paths, view.modules)
@@ -333,56 +336,12 @@ def _local(tensor):
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-# Wrappers seen through, by class name -> the attribute holding the wrapped module. Their own path segment
-# ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.") never reaches a name.
-WRAPPERS = {
-    "DataParallel": "module",
-    "DistributedDataParallel": "module",
-    "OptimizedModule": "_orig_mod",                       # torch.compile
-    "FullyShardedDataParallel": "_fsdp_wrapped_module",   # FSDP1, at the root and around inner units
-    "CheckpointWrapper": "_checkpoint_wrapped_module",    # activation checkpointing
-    "OffloadWrapper": "_checkpoint_wrapped_module",
-}
-_STATS = ("running_mean", "running_var")
-
-
-def _inner_of(module):
-    attr = WRAPPERS.get(type(module).__name__)
-    return getattr(module, attr, None) if attr else None
-
-
 def _unwrap_root(model):
-    """The model inside any wrappers, and the wrappers' class names, outermost first."""
-    wrappers = []
-    inner = _inner_of(model)
-    while inner is not None:
-        wrappers.append(type(model).__name__)
-        model, inner = inner, _inner_of(inner)
-    if any(cls.__name__ == "FSDPModule" for cls in type(model).__mro__):  # FSDP2: the module itself, sharded
-        wrappers.append("fully_shard")
-    return model, wrappers
+    return ADAPTER.unwrap(model)
 
 
 def _unwrap(model):
-    return _unwrap_root(model)[0]
-
-
-def _traverse(root, paths: bool = True):
-    """(path, module) in named_modules order (pre-order, shared modules once), wrappers replaced by their inner
-    module under the wrapper's own path."""
-    seen, stack = set(), [("", root)]
-    while stack:
-        path, module = stack.pop()
-        inner = _inner_of(module)
-        while inner is not None:
-            module, inner = inner, _inner_of(inner)
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
-        yield path, module
-        children = [(name, child) for name, child in module._modules.items() if child is not None]
-        for name, child in reversed(children):
-            stack.append(((f"{path}.{name}" if path else name) if paths else "", child))
+    return ADAPTER.unwrap(model)[0]
 
 
 def _group(group: dict) -> dict:
