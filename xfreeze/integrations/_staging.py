@@ -45,6 +45,7 @@ class Staging:
         self.staged: StagedUnfreeze | None = None
         self.ema: EMA | None = None
         self.pending: dict | None = None  # a state loaded before the optimizer existed
+        self.restored: int | None = None  # the position a restored state had reached
 
     @property
     def prepared(self) -> bool:
@@ -108,27 +109,28 @@ class Staging:
         else:
             self.pending = state
 
-    def resume_position(self) -> int | None:
-        """The epoch (or step) the restored run had reached, for frameworks that restart counting at 0."""
-        return None if self.staged is None else self.staged.position
-
     def ride_in_optimizer_state(self) -> None:
         """Save this state inside the optimizer's own state dict and restore it first when that is loaded, for
         frameworks that save and load the optimizer but offer callbacks no hook in between."""
         def save(state):
-            state[STATE_KEY] = self.state_dict()
+            state[STATE_KEY] = {**self.state_dict(), "keys": sorted(state)}
             return state
 
         def load(state):
             state = dict(state)
             saved = state.pop(STATE_KEY, None)
             if saved is not None:
+                # only what was saved: paddle.Model.load adds guessed accumulator names, and Paddle then refuses
+                # to create any accumulator missing from a loaded state (a group grown after the checkpoint)
+                keys = set(saved.pop("keys", state))
+                state = {k: v for k, v in state.items() if k in keys}
                 self.load_state_dict(saved)
             return state
         self.staged.adapter.register_state_hooks(self.staged.optimizer, save, load)
 
     def _restore(self, state: dict) -> None:
         self.staged.load_state_dict(state["staged"])
+        self.restored = self.staged.position
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
