@@ -43,6 +43,7 @@ class Summary:
     rows: list[ModuleRow] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     max_rows: int = MAX_ROWS
+    params: object = None  # with summary(..., optimizer=opt): the per-parameter group / lr / decay table (issue 12)
 
     def __str__(self) -> str:
         rows = self.rows if len(self.rows) <= self.max_rows else collapse(self.rows)
@@ -50,18 +51,20 @@ class Summary:
         notes = [f"tied: {r.name} shares {', '.join(r.tied)}" for r in self.rows if r.tied][:5]
         shown = [] if rows is self.rows else [f"{len(self.rows)} modules, repeated blocks collapsed"]
         return render(f"xfreeze.summary: {self.model}", ["module", "type", "kind", "parameters", "trainable", "norm"],
-                      table, shown + notes + self.counts.lines())
+                      table, shown + notes + self.counts.lines()) + (f"\n{self.params}" if self.params else "")
 
     __repr__ = __str__
 
 
-def summary(model, *, print_table: bool = True, backend: str | None = None) -> Summary:
+def summary(model, *, print_table: bool = True, optimizer=None, backend: str | None = None) -> Summary:
     """Show what will train: per module its type, kind, parameters, trainable parameters and norm state.
 
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer`` (wrappers such as DDP or ``torch.compile`` are seen
             through: names are the inner model's).
         print_table: print the table (the returned object prints the same table).
+        optimizer: also show, per parameter, its optimizer group, absolute learning rate and weight decay
+            (``Summary.params``, an :class:`xfreeze.ParamTable`), e.g. to audit layer decay.
         backend: force ``"torch"`` or ``"paddle"``.
 
     Returns:
@@ -90,6 +93,9 @@ def summary(model, *, print_table: bool = True, backend: str | None = None) -> S
     owners = set(view.owner) | view.stat_modules | set(tied_at)
     rows = [_row(view, mi, int(total[mi]), int(trained[mi]), tuple(tied_at.get(mi, ()))) for mi in sorted(owners)]
     result = Summary(view.label, rows, counts(view, live))
+    if optimizer is not None:
+        from ._check import param_table
+        result.params = param_table(model, optimizer, backend=backend)
     if print_table:
         print(result)
     return result

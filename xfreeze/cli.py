@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="optimizer whose state to count: sgd (with momentum), adam, adamw (default sgd)")
     plan.add_argument("--backend", choices=["torch", "paddle"], help="framework to build the model in "
                                                                        "(default: torch if installed, else paddle)")
+    # issue 12: the per-parameter audit of optimizer groups, absolute learning rates and weight decay
+    plan.add_argument("--params", action="store_true", help="also print, per parameter, the optimizer group, "
+                                                             "absolute learning rate and weight decay")
+    plan.add_argument("--lr", type=float, default=1e-3, help="base learning rate for --params (default 1e-3)")
+    plan.add_argument("--weight-decay", type=float, default=0.0, help="weight decay for --params (default 0)")
+    plan.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay for --params, in (0, 1]")
     plan.set_defaults(run=_plan)
 
     inspect = sub.add_parser("inspect", help="format, framework, keys, shapes, dtypes and size of a checkpoint",
@@ -125,6 +131,10 @@ def _plan(args) -> None:
     print(render(f"xfreeze plan: {args.model} ({adapter.name})",
                  ["module", "type", "params", "trainable", "frozen bytes", "param bytes", "grad bytes",
                   f"{args.optimizer} state bytes", "norm"], rows, footer, width=170))
+    if args.params:
+        opt = xfreeze.optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                                layer_decay=args.layer_decay)
+        print(xfreeze.param_table(model, opt))
 
 
 def _element_size(adapter, model, path: str) -> int:
