@@ -84,3 +84,13 @@ def test_plan_prints_the_param_table(capsys):
     fc = next(line for line in out.splitlines() if " fc.weight " in line)
     l4 = next(line for line in out.splitlines() if " layer4.0.conv1.weight " in line)
     assert "0.01" in fc and "0.005" in l4
+
+
+def test_importing_the_integrations_imports_no_framework():
+    import subprocess
+    import sys
+    code = ("import sys, xfreeze, xfreeze.integrations; "
+            "print(sorted(m for m in ('torch', 'paddle', 'pytorch_lightning', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -156,3 +156,82 @@ def test_torch_optimizer_built_by_hand_can_grow():
     staged.step(1)
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01, 0.01]
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 1e-4, 0.0]  # the new bias group: no decay
+
+
+# --- issue 9 / 12: checked before anything changes; versioned state; a stage plan that must match ---------------
+
+def _trainability(fw, model):
+    from xfreeze._backend import adapter_for as _adapter
+    adapter = _adapter(model)
+    return {n: adapter.is_trainable(p) for n, p in model.named_parameters()}
+
+
+def test_a_scheduler_that_is_not_one_fails_at_construction(fw):
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    before = _trainability(fw, model)
+    with pytest.raises(XFreezeError, match=r"scheduler must be a learning-rate scheduler object.*'cosine'"):
+        StagedUnfreeze(model, opt, STAGES, scheduler="cosine")
+    assert _trainability(fw, model) == before
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: {k: v for k, v in s.items() if k != "applied"}, r"expected the dict StagedUnfreeze.state_dict"),
+    (lambda s: {**s, "version": 99}, r"version 99 is not one this xfreeze reads"),
+    (lambda s: {**s, "applied": 7}, r"state reached 7 stages, this StagedUnfreeze has 3"),
+    (lambda s: {**s, "unit": "step"}, r"the state counts steps"),
+    (lambda s: {**s, "plan": s["plan"][:2]}, r"different stage plan \(first difference at stages\[2\]"),
+    (lambda s: {**s, "optimizer": "junk"}, r"the optimizer state does not fit"),
+])
+def test_a_bad_state_is_refused_before_the_optimizer_grows(fw, damage, message):
+    model, opt, sched, staged = setup(fw, "adam")
+    for e in range(3):
+        epoch(fw, model, opt, sched, staged, e)
+    saved = staged.state_dict()
+    assert saved["version"] == 1 and saved["format"] == "xfreeze.StagedUnfreeze"
+    model2, opt2, sched2, staged2 = setup(fw, "adam", seed=1)
+    staged2.step(0)
+    before, groups = _trainability(fw, model2), len(adapter_for(model2).group_lrs(opt2))
+    with pytest.raises(XFreezeError, match=message):
+        staged2.load_state_dict(damage(saved))
+    assert _trainability(fw, model2) == before and len(adapter_for(model2).group_lrs(opt2)) == groups
+
+
+def test_an_incomplete_torch_optimizer_state_is_refused_before_growing():
+    from harness import kit
+    torch_kit = kit("torch")
+    model, opt, sched, staged = setup(torch_kit, "sgd")
+    for e in range(3):
+        epoch(torch_kit, model, opt, sched, staged, e)
+    saved = staged.state_dict()
+    saved["optimizer"]["param_groups"] = saved["optimizer"]["param_groups"][:2]  # stage 2's groups lost
+    model2, opt2, sched2, staged2 = setup(torch_kit, "sgd", seed=1)
+    staged2.step(0)
+    before = _trainability(torch_kit, model2)
+    with pytest.raises(XFreezeError, match=r"it holds 2 parameters, re-applying 2 stages gives 6"):
+        staged2.load_state_dict(saved)
+    assert _trainability(torch_kit, model2) == before and len(opt2.param_groups) == 2
+
+
+def test_a_first_release_state_still_loads(fw):
+    model, opt, sched, staged = setup(fw)
+    for e in range(3):
+        epoch(fw, model, opt, sched, staged, e)
+    saved = {k: v for k, v in staged.state_dict().items() if k not in ("format", "version", "unit", "plan")}
+    model2, opt2, sched2, staged2 = setup(fw, seed=1)
+    staged2.load_state_dict(saved)
+    assert staged2.applied == 2
+
+
+def test_attach_after_stage_0_and_refuse_an_optimizer_built_before(fw):
+    model = fw.build(CNN)
+    staged = StagedUnfreeze(model, None, STAGES)
+    early = xfreeze.optimizer(model, "sgd", lr=0.1)  # built before stage 0: holds everything
+    staged.step(0)
+    with pytest.raises(XFreezeError, match=r"holds 8 parameters that stage 0 froze.*built before the stage"):
+        staged.attach(early)
+    with pytest.raises(XFreezeError, match=r"attach\(optimizer\) first"):
+        staged.step(2)
+    staged.attach(xfreeze.optimizer(model, "sgd", lr=0.1))
+    staged.step(2)
+    assert len(adapter_for(model).optimizer_param_ids(staged.optimizer)) == 6
