@@ -104,6 +104,15 @@ def test_step_unit_and_ema(tmp_path):
     assert callback.ema.num_updates == 8
 
 
+@pytest.mark.slow
+def test_ema_follows_optimizer_steps_under_gradient_accumulation(tmp_path):
+    callback = Finetuning([Stage(0, freeze=["backbone"])], ema=0.5)
+    run = trainer(tmp_path, [callback], epochs=1)
+    run.accumulate_grad_batches = 2
+    run.fit(net(), data())
+    assert callback.ema.num_updates == run.global_step == 2
+
+
 def test_stages_that_name_nothing_fail_before_training(tmp_path):
     model = net()
     before = weights(model)

@@ -235,3 +235,13 @@ def test_attach_after_stage_0_and_refuse_an_optimizer_built_before(fw):
     staged.attach(xfreeze.optimizer(model, "sgd", lr=0.1))
     staged.step(2)
     assert len(adapter_for(model).optimizer_param_ids(staged.optimizer)) == 6
+
+
+def test_new_groups_keep_the_optimizers_layer_decay_and_multipliers(fw):
+    from harness import Spec as _Spec
+    blocks = _Spec("blocks", (4, 5, 6, 3))  # 0.0, 1.0, 2.0 blocks, 3 head
+    model = fw.build(blocks)
+    xfreeze.freeze(model, "0", "1", "2")
+    opt = xfreeze.optimizer(model, "sgd", lr=1.0, layer_decay=0.5, lr_mult={"3": 2})
+    StagedUnfreeze(model, opt, [Stage(0, freeze=["0", "1", "2"]), Stage(1, unfreeze=["1", "2"], lr=0.25)]).step(1)
+    assert sorted(set(adapter_for(model).group_lrs(opt))) == pytest.approx([0.0625, 0.125, 2.0])

@@ -31,6 +31,8 @@ class OptimizerConfig:
     eps: float = 1e-8
     no_decay: tuple = DEFAULT_NO_DECAY
     extra: dict = field(default_factory=dict)
+    lr_mult: dict | None = None        # kept so that groups added later (StagedUnfreeze) are scaled alike
+    layer_decay: float | None = None
 
 
 def param_groups(model, *, lr: float, weight_decay: float = 0.0, lr_mult: dict | None = None,
@@ -143,7 +145,8 @@ def optimizer(model, name, *, lr, weight_decay: float = 0.0, momentum: float = 0
                           layer_decay=layer_decay, backend=adapter.name)
     label = name if factory is None else getattr(factory, "__name__", type(factory).__name__)
     config = OptimizerConfig(label, base_lr, weight_decay, momentum, nesterov, tuple(betas), eps, tuple(no_decay),
-                             extra=dict(kwargs))
+                             extra=dict(kwargs), lr_mult=dict(lr_mult) if lr_mult else None,
+                             layer_decay=layer_decay)
     if factory is None:
         opt = adapter.build_optimizer(config, groups, lr)
     else:

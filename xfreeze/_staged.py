@@ -23,7 +23,8 @@ class Stage:
         at: the epoch (or step) at which the stage starts (>= 0).
         freeze: patterns to freeze (see :func:`xfreeze.select`).
         unfreeze: patterns to make trainable; newly trainable parameters join the optimizer as a new group.
-        lr: absolute learning rate of that new group (default: the optimizer's base rate).
+        lr: absolute learning rate of that new group (default: the optimizer's base rate); when the optimizer
+            was built with ``lr_mult`` / ``layer_decay``, they scale it per parameter as they scale the base rate.
         batch_size: the batch size from this stage on, for the data loader (``StagedUnfreeze.batch_size``).
         norm: ``"freeze"`` or ``"train"``, as in :func:`xfreeze.freeze`.
     """
@@ -255,7 +256,8 @@ class StagedUnfreeze:
                if self.adapter.is_trainable(e.param) and id(e.param) not in held]
         if new:
             groups = param_groups(self.model, lr=stage.lr or self.config.lr, weight_decay=self.config.weight_decay,
-                                  no_decay=self.config.no_decay, only=new, backend=self.adapter.name)
+                                  no_decay=self.config.no_decay, lr_mult=self.config.lr_mult,
+                                  layer_decay=self.config.layer_decay, only=new, backend=self.adapter.name)
             for group in groups:
                 self.adapter.add_param_group(self.optimizer, group, self.scheduler)
 

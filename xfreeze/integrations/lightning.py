@@ -40,6 +40,7 @@ class Finetuning(pl.Callback):
 
     def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None):
         self.staging = Staging(stages, unit=unit, ema=ema, backend="torch")
+        self._step_seen = 0
 
     @property
     def ema(self):
@@ -70,7 +71,12 @@ class Finetuning(pl.Callback):
             self.staging.step(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.staging.after_optimizer_step()
+        if self._step_seen != trainer.global_step:  # an optimizer step happened (not a gradient accumulation)
+            self._step_seen = trainer.global_step
+            self.staging.after_optimizer_step()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._step_seen = trainer.global_step
 
     def state_dict(self) -> dict:
         return self.staging.state_dict() if self.staging.prepared else {}
