@@ -88,8 +88,9 @@ class CheckReport:
         rows = [["trainable, in no optimizer group", len(self.untrained), ", ".join(self.untrained[:4])],
                 ["frozen, holding optimizer state", len(self.stale_state), ", ".join(self.stale_state[:4])],
                 ["frozen, still in a group", len(self.frozen_in_groups), ", ".join(self.frozen_in_groups[:4])]]
-        verdict = "ok: the optimizer is in step with what trains" if self.ok else \
-            "HINT: rebuild the optimizer with xfreeze.optimizer(model, ...) after freezing, or grow it with StagedUnfreeze"
+        verdict = "ok: the optimizer is in step with what trains" if self.ok else (
+            "HINT: rebuild the optimizer with xfreeze.optimizer(model, ...) after freezing, or grow it with "
+            "StagedUnfreeze")
         return render(f"xfreeze.check: {self.model}", ["finding", "tensors", "examples"], rows, [verdict])
 
     __repr__ = __str__

@@ -4,6 +4,7 @@ Framework-free: the callbacks in the sibling modules only decide *when* to call 
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 from .._ema import EMA
@@ -102,8 +103,8 @@ class Staging:
                                f"({STATE_VERSION}); upgrade xfreeze")
         self.staged._checked_state(state["staged"])  # a different stage plan fails here, before training starts
         if (state.get("ema") is None) != (self.ema is None):
-            raise XFreezeError("the checkpoint was saved with ema=" + ("None" if state.get("ema") is None else
-                                                                      "a decay") + f", this callback has ema={self.decay}")
+            saved = "None" if state.get("ema") is None else "a decay"
+            raise XFreezeError(f"the checkpoint was saved with ema={saved}, this callback has ema={self.decay}")
         if self.attached:
             self._restore(state)
         else:
@@ -137,3 +138,46 @@ class Staging:
     def _need_prepared(self, what: str) -> None:
         if self.staged is None:
             raise XFreezeError(f"Staging.{what} before prepare(model): the callback has not seen the model yet")
+
+
+class TrainerEvents:
+    """The callback events of the Hugging Face ``Trainer`` and of PaddleNLP's port of it (same names, same
+    arguments); the framework modules mix this into their ``TrainerCallback``."""
+
+    staging: Staging
+    input_grads_for_checkpointing = False  # transformers #21381, see xfreeze.integrations.transformers
+
+    @staticmethod
+    def unwrap(optimizer):
+        return optimizer
+
+    @property
+    def ema(self):
+        return self.staging.ema
+
+    def on_init_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if model is None:
+            raise XFreezeError("xfreeze Finetuning needs the Trainer's model; build the Trainer with model=...")
+        self.staging.prepare(model)
+        if self.input_grads_for_checkpointing and getattr(args, "gradient_checkpointing", False) \
+                and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        if optimizer is not None and not self.staging.attached:
+            self.staging.attach(self.unwrap(optimizer), lr_scheduler)
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if not self.staging.attached:  # the Trainer built its default optimizer after stage 0
+            self.staging.attach(self.unwrap(optimizer), lr_scheduler)
+        elif self.staging.staged.scheduler is None and lr_scheduler is not None and self.staging.staged.applied <= 1:
+            self.staging.staged.scheduler = lr_scheduler  # the Trainer built the schedule over our optimizer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.staging.unit == "epoch":
+            self.staging.step(int(math.floor((state.epoch or 0.0) + 1e-6)))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.staging.unit == "step":
+            self.staging.step(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.staging.after_optimizer_step()

@@ -13,16 +13,13 @@ embeddings' output then requires a gradient, the embeddings themselves stay froz
 """
 from __future__ import annotations
 
-import math
-
 from transformers import TrainerCallback
 
-from .._errors import XFreezeError
 from .._optim import optimizer as build_optimizer
-from ._staging import Staging
+from ._staging import Staging, TrainerEvents
 
 
-class Finetuning(TrainerCallback):
+class Finetuning(TrainerEvents, TrainerCallback):
     """Staged unfreezing by epoch or step for the Hugging Face ``Trainer``, with xfreeze groups and exact resume.
 
     Args:
@@ -44,12 +41,15 @@ class Finetuning(TrainerCallback):
         'epoch'
     """
 
+    input_grads_for_checkpointing = True
+
     def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None):
         self.staging = Staging(stages, unit=unit, ema=ema, backend="torch")
 
-    @property
-    def ema(self):
-        return self.staging.ema
+    @staticmethod
+    def unwrap(optimizer):
+        """The torch optimizer inside accelerate's ``AcceleratedOptimizer``."""
+        return getattr(optimizer, "optimizer", optimizer)
 
     def optimizers(self, model, name="adamw", *, lr: float, scheduler: str | None = "linear",
                    num_training_steps: int | None = None, warmup_steps: int = 0, **options):
@@ -75,34 +75,3 @@ class Finetuning(TrainerCallback):
         self.staging.attach(opt, sched)
         self.staging.ride_in_optimizer_state()
         return opt, sched
-
-    def on_init_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        if model is None:
-            raise XFreezeError("xfreeze Finetuning needs the Trainer's model; build the Trainer with model=...")
-        self.staging.prepare(model)
-        if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()  # transformers #21381, see the module docstring
-        if optimizer is not None and not self.staging.attached:
-            self.staging.attach(_unwrap(optimizer), lr_scheduler)
-
-    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-        if not self.staging.attached:  # the Trainer built its default optimizer after stage 0
-            self.staging.attach(_unwrap(optimizer), lr_scheduler)
-        elif self.staging.staged.scheduler is None and lr_scheduler is not None and self.staging.staged.applied <= 1:
-            self.staging.staged.scheduler = lr_scheduler  # the Trainer built the schedule over our optimizer
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        if self.staging.unit == "epoch":
-            self.staging.step(int(math.floor((state.epoch or 0.0) + 1e-6)))
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.staging.unit == "step":
-            self.staging.step(state.global_step)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.staging.after_optimizer_step()
-
-
-def _unwrap(optimizer):
-    """The torch optimizer inside accelerate's ``AcceleratedOptimizer``."""
-    return getattr(optimizer, "optimizer", optimizer)
