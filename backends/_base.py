@@ -178,12 +178,14 @@ class Adapter:
         _todo(self, "transpose")
 
     def row_nonzero(self, tensor, index: int) -> bool:
-        """Whether row ``index`` holds any non-zero value."""
-        _todo(self, "row_nonzero")
+        """Whether row ``index`` holds any non-zero value (indexing and ``any`` read alike in torch and Paddle)."""
+        return bool((tensor[index] != 0).any())
 
     def zero_row(self, tensor, index: int):
         """A copy of the tensor with row ``index`` set to zero."""
-        _todo(self, "zero_row")
+        out = self.clone(tensor)
+        out[index] = 0
+        return out
 
     def numel(self, tensor) -> int:
         """Elements of the whole (logical) tensor."""

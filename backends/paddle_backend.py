@@ -163,14 +163,6 @@ class PaddleAdapter(Adapter):
     def transpose(self, tensor):
         return paddle.transpose(tensor, [1, 0]).contiguous()
 
-    def row_nonzero(self, tensor, index: int) -> bool:
-        return bool((tensor[index] != 0).any())
-
-    def zero_row(self, tensor, index: int):
-        out = tensor.clone()
-        out[index] = 0
-        return out
-
     # --- named models (the command line) ----------------------------------------------------------------------
     model_zoo = "a paddle.vision.models name"
 

@@ -154,14 +154,6 @@ class TorchAdapter(Adapter):
     def transpose(self, tensor):
         return tensor.t().contiguous()
 
-    def row_nonzero(self, tensor, index: int) -> bool:
-        return bool((tensor[index] != 0).any())
-
-    def zero_row(self, tensor, index: int):
-        out = tensor.clone()
-        out[index] = 0
-        return out
-
     # --- named models (the command line) ----------------------------------------------------------------------
     model_zoo = "a torchvision name (or a timm name, when timm is installed)"
 
