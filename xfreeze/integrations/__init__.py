@@ -7,7 +7,9 @@ imports no framework:
   ``BaseFinetuning`` / ``BackboneFinetuning``);
 * :mod:`xfreeze.integrations.transformers`: ``Finetuning``, a ``transformers.TrainerCallback``, with an optimizer
   factory for ``Trainer(optimizers=...)``;
-* :mod:`xfreeze.integrations.hapi`: ``Finetuning``, a ``paddle.callbacks.Callback`` for ``paddle.Model.fit``.
+* :mod:`xfreeze.integrations.hapi`: ``Finetuning``, a ``paddle.callbacks.Callback`` for ``paddle.Model.fit``;
+* :mod:`xfreeze.integrations.paddlenlp`: ``Finetuning``, a ``paddlenlp.trainer.TrainerCallback``, with an optimizer
+  factory for ``Trainer(optimizers=...)``.
 
 All three run the same :class:`xfreeze.StagedUnfreeze` (and optionally :class:`xfreeze.EMA`) through
 :class:`Staging`; they differ only in where the framework lets them hook in.
