@@ -184,7 +184,7 @@ def param_table(model, optimizer, *, backend: str | None = None) -> ParamTable:
     """
     adapter = adapter_for(model, backend)
     _check_optimizer(adapter, optimizer)
-    where = {}
+    where: dict[int, tuple] = {}
     for index, (ids, lr, decay) in enumerate(adapter.group_rows(optimizer)):
         for pid in ids:
             where.setdefault(pid, (index, float(lr), float(decay)))

@@ -170,7 +170,7 @@ def _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_
     if not isinstance(nesterov, bool):
         raise XFreezeError(f"nesterov must be a bool. Received: nesterov={nesterov!r}")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(
-            isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas):
+            isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= float(b) < 1.0 for b in betas):
         raise XFreezeError(f"betas must be two numbers in [0, 1). Received: betas={betas!r}")
     _check_number("eps", eps, minimum=0.0)
     if lr_mult is not None and not isinstance(lr_mult, dict):

@@ -199,7 +199,7 @@ class StagedUnfreeze:
                                f"{now[i] if i < len(now) else 'none'}); resume with the stages it was saved with")
         applied, position = state["applied"], state.get("position")
         if isinstance(applied, bool) or not isinstance(applied, numbers.Integral) \
-                or not self.applied <= applied <= len(self.stages):
+                or not self.applied <= int(applied) <= len(self.stages):
             raise XFreezeError(f"{where}: state reached {applied!r} stages, this StagedUnfreeze has "
                                f"{len(self.stages)} and already applied {self.applied}: build a fresh one with the "
                                "same stages")
@@ -249,15 +249,16 @@ class StagedUnfreeze:
         if stage.unfreeze:
             with _check.quiet():  # the new parameters join the optimizer just below
                 unfreeze(self.model, *stage.unfreeze, backend=self.adapter.name)
-        if self.optimizer is None:  # the first stage, before the optimizer exists (see attach)
+        config = self.config
+        if self.optimizer is None or config is None:  # the first stage, before the optimizer exists (see attach)
             return
         held = self.adapter.optimizer_param_ids(self.optimizer)
         new = [e.name for e in _select.walk(self.adapter, self.model)
                if self.adapter.is_trainable(e.param) and id(e.param) not in held]
         if new:
-            groups = param_groups(self.model, lr=stage.lr or self.config.lr, weight_decay=self.config.weight_decay,
-                                  no_decay=self.config.no_decay, lr_mult=self.config.lr_mult,
-                                  layer_decay=self.config.layer_decay, only=new, backend=self.adapter.name)
+            groups = param_groups(self.model, lr=stage.lr or config.lr, weight_decay=config.weight_decay,
+                                  no_decay=config.no_decay, lr_mult=config.lr_mult, layer_decay=config.layer_decay,
+                                  only=new, backend=self.adapter.name)
             for group in groups:
                 self.adapter.add_param_group(self.optimizer, group, self.scheduler)
 

@@ -67,17 +67,16 @@ class Staging:
 
     def attach(self, optimizer, scheduler=None) -> None:
         """Give the live optimizer (and scheduler); a state loaded earlier is applied now (groups regrown)."""
-        self._need_prepared("attach")
-        self.staged.attach(optimizer, scheduler)
+        self._need_prepared("attach").attach(optimizer, scheduler)
         if self.pending is not None:
             pending, self.pending = self.pending, None
             self._restore(pending)
 
     def step(self, position: int) -> None:
         """At the start of every epoch (or step): apply the stages that have come."""
-        self._need_prepared("step")
-        if self.staged.position is None or position > self.staged.position:
-            self.staged.step(position)
+        staged = self._need_prepared("step")
+        if staged.position is None or position > staged.position:
+            staged.step(position)
 
     def after_optimizer_step(self) -> None:
         if self.ema is not None:
@@ -86,22 +85,22 @@ class Staging:
     def state_dict(self) -> dict:
         """Progress of the stages (plan and version included) and the EMA; not the optimizer, which the
         framework saves itself."""
-        self._need_prepared("state_dict")
+        staged = self._need_prepared("state_dict")
         return {"format": STATE_FORMAT, "version": STATE_VERSION,
-                "staged": self.staged.state_dict(optimizer=False),
+                "staged": staged.state_dict(optimizer=False),
                 "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state) -> None:
         """Check ``state`` at once (format, version, stage plan); apply it now if the optimizer is attached, else
         when it is."""
-        self._need_prepared("load_state_dict")
+        staged = self._need_prepared("load_state_dict")
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise XFreezeError(f"not an xfreeze staging state (expected format {STATE_FORMAT!r}); was the checkpoint "
                                "written with the xfreeze callback?")
         if state.get("version") != STATE_VERSION:
             raise XFreezeError(f"staging state version {state.get('version')!r} is not one this xfreeze reads "
                                f"({STATE_VERSION}); upgrade xfreeze")
-        self.staged._checked_state(state["staged"])  # a different stage plan fails here, before training starts
+        staged._checked_state(state["staged"])  # a different stage plan fails here, before training starts
         if (state.get("ema") is None) != (self.ema is None):
             saved = "None" if state.get("ema") is None else "a decay"
             raise XFreezeError(f"the checkpoint was saved with ema={saved}, this callback has ema={self.decay}")
@@ -127,17 +126,20 @@ class Staging:
                 state = {k: v for k, v in state.items() if k in keys}
                 self.load_state_dict(saved)
             return state
-        self.staged.adapter.register_state_hooks(self.staged.optimizer, save, load)
+        staged = self._need_prepared("ride_in_optimizer_state")
+        staged.adapter.register_state_hooks(staged.optimizer, save, load)
 
     def _restore(self, state: dict) -> None:
-        self.staged.load_state_dict(state["staged"])
-        self.restored = self.staged.position
+        staged = self._need_prepared("load_state_dict")
+        staged.load_state_dict(state["staged"])
+        self.restored = staged.position
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
-    def _need_prepared(self, what: str) -> None:
+    def _need_prepared(self, what: str) -> StagedUnfreeze:
         if self.staged is None:
             raise XFreezeError(f"Staging.{what} before prepare(model): the callback has not seen the model yet")
+        return self.staged
 
 
 class TrainerEvents:
