@@ -272,7 +272,16 @@ class PaddleAdapter(Adapter):
             return f"expected a dict of accumulators, got {type(state).__name__}"
         names = {n for n, _ in model.named_parameters()}
         unknown = sorted({k.split("|", 1)[0] for k in state if "|" in k} - names)
-        return f"it names parameters this model lacks: {unknown[:3]}" if unknown else None
+        if unknown:
+            return f"it names parameters this model lacks: {unknown[:3]}"
+        kinds: dict = {}
+        for key in state:
+            if "|" in key:
+                name, suffix = key.split("|", 1)
+                kinds.setdefault(name, set()).add(suffix)
+        if len({frozenset(v) for v in kinds.values()}) > 1:  # every parameter has the optimizer's same accumulators
+            return "some parameters lack accumulators that others have: the state is incomplete"
+        return None
 
     def saved_param_count(self, state):
         return None  # Paddle keys state by parameter, not by group: nothing to count

@@ -245,3 +245,19 @@ def test_new_groups_keep_the_optimizers_layer_decay_and_multipliers(fw):
     opt = xfreeze.optimizer(model, "sgd", lr=1.0, layer_decay=0.5, lr_mult={"3": 2})
     StagedUnfreeze(model, opt, [Stage(0, freeze=["0", "1", "2"]), Stage(1, unfreeze=["1", "2"], lr=0.25)]).step(1)
     assert sorted(set(adapter_for(model).group_lrs(opt))) == pytest.approx([0.0625, 0.125, 2.0])
+
+
+def test_an_incomplete_paddle_optimizer_state_is_refused_before_growing():
+    from harness import kit
+    paddle_kit = kit("paddle")
+    model, opt, sched, staged = setup(paddle_kit, "adam")
+    for e in range(3):
+        epoch(paddle_kit, model, opt, sched, staged, e)
+    saved = staged.state_dict()
+    saved["optimizer"] = {k: v for k, v in saved["optimizer"].items() if not k.startswith("3.weight|_moment2")}
+    model2, opt2, sched2, staged2 = setup(paddle_kit, "adam", seed=1)
+    staged2.step(0)
+    before = _trainability(paddle_kit, model2)
+    with pytest.raises(XFreezeError, match=r"some parameters lack accumulators that others have"):
+        staged2.load_state_dict(saved)
+    assert _trainability(paddle_kit, model2) == before

@@ -23,6 +23,8 @@ _quiet = [0]
 
 def remember(model, optimizer) -> None:
     """Record ``optimizer`` as the live optimizer of ``model`` (weakly: neither is kept alive)."""
+    for key in [k for k, (m, o) in _live.items() if m() is None or o() is None]:
+        del _live[key]
     try:
         _live[id(model)] = (weakref.ref(model), weakref.ref(optimizer))
     except TypeError:  # an object without weak references: no warning for it, nothing else changes
