@@ -110,6 +110,7 @@ def test_paddle_lamb_with_group_decay_is_refused():
     ({"lr": 0.1, "nesterov": "yes"}, r"nesterov must be a bool"),
     ({"lr": 0.1, "layer_decay": float("inf")}, r"layer_decay must be a finite number"),
     ({"lr": 0.1, "alpha": 0.9}, r"unexpected options \['alpha'\] for name='sgd'"),
+    ({"lr": 0.1, "no_decay": 5}, r"no_decay must be a pattern or a list of patterns"),
 ])
 def test_bad_numbers_and_types_name_the_argument(fw, kwargs, message):
     model = fw.build(CNN)
@@ -122,3 +123,12 @@ def test_bad_numbers_and_types_name_the_argument(fw, kwargs, message):
 def test_not_an_optimizer(fw):
     with pytest.raises(XFreezeError, match=r"name must be one of .* or an optimizer class/factory. Received: 42"):
         xfreeze.optimizer(fw.build(CNN), 42, lr=0.1)
+
+
+def test_one_no_decay_pattern_as_a_string_carries_to_stage_groups(fw):
+    model = fw.build(CNN)
+    xfreeze.freeze(model, "*", "!8")
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1, weight_decay=0.01, no_decay="*.bias")
+    StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), Stage(1, unfreeze=["3"])]).step(1)
+    rows = {r.name: r for r in xfreeze.param_table(model, opt).rows}
+    assert (rows["3.weight"].weight_decay, rows["3.bias"].weight_decay) == pytest.approx((0.01, 0.0))

@@ -70,6 +70,9 @@ def param_groups(model, *, lr: float, weight_decay: float = 0.0, lr_mult: dict |
     _check_number("weight_decay", weight_decay, minimum=0.0)
     if lr_mult is not None and not isinstance(lr_mult, dict):
         raise XFreezeError(f"lr_mult must be a dict {{pattern: multiplier}}. Received: lr_mult={lr_mult!r}")
+    if no_decay is not None and not isinstance(no_decay, str) and not (
+            isinstance(no_decay, (list, tuple)) and all(isinstance(p, str) for p in no_decay)):
+        raise XFreezeError(f"no_decay must be a pattern or a list of patterns. Received: no_decay={no_decay!r}")
     if layer_decay is not None:
         _check_number("layer_decay", layer_decay)
         if not 0.0 < layer_decay <= 1.0:
@@ -144,7 +147,8 @@ def optimizer(model, name, *, lr, weight_decay: float = 0.0, momentum: float = 0
     groups = param_groups(model, lr=base_lr, weight_decay=weight_decay, lr_mult=lr_mult, no_decay=no_decay,
                           layer_decay=layer_decay, backend=adapter.name)
     label = name if factory is None else getattr(factory, "__name__", type(factory).__name__)
-    config = OptimizerConfig(label, base_lr, weight_decay, momentum, nesterov, tuple(betas), eps, tuple(no_decay),
+    patterns = (no_decay,) if isinstance(no_decay, str) else tuple(no_decay or ())  # not one pattern per character
+    config = OptimizerConfig(label, base_lr, weight_decay, momentum, nesterov, tuple(betas), eps, patterns,
                              extra=dict(kwargs), lr_mult=dict(lr_mult) if lr_mult else None,
                              layer_decay=layer_decay)
     if factory is None:
