@@ -71,9 +71,9 @@ def weights(module):
 
 @pytest.mark.slow
 def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
-    model, rates = net(), Rates()
+    model, rates, callback = net(), Rates(), Finetuning(STAGES, ema=0.5)
     start = weights(model)
-    trainer(tmp_path, [Finetuning(STAGES), rates], save=True).fit(model, data())
+    trainer(tmp_path, [callback, rates], save=True).fit(model, data())
     end = weights(model)
     # stage 0 trains the head only; stage 2 adds backbone.3/.4 in new groups at 0.01 scaled by the schedule
     assert rates.seen[0] == pytest.approx([0.1, 0.1])
@@ -86,11 +86,13 @@ def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     assert not np.array_equal(start["backbone.3.weight"], end["backbone.3.weight"])
 
     for ckpt in ("epoch=0.ckpt", "epoch=2.ckpt"):  # before and after the boundary
-        resumed, rates2 = net(), Rates()
-        trainer(tmp_path / "b", [Finetuning(STAGES), rates2]).fit(resumed, data(), ckpt_path=tmp_path / ckpt)
+        resumed, rates2, callback2 = net(), Rates(), Finetuning(STAGES, ema=0.5)
+        trainer(tmp_path / "b", [callback2, rates2]).fit(resumed, data(), ckpt_path=tmp_path / ckpt)
         assert rates2.seen[3] == pytest.approx(rates.seen[3])
         for key, value in weights(resumed).items():
             assert np.array_equal(value, end[key]), (ckpt, key)
+        for key, value in callback2.ema.state_dict()["shadow"].items():  # the EMA resumes exactly too
+            assert np.array_equal(value.numpy(), callback.ema.state_dict()["shadow"][key].numpy()), (ckpt, key)
 
 
 @pytest.mark.slow
