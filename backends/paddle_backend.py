@@ -292,7 +292,10 @@ class PaddleAdapter(Adapter):
 
         def saving():
             state = state_dict()
+            before = set(state)
             save(state)
+            for key in set(state) - before:  # paddle.load gives nested tensors back as (name, array) tuples
+                state[key] = _arrays(state[key])
             return state
         opt.state_dict = saving
         opt.set_state_dict = lambda state: set_state_dict(load(dict(state)))
@@ -390,6 +393,17 @@ def _group(config, group: dict, multiplier: float) -> dict:
     wd = float(group["weight_decay"])
     decay = wd if config.name in ("sgd", "adamw") else (wd or None)
     return {"params": list(group["params"]), "learning_rate": float(multiplier), "weight_decay": decay}
+
+
+def _arrays(value):
+    """``value`` with every tensor in nested dicts / lists replaced by its numpy array."""
+    if isinstance(value, paddle.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _arrays(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_arrays(v) for v in value)
+    return value
 
 
 def _decay_of(opt, group) -> float:

@@ -38,10 +38,12 @@ class Rates(paddle.callbacks.Callback):
         self.seen.append([opt.get_lr() * g["learning_rate"] for g in opt._param_groups])
 
 
-def run(stages=STAGES, *, epochs, load=None, save_dir=None, rates=None):
+def run(stages=STAGES, *, epochs, load=None, save_dir=None, rates=None, ema=None, out=None):
     """One fit in a fresh name scope: a restarted process gives parameters and accumulators the same names."""
     with paddle.utils.unique_name.guard():
-        net, staging = cnn(), Finetuning(stages)
+        net, staging = cnn(), Finetuning(stages, ema=ema)
+        if out is not None:
+            out.append(staging)
         sched = paddle.optimizer.lr.StepDecay(learning_rate=0.1, step_size=STEPS, gamma=0.5)
         model = paddle.Model(net)
         model.prepare(staging.optimizer(net, "sgd", lr=sched, momentum=0.875, weight_decay=2 ** -10),
@@ -58,7 +60,8 @@ def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     with paddle.utils.unique_name.guard():
         start = {k: v.numpy().copy() for k, v in cnn().state_dict().items()}
     rates = Rates()
-    end = run(epochs=4, save_dir=str(tmp_path), rates=rates)
+    first = []
+    end = run(epochs=4, save_dir=str(tmp_path), rates=rates, ema=0.5, out=first)
     assert rates.seen[0] == pytest.approx([0.1, 0.1])
     assert rates.seen[1] == pytest.approx([0.05, 0.05])
     assert rates.seen[2] == pytest.approx([0.025, 0.025, 0.0025, 0.0025])
@@ -68,9 +71,12 @@ def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     assert not np.array_equal(start["3.weight"], end["3.weight"])
 
     for saved in (0, 2):  # before and after the boundary
-        resumed = run(epochs=3 - saved, load=tmp_path / str(saved))
+        again = []
+        resumed = run(epochs=3 - saved, load=tmp_path / str(saved), ema=0.5, out=again)
         for key, value in resumed.items():
             assert np.array_equal(value, end[key]), (saved, key)
+        shadow, expected = again[0].ema.state_dict()["shadow"], first[0].ema.state_dict()["shadow"]
+        assert all(np.array_equal(v.numpy(), expected[k].numpy()) for k, v in shadow.items()), saved
 
 
 def test_stages_that_name_nothing_fail_before_training():

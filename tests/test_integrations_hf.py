@@ -51,20 +51,22 @@ def weights(model):
     return {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
 
 
-def fit(tmp_path, stages=STAGES, resume=None, rates=None, **extra):
-    model, staging = bert(), Finetuning(stages)
+def fit(tmp_path, stages=STAGES, resume=None, rates=None, ema=None, **extra):
+    model, staging = bert(), Finetuning(stages, ema=ema)
     trainer = transformers.Trainer(model=model, args=args(tmp_path, **extra), train_dataset=dataset(),
                                    callbacks=[staging] + ([rates] if rates else []),
                                    optimizers=staging.optimizers(model, "adamw", lr=LR, weight_decay=2 ** -8,
                                                                  layer_decay=0.5, num_training_steps=EPOCHS * STEPS))
     trainer.train(resume_from_checkpoint=resume)
+    model.staging = staging
     return model
 
 
 @pytest.mark.slow
 def test_trainer_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     start, rates = weights(bert()), Rates()
-    end = weights(fit(tmp_path, rates=rates))
+    done = fit(tmp_path, rates=rates, ema=0.5)
+    end = weights(done)
     emb = "bert.embeddings.word_embeddings.weight"
     assert np.array_equal(start[emb], end[emb])
     first, boundary, later = rates.seen[0], rates.seen[STEPS], rates.seen[STEPS + 2]
@@ -76,9 +78,11 @@ def test_trainer_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     assert later[len(first)] < boundary[len(first)]
     assert rates.grads[0] is None and rates.grads[STEPS] > 0
 
-    resumed = weights(fit(tmp_path / "b", resume=str(tmp_path / f"checkpoint-{2 * STEPS}")))
-    for key, value in resumed.items():
+    again = fit(tmp_path / "b", resume=str(tmp_path / f"checkpoint-{2 * STEPS}"), ema=0.5)
+    for key, value in weights(again).items():
         assert np.array_equal(value, end[key]), key
+    shadow, expected = again.staging.ema.state_dict()["shadow"], done.staging.ema.state_dict()["shadow"]
+    assert all(np.array_equal(value.numpy(), expected[key].numpy()) for key, value in shadow.items())
 
 
 @pytest.mark.slow
