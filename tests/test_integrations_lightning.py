@@ -135,3 +135,26 @@ def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
     model = net()
     with pytest.raises(XFreezeError, match=r"different stage plan"):
         trainer(tmp_path / "b", [Finetuning(other)], epochs=2).fit(model, data(), ckpt_path=tmp_path / "epoch=0.ckpt")
+
+
+@pytest.mark.slow
+def test_unfreezing_mid_run_under_ddp_is_refused_before_training(tmp_path):
+    """Run in a child process: the DDP strategy initializes a process group (gloo) in the process it runs in."""
+    import subprocess
+    import sys
+    code = f"""
+import sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
+import pytorch_lightning as pl, pytest
+from test_integrations_lightning import STAGES, data, net
+from xfreeze import XFreezeError
+from xfreeze.integrations.lightning import Finetuning
+trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, strategy="ddp", logger=False,
+                     enable_progress_bar=False, enable_checkpointing=False, default_root_dir={str(tmp_path)!r},
+                     callbacks=[Finetuning(STAGES)])
+try:
+    trainer.fit(net(), data())
+except XFreezeError as exc:
+    print("REFUSED", "HINT:" in str(exc), "DDPStrategy" in str(exc))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert "REFUSED True True" in out.stdout, out.stderr[-2000:]

@@ -26,7 +26,8 @@ class Finetuning(pl.Callback):
             step, saved in checkpoints, available as ``callback.ema``.
 
     Raises:
-        XFreezeError: at ``setup``: a stage pattern that matches nothing; at ``on_fit_start``: an optimizer built
+        XFreezeError: at ``setup``: a stage pattern that matches nothing, a stage after the first that unfreezes
+            under a multi-process strategy (DDP, FSDP, DeepSpeed: see the HINT); at ``on_fit_start``: an optimizer built
             before stage 0 was applied (it holds parameters stage 0 froze), more than one optimizer; on resume:
             a checkpoint from a different stage plan. All before the first training step.
 
@@ -51,8 +52,18 @@ class Finetuning(pl.Callback):
         return "xfreeze.Finetuning"
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
-            self.staging.prepare(pl_module)
+        if stage != "fit":
+            return
+        later = [s for s in self.staging.stages[1:] if s.unfreeze]
+        if later and isinstance(trainer.strategy, pl.strategies.ParallelStrategy):
+            # the wrapper (DDP, FSDP, DeepSpeed) fixes at wrap time which parameters it reduces: a parameter
+            # unfrozen later would train on each rank without its gradients being averaged
+            raise XFreezeError(
+                f"xfreeze Finetuning cannot unfreeze parameters mid-run under {type(trainer.strategy).__name__} "
+                f"(stages at {[s.at for s in later]} unfreeze): the wrapper would not reduce their gradients.\n"
+                "HINT: train the staged run on one device (devices=1, strategy='auto'), or split it into one "
+                "fit per stage (each fit wraps the model anew), until xfreeze re-wraps at boundaries (issue 10)")
+        self.staging.prepare(pl_module)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if len(trainer.optimizers) != 1:
