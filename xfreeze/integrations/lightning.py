@@ -61,8 +61,8 @@ class Finetuning(pl.Callback):
             raise XFreezeError(
                 f"xfreeze Finetuning cannot unfreeze parameters mid-run under {type(trainer.strategy).__name__} "
                 f"(stages at {[s.at for s in later]} unfreeze): the wrapper would not reduce their gradients.\n"
-                "HINT: train the staged run on one device (devices=1, strategy='auto'), or split it into one "
-                "fit per stage (each fit wraps the model anew), until xfreeze re-wraps at boundaries (issue 10)")
+                "HINT: run the staged schedule on one device (devices=1, strategy='auto'); under DDP, unfreeze "
+                "between fits instead (xfreeze.unfreeze, then a new Trainer, which wraps the model anew)")
         self.staging.prepare(pl_module)
 
     def on_fit_start(self, trainer, pl_module) -> None:
