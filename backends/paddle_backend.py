@@ -14,6 +14,7 @@ import paddle
 from paddle import nn
 
 from ._base import Adapter
+from . import kinds
 from .._errors import XFreezeError
 
 _STAT_NAMES = ("_mean", "_variance")
@@ -88,7 +89,8 @@ class PaddleAdapter(Adapter):
         return [(_NEUTRAL_STAT[n], getattr(module, n)) for n in _STAT_NAMES if getattr(module, n, None) is not None]
 
     def module_kind(self, module):
-        return next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
+        own = next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
+        return own or kinds.module_kind(module, self.children(module), self.direct_parameters(module))
 
     def sync_grads(self, module) -> None:
         trainable = [not p.stop_gradient for _, p in self.direct_parameters(module)]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._base import Adapter
+from . import kinds
 from .._errors import XFreezeError
 
 _NORMS = tuple(c for c in (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
@@ -85,7 +86,8 @@ class TorchAdapter(Adapter):
         return [(n, b) for n, b in module.named_buffers(recurse=False) if n in _STATS and b is not None]
 
     def module_kind(self, module):
-        return next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
+        own = next((kind for kind, classes in _KINDS if isinstance(module, classes)), None)
+        return own or kinds.module_kind(module, self.children(module), self.direct_parameters(module))
 
     def is_trainable(self, param) -> bool:
         return param.requires_grad
