@@ -58,7 +58,8 @@ def test_parameters_already_training_keep_their_state(fw):
     else:
         for index, state in opt.state_dict()["state"].items():
             if index in head_state.get("state", {}):
-                assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(state.values(), head_state["state"][index].values()))
+                saved = head_state["state"][index].values()
+                assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(state.values(), saved))
     assert len(opt.state_dict()["state"] if fw.name == "torch" else after) > 0
 
 
@@ -106,7 +107,8 @@ def test_resume_after_any_epoch_is_bitwise_identical(fw, name, schedule, stop):
 
 
 @pytest.mark.parametrize("stages, message", [
-    ([Stage(2, freeze=["0"]), Stage(1, unfreeze=["0"])], r"stages are out of order: stages\[0\].at=2 and stages\[1\].at=1"),
+    ([Stage(2, freeze=["0"]), Stage(1, unfreeze=["0"])],
+     r"stages are out of order: stages\[0\].at=2 and stages\[1\].at=1"),
     ([Stage(1, freeze=["0"]), Stage(1, unfreeze=["0"])], r"stages overlap"),
     ([Stage(0, freeze=["layr4"])], r"Pattern 'layr4' matched no parameters"),
     ([Stage(0, unfreeze=["0"], lr=0)], r"stages\[0\].lr must be > 0"),
