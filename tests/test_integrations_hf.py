@@ -121,3 +121,15 @@ def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
     other = [STAGES[0], Stage(2, unfreeze=["bert.encoder.layer.0"], lr=2 ** -10)]
     with pytest.raises(XFreezeError, match=r"different stage plan"):
         fit(tmp_path / "b", stages=other, resume=str(tmp_path / f"checkpoint-{STEPS}"))
+
+
+@pytest.mark.slow
+def test_the_trainers_own_optimizer_grows_at_the_boundary(tmp_path):
+    rates, model = Rates(), bert()
+    trainer = transformers.Trainer(model=model, args=args(tmp_path, learning_rate=LR),
+                                   train_dataset=dataset(), callbacks=[Finetuning(STAGES), rates])
+    trainer.train()
+    first, boundary = rates.seen[0], rates.seen[STEPS]
+    assert len(boundary) > len(first)  # the Trainer's AdamW (built after stage 0) got layer 0 as new groups
+    assert boundary[len(first)] == pytest.approx(2 ** -10 * (1 - STEPS / (EPOCHS * STEPS)))
+    assert len(trainer.optimizer.param_groups) == len(boundary)
