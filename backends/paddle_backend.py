@@ -122,6 +122,15 @@ class PaddleAdapter(Adapter):
         in_features, out_features = module.weight.shape  # Paddle Linear weights are [in, out]
         return in_features, out_features, module.bias is not None
 
+    def update_label_count(self, model, n: int) -> None:
+        # PaddleNLP (num_classes is num_labels' alias) and paddle.vision: the config's num_labels setter remakes id2label / label2id; forward reads the model's copy
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "num_labels"):
+            config.num_labels = n
+        for attr in ("num_labels", "num_classes"):
+            if isinstance(getattr(model, attr, None), int) and not isinstance(getattr(model, attr), bool):
+                setattr(model, attr, n)
+
     def new_linear(self, like, out_features: int, init: str):
         in_features, _, has_bias = self.linear_features(like)
         layer = nn.Linear(in_features, out_features, bias_attr=None if has_bias else False)

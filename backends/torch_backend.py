@@ -110,6 +110,15 @@ class TorchAdapter(Adapter):
     def linear_features(self, module):
         return module.in_features, module.out_features, module.bias is not None
 
+    def update_label_count(self, model, n: int) -> None:
+        # transformers (timm: num_classes): the config's num_labels setter remakes id2label / label2id; forward reads the model's copy
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "num_labels"):
+            config.num_labels = n
+        for attr in ("num_labels", "num_classes"):  # timm keeps num_classes
+            if isinstance(getattr(model, attr, None), int) and not isinstance(getattr(model, attr), bool):
+                setattr(model, attr, n)
+
     def new_linear(self, like, out_features: int, init: str):
         w = like.weight
         layer = nn.Linear(like.in_features, out_features, bias=like.bias is not None,
