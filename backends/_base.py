@@ -261,6 +261,43 @@ class Adapter:
         """Restore :meth:`scheduler_state`."""
         _todo(self, "load_scheduler_state")
 
+    def build_optimizer_from(self, factory, config, groups, lr, kwargs):
+        """Any optimizer class or factory of the framework over neutral groups, keeping absolute group rates;
+        an ``XFreezeError`` for one whose group semantics xfreeze cannot guarantee."""
+        _todo(self, "build_optimizer_from")
+
+    def optimizer_defaults(self, opt) -> dict | None:
+        """The base rate and weight decay of an optimizer xfreeze did not build (None when unknown)."""
+        _todo(self, "optimizer_defaults")
+
+    def is_optimizer(self, obj) -> bool:
+        """Whether ``obj`` is an optimizer of this framework."""
+        _todo(self, "is_optimizer")
+
+    def is_scheduler(self, obj) -> bool:
+        """Whether ``obj`` is an LR scheduler of this framework."""
+        _todo(self, "is_scheduler")
+
+    def group_rows(self, opt) -> list:
+        """``(parameter ids, absolute lr, weight decay)`` per optimizer group."""
+        _todo(self, "group_rows")
+
+    def has_optimizer_state(self, opt, param) -> bool:
+        """Whether the optimizer holds state (momentum, moments) for ``param``."""
+        _todo(self, "has_optimizer_state")
+
+    def optimizer_state_problem(self, opt, model, state) -> str | None:
+        """What makes a saved optimizer state unfit for ``opt`` (checked before anything changes), else None."""
+        _todo(self, "optimizer_state_problem")
+
+    def saved_param_count(self, state) -> int:
+        """How many parameters a saved optimizer state covers."""
+        _todo(self, "saved_param_count")
+
+    def register_state_hooks(self, opt, save, load) -> None:
+        """Let xfreeze add to what ``opt``'s own state dict saves (``save``) and read it back first (``load``)."""
+        _todo(self, "register_state_hooks")
+
     # --- EMA (an EMA plan: lists of tensors, fused where the framework can) -----------------------------------
     def ema_update(self, averages: list, values: list, weight: float) -> None:
         """``a += weight * (v - a)`` for each pair (a lerp: exactly ``a`` when ``v == a``)."""

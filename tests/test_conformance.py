@@ -142,3 +142,15 @@ def test_a_dtype_the_target_cannot_hold_is_named():
     value = torch.zeros(2, 3).to(torch.float8_e4m3fnuz)  # a torch fp8 variant Paddle 3.3 lacks
     with pytest.raises(XFreezeError, match=r"tensor 'w' has dtype float8_e4m3fnuz, which paddle cannot hold"):
         _tensors.to_backend(value, "paddle", "w")
+
+
+def test_optimizer_contract(name):
+    from xfreeze import optimizer
+    adapter, model = adapter_named(name), kit(name).build(CNN)
+    opt = optimizer(model, "sgd", lr=0.5, momentum=0.5, weight_decay=0.25)
+    assert adapter.is_optimizer(opt) and not adapter.is_optimizer(model) and not adapter.is_scheduler(opt)
+    rows = adapter.group_rows(opt)
+    assert sorted((lr, wd) for _, lr, wd in rows) == [(0.5, 0.0), (0.5, 0.25)]
+    assert sum(len(ids) for ids, _, _ in rows) == len(view_of(model).params)
+    assert not any(adapter.has_optimizer_state(opt, p) for p in view_of(model).params)
+    assert adapter.optimizer_state_problem(opt, model, adapter.optimizer_state(opt, model)) is None
