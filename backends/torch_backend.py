@@ -111,7 +111,7 @@ class TorchAdapter(Adapter):
         return module.in_features, module.out_features, module.bias is not None
 
     def update_label_count(self, model, n: int) -> None:
-        # transformers (timm: num_classes): the config's num_labels setter remakes id2label / label2id; forward reads the model's copy
+        # transformers: the config's num_labels setter remakes id2label / label2id; forward reads the model's copy
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "num_labels"):
             config.num_labels = n
@@ -223,8 +223,9 @@ class TorchAdapter(Adapter):
         """State keys with no counterpart in the other framework (not "missing" when loading from it)."""
         return {n for n in names if n.endswith("num_batches_tracked")}
 
-    def save_file(self, arrays: dict, f) -> None:
-        torch.save({k: torch.from_numpy(np.require(v, requirements='C')) for k, v in arrays.items()}, f)
+    def save_file(self, tensors: dict, f) -> None:
+        # native tensors, dtype kept; a view is saved alone, not with the whole storage it looks into
+        torch.save({k: _local(v).detach().cpu().contiguous().clone() for k, v in tensors.items()}, f)
 
     # --- optimizers -------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr):
@@ -353,3 +354,125 @@ def _group(group: dict) -> dict:
 
 
 ADAPTER = TorchAdapter()
+
+
+# --- distributed (issue 10: DDP / FSDP / torch.compile wrappers, ranks, collectives) --------------------------------
+import gc as _gc  # noqa: E402
+
+
+class _Distributed:
+    """Wrapper and rank facts for xfreeze._distributed; mixed into the torch adapter below."""
+
+    rewrap_can_freeze = True  # a rebuilt DDP registers exactly the trainable parameters, whatever changed
+
+    def syncing_wrappers(self, model) -> list:
+        """The DDP wrappers that all-reduce ``model``'s gradients: ``model`` itself, the ones it wraps, and the
+        live ones that wrap it (found only while a process group is initialized)."""
+        out, m = [], model
+        while isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(m, "_orig_mod"):
+            if isinstance(m, nn.parallel.DistributedDataParallel):
+                out.append(m)
+            m = getattr(m, "_orig_mod", None) or m.module
+        return out + [w for w in self._enclosing(m) if w not in out]
+
+    def _enclosing(self, module) -> list:
+        if not self.world_size() > 1:
+            return []
+        found = []
+        for ref in _gc.get_referrers(module):  # DDP keeps the module in its _modules dict
+            owners = _gc.get_referrers(ref) if isinstance(ref, dict) else [ref]
+            found += [o for o in owners if isinstance(o, nn.parallel.DistributedDataParallel)
+                      and o.module is module and not getattr(o, "_xfreeze_retired", False)]
+        return list({id(w): w for w in found}.values())
+
+    def unwrap_all(self, model):
+        """The plain model under DDP / DataParallel / torch.compile / FSDP1 wrappers."""
+        while True:
+            inner = getattr(model, "_orig_mod", None) or getattr(model, "_fsdp_wrapped_module", None)
+            if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+                inner = model.module
+            if inner is None:
+                return model
+            model = inner
+
+    def rebuild_wrapper(self, old, inner, build, newly_trainable):
+        """A fresh DDP registers what trains now; the old one is retired so that calling it raises."""
+        new = build(inner)
+        if old is not None and old is not new:
+            self.retire_wrapper(old)
+        return new
+
+    def retire_wrapper(self, old) -> None:
+        from .._errors import XFreezeError
+
+        def replaced(*args, **kwargs):
+            raise XFreezeError(f"this {type(old).__name__} was replaced at a stage boundary (it no longer matches "
+                               "what trains); call the live wrapper, StagedUnfreeze.wrapped")
+        old._xfreeze_retired = True
+        object.__setattr__(old, "forward", replaced)
+
+    def world_size(self) -> int:
+        d = torch.distributed
+        return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+
+    def rank(self) -> int:
+        d = torch.distributed
+        return d.get_rank() if d.is_available() and d.is_initialized() else 0
+
+    def all_reduce_max(self, values: list) -> list:
+        t = torch.tensor(values, dtype=torch.int64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t.tolist()
+
+    def all_gather_object(self, obj) -> list:
+        out = [None] * self.world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size() > 1:
+            torch.distributed.barrier()
+
+    def is_sharded(self, model) -> bool:
+        """FSDP1 or FSDP2 anywhere in the model: its state lives in shards."""
+        return any(type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP"))
+                   for m in model.modules())
+
+    def full_state(self, model) -> dict:
+        """The whole model's state as CPU tensors under plain names: DTensor / FSDP shards are gathered (every rank
+        must call this; with cpu_offload only rank 0 receives the tensors, the others get {})."""
+        if not self.is_sharded(model):
+            return {k: v.detach().cpu() for k, v in self.unwrap_all(model).state_dict().items()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_full_state(self, model, state: dict) -> None:
+        """Load full tensors into a sharded model: each rank keeps its own shard (every rank must call this)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+    def local_numel(self, param) -> int:
+        """Elements this rank holds (the local shard of a DTensor)."""
+        return _local(param).numel()
+
+
+def _relock_after(convert):
+    """torch's convert_sync_batchnorm builds new modules and drops forward hooks: re-lock the norms that were locked,
+    by path, so that a frozen BatchNorm stays frozen (and a locked SyncBatchNorm never syncs in forward)."""
+    def convert_sync_batchnorm(module, process_group=None):
+        locked = {p for p, m in module.named_modules() if ADAPTER.is_norm_locked(m)}
+        out = convert(module, process_group)
+        for path, m in out.named_modules():
+            if path in locked and not ADAPTER.is_norm_locked(m):
+                ADAPTER.lock_norm(m)
+        return out
+    convert_sync_batchnorm.__wrapped__ = convert
+    convert_sync_batchnorm.__doc__ = convert.__doc__
+    return convert_sync_batchnorm
+
+
+if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):
+    nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
+for _name, _fn in vars(_Distributed).items():
+    if not _name.startswith("__"):
+        setattr(TorchAdapter, _name, _fn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from . import _check, _select
+from . import _check, _distributed, _select
 from ._backend import adapter_for
 from ._errors import XFreezeError, check_choice
 from ._freeze import NORM_MODES, freeze, unfreeze
@@ -60,6 +60,9 @@ class StagedUnfreeze:
         unit: ``"epoch"`` or ``"step"``: what the numbers given to :meth:`step` count.
         scheduler: torch: the ``LRScheduler`` wrapping ``optimizer``; Paddle schedulers live inside the optimizer.
         backend: force ``"torch"`` or ``"paddle"``.
+        rewrap: for a model in DDP / paddle.DataParallel, a function ``plain model -> wrapper`` (e.g.
+            ``lambda m: DistributedDataParallel(m)``): the wrapper is rebuilt at each boundary that changes what
+            trains (optimizer state kept); train through ``staged.wrapped``. Without it such stages are refused.
 
     Raises:
         XFreezeError: stages out of order or overlapping, a stage pattern that matches nothing, a non-positive
@@ -77,12 +80,14 @@ class StagedUnfreeze:
         (0, 2, 2)
     """
 
-    def __init__(self, model, optimizer, stages, *, unit: str = "epoch", scheduler=None, backend: str | None = None):
+    def __init__(self, model, optimizer, stages, *, unit: str = "epoch", scheduler=None, backend: str | None = None,
+                 rewrap=None):
         self.adapter = adapter_for(model, backend)
         check_choice("unit", unit, UNITS)
         self.model, self.unit = model, unit
         self.stages = list(stages)
         self._validate()
+        _distributed.attach(self, rewrap)  # DDP / DataParallel: self.model is the plain model, self.wrapped the live one
         self.optimizer, self.scheduler, self.config = None, None, None
         if optimizer is not None:
             self._check_scheduler(scheduler)
@@ -244,11 +249,12 @@ class StagedUnfreeze:
                                f"None). Received: scheduler={scheduler!r}")
 
     def _apply(self, stage: Stage) -> None:
-        if stage.freeze:
-            freeze(self.model, *stage.freeze, norm=stage.norm, backend=self.adapter.name)
-        if stage.unfreeze:
-            with _check.quiet():  # the new parameters join the optimizer just below
-                unfreeze(self.model, *stage.unfreeze, backend=self.adapter.name)
+        with _distributed.stage_boundary(self, stage):  # rewrap: rebuilds the wrapper when what trains changed
+            if stage.freeze:
+                freeze(self.model, *stage.freeze, norm=stage.norm, backend=self.adapter.name)
+            if stage.unfreeze:
+                with _check.quiet():  # the new parameters join the optimizer just below
+                    unfreeze(self.model, *stage.unfreeze, backend=self.adapter.name)
         config = self.config
         if self.optimizer is None or config is None:  # the first stage, before the optimizer exists (see attach)
             return
