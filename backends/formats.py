@@ -1,0 +1,59 @@
+"""Per-framework checkpoint file formats and their sniffers, as data. Importing this module imports no framework.
+
+Each framework describes the files it writes: suffixes, the container (a zip archive or a bare pickle), how to tell
+its own files apart from structure (zip member names, a pickled magic number), and how the core reads and writes
+them (``reader``: ``"adapter"`` = the adapter's ``load_file``/``save_file``; ``"pickle"`` = the core's restricted
+unpickler and plain pickle writer). safetensors and npz are framework-free and live in the core.
+Adding a framework's file format = one entry here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+# torch's legacy (pre-1.6) format starts by pickling a magic number 0x1950a86a20f9469cfc6c as a LONG1 (\x8a\n)
+_TORCH_LEGACY_MAGIC = b"\x8a\n" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    name: str                      # the format name reported as StateDict.format
+    framework: str                 # whose tensors / naming the files hold by default
+    suffixes: tuple                # suffixes that pick this format when saving
+    container: str                 # "zip" or "pickle"
+    sniff: Callable                # sniff(head: bytes, zip_names: list | None) -> bool, from structure only
+    reader: str                    # "adapter" (the framework's own safe loader) or "pickle" (xfreeze's restricted one)
+    # Paddle's convention: paddle.save writes a bfloat16 tensor as its uint16 bits and reads uint16 back as bfloat16
+    uint16_is: str | None = None
+
+
+def _torch_zip(head: bytes, names) -> bool:
+    return bool(names) and any(n == "data.pkl" or n.endswith("/data.pkl") for n in names)
+
+
+def _torch_legacy(head: bytes, names) -> bool:
+    return names is None and head[2:14] == _TORCH_LEGACY_MAGIC
+
+
+def _paddle_pickle(head: bytes, names) -> bool:
+    return names is None and not _torch_legacy(head, names)
+
+
+FILE_FORMATS: tuple = (
+    FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "zip", _torch_zip, "adapter"),
+    FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "pickle", _torch_legacy, "adapter"),
+    FileFormat("paddle", "paddle", (".pdparams",), "pickle", _paddle_pickle, "pickle", uint16_is="bfloat16"),
+)
+
+
+def by_suffix(suffix: str) -> FileFormat | None:
+    return next((f for f in FILE_FORMATS if suffix.lower() in f.suffixes), None)
+
+
+def by_name(name: str) -> FileFormat | None:
+    return next((f for f in FILE_FORMATS if f.name == name), None)
+
+
+def sniff(container: str, head: bytes, zip_names=None) -> FileFormat | None:
+    """The format whose structure ``head`` (and the zip's member names) shows, or None."""
+    return next((f for f in FILE_FORMATS if f.container == container and f.sniff(head, zip_names)), None)
