@@ -31,6 +31,25 @@ class Naming:
     wrapper_prefixes: tuple = ()
     # regular expressions (re.search) for keys only this framework's naming has: whose checkpoint it is, from keys
     key_signals: tuple = ()
+    # values this framework stores differently from the neutral convention, for architectures told by their keys
+    value_rules: tuple = ()
+    # (keys that identify an architecture, how this framework's version of it computes differently from its twin)
+    arch_differences: tuple = ()
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """This framework stores the tensors at ``key`` as ``neutral * scale + shift``, in the models whose state has
+    every key of ``when`` (so that the rule applies to one architecture, never to a look-alike name elsewhere).
+
+    Used for what a name map cannot say: a norm epsilon other than the neutral 1e-5 (folded into the running
+    variance), a Dropout that scales at inference instead of at training (folded into the next layer's weight).
+    """
+    when: tuple        # keys (this framework's names) that identify the architecture; all must be present
+    key: str           # regular expression (re.fullmatch) on this framework's key
+    scale: float = 1.0
+    shift: float = 0.0
+    why: str = ""
 
 
 NAMINGS = {"torch": ".torch_names", "paddle": ".paddle_names"}

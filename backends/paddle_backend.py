@@ -123,7 +123,8 @@ class PaddleAdapter(Adapter):
         return in_features, out_features, module.bias is not None
 
     def update_label_count(self, model, n: int) -> None:
-        # PaddleNLP (num_classes is num_labels' alias) and paddle.vision: the config's num_labels setter remakes id2label / label2id; forward reads the model's copy
+        # PaddleNLP (num_classes aliases num_labels), paddle.vision: the config's num_labels setter remakes
+        # id2label / label2id; forward reads the model's copy
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "num_labels"):
             config.num_labels = n
@@ -477,11 +478,8 @@ class _Distributed:
     def _enclosing(self, layer) -> list:
         if not self.world_size() > 1:
             return []
-        found = []
-        for ref in _gc.get_referrers(layer):  # DataParallel keeps the layer in its _sub_layers dict
-            owners = _gc.get_referrers(ref) if isinstance(ref, dict) else [ref]
-            found += [o for o in owners if isinstance(o, paddle.DataParallel) and o._layers is layer
-                      and self._syncs(o)]
+        found = [o for o in _owners(layer) if isinstance(o, paddle.DataParallel) and o._layers is layer
+                 and self._syncs(o)]
         return list({id(w): w for w in found}.values())
 
     def unwrap_all(self, model):
@@ -536,6 +534,16 @@ def _averaging_hook(world: int):
         paddle.distributed.all_reduce(grad)
         return grad / world
     return average
+
+
+def _owners(child) -> list:
+    """Objects that hold ``child`` in a sub-module dict: child <- _modules dict <- instance __dict__ <- owner."""
+    level, out = [child], []
+    for _ in range(3):
+        refs = [r for c in level for r in _gc.get_referrers(c)]
+        out += [r for r in refs if not isinstance(r, (dict, list, tuple))]
+        level = [r for r in refs if isinstance(r, dict)]
+    return out
 
 
 def _relock_after(convert):

@@ -3,9 +3,14 @@
 * Linear weights are ``[in, out]``; BatchNorm statistics are ``_mean`` / ``_variance``.
 * An Embedding's ``padding_idx`` row is forced to output zeros (torch returns the stored row).
 * paddle.vision ResNet / VGG / MobileNetV2 share torchvision's names; PaddleNLP ``ErnieModel`` names its encoder
-  like ``paddle.nn.TransformerEncoder``.
+  like ``paddle.nn.TransformerEncoder``. The other paddle.vision twins of torchvision models (AlexNet, SqueezeNet,
+  ShuffleNetV2, MobileNetV3, DenseNet, InceptionV3) name every module differently but hold the same modules in the
+  same order: they convert module by module when the target model is given (``_convert._aligned``).
+* paddle.vision AlexNet and SqueezeNet use ``Dropout(mode="downscale_in_infer")``: at inference they multiply the
+  classifier's input by 1 - p = 0.5 (InceptionV3: 0.8), where torchvision's Dropout does nothing. The next layer's
+  weight is stored as the neutral one / (1 - p) so both compute the same thing in eval and in training.
 """
-from .naming import Naming
+from .naming import Naming, ValueRule
 
 ARCH_MAPS = {
     "resnet": [],
@@ -22,6 +27,16 @@ ARCH_MAPS = {
     ],
 }
 
+_HALF_AT_INFERENCE = "paddle.vision {} scales the input of {} by 0.5 at inference (Dropout downscale_in_infer)"
+VALUE_RULES = (
+    ValueRule(when=("_conv1._conv.weight", "_fc6.weight", "_fc7.weight", "_fc8.weight"), key=r"_fc[67]\.weight",
+              scale=2.0, why=_HALF_AT_INFERENCE.format("AlexNet", "_fc6 and _fc7")),
+    ValueRule(when=("_conv9.weight", "_conv1._conv_path2._conv.weight"), key=r"_conv9\.weight",
+              scale=2.0, why=_HALF_AT_INFERENCE.format("SqueezeNet", "_conv9")),
+    ValueRule(when=("inception_stem.conv_1a_3x3.0.weight", "fc.weight"), key=r"fc\.weight", scale=1.25,
+              why=_HALF_AT_INFERENCE.replace("0.5", "0.8").format("InceptionV3", "fc")),
+)
+
 NAMING = Naming(
     framework="paddle",
     stat_names={"running_mean": "_mean", "running_var": "_variance"},
@@ -30,4 +45,10 @@ NAMING = Naming(
     padding_row="zero_output",
     arch_maps=ARCH_MAPS,
     key_signals=(r"\._(mean|variance)$", r"(^|\.)encoder\.layers\.\d+\.self_attn\.q_proj\."),
+    value_rules=VALUE_RULES,
+    arch_differences=(
+        (("_conv.weight", "_fc_out.weight", "_out1.weight", "_out2.weight"),
+         "paddle.vision GoogLeNet is the 2014 original (conv biases, no BatchNorm, two aux heads always built); "
+         "torchvision GoogLeNet has a BatchNorm after every conv"),
+    ),
 )

@@ -21,7 +21,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from ._backend import adapter_for, installed
+import numpy as np
+
+from ._backend import installed
 from ._checkpoint import StateDict, as_state_dict
 from ._errors import XFreezeError, check_choice
 from . import _tensors
@@ -65,17 +67,26 @@ def convert(state, to: str, model=None, *, arch: str | None = None, source: str 
     src, dst = naming(origin), naming(to)
     targets = _target_info(model) if model is not None else None
     chosen = arch or _best_arch(list(state), src, dst, targets)
+    names = {key: rename(key, src, dst, chosen) for key in state}
+    if model is not None and arch is None and not set(targets) <= set(names.values()):
+        names, chosen = _aligned(state, names, src, dst, model) or (names, chosen)
     out = StateDict(framework=to, format=state.format, notes=list(state.notes))
+    rules = (_value_rules(src, list(state)), _value_rules(dst, list(targets) if targets is not None
+                                                           else [n for n in names.values() if n]))
+    out.differences = _differences(src, list(state)) + _differences(
+        dst, list(targets) if targets is not None else [n for n in names.values() if n])
+    out.notes += [("", f"architectures differ: {text}") for text in out.differences]
     keep_native = installed(to)
     for key, value in state.items():
-        new = rename(key, src, dst, chosen)
+        new = names[key]
         if new is None:
             out.notes.append((key, f"dropped: no counterpart in {to}"))
             continue
         if new != key:
             out.notes.append((key, f"renamed to {new}"))
         value = _tensors.to_backend(value, to, key) if keep_native else value
-        out[new] = _convert_value(key, new, value, src, dst, targets, out.notes)
+        value = _convert_value(key, new, value, src, dst, targets, out.notes)
+        out[new] = _revalue(key, new, value, rules, out.notes)
     out.arch = chosen
     out.unplaced = sorted(set(out) - set(targets)) if targets is not None else []
     for key in out.unplaced:
@@ -192,6 +203,108 @@ def _convert_value(key, new, value, src: Naming, dst: Naming, targets, notes):
             notes.append((key, f"padding row {padding_idx} is non-zero: {dst.framework} will output zeros there, "
                                f"{src.framework} returned the row"))
     return value
+
+
+def _aligned(state, names: dict, src: Naming, dst: Naming, model):
+    """Keys paired module by module in model order, when the name maps leave target keys unplaced.
+
+    Both frameworks list a state in module order (a module's own tensors, then its children's), so twin
+    architectures whose modules are named differently (torchvision vs paddle.vision AlexNet, DenseNet, ...) pair up
+    by position. Used only when every module pairs with one holding the same leaves with the same shapes (a Linear's
+    transposed); otherwise ``None`` and :func:`alignment_difference` says where the architectures differ.
+    """
+    pairs = _module_pairs(state, names, src, dst, model)
+    if isinstance(pairs, str):
+        return None
+    renamed = dict(names)
+    for (_, source_keys), (target_path, _) in pairs:
+        for key in source_keys:
+            leaf = names[key].rpartition(".")[2] if names[key] else None
+            renamed[key] = f"{target_path}.{leaf}" if leaf else None
+    return renamed, "aligned"
+
+
+def alignment_difference(state, model, source: str | None = None) -> str | None:
+    """Why ``state`` does not pair module by module with ``model`` (None when it does): the first difference."""
+    state = state if isinstance(state, StateDict) else as_state_dict(dict(state))
+    from ._view import view_of
+    to = view_of(model).adapter.name
+    src, dst = naming(_source_framework(state, to, source)), naming(to)
+    names = {key: rename(key, src, dst, "resnet") for key in state}
+    pairs = _module_pairs(state, names, src, dst, model)
+    return pairs if isinstance(pairs, str) else None
+
+
+def _module_pairs(state, names: dict, src: Naming, dst: Naming, model):
+    """[((source path, keys), (target path, leaves))] in module order, or a sentence naming the first difference."""
+    from ._view import view_of
+    view = view_of(model)
+    info = view.key_info()
+    shapes = dict(zip(view.names, view.shapes))
+    shapes.update((k, tuple(_tensors.shape_of(t))) for k, t in zip(view.stat_keys, view.stat_tensors))
+    target: dict = {}
+    for key in sorted((k for k in info if k in shapes), key=lambda k: view.module_index.get(k.rpartition(".")[0], -1)):
+        path, _, leaf = key.rpartition(".")
+        target.setdefault(path, {})[leaf] = (shapes[key], info[key][0])
+    source: dict = {}
+    for key in state:
+        if names[key] is not None:
+            source.setdefault(key.rpartition(".")[0], []).append(key)
+    if len(source) != len(target):
+        return (f"the source has {len(source)} modules with weights, the target {view.label} has {len(target)}")
+    pairs = list(zip(source.items(), target.items()))
+    for i, ((spath, keys), (tpath, leaves)) in enumerate(pairs):
+        have = {names[k].rpartition(".")[2]: tuple(_tensors.shape_of(state[k])) for k in keys}
+        want = {leaf: shape for leaf, (shape, _) in leaves.items()}
+        kind = next(iter(leaves.values()))[1]
+        if kind == "linear" and src.linear_layout != dst.linear_layout:
+            have = {leaf: shape[::-1] if len(shape) == 2 else shape for leaf, shape in have.items()}
+        if have != want:
+            return (f"module {i + 1} differs: source {spath!r} holds {_leaves(have)} where the target's {tpath!r} "
+                    f"holds {_leaves(want)}")
+    return pairs
+
+
+def _leaves(shapes: dict) -> str:
+    return ", ".join(f"{leaf} {list(shape)}" for leaf, shape in shapes.items()) or "nothing"
+
+
+def _differences(side: Naming, keys: list) -> list:
+    """What the side's architecture, told by its keys, computes differently from its twin in the other framework."""
+    present = set(keys)
+    return [text for when, text in side.arch_differences if all(k in present for k in when)]
+
+
+def _value_rules(side: Naming, keys: list) -> list:
+    """The side's value rules whose architecture keys are all present, compiled."""
+    present = set(keys)
+    return [(re.compile(r.key), r) for r in side.value_rules if all(k in present for k in r.when)]
+
+
+def _revalue(key, new, value, rules, notes):
+    """Source value -> neutral convention -> target convention (see :class:`ValueRule`)."""
+    src_rule = next((r for pattern, r in rules[0] if pattern.fullmatch(key)), None)
+    dst_rule = next((r for pattern, r in rules[1] if pattern.fullmatch(new)), None)
+    if src_rule is None and dst_rule is None:
+        return value
+    try:
+        array = _tensors.to_numpy(value, key).astype(np.float64)
+    except XFreezeError:
+        notes.append((key, "not adjusted: a dtype numpy cannot hold (outputs will differ slightly)"))
+        return value
+    dtype = _tensors.to_numpy(value, key).dtype
+    if src_rule is not None:
+        array = (array - src_rule.shift) / src_rule.scale
+    if dst_rule is not None:
+        array = array * dst_rule.scale + dst_rule.shift
+    if src_rule is not None and src_rule.shift or dst_rule is not None and dst_rule.shift:
+        if (array < 0).any() and key.endswith(("var", "variance")):
+            notes.append((key, "variance clipped at 0 (the target's larger norm epsilon cannot be matched exactly)"))
+            array = np.maximum(array, 0)
+    for rule in (src_rule, dst_rule):
+        if rule is not None:
+            notes.append((key, f"adjusted: {rule.why}"))
+    return _tensors.to_backend(array.astype(dtype), _tensors.backend_of(value), key)
 
 
 def _target_info(model) -> dict:

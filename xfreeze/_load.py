@@ -63,7 +63,7 @@ class LoadReport:
 
 
 def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, allow_empty: bool = False,
-                 framework: str | None = None, backend: str | None = None) -> LoadReport:
+                 allow_partial: bool = False, framework: str | None = None, backend: str | None = None) -> LoadReport:
     """Load the weights of ``source`` whose names and shapes match ``model``; report everything else.
 
     Args:
@@ -75,6 +75,8 @@ def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, a
         skip: xfreeze patterns of model keys not to load (e.g. ``"fc"`` to keep a new head).
         strict: raise (with the report) instead of loading partially.
         allow_empty: accept loading zero keys (otherwise an error: the source belongs to another model).
+        allow_partial: accept a conversion from the other framework that places fewer than half of the model's
+            keys (otherwise an error saying how many it placed and where the two architectures differ).
         framework: whose names the source uses, when it cannot be told (``"torch"`` / ``"paddle"``).
         backend: force ``"torch"`` or ``"paddle"`` for ``model``.
 
@@ -95,9 +97,11 @@ def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, a
         (['0.weight', '0.bias'], ['1.weight', '1.bias'])
     """
     _check_options(rename, skip, strict, allow_empty, framework)
+    if not isinstance(allow_partial, bool):
+        raise XFreezeError(f"allow_partial must be True or False. Received: allow_partial={allow_partial!r}")
     view = view_of(model, backend)
     adapter = view.adapter
-    state = _source_state(source)
+    state = source_state = _source_state(source)
     origin = framework or state.framework
     report = LoadReport(view.label, origin, notes=list(state.notes))
     targets = adapter.state_tensors(model)
@@ -108,6 +112,7 @@ def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, a
         for key, note in converted.notes:
             report.converted.setdefault(key, []).append(note)
         state = converted
+        _check_converted(report, converted, targets, model, source_state, origin, allow_partial or allow_empty)
     skipped = _skipped(view, list(targets), skip)
     # keys the source's framework has no counterpart for (torch's num_batches_tracked) are kept, not "missing"
     no_counterpart = _own_only(adapter.name, targets) if origin not in (None, adapter.name) else set()
@@ -119,6 +124,23 @@ def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, a
                            f"model (pass allow_empty=True if that is intended); nothing was changed.\n{report}")
     adapter.load_tensors([targets[k] for k in plan], list(plan.values()))
     return report
+
+
+def _check_converted(report, converted, targets, model, source, origin, allow_partial: bool) -> None:
+    """A conversion placing fewer than half of the model's keys is refused (unless allowed); differences warned."""
+    import warnings
+    from ._convert import alignment_difference
+    placed = sum(1 for key in converted if key in targets)
+    differences = list(getattr(converted, "differences", []))
+    if not allow_partial and 2 * placed < len(targets):
+        why = differences or [alignment_difference(source, model, origin) or "the module names did not map"]
+        raise XFreezeError(f"converting the {origin} source placed {placed} of {len(targets)} keys of "
+                           f"{report.model} (fewer than half); nothing was changed. Where they differ: "
+                           f"{'; '.join(why)}. Pass allow_partial=True to load what does place.")
+    for text in differences:
+        warnings.warn(f"{report.model} and its {origin} twin differ: {text}.\nHINT: outputs will not match the "
+                      f"source model's; fine-tune, or use a model built the same way in both frameworks.",
+                      UserWarning, stacklevel=3)
 
 
 def _check_options(rename, skip, strict, allow_empty, framework) -> None:
