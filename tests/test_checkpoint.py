@@ -1,17 +1,28 @@
-"""Checkpoint files: formats detected from content, loading that never runs code, atomic saves, clear errors."""
+"""Checkpoint files: structural format detection, every real file readable, native dtypes bit for bit, saves that
+keep mode / links / no stale temps, and clear errors."""
 import os
 import pickle
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import xfreeze
 from xfreeze import XFreezeError
-from xfreeze import _checkpoint
+from xfreeze._tensors import same_bits, to_backend
 from harness import Spec, kit, random_state
 
 CNN = Spec("cnn", (4, 3))
 SUFFIXES = [".pt", ".pth", ".bin", ".pdparams", ".safetensors", ".npz"]
+FORMAT_OF = {".pdparams": "paddle", ".safetensors": "safetensors", ".npz": "npz"}
+DTYPES = ["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int64", "int32", "int8",
+          "uint8", "bool"]
+NUMPY_LACKS = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
 
 
 def model(fw):
@@ -20,9 +31,15 @@ def model(fw):
     return m
 
 
-def arrays(fw, m):
-    from xfreeze._backend import adapter_for
-    return adapter_for(m).state_arrays(m)
+def tensor(dtype: str, shape=(3, 2), seed=0):
+    """A torch tensor of ``dtype`` with varied bits (fp8/bf16 from float32 values)."""
+    import torch
+    rng = np.random.default_rng(seed)
+    if dtype == "bool":
+        return torch.from_numpy(rng.integers(0, 2, shape).astype(bool))
+    if dtype.startswith(("int", "uint")):
+        return torch.from_numpy(rng.integers(0, 100, shape).astype(dtype))
+    return torch.from_numpy(rng.standard_normal(shape).astype("float32")).to(getattr(torch, dtype))
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
@@ -30,18 +47,123 @@ def test_round_trip_every_format_from_either_framework(fw, tmp_path, suffix):
     m = model(fw)
     path = xfreeze.save_checkpoint(m, tmp_path / f"w{suffix}")
     loaded = xfreeze.load_checkpoint(path)
-    expected = arrays(fw, m)
+    expected = m.state_dict()
     assert sorted(loaded) == sorted(expected)
     for key, value in expected.items():
-        assert np.array_equal(_checkpoint.to_numpy(loaded[key]), value), key
-    assert loaded.format == {".pdparams": "paddle", ".safetensors": "safetensors", ".npz": "npz"}.get(suffix, "torch")
+        assert same_bits(loaded[key], value), key
+    assert loaded.format == FORMAT_OF.get(suffix, "torch")
+    assert loaded.framework == fw.name
 
 
-def test_framework_is_recorded_or_recognised(fw, tmp_path):
-    m = model(fw)
-    for suffix in (".safetensors", ".npz", ".pdparams"):
-        loaded = xfreeze.load_checkpoint(xfreeze.save_checkpoint(m, tmp_path / f"w{suffix}"))
-        assert loaded.framework == fw.name, suffix  # safetensors metadata, else the statistics' names
+@pytest.mark.parametrize("suffix", [".pt", ".pdparams", ".safetensors"])
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_every_dtype_round_trips_bit_for_bit(tmp_path, suffix, backend):
+    from xfreeze._backend import adapter_named
+    state = {d: tensor(d, seed=i) for i, d in enumerate(DTYPES) if d in adapter_named(backend).DTYPES}
+    state = {k: to_backend(v, backend, k) for k, v in state.items()}
+    loaded = xfreeze.load_checkpoint(xfreeze.save_checkpoint(state, tmp_path / f"w{suffix}"))
+    for key, value in state.items():
+        assert same_bits(loaded[key], value), key
+        if key not in NUMPY_LACKS and suffix != ".pt":
+            assert isinstance(loaded[key], np.ndarray), key  # numpy where numpy holds the dtype
+
+
+def test_npz_refuses_dtypes_numpy_lacks_naming_the_tensor(tmp_path):
+    with pytest.raises(XFreezeError, match=r"tensor 'h.w' is bfloat16, which numpy cannot hold"):
+        xfreeze.save_checkpoint({"h.w": tensor("bfloat16")}, tmp_path / "w.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paddle_bf16_files_from_paddle_save_read_as_bf16_and_ours_read_in_paddle(tmp_path):
+    paddle = kit("paddle").p
+    w = paddle.to_tensor([1.5, -0.94]).astype("bfloat16")
+    paddle.save({"w": w, "epoch": 3, "pair": (1, 2.0, "x")}, str(tmp_path / "p.pdparams"))
+    with pytest.raises(XFreezeError, match=r"values that are not tensors: 'epoch' \(int\), 'pair' \(tuple\)"):
+        xfreeze.load_checkpoint(tmp_path / "p.pdparams")  # readable; only the non-tensor entries are named
+    paddle.save({"w": w}, str(tmp_path / "q.pdparams"))
+    assert same_bits(xfreeze.load_checkpoint(tmp_path / "q.pdparams")["w"], w)
+    ours = xfreeze.save_checkpoint({"w": w, "f8": tensor("float8_e4m3fn")}, tmp_path / "ours.pdparams")
+    assert paddle.load(str(ours))["w"].dtype == paddle.bfloat16
+    assert same_bits(xfreeze.load_checkpoint(ours)["f8"], tensor("float8_e4m3fn"))
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_paddle_save_protocols_and_wrapped_states_load(tmp_path, protocol):
+    paddle = kit("paddle").p
+    m = model(kit("paddle"))
+    paddle.save({"model": m.state_dict(), "epoch": 7, "best": (0.5, "acc")}, str(tmp_path / "p.pdparams"),
+                protocol=protocol)
+    loaded = xfreeze.load_checkpoint(tmp_path / "p.pdparams")
+    assert sorted(loaded) == sorted(m.state_dict()) and loaded.notes[0][0] == "model"
+    for key, value in m.state_dict().items():
+        assert same_bits(loaded[key], value), key
+
+
+def test_numpy_protocol_5_pickles_load(tmp_path):
+    path = tmp_path / "p5.pdparams"
+    path.write_bytes(pickle.dumps({"w": np.arange(6, dtype="float32").reshape(2, 3)}, protocol=5))
+    assert xfreeze.load_checkpoint(path)["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_files_written_by_torch_itself_load(tmp_path):
+    t = kit("torch").t
+    m = model(kit("torch"))
+    t.save({"epoch": 3, "state_dict": m.state_dict()}, tmp_path / "t.pth")
+    t.save(m.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    wrapped = xfreeze.load_checkpoint(tmp_path / "t.pth")
+    assert wrapped.notes == [("state_dict", "unwrapped checkpoint %r['state_dict']" % str(tmp_path / "t.pth"))]
+    assert len(xfreeze.load_checkpoint(tmp_path / "legacy.pt")) == len(m.state_dict())
+
+
+def test_safetensors_header_lengths_ending_in_0x80_are_not_pickles(tmp_path):
+    # the header length's low byte is 0x80 for some key lengths: detection must not read it as a pickle opcode
+    hits = 0
+    for n in range(1, 160):
+        path = xfreeze.save_checkpoint({"k" * n: np.ones(1, "float32")}, tmp_path / "w.safetensors")
+        hits += path.read_bytes()[0] == 0x80
+        assert list(xfreeze.load_checkpoint(path)) == ["k" * n]
+    assert hits > 0
+
+
+def test_safetensors_files_are_readable_by_safetensors_itself(tmp_path):
+    from safetensors.torch import load_file
+    state = {d: tensor(d) for d in DTYPES}
+    back = load_file(str(xfreeze.save_checkpoint(state, tmp_path / "w.safetensors")))
+    assert all(same_bits(back[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("key", ["__metadata__", "file", "a b[/x] ü €", "[bold]x[/bold]", "\x1b[31mred", "0"])
+@pytest.mark.parametrize("suffix", [".pt", ".pdparams", ".safetensors", ".npz"])
+def test_awkward_keys(tmp_path, key, suffix):
+    state = {key: np.arange(3, dtype="float32")}
+    if key == "__metadata__" and suffix == ".safetensors":
+        with pytest.raises(XFreezeError, match="'__metadata__' is reserved by the safetensors format"):
+            xfreeze.save_checkpoint(state, tmp_path / f"w{suffix}")
+        return
+    loaded = xfreeze.load_checkpoint(xfreeze.save_checkpoint(state, tmp_path / f"w{suffix}"))
+    assert list(loaded) == [key] and same_bits(loaded[key], state[key])
+
+
+def test_keys_must_be_strings(tmp_path):
+    with pytest.raises(XFreezeError, match=r"keys that are not non-empty strings: 3 \(int\)"):
+        xfreeze.save_checkpoint({3: np.ones(1)}, tmp_path / "w.pt")
+
+
+KEYS = st.text(min_size=1, max_size=1000).filter(lambda k: k != "__metadata__" and "\x00" not in k)
+SHAPES = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)
+
+
+@settings(max_examples=15, deadline=None)
+@given(items=st.dictionaries(KEYS, st.tuples(st.sampled_from(DTYPES), SHAPES), min_size=1, max_size=4),
+       suffix=st.sampled_from([".pt", ".pdparams", ".safetensors", ".npz"]))
+def test_property_load_of_save_is_the_identity(tmp_path_factory, items, suffix):
+    state = {k: tensor(d, shape, seed=i) for i, (k, (d, shape)) in enumerate(items.items())}
+    if suffix == ".npz":
+        state = {k: v for k, v in state.items() if items[k][0] not in NUMPY_LACKS} or {"x": tensor("int8")}
+    path = xfreeze.save_checkpoint(state, tmp_path_factory.mktemp("p") / f"w{suffix}")
+    loaded = xfreeze.load_checkpoint(path)
+    assert list(loaded) == list(state)
+    assert all(same_bits(loaded[k], v) for k, v in state.items())
 
 
 def test_format_is_detected_from_content_not_suffix(tmp_path):
@@ -49,39 +171,37 @@ def test_format_is_detected_from_content_not_suffix(tmp_path):
     for fmt in ("torch", "paddle", "safetensors", "npz"):
         path = xfreeze.save_checkpoint(state, tmp_path / f"{fmt}.weights", format=fmt)
         loaded = xfreeze.load_checkpoint(path)
-        assert loaded.format == fmt and np.array_equal(_checkpoint.to_numpy(loaded["fc.weight"]), state["fc.weight"])
+        assert loaded.format == fmt and same_bits(loaded["fc.weight"], state["fc.weight"])
 
 
-def test_files_written_by_the_frameworks_themselves_load(tmp_path):
-    torch_kit, paddle_kit = kit("torch"), kit("paddle")
-    t, p = model(torch_kit), model(paddle_kit)
-    torch_kit.t.save({"epoch": 3, "state_dict": t.state_dict()}, tmp_path / "t.pth")
-    torch_kit.t.save(t.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
-    paddle_kit.p.save(p.state_dict(), str(tmp_path / "p.pdparams"))
-    wrapped = xfreeze.load_checkpoint(tmp_path / "t.pth")
-    assert wrapped.notes == [("state_dict", "unwrapped checkpoint %r['state_dict']" % str(tmp_path / "t.pth"))]
-    assert len(xfreeze.load_checkpoint(tmp_path / "legacy.pt")) == len(t.state_dict())
-    pd = xfreeze.load_checkpoint(tmp_path / "p.pdparams")
-    assert "1._mean" in pd and pd.framework == "paddle"
-    assert paddle_kit.p.load(str(xfreeze.save_checkpoint(pd, tmp_path / "again.pdparams")))["1._mean"].shape == [4]
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
+def test_framework_argument_and_metadata(tmp_path):
+    with pytest.raises(XFreezeError, match=r"Expected one of \('torch', 'paddle'\). Received: framework='tf'"):
+        xfreeze.load_checkpoint(tmp_path / "x.pt", framework="tf")
+    with pytest.raises(XFreezeError, match=r"Received: format='onnx'"):
+        xfreeze.save_checkpoint({"w": np.ones(1)}, tmp_path / "w.pt", format="onnx")
+    from xfreeze import _checkpoint
+    state = _checkpoint.StateDict({"bn._mean": np.zeros(2, "float32")}, framework="paddle")
+    path = _checkpoint._save(state, tmp_path / "w.safetensors", None, {"framework": "torch"})
+    loaded = xfreeze.load_checkpoint(path)
+    assert loaded.framework == "paddle"  # the key names are the file's own structure
+    assert ("", "metadata says framework='torch' but the key names are paddle's; using paddle") in loaded.notes
+    path = _checkpoint._save({"w": np.zeros(2)}, tmp_path / "u.safetensors", None, {"framework": "\x1b[31mtf"})
+    assert "ignored: not one of" in xfreeze.load_checkpoint(path).notes[0][1]
+    assert xfreeze.load_checkpoint(path, framework="paddle").framework == "paddle"
 
 
 @pytest.mark.parametrize("suffix", [".pdparams", ".pt"])
 def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, suffix):
     marker = tmp_path / "pwned"
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
     path = tmp_path / f"evil{suffix}"
     if suffix == ".pt":
-        kit("torch").t.save({"w": kit("torch").t.ones(2), "x": RunsCode(marker)}, path)
+        kit("torch").t.save({"w": kit("torch").t.ones(2), "x": RunsCode()}, path)
     else:
-        path.write_bytes(pickle.dumps({"w": np.ones(2), "x": RunsCode(marker)}, protocol=4))
+        path.write_bytes(pickle.dumps({"w": np.ones(2), "x": RunsCode()}, protocol=4))
     with pytest.raises(XFreezeError, match="refused to load"):
         xfreeze.load_checkpoint(path)
     assert not marker.exists(), "the file's code ran"
@@ -92,7 +212,7 @@ def test_truncated_files_are_clear_errors(tmp_path, suffix):
     path = xfreeze.save_checkpoint(model(kit("torch")), tmp_path / f"w{suffix}")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(XFreezeError, match=r"w\%s'.* (truncated or corrupt|not a torch)" % suffix):
+    with pytest.raises(XFreezeError, match=r"w\%s'.*(truncated or corrupt|not a torch|cut short|not a valid)" % suffix):
         xfreeze.load_checkpoint(path)
 
 
@@ -102,33 +222,72 @@ def test_missing_empty_corrupt_and_directory(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(XFreezeError, match=r"empty.pt' is empty \(0 bytes\)"):
         xfreeze.load_checkpoint(tmp_path / "empty.pt")
-    (tmp_path / "noise.pt").write_bytes(os.urandom(256).replace(b"\x80", b"\x81").replace(b"PK", b"pk"))
-    with pytest.raises(XFreezeError, match=r"noise.pt' is not a torch, Paddle, safetensors or npz file \(the suffix"):
-        xfreeze.load_checkpoint(tmp_path / "noise.pt")
     with pytest.raises(XFreezeError, match="is a directory"):
         xfreeze.load_checkpoint(tmp_path)
 
 
-def test_non_tensor_values_are_refused(tmp_path):
-    path = tmp_path / "mixed.pdparams"
-    path.write_bytes(pickle.dumps({"w": np.ones(2), "lr": 0.1, "names": ["a"]}, protocol=4))
-    with pytest.raises(XFreezeError, match=r"values that are not tensors: 'lr' \(float\), 'names' \(list\)"):
-        xfreeze.load_checkpoint(path)
+# --- saving -------------------------------------------------------------------------------------------------
+def test_file_mode_follows_umask_and_existing_files(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = xfreeze.save_checkpoint({"w": np.ones(2)}, tmp_path / "w.safetensors")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.chmod(path, 0o640)
+        xfreeze.save_checkpoint({"w": np.zeros(2)}, path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
 
 
-def test_save_is_atomic(tmp_path, monkeypatch):
+def test_saving_to_a_symlink_writes_through_to_its_target(tmp_path):
+    target = xfreeze.save_checkpoint({"w": np.ones(2)}, tmp_path / "real.pt")
+    link = tmp_path / "link.pt"
+    link.symlink_to(target)
+    xfreeze.save_checkpoint({"w": np.zeros(2)}, link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert xfreeze.load_checkpoint(target)["w"].tolist() == [0, 0]
+
+
+def test_a_killed_save_leaves_the_old_file_and_the_next_save_removes_its_temp(tmp_path):
     path = xfreeze.save_checkpoint({"w": np.ones(3, "float32")}, tmp_path / "w.npz")
     before = path.read_bytes()
-
-    def crash(arrays, f, framework):
-        f.write(b"half a file")
-        raise KeyboardInterrupt("power cut")
-
-    monkeypatch.setitem(_checkpoint.__dict__, "_write_npz", crash)
-    with pytest.raises(KeyboardInterrupt):
-        xfreeze.save_checkpoint({"w": np.zeros(3, "float32")}, path)
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np, xfreeze
+        from xfreeze import _checkpoint
+        def write(f):
+            f.write(b"half a file"); f.flush(); os.kill(os.getpid(), signal.SIGKILL)
+        _checkpoint._atomic_write(_checkpoint.Path({str(path)!r}), write)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert result.returncode == -signal.SIGKILL
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"], "no temporary file is left behind"
+    stale = [p.name for p in tmp_path.iterdir() if p.name != "w.npz"]
+    assert len(stale) == 1 and stale[0].startswith(".w.npz.xfreeze-") and stale[0].endswith(".tmp")
+    xfreeze.save_checkpoint({"w": np.zeros(3, "float32")}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]
+
+
+def test_disk_full_is_one_clear_error_and_the_old_file_stays(tmp_path):
+    path = xfreeze.save_checkpoint({"w": np.ones(3, "float32")}, tmp_path / "w.safetensors")
+    script = textwrap.dedent(f"""
+        import resource, signal, numpy as np, xfreeze
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # a disk that fills after 4 KiB
+        try:
+            xfreeze.save_checkpoint({{"w": np.ones(100000, "float32")}}, {str(path)!r})
+        except xfreeze.XFreezeError as exc:
+            print(exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "cannot write" in result.stdout and "EFBIG" in result.stdout and "previous file there is intact" in \
+        result.stdout, result.stdout + result.stderr
+    assert xfreeze.load_checkpoint(path)["w"].tolist() == [1, 1, 1]
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_read_only_location_is_one_clear_error():
+    with pytest.raises(XFreezeError, match=r"cannot write '/sys/w.pt': .*(EACCES|EROFS|EPERM)"):
+        xfreeze.save_checkpoint({"w": np.ones(2)}, "/sys/w.pt")
 
 
 def test_save_errors(tmp_path):
@@ -138,3 +297,4 @@ def test_save_errors(tmp_path):
         xfreeze.save_checkpoint({"w": np.ones(1)}, tmp_path / "no" / "w.npz")
     with pytest.raises(XFreezeError, match=r"value of 'lr' is a float"):
         xfreeze.save_checkpoint({"lr": 0.1}, tmp_path / "w.npz")
+    assert list(tmp_path.iterdir()) == []

@@ -188,7 +188,8 @@ def detect_format(path: Path):
     what = f"checkpoint {str(path)!r}"
     with open(path, "rb") as f:
         head = f.read(16)
-    if _safetensors_header(path, head) is not None:
+    header, problem = _safetensors_check(path, head)
+    if header is not None:
         return "safetensors", None
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         names = _zip_names(path, what)
@@ -203,6 +204,8 @@ def detect_format(path: Path):
         spec = formats.sniff("pickle", head)
         if spec is not None:
             return spec.name, spec
+    if problem:
+        raise XFreezeError(f"{what} is not a valid safetensors file: {problem}")
     suffix = FORMATS.get(path.suffix.lower())
     raise XFreezeError(f"{what} is not a torch, Paddle, safetensors or npz file"
                        + (f" (the suffix says {suffix}, the content does not)" if suffix else ""))
@@ -271,50 +274,68 @@ def plain(text) -> str:
 # --- detection helpers ---------------------------------------------------------------------------------------
 def _safetensors_header(path: Path, head: bytes):
     """The parsed header when the file is a well-formed safetensors file, else None (never raises)."""
+    return _safetensors_check(path, head)[0]
+
+
+def _safetensors_check(path: Path, head: bytes):
+    """``(header, None)`` for a well-formed safetensors file; ``(None, problem)`` for one that starts like one
+    (a header length, then ``{``) but breaks its structure; ``(None, None)`` for anything else."""
     size = path.stat().st_size
-    if len(head) < 10:
-        return None
+    if len(head) < 10 or head[8:9] != b"{":
+        return None, None
     (n,) = struct.unpack("<Q", head[:8])
-    if not 2 <= n <= min(MAX_HEADER, size - 8) or head[8:9] != b"{":
-        return None
+    if n > min(MAX_HEADER, size - 8):
+        return None, f"its safetensors header declares {n:,} bytes, more than the file's {size:,}"
     with open(path, "rb") as f:
         f.seek(8)
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(header, dict) or _safetensors_layout(header, size - 8 - n) is None:
-        return None
-    return header
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, f"its safetensors header is not valid JSON ({type(exc).__name__})"
+    if not isinstance(header, dict):
+        return None, "its safetensors header is not a JSON object"
+    problem = []
+    if _safetensors_layout(header, size - 8 - n, problem) is None:
+        return None, f"its safetensors header is forged or damaged: {problem[0] if problem else 'bad entries'}"
+    return header, None
 
 
-def _safetensors_layout(header: dict, data_len: int):
+def _safetensors_layout(header: dict, data_len: int, problem: list | None = None):
     """``{key: (dtype, shape, start, end)}`` when every entry is valid and the offsets tile the data exactly."""
+    problem = [] if problem is None else problem
     out, spans = {}, []
     for key, entry in header.items():
         if key == "__metadata__":
             if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                problem.append("__metadata__ is not a mapping of strings")
                 return None
             continue
         try:
             dtype, shape, (start, end) = ST_DTYPES[entry["dtype"]], entry["shape"], entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
+            problem.append(f"entry {plain(key)!r} lacks a known dtype, a shape or two data offsets")
             return None
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
                 and type(start) is int and type(end) is int and 0 <= start <= end <= data_len):
+            problem.append(f"entry {plain(key)!r} has a bad shape or offsets beyond the data ({data_len:,} bytes)")
             return None
         itemsize = np.dtype(_tensors.BIT_CARRIERS.get(dtype, dtype)).itemsize
         if int(np.prod(shape, dtype=object)) * itemsize != end - start:
+            problem.append(f"entry {plain(key)!r}: shape {shape} of {dtype} does not fill offsets {start}-{end}")
             return None
         out[key] = (dtype, shape, start, end)
         spans.append((start, end))
     position = 0
     for start, end in sorted(spans):
         if start != position:
+            problem.append("tensor data overlaps or leaves gaps")
             return None
         position = end
-    return out if position == data_len else None
+    if position != data_len:
+        problem.append(f"the tensors cover {position:,} of the {data_len:,} data bytes")
+        return None
+    return out
 
 
 def _zip_names(path: Path, what: str) -> list:
@@ -387,6 +408,18 @@ def _read_npy(member, info) -> np.ndarray:
     return np.require(array, requirements=["C", "W"])
 
 
+def _scan_pickle(reader) -> None:
+    """Walk the opcodes once without building anything: Python's unpickler allocates a declared length before
+    reading it, so a length beyond the file's end is refused here, before it can become an allocation."""
+    import pickletools
+    try:
+        for _ in pickletools.genops(reader):
+            pass
+    except ValueError as exc:
+        raise XFreezeError(f"a pickle opcode declares more bytes than the file holds, or the pickle is cut short "
+                           f"(truncated or forged): {str(exc)[:200]}") from None
+
+
 class _MappedReader:
     """A read-only file over a memory map: reads past the end come back short (pickle says "truncated"), so a
     declared length never becomes an allocation."""
@@ -411,6 +444,7 @@ class _MappedReader:
 
 def _read_pickle(path: Path, size: int, spec):
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        _scan_pickle(_MappedReader(mm))
         data = _RestrictedUnpickler(_MappedReader(mm), size).load()
     return _pickle_dtypes(data, spec)
 
@@ -447,7 +481,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ("numpy._core.numeric", "_frombuffer"): self._frombuffer,
             ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): self._dtype,
             ("numpy.core.multiarray", "scalar"): self._scalar, ("numpy._core.multiarray", "scalar"): self._scalar,
-            ("collections", "OrderedDict"): dict, ("builtins", "tuple"): tuple, ("builtins", "list"): list,
+            ("collections", "OrderedDict"): dict, ("builtins", "tuple"): tuple, ("builtins", "list"): list, ("__builtin__", "tuple"): tuple,
+            ("__builtin__", "list"): list,
             ("_codecs", "encode"): _latin1_encode,
         }
 
@@ -502,7 +537,8 @@ def _latin1_encode(text, encoding="utf-8", errors="strict"):
 
 def _untuple(value):
     """Paddle pickles a tensor beside other objects as ``(name, array)``: the array."""
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], np.ndarray):
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) \
+            and isinstance(value[1], np.ndarray):
         return value[1]
     return value
 

@@ -197,7 +197,7 @@ def _parts(adapter, model) -> dict:
     for key, tensor in adapter.state_tensors(model).items():
         key_of.setdefault(id(tensor), key)
     trainable, frozen, locked, taken = [], [], [], set()
-    for path, module in adapter.named_modules(model):
+    for _, module in adapter.named_modules(model):
         for _, param in adapter.direct_parameters(module):
             key = key_of.get(id(param))
             if key is None or key in taken:
