@@ -378,11 +378,8 @@ class _Distributed:
     def _enclosing(self, module) -> list:
         if not self.world_size() > 1:
             return []
-        found = []
-        for ref in _gc.get_referrers(module):  # DDP keeps the module in its _modules dict
-            owners = _gc.get_referrers(ref) if isinstance(ref, dict) else [ref]
-            found += [o for o in owners if isinstance(o, nn.parallel.DistributedDataParallel)
-                      and o.module is module and not getattr(o, "_xfreeze_retired", False)]
+        found = [o for o in _owners(module) if isinstance(o, nn.parallel.DistributedDataParallel)
+                 and o.module is module and not getattr(o, "_xfreeze_retired", False)]
         return list({id(w): w for w in found}.values())
 
     def unwrap_all(self, model):
@@ -454,6 +451,16 @@ class _Distributed:
     def local_numel(self, param) -> int:
         """Elements this rank holds (the local shard of a DTensor)."""
         return _local(param).numel()
+
+
+def _owners(child) -> list:
+    """Objects that hold ``child`` in a sub-module dict: child <- _modules dict <- instance __dict__ <- owner."""
+    level, out = [child], []
+    for _ in range(3):
+        refs = [r for c in level for r in _gc.get_referrers(c)]
+        out += [r for r in refs if not isinstance(r, (dict, list, tuple))]
+        level = [r for r in refs if isinstance(r, dict)]
+    return out
 
 
 def _relock_after(convert):

@@ -1,0 +1,330 @@
+"""Bodies of the 2-process tests (issue 10): each runs on every rank, trains a few steps on rank-specific data and
+writes what the test compares (every tensor's bytes, error messages) to ``<out>/rank<r>.pkl``.
+
+Launchers here bound every process (a deadline, then the processes are killed) and pick a free port per run.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import time
+import traceback
+
+import numpy as np
+
+TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def results(out, world: int = 2) -> list:
+    loaded = []
+    for r in range(world):
+        with open(os.path.join(out, f"rank{r}.pkl"), "rb") as f:
+            loaded.append(pickle.load(f))
+    return loaded
+
+
+def _save(out, rank: int, result: dict) -> None:
+    with open(os.path.join(out, f"rank{rank}.pkl"), "wb") as f:
+        pickle.dump(result, f)
+
+
+def _error(fn) -> str | None:
+    """The XFreezeError message ``fn()`` raises (None when it raises nothing)."""
+    import xfreeze
+    try:
+        fn()
+    except xfreeze.XFreezeError as exc:
+        return str(exc)
+    return None
+
+
+# --- torch ----------------------------------------------------------------------------------------------------------
+
+def launch_torch(body, out, world: int = 2, **kwargs) -> list:
+    import torch.multiprocessing as mp
+    port = free_port()
+    ctx = mp.start_processes(_torch_entry, args=(world, port, body, str(out), kwargs), nprocs=world, join=False,
+                             start_method="spawn")
+    _join(ctx, [p for p in ctx.processes])
+    return results(out, world)
+
+
+def _join(ctx, processes) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"distributed test still running after {TIMEOUT_S} s")
+    finally:
+        for p in processes:
+            if p.is_alive():
+                p.kill()
+
+
+def _torch_entry(rank, world, port, body, out, kwargs):
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        _save(out, rank, body(rank, **kwargs))
+    except Exception:
+        _save(out, rank, {"crash": traceback.format_exc()})
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def torch_cnn(seed: int = 0):
+    import torch
+    from torch import nn
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),   # 0: stem
+        nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()),   # 1: block
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))                       # 4: head
+
+
+def _torch_state(model) -> dict:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _torch_steps(wrapped_fn, opt, rank: int, steps, staged=None):
+    import torch
+    for step in steps:
+        if staged is not None:
+            staged.step(step)
+        g = torch.Generator().manual_seed(1000 * rank + step)  # different data on every rank
+        x, y = torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, 3, (4,), generator=g)
+        loss = torch.nn.functional.cross_entropy(wrapped_fn()(x), y)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+
+
+def torch_staged_rewrap(rank: int) -> dict:
+    """Freeze before wrap, then a stage unfreezes the block after DDP exists and a later one freezes it again."""
+    import torch
+    import xfreeze
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    model = torch_cnn()
+    xfreeze.freeze(model, "0", "1")
+    ddp = DDP(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    staged = xfreeze.StagedUnfreeze(ddp, opt, [xfreeze.Stage(0, freeze=["0", "1"]),
+                                               xfreeze.Stage(2, unfreeze=["1"], lr=0.05),
+                                               xfreeze.Stage(4, freeze=["1"])], unit="step", rewrap=lambda m: DDP(m))
+    start = _torch_state(model)
+    head_momentum = []
+    _torch_steps(lambda: staged.wrapped, opt, rank, range(0, 2), staged)
+    head_momentum.append(opt.state[model[4].weight]["momentum_buffer"].clone().numpy())
+    _torch_steps(lambda: staged.wrapped, opt, rank, range(2, 4), staged)
+    mid = _torch_state(model)
+    _torch_steps(lambda: staged.wrapped, opt, rank, range(4, 6), staged)
+    return {"start": start, "mid": mid, "end": _torch_state(model), "groups": len(opt.param_groups),
+            "old_wrapper": _error(lambda: ddp(torch.zeros(1, 3, 6, 6))), "live_is_ddp": isinstance(staged.wrapped, DDP),
+            "momentum_kept": head_momentum[0].shape == opt.state[model[4].weight]["momentum_buffer"].shape}
+
+
+def torch_refusals(rank: int) -> dict:
+    """What is refused under DDP, before anything changes, and the freeze-mask agreement check."""
+    import torch
+    import xfreeze
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from xfreeze._distributed import check_freeze_agreement
+    model = torch_cnn()
+    xfreeze.freeze(model, "0")
+    ddp = DDP(model)
+    before = _torch_state(model)
+    trainable_before = [p.requires_grad for p in model.parameters()]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    out = {
+        "staged": _error(lambda: xfreeze.StagedUnfreeze(ddp, opt, [xfreeze.Stage(1, unfreeze=["0"])])),
+        "staged_freeze": _error(lambda: xfreeze.StagedUnfreeze(ddp, opt, [xfreeze.Stage(1, freeze=["1"])])),
+        "unfreeze": _error(lambda: xfreeze.unfreeze(ddp, "0")),
+        "unfreeze_inner": _error(lambda: xfreeze.unfreeze(model, "0")),
+        "freeze": _error(lambda: xfreeze.freeze(ddp, "1")),
+        "agree": _error(lambda: check_freeze_agreement(ddp)),
+    }
+    out["unchanged"] = trainable_before == [p.requires_grad for p in model.parameters()]
+    out["bits_unchanged"] = all((before[k] == v).all() for k, v in _torch_state(model).items())
+    other = torch_cnn()
+    xfreeze.freeze(other, "0" if rank == 0 else "1")  # a rank-dependent freeze
+    out["disagree"] = _error(lambda: check_freeze_agreement(other))
+    return out
+
+
+def torch_sync_bn(rank: int) -> dict:
+    """A frozen BatchNorm converted to SyncBatchNorm stays locked: no cross-rank collective in forward (on CPU the
+    sync path raises, so a clean train-mode step proves it is not taken) and statistics bitwise fixed. (DDP refuses
+    SyncBatchNorm on CPU, so the model runs bare in the process group.)"""
+    import torch
+    import xfreeze
+    model = torch_cnn()
+    xfreeze.freeze(model, "0")
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    start = _torch_state(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    unlocked = None
+    try:
+        _torch_steps(lambda: model, opt, rank, range(1))
+    except ValueError as exc:  # block 1's SyncBatchNorm is not locked: it syncs (GPU only)
+        unlocked = str(exc)
+    xfreeze.freeze(model, "1")
+    _torch_steps(lambda: model, opt, rank, range(1, 3))
+    return {"start": start, "end": _torch_state(model), "unlocked": unlocked,
+            "types": [type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__]}
+
+
+def torch_save_rank0(rank: int, path: str) -> dict:
+    import torch
+    import xfreeze
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    model = torch_cnn(seed=rank)  # different weights per rank: DDP broadcasts rank 0's
+    ddp = DDP(model)
+    xfreeze.save_checkpoint(ddp, path, rank=0)
+    exists = os.path.exists(path)  # after the barrier: every rank sees the file
+    return {"exists": exists, "state": _torch_state(model),
+            "bad_rank": _error(lambda: xfreeze.save_checkpoint(ddp, path, rank=5))}
+
+
+def torch_fsdp2(rank: int, path: str) -> dict:
+    """FSDP2 on CPU: freeze before sharding, a stage unfreezes after sharding, EMA, rank-0 full save."""
+    import torch
+    import xfreeze
+    from torch.distributed.fsdp import fully_shard
+    model = torch_cnn()
+    xfreeze.freeze(model, "0", "1")
+    for block in (model[0], model[1], model[4]):
+        fully_shard(block)
+    fully_shard(model)
+    out = {}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    staged = xfreeze.StagedUnfreeze(model, opt, [xfreeze.Stage(2, unfreeze=["1"], lr=0.05)], unit="step")
+    try:
+        ema = xfreeze.EMA(model, decay=0.9)
+    except Exception as exc:  # reported, not hidden: the EMA rework is the lead's
+        ema, out["ema_error"] = None, f"{type(exc).__name__}: {exc}"[:300]
+    for step in range(4):
+        staged.step(step)
+        g = torch.Generator().manual_seed(1000 * rank + step)
+        x, y = torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, 3, (4,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            try:
+                ema.update()
+            except Exception as exc:
+                ema, out["ema_error"] = None, f"{type(exc).__name__}: {exc}"[:300]
+    try:
+        xfreeze.save_checkpoint(model, path, rank=0)
+        out["saved"] = True
+    except Exception as exc:
+        out["save_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    out["full"] = {k: v.detach().cpu().numpy().copy() for k, v in full.items()}
+    if ema is not None:
+        out["ema"] = {k: v.detach().cpu().numpy().copy() for k, v in ema.state_dict()["shadow"].items()}
+    return out
+
+
+# --- Paddle ---------------------------------------------------------------------------------------------------------
+
+def launch_paddle(body, out, world: int = 2, **kwargs) -> list:
+    import paddle.distributed as dist
+    ctx = dist.spawn(_paddle_entry, args=(body, str(out), kwargs), nprocs=world, join=False, backend="gloo",
+                     started_port=free_port())
+    _join(ctx, ctx.processes)
+    return results(out, world)
+
+
+def _paddle_entry(body, out, kwargs):
+    import paddle.distributed as dist
+    dist.init_parallel_env()
+    rank = dist.get_rank()
+    try:
+        _save(out, rank, body(rank, **kwargs))
+    except Exception:
+        _save(out, rank, {"crash": traceback.format_exc()})
+        raise
+
+
+def paddle_cnn(seed: int = 0):
+    import paddle
+    from paddle import nn
+    paddle.seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2D(3, 4, 3, padding=1), nn.BatchNorm2D(4), nn.ReLU()),
+        nn.Sequential(nn.Conv2D(4, 6, 3, padding=1), nn.BatchNorm2D(6), nn.ReLU()),
+        nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(6, 3))
+
+
+def _paddle_state(model) -> dict:
+    return {k: np.array(v.numpy(), copy=True) for k, v in model.state_dict().items()}
+
+
+def _paddle_steps(wrapped_fn, opt, rank: int, steps, staged=None):
+    import paddle
+    for step in steps:
+        if staged is not None:
+            staged.step(step)
+        rng = np.random.default_rng(1000 * rank + step)
+        x = paddle.to_tensor(rng.standard_normal((4, 3, 6, 6)).astype("float32"))
+        y = paddle.to_tensor(rng.integers(0, 3, (4,)))
+        loss = paddle.nn.functional.cross_entropy(wrapped_fn()(x), y)
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+
+
+def paddle_staged_rewrap(rank: int) -> dict:
+    import paddle
+    import xfreeze
+    model = paddle_cnn()
+    xfreeze.freeze(model, "0", "1")
+    dp = paddle.DataParallel(model)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1, momentum=0.9)
+    staged = xfreeze.StagedUnfreeze(dp, opt, [xfreeze.Stage(0, freeze=["0", "1"]),
+                                              xfreeze.Stage(2, unfreeze=["1"], lr=0.05)],
+                                    unit="step", rewrap=lambda m: paddle.DataParallel(m))
+    start = _paddle_state(model)
+    _paddle_steps(lambda: staged.wrapped, opt, rank, range(0, 5), staged)
+    return {"start": start, "end": _paddle_state(model), "groups": len(opt._param_groups)}
+
+
+def paddle_refusals(rank: int) -> dict:
+    import paddle
+    import xfreeze
+    from xfreeze._distributed import check_freeze_agreement
+    model = paddle_cnn()
+    xfreeze.freeze(model, "0")
+    dp = paddle.DataParallel(model)
+    before = _paddle_state(model)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    out = {
+        "staged": _error(lambda: xfreeze.StagedUnfreeze(dp, opt, [xfreeze.Stage(1, unfreeze=["0"])])),
+        "staged_freeze": _error(lambda: xfreeze.StagedUnfreeze(dp, opt, [xfreeze.Stage(1, freeze=["1"])],
+                                                               rewrap=lambda m: paddle.DataParallel(m))),
+        "unfreeze": _error(lambda: xfreeze.unfreeze(dp, "0")),
+        "freeze": _error(lambda: xfreeze.freeze(model, "1")),
+        "agree": _error(lambda: check_freeze_agreement(dp)),
+    }
+    out["bits_unchanged"] = all((before[k] == v).all() for k, v in _paddle_state(model).items())
+    out["trainable"] = [not p.stop_gradient for p in model.parameters()]
+    other = paddle_cnn()
+    xfreeze.freeze(other, "0" if rank == 0 else "1")
+    out["disagree"] = _error(lambda: check_freeze_agreement(other))
+    return out
