@@ -52,6 +52,10 @@ def _reconstruct_bomb() -> bytes:
     return _pickle({"w": _Reduce(_reconstruct, (np.ndarray, (8 * GiB,), b"b"))}, protocol=2)
 
 
+def _ndarray_call_bomb() -> bytes:
+    return _pickle({"w": _Reduce(np.ndarray, ((8 * GiB,), "b"))}, protocol=2)
+
+
 def _frombuffer_bomb() -> bytes:
     from numpy.core.numeric import _frombuffer
 
@@ -115,6 +119,7 @@ def _safetensors(header, data=b"", raw_header=None) -> bytes:
 
 
 CORPUS = {
+    "ndarray_call_bomb.pdparams": (_ndarray_call_bomb, r"calls numpy.ndarray directly"),
     "self_reference.pdparams": (_self_referencing, r"refer to themselves"),
     "self_reference_list.pdparams": (_self_referencing_list, r"not tensors: 'w' \(list\)"),
     "reconstruct_bomb.pdparams": (_reconstruct_bomb, r"declares shape \(8589934592,\).*refused"),
@@ -160,6 +165,7 @@ CORPUS = {
 }
 # files that declare far more memory than they hold
 BOMBS = (
+    "ndarray_call_bomb.pdparams",
     "reconstruct_bomb.pdparams",
     "frombuffer_bomb.pdparams",
     "declared_bytes.pdparams",

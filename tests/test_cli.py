@@ -77,3 +77,49 @@ def test_console_script_and_help_document_every_option():
                 assert option in result.stdout
         if command == ["convert"]:
             assert "--to" in result.stdout and "--arch" in result.stdout
+
+
+def test_inspect_prints_key_names_and_metadata_as_data(capsys, tmp_path):
+    from xfreeze import _checkpoint
+    keys = ["[/x]", "[bold]b[/bold]", "\x1b[31mred\x1b[0m", "a b\u202eevil"]
+    path = _checkpoint._save({k: np.ones(1, "float32") for k in keys}, tmp_path / "w.safetensors", None,
+                             {"framework": "\x1b[2J[/x]"})
+    code, out, err = run(capsys, "inspect", str(path))
+    assert code == 0, err
+    assert "[/x]" in out and "[bold]b[/bold]" in out and "\\x1b[31mred" in out and "\\u202e" in out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "note: metadata framework='\\x1b[2J[/x]' ignored" in out
+
+
+def test_errors_naming_hostile_keys_print_no_escapes(capsys, tmp_path):
+    import pickle
+    path = tmp_path / "w.pdparams"
+    path.write_bytes(pickle.dumps({"\x1b[31mk": np.ones(1), "[/x]": 0.5}, protocol=4))
+    code, out, err = run(capsys, "inspect", str(path))
+    assert code == 2 and "\x1b" not in err and "values that are not tensors: '[/x]' (float)" in err
+
+
+def test_hostile_files_are_one_line_errors(capsys, tmp_path):
+    import hostile_files
+    for path in hostile_files.generate(tmp_path):
+        code, out, err = run(capsys, "inspect", path)
+        assert code == 2 and err.startswith("xfreeze: error: ") and err.count("\n") == 1, (path, err)
+
+
+def test_read_only_destination_is_one_line(capsys, tmp_path):
+    src = xfreeze.save_checkpoint({"fc.weight": np.ones((2, 3), "float32")}, tmp_path / "w.pt")
+    code, out, err = run(capsys, "convert", str(src), "/sys/w.pdparams", "--to", "paddle")
+    assert code == 2 and err.count("\n") == 1 and "cannot write '/sys/w.pdparams'" in err
+
+
+def test_disk_full_is_one_line_with_exit_2(tmp_path):
+    src = xfreeze.save_checkpoint({"fc.weight": np.ones((300, 300), "float32")}, tmp_path / "w.pt")
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); from xfreeze.cli import main; "
+              f"sys.exit(main(['convert', {str(src)!r}, {str(tmp_path / 'out.pdparams')!r}, '--to', 'paddle']))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.splitlines()[-1]  # (importing Paddle may warn first)
+    assert last.startswith("xfreeze: error: cannot write") and "EFBIG" in last
+    assert result.stderr.count("xfreeze: error") == 1 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]

@@ -479,10 +479,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
             ("numpy.core.numeric", "_frombuffer"): self._frombuffer,
             ("numpy._core.numeric", "_frombuffer"): self._frombuffer,
-            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): self._dtype,
+            ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): self._dtype,
             ("numpy.core.multiarray", "scalar"): self._scalar, ("numpy._core.multiarray", "scalar"): self._scalar,
-            ("collections", "OrderedDict"): dict, ("builtins", "tuple"): tuple, ("builtins", "list"): list, ("__builtin__", "tuple"): tuple,
-            ("__builtin__", "list"): list,
+            ("collections", "OrderedDict"): dict, ("builtins", "tuple"): tuple, ("builtins", "list"): list,
+            ("__builtin__", "tuple"): tuple, ("__builtin__", "list"): list,
             ("_codecs", "encode"): _latin1_encode,
         }
 
@@ -504,7 +504,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                                f"{self.size:,} bytes; refused (a file may not declare more than it holds)")
 
     def _reconstruct(self, cls, shape, dtype):
-        if cls is not np.ndarray:
+        if cls is not _NDARRAY:
             raise XFreezeError("refused: an array of a class other than numpy.ndarray")
         self._bounded(shape, 1)
         return np.ndarray.__new__(np.ndarray, shape, dtype)  # what numpy's _reconstruct does
@@ -527,6 +527,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not isinstance(data, bytes) or len(data) != dtype.itemsize:
             raise XFreezeError(f"refused: a {dtype} scalar built from {type(data).__name__} data")
         return np.frombuffer(data, dtype, count=1)[0]
+
+
+class _NDArrayClass:
+    """What the unpickler gets for ``numpy.ndarray``: only an argument of ``_reconstruct``, never called (calling
+    ``numpy.ndarray(shape)`` would allocate whatever shape the file declares)."""
+
+    def __call__(self, *args, **kwargs):
+        raise XFreezeError("refused: the pickle calls numpy.ndarray directly, which .pdparams files never do")
+
+
+_NDARRAY = _NDArrayClass()
 
 
 def _latin1_encode(text, encoding="utf-8", errors="strict"):
@@ -700,7 +711,7 @@ def _decide_framework(state: StateDict, framework, meta: dict, spec) -> str | No
     by_names = guess_framework(list(state))
     said = meta.get("framework") if isinstance(meta, dict) else None
     if said and said not in ADAPTERS:
-        state.notes.append(("", f"metadata framework={plain(said)!r} ignored: not one of {tuple(ADAPTERS)}"))
+        state.notes.append(("", f"metadata framework={said!r} ignored: not one of {tuple(ADAPTERS)}"))
         said = None
     if said and by_names and said != by_names:
         state.notes.append(("", f"metadata says framework={said!r} but the key names are {by_names}'s; "

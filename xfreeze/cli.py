@@ -23,14 +23,23 @@ def main(argv=None) -> int:
     try:
         args.run(args)
     except XFreezeError as exc:
-        print(f"xfreeze: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     except BrokenPipeError:  # output piped into `head`
         return 0
-    except (OSError, ImportError) as exc:
-        print(f"xfreeze: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # disk full, read-only file system, permission: one line, never a traceback
+        import errno
+        code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return _fail(f"cannot access{where}: {exc.strerror or exc} ({code})")
+    except (ImportError, MemoryError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc}")
     return 0
+
+
+def _fail(message: str) -> int:
+    from ._checkpoint import plain
+    print(f"xfreeze: error: {plain(' '.join(message.split()))}", file=sys.stderr)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +115,7 @@ def _did_you_mean(name: str, names) -> str:
 def _plan(args) -> None:
     import xfreeze
     from ._backend import adapter_for
+    from ._checkpoint import escape
     from ._table import human_bytes, render
     model = build_model(args.model, args.backend)
     adapter = adapter_for(model)
@@ -120,7 +130,7 @@ def _plan(args) -> None:
     for r in summary.rows:
         size = element[r.name]
         trainable_bytes, frozen_bytes = r.trainable * size, r.frozen * size
-        rows.append([r.name or "(root)", r.type, f"{r.parameters:,}", f"{r.trainable:,}", f"{frozen_bytes:,}",
+        rows.append([escape(r.name or "(root)"), escape(r.type), f"{r.parameters:,}", f"{r.trainable:,}", f"{frozen_bytes:,}",
                      f"{trainable_bytes:,}", f"{trainable_bytes:,}", f"{trainable_bytes * states:,}", r.norm])
         for i, value in enumerate((frozen_bytes, trainable_bytes, trainable_bytes, trainable_bytes * states)):
             totals[i] += value
@@ -146,14 +156,17 @@ def _element_size(adapter, model, path: str) -> int:
 def _inspect(args) -> None:
     from ._checkpoint import describe, load_checkpoint
     from ._table import human_bytes, render
+    from ._checkpoint import escape, plain
     info = describe(load_checkpoint(args.checkpoint))
     shown = info["tensors"] if args.limit == 0 else info["tensors"][: args.limit]
-    rows = [[k, "x".join(map(str, shape)) or "scalar", dtype] for k, shape, dtype in shown]
+    # key names and metadata are data, never markup or terminal escapes
+    rows = [[escape(k), "x".join(map(str, shape)) or "scalar", dtype] for k, shape, dtype in shown]
     footer = [f"format: {info['format']}; framework: {info['framework'] or 'unknown'}; {info['keys']} keys; "
               f"{info['bytes']:,} bytes ({human_bytes(info['bytes'])})"]
     if len(shown) < info["keys"]:
         footer.append(f"... {info['keys'] - len(shown)} more keys (--limit 0 shows all)")
-    print(render(f"xfreeze inspect: {args.checkpoint}", ["key", "shape", "dtype"], rows, footer))
+    footer += [f"note: {plain(note)}" for key, note in info["notes"] if not key]
+    print(render(f"xfreeze inspect: {escape(args.checkpoint)}", ["key", "shape", "dtype"], rows, footer))
 
 
 def _convert(args) -> None:
@@ -172,7 +185,10 @@ def _convert(args) -> None:
         kind = note.split(":")[0].split(" to ")[0].split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
     rows = [[kind, n] for kind, n in sorted(counts.items())]
-    print(render(f"xfreeze convert: {args.input} -> {args.output} ({args.to})", ["what was done", "keys"], rows,
+    from ._checkpoint import escape
+    rows = [[escape(kind), n] for kind, n in rows]
+    print(render(f"xfreeze convert: {escape(args.input)} -> {escape(args.output)} ({args.to})",
+                 ["what was done", "keys"], rows,
                  [f"{len(out)} keys written; unplaced: {len(getattr(out, 'unplaced', []))}"]))
 
 
