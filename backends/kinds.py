@@ -9,7 +9,7 @@ The registry (``REGISTRY``):
     PaddleFormers, timm: Llama, Qwen2/3, Mistral, Mixtral, Gemma/Gemma2, Phi3, GLM, Qwen2-MoE, ...), T5/mT5
     ``T5LayerNorm``, ``DebertaLayerNorm`` (both frameworks), MobileBERT ``NoNorm``, timm ``SimpleNorm``.
   * linear: transformers ``Conv1D`` (GPT-2, OpenAI-GPT, ImageGPT; its weight is ``[in, out]``), PaddleNLP
-    ``Linear3D`` (BigBird; ``[in, out]`` like every Paddle Linear), and torch's ``nn.MultiheadAttention``: its
+    ``Linear3D`` (BigBird; ``[in, out]`` like every Paddle Linear), PaddleNLP ``LlamaLMHead``, and torch's ``nn.MultiheadAttention``: its
     ``in_proj_weight`` / ``in_proj_bias`` (or ``q/k/v_proj_weight``) are the packed query/key/value Linear layers
     ([3E, E], Linear layout), so ``type:linear`` selects them with the attention module (its ``out_proj`` is a
     Linear of its own). Such modules are ``linear`` for selection and conversion but never a head
@@ -40,6 +40,7 @@ REGISTRY = {
     ("paddlenlp.", "DebertaLayerNorm"): "norm",
     ("paddlenlp.", "NoNorm"): "norm",
     ("paddlenlp.", "Linear3D"): "linear",
+    ("paddlenlp.", "LlamaLMHead"): "linear",   # weight [hidden, vocab], Paddle's Linear layout
     ("paddleformers.", "Linear3D"): "linear",
     ("timm.", "SimpleNorm"): "norm",
     ("timm.", "SimpleNorm2d"): "norm",

@@ -14,6 +14,9 @@ from .naming import Naming, ValueRule
 
 ARCH_MAPS = {
     "resnet": [],
+    # transformers LlamaForCausalLM <-> PaddleNLP: same modules, same rotary layout (rotate_half) and q/k order
+    # (PaddleNLP's own _get_name_mappings only transposes); the base model is "llama." instead of "model."
+    "llama": [("model.", "llama.")],
     "ernie": [
         ("embeddings.LayerNorm.", "embeddings.layer_norm."),
         ("encoder.layer.{i}.attention.self.query.", "encoder.layers.{i}.self_attn.q_proj."),
@@ -44,7 +47,8 @@ NAMING = Naming(
     wrapper_prefixes=("_layers.",),
     padding_row="zero_output",
     arch_maps=ARCH_MAPS,
-    key_signals=(r"\._(mean|variance)$", r"(^|\.)encoder\.layers\.\d+\.self_attn\.q_proj\."),
+    key_signals=(r"\._(mean|variance)$", r"(^|\.)encoder\.layers\.\d+\.self_attn\.q_proj\.",
+                 r"^llama\.layers\.\d+\."),
     value_rules=VALUE_RULES,
     arch_differences=(
         (("_conv.weight", "_fc_out.weight", "_out1.weight", "_out2.weight"),

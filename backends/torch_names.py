@@ -29,7 +29,8 @@ NAMING = Naming(
     own_only_leaves=("num_batches_tracked",),
     leaf_aliases={"gamma": "weight", "beta": "bias"},
     alias_modules=("LayerNorm",),
-    key_signals=(r"\.running_(mean|var)$", r"\.num_batches_tracked$", r"(^|\.)attention\.self\.query\."),
+    key_signals=(r"\.running_(mean|var)$", r"\.num_batches_tracked$", r"(^|\.)attention\.self\.query\.",
+                 r"^model\.layers\.\d+\.(self_attn|mlp)\."),  # transformers decoder LMs (PaddleNLP: "llama.")
     value_rules=VALUE_RULES,
     arch_differences=ARCH_DIFFERENCES,
 )
