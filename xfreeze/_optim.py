@@ -219,6 +219,8 @@ def _decay_flags(adapter, model, entries, no_decay) -> dict[str, bool]:
         if not hits and tuple(patterns) != DEFAULT_NO_DECAY:
             _select.resolve(adapter, model, compiled, all_entries)  # raises the no-match error with suggestions
         excluded |= {e.name for e in hits if not compiled[0].negate}
+    from ._kinds import warn_decayed_norms  # never decay an unrecognised norm quietly (issue 11)
+    warn_decayed_norms(adapter, model, excluded)
     return {e.name: e.name not in excluded for e in entries}
 
 
