@@ -25,6 +25,8 @@ class FileFormat:
     reader: str                    # "adapter" (the framework's own safe loader) or "pickle" (xfreeze's restricted one)
     # Paddle's convention: paddle.save writes a bfloat16 tensor as its uint16 bits and reads uint16 back as bfloat16
     uint16_is: str | None = None
+    # declared_bytes(path) -> bytes of tensor data the file declares (checked against its size before loading)
+    declared_bytes: Callable | None = None
 
 
 def _torch_zip(head: bytes, names) -> bool:
@@ -35,13 +37,60 @@ def _torch_legacy(head: bytes, names) -> bool:
     return names is None and head[2:14] == _TORCH_LEGACY_MAGIC
 
 
+_STORAGE_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                  "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16}
+
+
+def _torch_legacy_declared_bytes(path) -> int:
+    """Bytes of storage a legacy torch file declares. torch allocates each declared storage before reading it, so
+    the core refuses a file declaring more than it holds. The pickles are read with inert stand-ins for every
+    global (nothing is imported or called), only to collect the persistent ids ("storage", type, key, device, numel).
+    """
+    import pickle
+
+    class Inert(dict):  # takes items, appends and state like whatever the real object was, and does nothing
+        def __init__(self, name=""):
+            super().__init__()
+            self.name = name
+
+        def __call__(self, *args, **kwargs):
+            return Inert()
+
+        def __setstate__(self, state):
+            pass
+
+        def append(self, item):
+            pass
+
+        def extend(self, items):
+            pass
+
+    declared = {}
+
+    class Scan(pickle.Unpickler):
+        def find_class(self, module, name):
+            return Inert(name)
+
+        def persistent_load(self, pid):
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[4], int):
+                kind = getattr(pid[1], "name", "").replace("Storage", "")
+                declared[str(pid[2])] = max(pid[4], 0) * _STORAGE_BYTES.get(kind, 1)
+            return Inert()
+
+    with open(path, "rb") as f:
+        for _ in range(4):  # magic number, protocol version, system info, then the object with its storages
+            Scan(f).load()
+    return sum(declared.values())
+
+
 def _paddle_pickle(head: bytes, names) -> bool:
     return names is None and not _torch_legacy(head, names)
 
 
 FILE_FORMATS: tuple = (
     FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "zip", _torch_zip, "adapter"),
-    FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "pickle", _torch_legacy, "adapter"),
+    FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "pickle", _torch_legacy, "adapter",
+               declared_bytes=_torch_legacy_declared_bytes),
     FileFormat("paddle", "paddle", (".pdparams",), "pickle", _paddle_pickle, "pickle", uint16_is="bfloat16"),
 )
 

@@ -52,6 +52,24 @@ def _reconstruct_bomb() -> bytes:
     return _pickle({"w": _Reduce(_reconstruct, (np.ndarray, (8 * GiB,), b"b"))}, protocol=2)
 
 
+def _torch_legacy_bomb() -> bytes:
+    # a legacy (pre-1.6) torch file whose storage declares 2**30 floats; built by hand, no torch needed
+    storage = _Reduce(_persistent, ("storage", "Float", "0", "cpu", 2**30))
+    buffer = io.BytesIO()
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj.args if isinstance(obj, _Reduce) and obj.func is _persistent else None
+
+    for obj in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}, {"w": storage}, ["0"]):
+        Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue() + struct.pack("<q", 2) + b"\0" * 8
+
+
+def _persistent():
+    pass
+
+
 def _ndarray_call_bomb() -> bytes:
     return _pickle({"w": _Reduce(np.ndarray, ((8 * GiB,), "b"))}, protocol=2)
 
@@ -119,6 +137,7 @@ def _safetensors(header, data=b"", raw_header=None) -> bytes:
 
 
 CORPUS = {
+    "torch_legacy_bomb.pt": (_torch_legacy_bomb, r"declares 1,073,741,824 bytes of tensor data in a file of"),
     "ndarray_call_bomb.pdparams": (_ndarray_call_bomb, r"calls numpy.ndarray directly"),
     "self_reference.pdparams": (_self_referencing, r"refer to themselves"),
     "self_reference_list.pdparams": (_self_referencing_list, r"not tensors: 'w' \(list\)"),
@@ -165,6 +184,7 @@ CORPUS = {
 }
 # files that declare far more memory than they hold
 BOMBS = (
+    "torch_legacy_bomb.pt",
     "ndarray_call_bomb.pdparams",
     "reconstruct_bomb.pdparams",
     "frombuffer_bomb.pdparams",

@@ -359,6 +359,11 @@ def _read(kind: str, spec, path: Path, size: int):
         return _read_npz(path), {}
     if spec.reader == "pickle":
         return _read_pickle(path, size, spec), {}
+    if spec.declared_bytes is not None:
+        declared = spec.declared_bytes(path)
+        if declared > size:
+            raise XFreezeError(f"it declares {declared:,} bytes of tensor data in a file of {size:,} bytes; refused "
+                               "(a file may not declare more than it holds)")
     return adapter_named(spec.framework).load_file(path), {}
 
 
