@@ -56,7 +56,8 @@ def test_convert_with_an_architecture(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["plan", "resnt18"], "unknown model 'resnt18' for torch: not a torchvision name"),
-    (["plan", "resnet18", "--freeze", "layr4"], "Pattern 'layr4' matched no parameters of ResNet (torch). Did you mean"),
+    (["plan", "resnet18", "--freeze", "layr4"],
+     "Pattern 'layr4' matched no parameters of ResNet (torch). Did you mean"),
     (["plan", "resnet18", "--head", "0"], "num_classes must be an integer >= 1"),
     (["inspect", "/nonexistent/w.pt"], "checkpoint '/nonexistent/w.pt' does not exist"),
     (["convert", "/nonexistent/w.pt", "out.pdparams", "--to", "paddle"], "does not exist"),

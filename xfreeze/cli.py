@@ -130,7 +130,8 @@ def _plan(args) -> None:
     for r in summary.rows:
         size = element[r.name]
         trainable_bytes, frozen_bytes = r.trainable * size, r.frozen * size
-        rows.append([escape(r.name or "(root)"), escape(r.type), f"{r.parameters:,}", f"{r.trainable:,}", f"{frozen_bytes:,}",
+        rows.append([escape(r.name or "(root)"), escape(r.type), f"{r.parameters:,}", f"{r.trainable:,}",
+                     f"{frozen_bytes:,}",
                      f"{trainable_bytes:,}", f"{trainable_bytes:,}", f"{trainable_bytes * states:,}", r.norm])
         for i, value in enumerate((frozen_bytes, trainable_bytes, trainable_bytes, trainable_bytes * states)):
             totals[i] += value
