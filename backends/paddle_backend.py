@@ -518,6 +518,9 @@ class _Distributed:
         if self.world_size() > 1:
             paddle.distributed.barrier()
 
+    def sharding(self, model):
+        return None  # Paddle's sharded training (fleet group_sharded) is not covered yet
+
     def is_sharded(self, model) -> bool:
         return False
 

@@ -430,10 +430,16 @@ class _Distributed:
         if self.world_size() > 1:
             torch.distributed.barrier()
 
+    def sharding(self, model):
+        """"fsdp1" (FullyShardedDataParallel anywhere in the model), "fsdp2" (fully_shard), or None."""
+        fsdp = torch.distributed.fsdp
+        if any(isinstance(m, fsdp.FullyShardedDataParallel) for m in model.modules()):
+            return "fsdp1"
+        fsdp2 = getattr(fsdp, "FSDPModule", None)
+        return "fsdp2" if fsdp2 is not None and any(isinstance(m, fsdp2) for m in model.modules()) else None
+
     def is_sharded(self, model) -> bool:
-        """FSDP1 or FSDP2 anywhere in the model: its state lives in shards."""
-        return any(type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP"))
-                   for m in model.modules())
+        return self.sharding(model) is not None
 
     def full_state(self, model) -> dict:
         """The whole model's state as CPU tensors under plain names: DTensor / FSDP shards are gathered (every rank

@@ -238,6 +238,14 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     out["full"] = {k: v.detach().cpu().numpy().copy() for k, v in full.items()}
     if ema is not None:
         out["ema"] = {k: v.detach().cpu().numpy().copy() for k, v in ema.state_dict()["shadow"].items()}
+    source = {k: torch.full_like(v, 0.5) for k, v in torch_cnn().state_dict().items() if v.is_floating_point()}
+    bad = dict(source, **{"4.weight": torch.zeros(7, 6)})  # a wrong shape: strict refuses before any write
+    out["strict"] = _safe(lambda: xfreeze.load_matched(model, bad, strict=True))
+    out["after_strict"] = {k: v.detach().cpu().numpy().copy()
+                           for k, v in get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)).items()}
+    out["loaded"] = sorted(xfreeze.load_matched(model, source).loaded)
+    out["after_load"] = {k: v.detach().cpu().numpy().copy()
+                         for k, v in get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)).items()}
     return out
 
 
@@ -328,3 +336,36 @@ def paddle_refusals(rank: int) -> dict:
     xfreeze.freeze(other, "0" if rank == 0 else "1")
     out["disagree"] = _error(lambda: check_freeze_agreement(other))
     return out
+
+
+def torch_fsdp1(rank: int, path: str) -> dict:
+    """FSDP1 (use_orig_params=True) on CPU: patterns see plain names, freeze before wrapping, summary, rank-0 save,
+    load_matched into the sharded model."""
+    import torch
+    import xfreeze
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    model = torch_cnn()
+    xfreeze.freeze(model, "0")
+    fsdp = FSDP(model, use_orig_params=True, device_id=torch.device("cpu"))
+    out = {"select": _safe(lambda: xfreeze.select(fsdp, "1.0.*")),
+           "summary": _safe(lambda: xfreeze.summary(fsdp, print_table=False).counts.trainable)}
+    opt = torch.optim.SGD([p for p in fsdp.parameters() if p.requires_grad], lr=0.1)
+    _torch_steps(lambda: fsdp, opt, rank, range(2))
+    out["save"] = _safe(lambda: str(xfreeze.save_checkpoint(fsdp, path, rank=0)))
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    def full():
+        state = get_model_state_dict(fsdp, options=StateDictOptions(full_state_dict=True))
+        return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
+    out["full"] = full()
+    source = {k: torch.full_like(v, 0.5) for k, v in torch_cnn().state_dict().items()}
+    out["load"] = _safe(lambda: sorted(xfreeze.load_matched(fsdp, source).loaded)[:3])
+    out["after_load"] = full()
+    return out
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:400]

@@ -198,6 +198,23 @@ def save_on_rank(obj, rank: int, write):
         adapter.barrier()
 
 
+def load_tensors(adapter, model, targets: dict, plan: dict) -> None:
+    """The write step of ``load_matched``, after every value was validated: plain models copy in place; an FSDP2
+    model (validated against the DTensors' global shapes) loads through torch.distributed.checkpoint's
+    ``set_model_state_dict`` so that every rank keeps its own shard (every rank must call it); FSDP1 is refused
+    (its tensors are flat local shards: shapes cannot be validated) before anything is written."""
+    sharding = adapter.sharding(model)
+    if sharding is None:
+        adapter.load_tensors([targets[k] for k in plan], list(plan.values()))
+    elif sharding == "fsdp2":
+        adapter.load_full_state(model, dict(plan))
+    else:
+        raise XFreezeError(f"load_matched into a {sharding.upper()}-sharded {type(model).__name__} refused: each "
+                           "rank holds flat shards, so names and shapes cannot be checked; nothing was changed. "
+                           "Fixes: call load_matched on the model before wrapping it in FullyShardedDataParallel, or "
+                           "use fully_shard (FSDP2), which load_matched supports")
+
+
 def _adapter_of(obj):
     from ._backend import adapter_for, adapter_named, tensor_backend
     from .backends import ADAPTERS

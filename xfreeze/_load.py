@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _select, _tensors
+from . import _distributed, _select, _tensors
 from ._backend import adapter_for
 from ._checkpoint import StateDict, as_state_dict, load_checkpoint
 from ._convert import convert
@@ -122,7 +122,7 @@ def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, a
     if not plan and not allow_empty:
         raise XFreezeError(f"loaded 0 of {len(targets)} keys into {report.model}: the source looks like another "
                            f"model (pass allow_empty=True if that is intended); nothing was changed.\n{report}")
-    adapter.load_tensors([targets[k] for k in plan], list(plan.values()))
+    _distributed.load_tensors(adapter, model, targets, plan)  # FSDP2: set_model_state_dict; FSDP1: refused
     return report
 
 
