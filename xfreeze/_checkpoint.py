@@ -219,7 +219,8 @@ def as_state_dict(data, *, framework=None, format=None, what="the state dict") -
     """
     if framework is not None:
         check_choice("framework", framework, tuple(ADAPTERS))
-    notes, seen = [], set()
+    notes: list = []
+    seen: set = set()
     while isinstance(data, dict) and not _all_tensors(data):
         if id(data) in seen or len(seen) >= MAX_DEPTH:
             raise XFreezeError(f"{what} holds containers that refer to themselves (or nest deeper than "
@@ -295,15 +296,15 @@ def _safetensors_check(path: Path, head: bytes):
         return None, f"its safetensors header is not valid JSON ({type(exc).__name__})"
     if not isinstance(header, dict):
         return None, "its safetensors header is not a JSON object"
-    problem = []
+    problem: list = []
     if _safetensors_layout(header, size - 8 - n, problem) is None:
         return None, f"its safetensors header is forged or damaged: {problem[0] if problem else 'bad entries'}"
     return header, None
 
 
-def _safetensors_layout(header: dict, data_len: int, problem: list | None = None):
+def _safetensors_layout(header: dict, data_len: int, problem_out: list | None = None):
     """``{key: (dtype, shape, start, end)}`` when every entry is valid and the offsets tile the data exactly."""
-    problem = [] if problem is None else problem
+    problem: list = [] if problem_out is None else problem_out
     out, spans = {}, []
     for key, entry in header.items():
         if key == "__metadata__":

@@ -187,16 +187,19 @@ def _hash(value, key: str) -> str:
     raw = _tensors.to_raw(value, key)
     digest = hashlib.sha256(f"{raw.dtype}{list(raw.shape)}".encode())
     bits = raw.bits.astype(raw.bits.dtype.newbyteorder("<"), copy=False)
-    digest.update(memoryview(bits.reshape(-1).view("u1") if bits.size else bits.tobytes()))
+    digest.update(bits.reshape(-1).view("u1").data if bits.size else b"")
     return digest.hexdigest()
 
 
 def _parts(adapter, model) -> dict:
     """State keys split into trainable, frozen (frozen parameters + locked statistics) and delta (what is saved)."""
-    key_of = {}
+    key_of: dict = {}
     for key, tensor in adapter.state_tensors(model).items():
         key_of.setdefault(id(tensor), key)
-    trainable, frozen, locked, taken = [], [], [], set()
+    trainable: list = []
+    frozen: list = []
+    locked: list = []
+    taken: set = set()
     for _, module in adapter.named_modules(model):
         for _, param in adapter.direct_parameters(module):
             key = key_of.get(id(param))

@@ -181,7 +181,7 @@ def _convert(args) -> None:
     arch = "resnet" if args.arch and args.arch.startswith("resnet") else None
     out = convert(state, to=args.to, model=model, arch=arch)
     save_checkpoint(out, args.output)
-    counts = {}
+    counts: dict = {}
     for _, note in out.notes:
         kind = note.split(":")[0].split(" to ")[0].split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
