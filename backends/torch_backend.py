@@ -358,6 +358,7 @@ ADAPTER = TorchAdapter()
 
 # --- distributed (issue 10: DDP / FSDP / torch.compile wrappers, ranks, collectives) --------------------------------
 import gc as _gc  # noqa: E402
+import sys  # noqa: E402
 
 
 class _Distributed:
@@ -432,7 +433,9 @@ class _Distributed:
 
     def sharding(self, model):
         """"fsdp1" (FullyShardedDataParallel anywhere in the model), "fsdp2" (fully_shard), or None."""
-        fsdp = torch.distributed.fsdp
+        fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: no model can be sharded by it
+        if fsdp is None:
+            return None
         if any(isinstance(m, fsdp.FullyShardedDataParallel) for m in model.modules()):
             return "fsdp1"
         fsdp2 = getattr(fsdp, "FSDPModule", None)
