@@ -71,3 +71,14 @@ def test_the_corpus_script_runs_standalone(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(HERE, "hostile_files.py"), str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and len(os.listdir(tmp_path)) == len(hostile_files.CORPUS)
+
+
+@pytest.mark.xfail(reason="xfreeze/_table.render (the lead's) passes cells to rich as markup: it should call "
+                          "xfreeze._checkpoint.escape on every cell and the title", strict=False)
+def test_load_matched_reports_print_hostile_keys_as_data(fw):
+    m = fw.build(Spec("mlp", (2,)))
+    name = next(iter(m.state_dict()))
+    state = {k: v for k, v in m.state_dict().items()}
+    state["[/x]"], state["\x1b[31mred"] = state[name], state[name]
+    text = str(xfreeze.load_matched(m, state))
+    assert "[/x]" in text and "\x1b" not in text

@@ -124,3 +124,11 @@ def test_disk_full_is_one_line_with_exit_2(tmp_path):
     assert last.startswith("xfreeze: error: cannot write") and "EFBIG" in last
     assert result.stderr.count("xfreeze: error") == 1 and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
+
+
+def test_inspect_a_bf16_checkpoint(capsys, tmp_path):
+    import torch
+    path = xfreeze.save_checkpoint({"w": torch.ones(2, 3, dtype=torch.bfloat16)}, tmp_path / "w.safetensors")
+    code, out, err = run(capsys, "inspect", str(path))
+    assert code == 0, err
+    assert "bfloat16" in out and "1 keys; 12 bytes" in out
