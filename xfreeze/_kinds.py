@@ -29,5 +29,6 @@ def warn_decayed_norms(adapter, model, excluded: set) -> None:
         shown = ", ".join(decayed[:6]) + (f" and {len(decayed) - 6} more" if len(decayed) > 6 else "")
         warnings.warn(f"no_decay: {len(decayed)} parameters of {view.label} look like norm weights that no kind "
                       f"recognises ({shown}); they get weight decay.\nHINT: add them to no_decay, e.g. "
-                      f"no_decay=(\"*.bias\", \"type:norm\", \"{decayed[0]}\"), or use \"type:<ClassName>\".",
+                      f"no_decay=(\"*.bias\", \"{decayed[0]}\") (keep \"type:norm\" if the model has recognised "
+                      f"norms), or a \"type:{{ClassName}}\" pattern.",
                       UserWarning, stacklevel=4)
