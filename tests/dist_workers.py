@@ -47,11 +47,11 @@ def _error(fn) -> str | None:
 
 # --- torch ----------------------------------------------------------------------------------------------------------
 
-def launch_torch(body, out, world: int = 2, **kwargs) -> list:
+def launch_torch(body, out, world: int = 2, backend: str = "gloo", **kwargs) -> list:
     import torch.multiprocessing as mp
     port = free_port()
-    ctx = mp.start_processes(_torch_entry, args=(world, port, body, str(out), kwargs), nprocs=world, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(_torch_entry, args=(world, port, body, str(out), kwargs, backend), nprocs=world,
+                             join=False, start_method="spawn")
     _join(ctx, [p for p in ctx.processes])
     return results(out, world)
 
@@ -68,14 +68,16 @@ def _join(ctx, processes) -> None:
                 p.kill()
 
 
-def _torch_entry(rank, world, port, body, out, kwargs):
+def _torch_entry(rank, world, port, body, out, kwargs, backend="gloo"):
     import datetime
 
     import torch
     import torch.distributed as dist
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         _save(out, rank, body(rank, **kwargs))
     except Exception:
@@ -369,3 +371,33 @@ def _safe(fn):
         return fn()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"[:400]
+
+
+def torch_gpu(rank: int) -> dict:
+    """One GPU, NCCL, world size 1: DDP with a rewrap boundary, then FSDP2 with a stage after sharding."""
+    import torch
+    import xfreeze
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    out = {}
+    for kind in ("ddp", "fsdp2"):
+        model = torch_cnn().cuda()
+        xfreeze.freeze(model, "0", "1")
+        start = model[1][0].weight.detach().clone()
+        if kind == "fsdp2":
+            fully_shard(model)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        live = DDP(model) if kind == "ddp" else model
+        staged = xfreeze.StagedUnfreeze(live, opt, [xfreeze.Stage(1, unfreeze=["1"])], unit="step",
+                                        rewrap=(lambda m: DDP(m)) if kind == "ddp" else None)
+        for step in range(3):
+            staged.step(step)
+            x = torch.randn(4, 3, 6, 6, device="cuda")
+            loss = staged.wrapped(x).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        weight = model[1][0].weight
+        weight = weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+        out[kind] = not torch.equal(start, weight.detach())
+    return out

@@ -126,3 +126,11 @@ def test_fsdp1_use_orig_params_names_save_and_refused_load(tmp_path):
         assert same_bits(r["full"], r["after_load"])
     if r0["summary"] != r1["summary"]:  # summary reads local flat shards: the lead's summary needs local_numel
         pytest.xfail(f"summary under FSDP1 differs per rank: trainable {r0['summary']} vs {r1['summary']}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch.distributed.is_nccl_available(),
+                    reason="needs a CUDA GPU and NCCL")
+def test_ddp_and_fsdp2_stage_change_on_one_gpu_nccl(tmp_path):
+    (r,) = W.launch_torch(W.torch_gpu, tmp_path, world=1, backend="nccl")
+    assert r == {"ddp": True, "fsdp2": True}  # the block unfrozen after wrapping / sharding trains
