@@ -120,3 +120,25 @@ def test_not_a_delta(fw, tmp_path):
     with pytest.raises(XFreezeError, match="a fingerprint is the dict"):
         xfreeze.verify_frozen(m, {"x": 1})
     assert state_hash(m) == before
+
+
+def test_live_norm_statistics_travel_and_the_norm_plan_is_applied(fw, tmp_path):
+    from xfreeze._backend import adapter_for
+    head = head_name(fw)
+    m = fw.build(CNN)
+    fw.load(m, random_state(CNN, "float32", 0))
+    xfreeze.freeze(m, "*", f"!{head}", norm="train")  # norm layers stay trainable: their statistics are live
+    path = xfreeze.save_delta(m, tmp_path / "d.safetensors")
+    delta = xfreeze.load_checkpoint(path)
+    stats = [k for k in delta if k.startswith("1.") and not k.endswith(("weight", "bias", "num_batches_tracked"))]
+    assert len(stats) == 2  # running mean and variance of the first norm layer, in the framework's own names
+    fresh = fw.build(CNN)
+    fw.load(fresh, random_state(CNN, "float32", 0))
+    xfreeze.freeze(fresh, "*")  # every norm locked: the plan must release them
+    adapter = adapter_for(fresh)
+    modules = dict(adapter.named_modules(fresh))
+    assert adapter.is_norm_locked(modules["1"])
+    report = xfreeze.load_delta(fresh, path)
+    assert not adapter.is_norm_locked(modules["1"]) and not report.locked_norms
+    assert "1.weight" in report.trainable
+    assert all(same_bits(a, b) for a, b in zip(m.state_dict().values(), fresh.state_dict().values()))

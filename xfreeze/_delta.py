@@ -208,10 +208,10 @@ def _parts(adapter, model) -> dict:
             taken.add(key)
             (trainable if adapter.is_trainable(param) else frozen).append(key)
         stats = [key_of.get(id(t)) for _, t in adapter.norm_statistics(module)]
-        if stats and adapter.is_norm_locked(module):
+        if stats and adapter.is_norm_locked(module):  # locked statistics are frozen; live ones go in the delta
             frozen += [k for k in stats if k is not None]
             locked.append(stats[0])
-        taken |= set(stats)
+            taken |= set(stats)
     state = adapter.state_tensors(model)
     live = [k for k in state if k not in taken]  # unlocked statistics and other buffers
     return {"trainable": trainable, "frozen": frozen, "locked": locked, "delta": trainable + live}
@@ -276,7 +276,7 @@ def _apply_plan(xfreeze, adapter, model, trainable: list, locked: set) -> None:
     xfreeze.freeze(model, "*")
     if trainable:
         xfreeze.unfreeze(model, *[f"re:{re.escape(n)}" for n in trainable])
-    training = getattr(model, "training", True)
+    training = adapter.module_training(model)
     for path, module in adapter.named_modules(model):
         if not adapter.norm_statistics(module):
             continue
