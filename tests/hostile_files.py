@@ -127,6 +127,14 @@ def _truncated_zip() -> bytes:
     return data[: len(data) - 30]
 
 
+def _zip_size_bomb() -> bytes:
+    # a stored member whose central directory entry claims 4 GiB uncompressed
+    data = bytearray(_zip({"archive/data.pkl": b"\x80\x02}q\x00.", "archive/data/0": b"\0" * 8}))
+    central = data.rfind(b"PK\x01\x02")  # the last central directory entry: archive/data/0
+    data[central + 24 : central + 28] = struct.pack("<I", 2**32 - 1)
+    return bytes(data)
+
+
 def _torch_zip_without_data() -> bytes:
     return _zip({"archive/version": b"3\n"})
 
@@ -137,6 +145,7 @@ def _safetensors(header, data=b"", raw_header=None) -> bytes:
 
 
 CORPUS = {
+    "zip_size_bomb.pt": (_zip_size_bomb, r"zip member 'archive/data/0' declares 4,294,967,295 bytes"),
     "torch_legacy_bomb.pt": (_torch_legacy_bomb, r"declares 1,073,741,824 bytes of tensor data in a file of"),
     "ndarray_call_bomb.pdparams": (_ndarray_call_bomb, r"calls numpy.ndarray directly"),
     "self_reference.pdparams": (_self_referencing, r"refer to themselves"),
@@ -184,6 +193,7 @@ CORPUS = {
 }
 # files that declare far more memory than they hold
 BOMBS = (
+    "zip_size_bomb.pt",
     "torch_legacy_bomb.pt",
     "ndarray_call_bomb.pdparams",
     "reconstruct_bomb.pdparams",

@@ -342,13 +342,22 @@ def _safetensors_layout(header: dict, data_len: int, problem_out: list | None = 
 def _zip_names(path: Path, what: str) -> list:
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
+            infos = archive.infolist()
     except UnicodeDecodeError:
         raise XFreezeError(f"{what} is a zip archive whose member names do not decode (not UTF-8 where the "
                            "archive says so): corrupt") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise XFreezeError(f"{what} is truncated or corrupt: an incomplete zip archive (torch .pt or .npz): "
                            f"{exc}") from None
+    size = path.stat().st_size
+    for info in infos:  # a reader allocates what a member declares: bound it by the archive's bytes
+        stored = info.compress_type == zipfile.ZIP_STORED
+        limit = info.compress_size if stored else DEFLATE_RATIO * max(info.compress_size, 1)
+        if info.file_size > limit or info.header_offset + info.compress_size > size:
+            raise XFreezeError(f"{what}: zip member {plain(info.filename)!r} declares {info.file_size:,} bytes "
+                               f"({info.compress_size:,} stored) in an archive of {size:,} bytes; refused (a file "
+                               "may not declare more than it holds)")
+    return [info.filename for info in infos]
 
 
 # --- readers ------------------------------------------------------------------------------------------------
