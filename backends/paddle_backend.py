@@ -158,7 +158,7 @@ class PaddleAdapter(Adapter):
     def to_raw(self, tensor):
         from .._tensors import Raw
         name = self.tensor_dtype(tensor)
-        bits = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        bits = np.require(tensor.detach().cpu().numpy(), requirements="C")  # ascontiguousarray makes 0-d 1-d
         if name in _BIT_CARRIERS:
             bits = bits.view(_BIT_CARRIERS[name])
         return Raw(bits, name)

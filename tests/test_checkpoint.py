@@ -153,10 +153,10 @@ KEYS = st.text(min_size=1, max_size=1000).filter(lambda k: k != "__metadata__" a
 SHAPES = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)
 
 
-@settings(max_examples=15, deadline=None)
-@given(items=st.dictionaries(KEYS, st.tuples(st.sampled_from(DTYPES), SHAPES), min_size=1, max_size=4),
-       suffix=st.sampled_from([".pt", ".pdparams", ".safetensors", ".npz"]))
-def test_property_load_of_save_is_the_identity(tmp_path_factory, items, suffix):
+@pytest.mark.parametrize("suffix", [".pt", ".pdparams", ".safetensors", ".npz"])
+@settings(max_examples=12, deadline=None)
+@given(items=st.dictionaries(KEYS, st.tuples(st.sampled_from(DTYPES), SHAPES), min_size=1, max_size=4))
+def test_property_load_of_save_is_the_identity(tmp_path_factory, suffix, items):
     state = {k: tensor(d, shape, seed=i) for i, (k, (d, shape)) in enumerate(items.items())}
     if suffix == ".npz":
         state = {k: v for k, v in state.items() if items[k][0] not in NUMPY_LACKS} or {"x": tensor("int8")}
