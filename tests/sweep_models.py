@@ -108,7 +108,8 @@ def hf_case(family: str) -> Case:
                                                                  num_labels=NUM_CLASSES, pad_token_id=0))
         elif family == "t5":
             model = T.T5ForSequenceClassification(T.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                                             num_heads=2, num_labels=NUM_CLASSES, eos_token_id=1))
+                                                             num_heads=2, num_labels=NUM_CLASSES, eos_token_id=1,
+                                                             pad_token_id=0, decoder_start_token_id=0))
             ids = {"input_ids": torch.from_numpy(_ids(eos=1))}
         elif family == "bart":
             model = T.BartForSequenceClassification(T.BartConfig(
