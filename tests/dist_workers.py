@@ -189,7 +189,6 @@ def torch_sync_bn(rank: int) -> dict:
 
 
 def torch_save_rank0(rank: int, path: str) -> dict:
-    import torch
     import xfreeze
     from torch.nn.parallel import DistributedDataParallel as DDP
     model = torch_cnn(seed=rank)  # different weights per rank: DDP broadcasts rank 0's
@@ -243,11 +242,12 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     source = {k: torch.full_like(v, 0.5) for k, v in torch_cnn().state_dict().items() if v.is_floating_point()}
     bad = dict(source, **{"4.weight": torch.zeros(7, 6)})  # a wrong shape: strict refuses before any write
     out["strict"] = _safe(lambda: xfreeze.load_matched(model, bad, strict=True))
+    options = StateDictOptions(full_state_dict=True)
     out["after_strict"] = {k: v.detach().cpu().numpy().copy()
-                           for k, v in get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)).items()}
+                           for k, v in get_model_state_dict(model, options=options).items()}
     out["loaded"] = sorted(xfreeze.load_matched(model, source).loaded)
     out["after_load"] = {k: v.detach().cpu().numpy().copy()
-                         for k, v in get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)).items()}
+                         for k, v in get_model_state_dict(model, options=options).items()}
     return out
 
 

@@ -60,7 +60,8 @@ def guard_trainability_change(view, to_trainable: list[str], to_frozen: list[str
     raise XFreezeError(f"freeze of {len(to_frozen)} parameters ({_sample(to_frozen)}) of {_name(adapter, model)} "
                        f"refused: the model is wrapped in {wrapper}, which registered them and would wait for "
                        f"gradients that never come (torch: 'Expected to have finished reduction'; Paddle: "
-                       f"PreconditionNotMet), after one step on which the ranks diverge. Nothing was changed. " + _FIXES)
+                       f"PreconditionNotMet), after one step on which the ranks diverge. Nothing was changed. "
+                       + _FIXES)
 
 
 def check_freeze_agreement(model, *, backend: str | None = None) -> None:

@@ -87,7 +87,7 @@ class StagedUnfreeze:
         self.model, self.unit = model, unit
         self.stages = list(stages)
         self._validate()
-        _distributed.attach(self, rewrap)  # DDP / DataParallel: self.model is the plain model, self.wrapped the live one
+        _distributed.attach(self, rewrap)  # under DDP / DataParallel: self.model plain, self.wrapped the live wrapper
         self.optimizer, self.scheduler, self.config = None, None, None
         if optimizer is not None:
             self._check_scheduler(scheduler)
