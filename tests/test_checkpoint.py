@@ -153,11 +153,12 @@ KEYS = st.text(min_size=1, max_size=1000).filter(lambda k: k != "__metadata__" a
 SHAPES = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)
 
 
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
 @pytest.mark.parametrize("suffix", [".pt", ".pdparams", ".safetensors", ".npz"])
 @settings(max_examples=12, deadline=None)
 @given(items=st.dictionaries(KEYS, st.tuples(st.sampled_from(DTYPES), SHAPES), min_size=1, max_size=4))
-def test_property_load_of_save_is_the_identity(tmp_path_factory, suffix, items):
-    state = {k: tensor(d, shape, seed=i) for i, (k, (d, shape)) in enumerate(items.items())}
+def test_property_load_of_save_is_the_identity(tmp_path_factory, backend, suffix, items):
+    state = {k: to_backend(tensor(d, shape, seed=i), backend, k) for i, (k, (d, shape)) in enumerate(items.items())}
     if suffix == ".npz":
         state = {k: v for k, v in state.items() if items[k][0] not in NUMPY_LACKS} or {"x": tensor("int8")}
     path = xfreeze.save_checkpoint(state, tmp_path_factory.mktemp("p") / f"w{suffix}")
