@@ -299,3 +299,24 @@ def test_save_errors(tmp_path):
     with pytest.raises(XFreezeError, match=r"value of 'lr' is a float"):
         xfreeze.save_checkpoint({"lr": 0.1}, tmp_path / "w.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_saves_to_one_path_from_threads_each_write_a_whole_file(tmp_path):
+    import threading
+    path = tmp_path / "w.safetensors"
+    errors = []
+
+    def save(i):
+        try:
+            xfreeze.save_checkpoint({"w": np.full(20000, i, "float32")}, path)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    values = xfreeze.load_checkpoint(path)["w"]
+    assert len(set(values.tolist())) == 1  # one save's whole file, never a mix
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]

@@ -16,8 +16,8 @@ Guarantees (the README's weights section states them for users):
     holds the dtype, and a framework tensor for bfloat16 / float8 (the file's framework if installed, else any
     installed one). Every format keeps float64/32/16, bfloat16, float8, int, uint8 and bool bits exactly, except npz,
     which refuses bfloat16/float8 with an error naming the tensor (numpy has no such dtype).
-  * **Saving is atomic**: a temporary ``.<name>.xfreeze-<pid>.tmp`` beside the target, fsync, rename. A killed save
-    leaves at most that temporary file, which the next save to the same path removes (when process <pid> is gone).
+  * **Saving is atomic**: a temporary ``.<name>.xfreeze-<pid>-<random>.tmp`` beside the target, fsync, rename. A
+    killed save leaves at most that temporary file, which the next save to the same path removes (when process <pid> is gone).
     The file gets the mode a plain ``open()`` would give (an existing file keeps its mode; a new one 0o666 & ~umask).
     Saving to a symlink writes through to its target; the link stays. A full disk, a read-only file system or a
     permission error is one ``XFreezeError`` naming the path; the previous file is intact.
@@ -129,7 +129,7 @@ def save_checkpoint(obj, path, *, format: str | None = None, rank: int | None = 
 
     Dtypes are kept bit for bit (bfloat16 and float8 included; npz refuses them, naming the tensor). The file gets
     the mode a plain ``open()`` would give; a symlink is written through (its target is replaced, the link stays);
-    a killed save leaves only ``.<name>.xfreeze-<pid>.tmp``, removed by the next save to the same path.
+    a killed save leaves only ``.<name>.xfreeze-<pid>-<random>.tmp``, removed by the next save to the same path.
 
     Args:
         obj: a ``{name: tensor}`` mapping (string keys), or a torch / Paddle model (its ``state_dict()``).
@@ -648,7 +648,7 @@ def _write_npz(arrays: dict, f) -> None:
 
 def _atomic_write(target: Path, write) -> None:
     _remove_stale_temps(target)
-    tmp = target.parent / f".{target.name}.xfreeze-{os.getpid()}.tmp"
+    tmp = target.parent / f".{target.name}.xfreeze-{os.getpid()}-{os.urandom(4).hex()}.tmp"  # threads: distinct
     existing = target.stat().st_mode & 0o7777 if target.exists() else None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies, as for open()
     try:
@@ -671,7 +671,7 @@ def _atomic_write(target: Path, write) -> None:
 
 def _remove_stale_temps(target: Path) -> None:
     """Temporary files of earlier saves to ``target`` whose process is gone (killed mid-save)."""
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.xfreeze-(\d+)\.tmp$")
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.xfreeze-(\d+)-[0-9a-f]{{8}}\.tmp$")
     try:
         names = os.listdir(target.parent)
     except OSError:
@@ -684,7 +684,7 @@ def _remove_stale_temps(target: Path) -> None:
 
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
-        return False  # our own earlier, interrupted save
+        return True  # another thread's save in progress (our own failed saves remove their file)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
