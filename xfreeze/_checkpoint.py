@@ -17,7 +17,8 @@ Guarantees (the README's weights section states them for users):
     installed one). Every format keeps float64/32/16, bfloat16, float8, int, uint8 and bool bits exactly, except npz,
     which refuses bfloat16/float8 with an error naming the tensor (numpy has no such dtype).
   * **Saving is atomic**: a temporary ``.<name>.xfreeze-<pid>-<random>.tmp`` beside the target, fsync, rename. A
-    killed save leaves at most that temporary file, which the next save to the same path removes (when process <pid> is gone).
+    killed save leaves at most that temporary file, which the next save to the same path removes (when process
+    <pid> is gone).
     The file gets the mode a plain ``open()`` would give (an existing file keeps its mode; a new one 0o666 & ~umask).
     Saving to a symlink writes through to its target; the link stays. A full disk, a read-only file system or a
     permission error is one ``XFreezeError`` naming the path; the previous file is intact.
