@@ -239,6 +239,7 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     out["full"] = {k: v.detach().cpu().numpy().copy() for k, v in full.items()}
     if ema is not None:
         out["ema"] = {k: v.detach().cpu().numpy().copy() for k, v in ema.state_dict()["shadow"].items()}
+    out["ema_before"] = _safe(lambda: _ema_before_sharding(rank))
     source = {k: torch.full_like(v, 0.5) for k, v in torch_cnn().state_dict().items() if v.is_floating_point()}
     bad = dict(source, **{"4.weight": torch.zeros(7, 6)})  # a wrong shape: strict refuses before any write
     out["strict"] = _safe(lambda: xfreeze.load_matched(model, bad, strict=True))
@@ -249,6 +250,28 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     out["after_load"] = {k: v.detach().cpu().numpy().copy()
                          for k, v in get_model_state_dict(model, options=options).items()}
     return out
+
+
+def _ema_before_sharding(rank: int) -> str:
+    """EMA built on the plain model, then fully_shard, then updates: the shadow must follow the (sharded) model."""
+    import torch
+    import xfreeze
+    from torch.distributed.fsdp import fully_shard
+    model = torch_cnn()
+    xfreeze.freeze(model, "0")
+    ema = xfreeze.EMA(model, decay=0.9)
+    fully_shard(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    _torch_steps(lambda: model, opt, rank, range(2))
+    before = ema.state_dict()["shadow"]["4.weight"]
+    before = before.full_tensor() if hasattr(before, "full_tensor") else before
+    ema.update()
+    shadow = ema.state_dict()["shadow"]["4.weight"]
+    shadow = shadow.full_tensor() if hasattr(shadow, "full_tensor") else shadow
+    weight = model[4].weight.full_tensor()
+    expected = before + 0.1 * (weight - before)  # decay 0.9 (warm-up may lower it: compare direction only)
+    return {"shadow": shadow.detach().numpy().copy(), "moved": bool((shadow != before).any()),
+            "toward": bool(((shadow - before) * (expected - before) >= 0).all())}
 
 
 # --- Paddle ---------------------------------------------------------------------------------------------------------

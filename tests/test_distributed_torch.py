@@ -85,8 +85,16 @@ def test_fsdp2_freeze_before_sharding_staged_unfreeze_and_rank0_save(tmp_path):
         assert "strict load" in r["strict"] and same_bits(r["full"], r["after_strict"])
         assert r["loaded"] == r0["loaded"] and "4.weight" in r["loaded"]
         assert all((v == 0.5).all() for k, v in r["after_load"].items() if "num_batches" not in k)
-    if "ema_error" in r0:  # EMA is the lead's (issue 8 moves it to foreach lerp on native tensors)
-        pytest.xfail(f"xfreeze.EMA built after fully_shard: {r0['ema_error']}")
+    # EMA is the lead's (issue 8 moves it to foreach lerp on native tensors); what fails today is reported here
+    ema_problems = []
+    if not (isinstance(r0["ema_before"], dict) and r0["ema_before"]["moved"]):
+        ema_problems.append("EMA built before fully_shard does not follow the sharded parameters (its shadow stays "
+                            "put: it still tracks the tensors fully_shard replaced)")
+    if "ema_error" in r0:
+        ema_problems.append(f"EMA built after fully_shard: {r0['ema_error']}")
+    if ema_problems:
+        pytest.xfail("; ".join(ema_problems))
+    assert np.array_equal(r0["ema_before"]["shadow"], r1["ema_before"]["shadow"]) and r0["ema_before"]["toward"]
     assert same_bits(r0["ema"], r1["ema"])
 
 
