@@ -27,6 +27,7 @@ class FileFormat:
     uint16_is: str | None = None
     # declared_bytes(path) -> bytes of tensor data the file declares (checked against its size before loading)
     declared_bytes: Callable | None = None
+    pickles: int = 1  # consecutive pickles at the start of a "pickle" container (checked opcode by opcode)
 
 
 def _torch_zip(head: bytes, names) -> bool:
@@ -90,7 +91,7 @@ def _paddle_pickle(head: bytes, names) -> bool:
 FILE_FORMATS: tuple = (
     FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "zip", _torch_zip, "adapter"),
     FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "pickle", _torch_legacy, "adapter",
-               declared_bytes=_torch_legacy_declared_bytes),
+               declared_bytes=_torch_legacy_declared_bytes, pickles=4),
     FileFormat("paddle", "paddle", (".pdparams",), "pickle", _paddle_pickle, "pickle", uint16_is="bfloat16"),
 )
 

@@ -145,6 +145,10 @@ def _safetensors(header, data=b"", raw_header=None) -> bytes:
 
 
 CORPUS = {
+    "memo_bomb.pdparams": (
+        lambda: b"\x80\x02}r" + struct.pack("<I", 2**31) + b".",
+        r"memo index 2,147,483,648 is beyond",
+    ),
     "zip_size_bomb.pt": (_zip_size_bomb, r"zip member 'archive/data/0' declares 4,294,967,295 bytes"),
     "torch_legacy_bomb.pt": (_torch_legacy_bomb, r"declares 1,073,741,824 bytes of tensor data in a file of"),
     "ndarray_call_bomb.pdparams": (_ndarray_call_bomb, r"calls numpy.ndarray directly"),
@@ -193,6 +197,7 @@ CORPUS = {
 }
 # files that declare far more memory than they hold
 BOMBS = (
+    "memo_bomb.pdparams",
     "zip_size_bomb.pt",
     "torch_legacy_bomb.pt",
     "ndarray_call_bomb.pdparams",

@@ -65,6 +65,8 @@ class StateDict(dict):
         format: the file format it was read from (``"torch"``, ``"paddle"``, ``"safetensors"``, ``"npz"``) or None.
         notes: what was done to it on the way (unwrapping, conversion, ignored metadata), as ``(key, note)`` pairs;
             notes about the whole file have the key ``""``.
+        metadata: what a safetensors file says of itself (its ``__metadata__``, verbatim; never trusted over the
+            file's structure); empty for other formats.
     """
 
     def __init__(self, *args, framework=None, format=None, notes=None, **kwargs):
@@ -370,6 +372,9 @@ def _read(kind: str, spec, path: Path, size: int):
         return _read_npz(path), {}
     if spec.reader == "pickle":
         return _read_pickle(path, size, spec), {}
+    if spec.container == "pickle":  # a framework's own pickle reader: its opcodes are checked first
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            _scan_pickle(_MappedReader(mm), size, spec.pickles)
     if spec.declared_bytes is not None:
         declared = spec.declared_bytes(path)
         if declared > size:
@@ -424,14 +429,23 @@ def _read_npy(member, info) -> np.ndarray:
     return np.require(array, requirements=["C", "W"])
 
 
-def _scan_pickle(reader) -> None:
-    """Walk the opcodes once without building anything: Python's unpickler allocates a declared length before
-    reading it, so a length beyond the file's end is refused here, before it can become an allocation."""
+_MEMO_OPCODES = ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET")
+
+
+def _scan_pickle(reader, size: int, count: int = 1) -> None:
+    """Walk the opcodes of ``count`` consecutive pickles without building anything: Python's unpickler allocates a
+    declared length before reading it, and grows its memo to any index a file names, so lengths beyond the file's
+    end and memo indices beyond its size are refused here, before they can become allocations."""
     import pickletools
     try:
-        for _ in pickletools.genops(reader):
-            pass
+        for _ in range(count):
+            for opcode, arg, _pos in pickletools.genops(reader):
+                if opcode.name in _MEMO_OPCODES and isinstance(arg, int) and not 0 <= arg <= size:
+                    raise XFreezeError(f"a pickle memo index {arg:,} is beyond the file's {size:,} bytes; refused "
+                                       "(a file may not declare more than it holds)")
     except ValueError as exc:
+        if isinstance(exc, XFreezeError):
+            raise
         raise XFreezeError(f"a pickle opcode declares more bytes than the file holds, or the pickle is cut short "
                            f"(truncated or forged): {str(exc)[:200]}") from None
 
@@ -460,7 +474,7 @@ class _MappedReader:
 
 def _read_pickle(path: Path, size: int, spec):
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        _scan_pickle(_MappedReader(mm))
+        _scan_pickle(_MappedReader(mm), size)
         data = _RestrictedUnpickler(_MappedReader(mm), size).load()
     return _pickle_dtypes(data, spec)
 
