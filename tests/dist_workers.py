@@ -211,12 +211,17 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     fully_shard(model)
     out = {}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    staged = xfreeze.StagedUnfreeze(model, opt, [xfreeze.Stage(2, unfreeze=["1"], lr=0.05)], unit="step")
+    staged = xfreeze.StagedUnfreeze(model, opt, [xfreeze.Stage(2, unfreeze=["1"], lr=0.05),
+                                                 xfreeze.Stage(3, freeze=["4"])], unit="step")
     try:
         ema = xfreeze.EMA(model, decay=0.9)
     except Exception as exc:  # reported, not hidden: the EMA rework is the lead's
         ema, out["ema_error"] = None, f"{type(exc).__name__}: {exc}"[:300]
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     for step in range(4):
+        if step == 3:  # before the head is frozen after sharding
+            head = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))["4.weight"]
+            out["head_before_freeze"] = head.detach().cpu().numpy().copy()
         staged.step(step)
         g = torch.Generator().manual_seed(1000 * rank + step)
         x, y = torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, 3, (4,), generator=g)
@@ -383,6 +388,14 @@ def torch_fsdp1(rank: int, path: str) -> dict:
         state = get_model_state_dict(fsdp, options=StateDictOptions(full_state_dict=True))
         return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
     out["full"] = full()
+    out["unfreeze"] = _safe(lambda: xfreeze.unfreeze(fsdp, "0").changed)  # after wrapping: a stage change
+    opt.add_param_group({"params": [p for p in fsdp.parameters() if p.requires_grad and p not in opt.state
+                                    and all(p is not q for g in opt.param_groups for q in g["params"])]})
+    _torch_steps(lambda: fsdp, opt, rank, range(2, 4))
+    out["after_unfreeze"] = full()
+    out["freeze"] = _safe(lambda: xfreeze.freeze(fsdp, "1").changed)
+    _torch_steps(lambda: fsdp, opt, rank, range(4, 6))
+    out["after_freeze"] = full()
     source = {k: torch.full_like(v, 0.5) for k, v in torch_cnn().state_dict().items()}
     out["load"] = _safe(lambda: sorted(xfreeze.load_matched(fsdp, source).loaded)[:3])
     out["after_load"] = full()
