@@ -9,11 +9,11 @@ The registry (``REGISTRY``):
     PaddleFormers, timm: Llama, Qwen2/3, Mistral, Mixtral, Gemma/Gemma2, Phi3, GLM, Qwen2-MoE, ...), T5/mT5
     ``T5LayerNorm``, ``DebertaLayerNorm`` (both frameworks), MobileBERT ``NoNorm``, timm ``SimpleNorm``.
   * linear: transformers ``Conv1D`` (GPT-2, OpenAI-GPT, ImageGPT; its weight is ``[in, out]``), PaddleNLP
-    ``Linear3D`` (BigBird; ``[in, out]`` like every Paddle Linear), PaddleNLP ``LlamaLMHead``, and torch's ``nn.MultiheadAttention``: its
-    ``in_proj_weight`` / ``in_proj_bias`` (or ``q/k/v_proj_weight``) are the packed query/key/value Linear layers
-    ([3E, E], Linear layout), so ``type:linear`` selects them with the attention module (its ``out_proj`` is a
-    Linear of its own). Such modules are ``linear`` for selection and conversion but never a head
-    (``replaceable_linear``).
+    ``Linear3D`` (BigBird; ``[in, out]`` like every Paddle Linear) and ``LlamaLMHead``, and torch's
+    ``nn.MultiheadAttention``: its ``in_proj_weight`` / ``in_proj_bias`` (or ``q/k/v_proj_weight``) are the packed
+    query/key/value Linear layers ([3E, E], Linear layout), so ``type:linear`` selects them with the attention
+    module (its ``out_proj`` is a Linear of its own). These modules are ``linear`` for selection and conversion but
+    never a classification head (``replaceable_linear``).
 
 The structural rule for unknown norms (``looks_like_norm``): a module with **no children** whose direct parameters
 are exactly a 1-D ``weight`` (plus, optionally, a 1-D ``bias`` of the same length) **and** whose class name contains
@@ -49,7 +49,7 @@ REGISTRY = {
 # class-name suffixes that are norms in every third-party library above
 _SUFFIXES = (("RMSNorm", "norm"), ("RmsNorm", "norm"), ("RmsNorm2d", "norm"), ("RMSNormPipe", "norm"))
 # linear-kind classes whose parameters are not one plain Linear: never a classification head
-_PACKED = {"Conv1D", "Linear3D", "MultiheadAttention"}
+_PACKED = {"Conv1D", "Linear3D", "MultiheadAttention", "LlamaLMHead"}
 _STATISTIC = re.compile(r"rsqrt|\.var\(|\bvar\(|pow\(2\)\.mean|\.std\(|\.norm\(|layer_norm|rms_norm|group_norm")
 
 _by_type: dict = {}

@@ -31,8 +31,8 @@ class Case:
 # --- torchvision / paddle.vision --------------------------------------------------------------------------------
 # torchvision builders need no weights; very large ones (>150M parameters) stay out of the sweep on CPU.
 TV_SKIP = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_y_32gf", "regnet_y_16gf", "regnet_x_32gf"}
-TV_SIZES = {"inception_v3": 75, "googlenet": 32, "alexnet": 64}
-PV_SIZES = {"alexnet": 224, "inception_v3": 75, "squeezenet1_0": 64, "squeezenet1_1": 64}
+TV_SIZES = {"inception_v3": 299, "googlenet": 32, "alexnet": 64}  # Inception's aux head needs 299
+PV_SIZES = {"alexnet": 224, "inception_v3": 75, "googlenet": 224, "squeezenet1_0": 64, "squeezenet1_1": 64}
 
 
 def torchvision_names() -> list[str]:
@@ -164,7 +164,8 @@ def paddlenlp_case(family: str) -> Case:
         elif family == "bert":
             model = P.BertForSequenceClassification(P.BertConfig(**text))
         elif family == "deberta":
-            model = P.DebertaForSequenceClassification(P.DebertaConfig(**text))
+            model = P.DebertaForSequenceClassification(P.DebertaConfig(**text, pooler_hidden_size=16,
+                                                                                pooler_dropout=0.0))
         elif family == "mobilebert":
             model = P.MobileBertForSequenceClassification(P.MobileBertConfig(
                 **dict(text, hidden_size=32), embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16))
@@ -179,10 +180,11 @@ def paddlenlp_case(family: str) -> Case:
         elif family == "llama":
             model = P.LlamaForCausalLM(P.LlamaConfig(**dict(TINY_TEXT, num_key_value_heads=1,
                                                             max_position_embeddings=32)))
-            head = "lm_head"
+            head = "keep:lm_head"  # PaddleNLP 2.8.1 has no LlamaForSequenceClassification
         elif family == "t5":
             model = P.T5ForConditionalGeneration(P.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                                            num_decoder_layers=1, num_heads=2))
+                                                            num_decoder_layers=1, num_heads=2,
+                                                            tie_word_embeddings=False))
             ids = {"input_ids": paddle.to_tensor(_ids()), "decoder_input_ids": paddle.to_tensor(_ids())}
             head = "lm_head"
         else:
@@ -197,7 +199,7 @@ PADDLENLP_FAMILIES = ("ernie", "bert", "deberta", "mobilebert", "gpt", "bart", "
 # --- timm ------------------------------------------------------------------------------------------------------
 TIMM_MODELS = {  # two-headed (distillation / auxiliary) and one-headed references, at small input sizes
     "deit_tiny_distilled_patch16_224": dict(img_size=32), "pit_ti_distilled_224": dict(img_size=64),
-    "levit_128s": dict(img_size=64), "efficientformer_l1": dict(img_size=64), "repvit_m1": {},
+    "levit_128s": dict(img_size=64), "efficientformer_l1": dict(img_size=224), "repvit_m1": {},
     "volo_d1_224": dict(img_size=64), "crossvit_tiny_240": dict(img_size=240), "resnet18": {},
     "vit_tiny_patch16_224": dict(img_size=32),
 }
