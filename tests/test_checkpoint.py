@@ -320,3 +320,16 @@ def test_concurrent_saves_to_one_path_from_threads_each_write_a_whole_file(tmp_p
     values = xfreeze.load_checkpoint(path)["w"]
     assert len(set(values.tolist())) == 1  # one save's whole file, never a mix
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_numpy_checkpoints_import_no_framework(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, xfreeze
+        for suffix in (".npz", ".safetensors", ".pdparams"):
+            path = {str(tmp_path)!r} + "/w" + suffix
+            xfreeze.save_checkpoint({{"fc.weight": np.ones((2, 2), "float32")}}, path)
+            xfreeze.load_checkpoint(path)
+        print("torch" in sys.modules, "paddle" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
