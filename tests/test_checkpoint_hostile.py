@@ -73,8 +73,6 @@ def test_the_corpus_script_runs_standalone(tmp_path):
     assert result.returncode == 0 and len(os.listdir(tmp_path)) == len(hostile_files.CORPUS)
 
 
-@pytest.mark.xfail(reason="xfreeze/_table.render (the lead's) passes cells to rich as markup: it should call "
-                          "xfreeze._checkpoint.escape on every cell and the title", strict=False)
 def test_load_matched_reports_print_hostile_keys_as_data(fw):
     m = fw.build(Spec("mlp", (2,)))
     name = next(iter(m.state_dict()))

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import _tensors
 from ._backend import adapter_named, installed
+from ._table import escape, plain  # noqa: F401  (re-exported: the CLI uses them)
 from ._errors import XFreezeError, check_choice
 from .backends import ADAPTERS, formats
 
@@ -257,22 +258,6 @@ def describe(state: StateDict) -> dict:
 def to_numpy(value, key="") -> np.ndarray:
     """Kept for callers of the earlier API: :func:`xfreeze._tensors.to_numpy`."""
     return _tensors.to_numpy(value, key)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def escape(text) -> str:
-    """``text`` safe to print in a rich table or a terminal: control characters (ANSI escapes, bidi overrides) as
-    ``\\x1b``-style escapes, and rich markup (``[bold]``, ``[/x]``) escaped so it prints literally."""
-    from rich.markup import escape as markup_escape
-    out = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
-    return markup_escape(out)
-
-
-def plain(text) -> str:
-    """``text`` safe for a plain terminal line (no rich markup involved): control characters escaped only."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 # --- detection helpers ---------------------------------------------------------------------------------------

@@ -2,24 +2,42 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(text) -> str:
+    """``text`` safe to print in a rich table or a terminal: control characters (ANSI escapes, bidi overrides) as
+    ``\\x1b``-style escapes, and rich markup (``[bold]``, ``[/x]``) escaped so it prints literally."""
+    from rich.markup import escape as markup_escape
+    out = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    return markup_escape(out)
+
+
+def plain(text) -> str:
+    """``text`` safe for a plain terminal line (no rich markup involved): control characters escaped only."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
 def render(title: str, columns: list[str], rows: list[list], footer: list[str] = (), width: int = 120) -> str:
-    table = Table(title=title, title_justify="left", show_lines=False)
+    # cells and titles are data (checkpoint keys, paths), never markup or terminal escapes
+    table = Table(title=escape(title), title_justify="left", show_lines=False)
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i == 0 or column in ("type", "norm", "state", "examples") else "right",
                          no_wrap=i == 0, overflow="fold")
     for row in rows:
-        table.add_row(*(str(cell) for cell in row))
+        table.add_row(*(escape(cell) for cell in row))
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None, legacy_windows=False, soft_wrap=False)
     console.print(table)
     for line in footer:
-        console.print(line, highlight=False, markup=False)
+        console.print(plain(line), highlight=False, markup=False)
     return out.getvalue().rstrip()
 
 

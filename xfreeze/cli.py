@@ -115,7 +115,6 @@ def _did_you_mean(name: str, names) -> str:
 def _plan(args) -> None:
     import xfreeze
     from ._backend import adapter_for
-    from ._checkpoint import escape
     from ._table import human_bytes, render
     model = build_model(args.model, args.backend)
     adapter = adapter_for(model)
@@ -130,7 +129,7 @@ def _plan(args) -> None:
     for r in summary.rows:
         size = element[r.name]
         trainable_bytes, frozen_bytes = r.trainable * size, r.frozen * size
-        rows.append([escape(r.name or "(root)"), escape(r.type), f"{r.parameters:,}", f"{r.trainable:,}",
+        rows.append([r.name or "(root)", r.type, f"{r.parameters:,}", f"{r.trainable:,}",
                      f"{frozen_bytes:,}",
                      f"{trainable_bytes:,}", f"{trainable_bytes:,}", f"{trainable_bytes * states:,}", r.norm])
         for i, value in enumerate((frozen_bytes, trainable_bytes, trainable_bytes, trainable_bytes * states)):
@@ -157,17 +156,16 @@ def _element_size(adapter, model, path: str) -> int:
 def _inspect(args) -> None:
     from ._checkpoint import describe, load_checkpoint
     from ._table import human_bytes, render
-    from ._checkpoint import escape, plain
     info = describe(load_checkpoint(args.checkpoint))
     shown = info["tensors"] if args.limit == 0 else info["tensors"][: args.limit]
-    # key names and metadata are data, never markup or terminal escapes
-    rows = [[escape(k), "x".join(map(str, shape)) or "scalar", dtype] for k, shape, dtype in shown]
+    # key names and metadata are data, never markup or terminal escapes: render() escapes every cell and line
+    rows = [[k, "x".join(map(str, shape)) or "scalar", dtype] for k, shape, dtype in shown]
     footer = [f"format: {info['format']}; framework: {info['framework'] or 'unknown'}; {info['keys']} keys; "
               f"{info['bytes']:,} bytes ({human_bytes(info['bytes'])})"]
     if len(shown) < info["keys"]:
         footer.append(f"... {info['keys'] - len(shown)} more keys (--limit 0 shows all)")
-    footer += [f"note: {plain(note)}" for key, note in info["notes"] if not key]
-    print(render(f"xfreeze inspect: {escape(args.checkpoint)}", ["key", "shape", "dtype"], rows, footer))
+    footer += [f"note: {note}" for key, note in info["notes"] if not key]
+    print(render(f"xfreeze inspect: {args.checkpoint}", ["key", "shape", "dtype"], rows, footer))
 
 
 def _convert(args) -> None:
@@ -178,17 +176,14 @@ def _convert(args) -> None:
     if state.framework == args.to:
         raise XFreezeError(f"{args.input} already holds {args.to} names; nothing to convert")
     model = build_model(args.arch, args.to) if args.arch else None
-    arch = "resnet" if args.arch and args.arch.startswith("resnet") else None
-    out = convert(state, to=args.to, model=model, arch=arch)
+    out = convert(state, to=args.to, model=model)  # the name map is chosen from the target model's keys
     save_checkpoint(out, args.output)
     counts: dict = {}
     for _, note in out.notes:
         kind = note.split(":")[0].split(" to ")[0].split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
     rows = [[kind, n] for kind, n in sorted(counts.items())]
-    from ._checkpoint import escape
-    rows = [[escape(kind), n] for kind, n in rows]
-    print(render(f"xfreeze convert: {escape(args.input)} -> {escape(args.output)} ({args.to})",
+    print(render(f"xfreeze convert: {args.input} -> {args.output} ({args.to})",
                  ["what was done", "keys"], rows,
                  [f"{len(out)} keys written; unplaced: {len(getattr(out, 'unplaced', []))}"]))
 
