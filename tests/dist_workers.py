@@ -245,6 +245,9 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     if ema is not None:
         out["ema"] = {k: v.detach().cpu().numpy().copy() for k, v in ema.state_dict()["shadow"].items()}
     out["ema_before"] = _safe(lambda: _ema_before_sharding(rank))
+    delta = path + f".delta{rank}.safetensors"  # the I/O issue's delta checkpoints, on the sharded model
+    out["delta"] = _safe(lambda: xfreeze.save_delta(model, delta) and str(xfreeze.verify_frozen(model, delta)))
+    out["delta_keys"] = _safe(lambda: {k: list(v.shape) for k, v in xfreeze.load_checkpoint(delta).items()})
     source = {k: torch.full_like(v, 0.5) for k, v in torch_cnn().state_dict().items() if v.is_floating_point()}
     bad = dict(source, **{"4.weight": torch.zeros(7, 6)})  # a wrong shape: strict refuses before any write
     out["strict"] = _safe(lambda: xfreeze.load_matched(model, bad, strict=True))

@@ -86,15 +86,20 @@ def test_fsdp2_freeze_before_sharding_staged_unfreeze_and_rank0_save(tmp_path):
         assert "strict load" in r["strict"] and same_bits(r["full"], r["after_strict"])
         assert r["loaded"] == r0["loaded"] and "4.weight" in r["loaded"]
         assert all((v == 0.5).all() for k, v in r["after_load"].items() if "num_batches" not in k)
-    # EMA is the lead's (issue 8 moves it to foreach lerp on native tensors); what fails today is reported here
-    ema_problems = []
+    # EMA is the lead's (issue 8 moves it to foreach lerp on native tensors), deltas the checkpoint engineer's:
+    # what fails today is reported here
+    reported = []
     if not (isinstance(r0["ema_before"], dict) and r0["ema_before"]["moved"]):
-        ema_problems.append("EMA built before fully_shard does not follow the sharded parameters (its shadow stays "
+        reported.append("EMA built before fully_shard does not follow the sharded parameters (its shadow stays "
                             "put: it still tracks the tensors fully_shard replaced)")
     if "ema_error" in r0:
-        ema_problems.append(f"EMA built after fully_shard: {r0['ema_error']}")
-    if ema_problems:
-        pytest.xfail("; ".join(ema_problems))
+        reported.append(f"EMA built after fully_shard: {r0['ema_error']}")
+    assert "none drifted" in r0["delta"], r0["delta"]
+    if r0["delta_keys"].get("1.0.weight") != [6, 4, 3, 3]:  # save_delta is the checkpoint engineer's (I/O issue)
+        reported.append(f"save_delta on a fully_shard model writes each rank's local shard under the full "
+                            f"names (1.0.weight {r0['delta_keys'].get('1.0.weight')}, full [6, 4, 3, 3])")
+    if reported:
+        pytest.xfail("; ".join(reported))
     assert np.array_equal(r0["ema_before"]["shadow"], r1["ema_before"]["shadow"]) and r0["ema_before"]["toward"]
     assert same_bits(r0["ema"], r1["ema"])
 
