@@ -11,6 +11,7 @@ Prints, side by side: the rebuild (one-off, ms), a plain DDP step and a find_unu
 and after how many steps the rebuild has paid for itself. Timings, not a test: a couple of steps on a shared machine.
 Run: .venv/bin/python bench/rewrap.py [--steps N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ def _port() -> int:
 
 def _steps(ddp, opt, n: int, rank: int) -> list:
     import torch
+
     times = []
     for i in range(n):
         g = torch.Generator().manual_seed(100 * rank + i)
@@ -51,6 +53,7 @@ def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import xfreeze
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -63,8 +66,9 @@ def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
         opt = xfreeze.optimizer(model, "sgd", lr=0.01, momentum=0.9)
         ddp = DDP(model, find_unused_parameters=way == "find_unused")
         if way == "rewrap":
-            staged = xfreeze.StagedUnfreeze(ddp, opt, [xfreeze.Stage(1, unfreeze=["layer3"], lr=0.001)],
-                                            rewrap=lambda m: DDP(m))
+            staged = xfreeze.StagedUnfreeze(
+                ddp, opt, [xfreeze.Stage(1, unfreeze=["layer3"], lr=0.001)], rewrap=lambda m: DDP(m)
+            )
             dist.barrier()
             start = time.perf_counter()
             staged.step(1)  # the boundary: unfreeze, rebuild DDP, grow the optimizer, mask agreement check
@@ -83,12 +87,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     import torch.multiprocessing as mp
+
     out = os.path.join(tempfile.mkdtemp(), "rewrap.json")
     mp.start_processes(_worker, args=(2, _port(), args.steps, out), nprocs=2, start_method="spawn", join=True)
     with open(out) as f:
         r = json.load(f)
-    rows = [("DDP rebuild at the boundary (once)", r["rebuild"]), ("DDP step after the rebuild", r["rewrap"]),
-            ("DDP(find_unused_parameters=True) step", r["find_unused"])]
+    rows = [
+        ("DDP rebuild at the boundary (once)", r["rebuild"]),
+        ("DDP step after the rebuild", r["rewrap"]),
+        ("DDP(find_unused_parameters=True) step", r["find_unused"]),
+    ]
     print("ResNet-50, 2 ranks, CPU, gloo, batch 2x96x96 per rank (layer3, layer4, fc training)")
     for name, seconds in rows:
         print(f"  {name:<40} {seconds * 1000:9.1f} ms")

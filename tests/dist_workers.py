@@ -3,6 +3,7 @@ writes what the test compares (every tensor's bytes, error messages) to ``<out>/
 
 Launchers here bound every process (a deadline, then the processes are killed) and pick a free port per run.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,6 +39,7 @@ def _save(out, rank: int, result: dict) -> None:
 def _error(fn) -> str | None:
     """The XFreezeError message ``fn()`` raises (None when it raises nothing)."""
     import xfreeze
+
     try:
         fn()
     except xfreeze.XFreezeError as exc:
@@ -47,11 +49,18 @@ def _error(fn) -> str | None:
 
 # --- torch ----------------------------------------------------------------------------------------------------------
 
+
 def launch_torch(body, out, world: int = 2, backend: str = "gloo", **kwargs) -> list:
     import torch.multiprocessing as mp
+
     port = free_port()
-    ctx = mp.start_processes(_torch_entry, args=(world, port, body, str(out), kwargs, backend), nprocs=world,
-                             join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _torch_entry,
+        args=(world, port, body, str(out), kwargs, backend),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
     _join(ctx, [p for p in ctx.processes])
     return results(out, world)
 
@@ -73,6 +82,7 @@ def _torch_entry(rank, world, port, body, out, kwargs, backend="gloo"):
 
     import torch
     import torch.distributed as dist
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     if backend == "nccl":
@@ -90,11 +100,15 @@ def _torch_entry(rank, world, port, body, out, kwargs, backend="gloo"):
 def torch_cnn(seed: int = 0):
     import torch
     from torch import nn
+
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),   # 0: stem
-        nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()),   # 1: block
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))                       # 4: head
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),  # 0: stem
+        nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()),  # 1: block
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )  # 4: head
 
 
 def _torch_state(model) -> dict:
@@ -103,6 +117,7 @@ def _torch_state(model) -> dict:
 
 def _torch_steps(wrapped_fn, opt, rank: int, steps, staged=None):
     import torch
+
     for step in steps:
         if staged is not None:
             staged.step(step)
@@ -119,13 +134,22 @@ def torch_staged_rewrap(rank: int) -> dict:
     import torch
     import xfreeze
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     model = torch_cnn()
     xfreeze.freeze(model, "0", "1")
     ddp = DDP(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
-    staged = xfreeze.StagedUnfreeze(ddp, opt, [xfreeze.Stage(0, freeze=["0", "1"]),
-                                               xfreeze.Stage(2, unfreeze=["1"], lr=0.05),
-                                               xfreeze.Stage(4, freeze=["1"])], unit="step", rewrap=lambda m: DDP(m))
+    staged = xfreeze.StagedUnfreeze(
+        ddp,
+        opt,
+        [
+            xfreeze.Stage(0, freeze=["0", "1"]),
+            xfreeze.Stage(2, unfreeze=["1"], lr=0.05),
+            xfreeze.Stage(4, freeze=["1"]),
+        ],
+        unit="step",
+        rewrap=lambda m: DDP(m),
+    )
     start = _torch_state(model)
     head_momentum = []
     _torch_steps(lambda: staged.wrapped, opt, rank, range(0, 2), staged)
@@ -133,9 +157,15 @@ def torch_staged_rewrap(rank: int) -> dict:
     _torch_steps(lambda: staged.wrapped, opt, rank, range(2, 4), staged)
     mid = _torch_state(model)
     _torch_steps(lambda: staged.wrapped, opt, rank, range(4, 6), staged)
-    return {"start": start, "mid": mid, "end": _torch_state(model), "groups": len(opt.param_groups),
-            "old_wrapper": _error(lambda: ddp(torch.zeros(1, 3, 6, 6))), "live_is_ddp": isinstance(staged.wrapped, DDP),
-            "momentum_kept": head_momentum[0].shape == opt.state[model[4].weight]["momentum_buffer"].shape}
+    return {
+        "start": start,
+        "mid": mid,
+        "end": _torch_state(model),
+        "groups": len(opt.param_groups),
+        "old_wrapper": _error(lambda: ddp(torch.zeros(1, 3, 6, 6))),
+        "live_is_ddp": isinstance(staged.wrapped, DDP),
+        "momentum_kept": head_momentum[0].shape == opt.state[model[4].weight]["momentum_buffer"].shape,
+    }
 
 
 def torch_refusals(rank: int) -> dict:
@@ -144,6 +174,7 @@ def torch_refusals(rank: int) -> dict:
     import xfreeze
     from torch.nn.parallel import DistributedDataParallel as DDP
     from xfreeze._distributed import check_freeze_agreement
+
     model = torch_cnn()
     xfreeze.freeze(model, "0")
     ddp = DDP(model)
@@ -172,6 +203,7 @@ def torch_sync_bn(rank: int) -> dict:
     SyncBatchNorm on CPU, so the model runs bare in the process group.)"""
     import torch
     import xfreeze
+
     model = torch_cnn()
     xfreeze.freeze(model, "0")
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -184,19 +216,27 @@ def torch_sync_bn(rank: int) -> dict:
         unlocked = str(exc)
     xfreeze.freeze(model, "1")
     _torch_steps(lambda: model, opt, rank, range(1, 3))
-    return {"start": start, "end": _torch_state(model), "unlocked": unlocked,
-            "types": [type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__]}
+    return {
+        "start": start,
+        "end": _torch_state(model),
+        "unlocked": unlocked,
+        "types": [type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__],
+    }
 
 
 def torch_save_rank0(rank: int, path: str) -> dict:
     import xfreeze
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     model = torch_cnn(seed=rank)  # different weights per rank: DDP broadcasts rank 0's
     ddp = DDP(model)
     xfreeze.save_checkpoint(ddp, path, rank=0)
     exists = os.path.exists(path)  # after the barrier: every rank sees the file
-    return {"exists": exists, "state": _torch_state(model),
-            "bad_rank": _error(lambda: xfreeze.save_checkpoint(ddp, path, rank=5))}
+    return {
+        "exists": exists,
+        "state": _torch_state(model),
+        "bad_rank": _error(lambda: xfreeze.save_checkpoint(ddp, path, rank=5)),
+    }
 
 
 def torch_fsdp2(rank: int, path: str) -> dict:
@@ -204,6 +244,7 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     import torch
     import xfreeze
     from torch.distributed.fsdp import fully_shard
+
     model = torch_cnn()
     xfreeze.freeze(model, "0", "1")
     for block in (model[0], model[1], model[4]):
@@ -211,13 +252,15 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     fully_shard(model)
     out = {}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    staged = xfreeze.StagedUnfreeze(model, opt, [xfreeze.Stage(2, unfreeze=["1"], lr=0.05),
-                                                 xfreeze.Stage(3, freeze=["4"])], unit="step")
+    staged = xfreeze.StagedUnfreeze(
+        model, opt, [xfreeze.Stage(2, unfreeze=["1"], lr=0.05), xfreeze.Stage(3, freeze=["4"])], unit="step"
+    )
     try:
         ema = xfreeze.EMA(model, decay=0.9)
     except Exception as exc:  # reported, not hidden: the EMA rework is the lead's
         ema, out["ema_error"] = None, f"{type(exc).__name__}: {exc}"[:300]
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     for step in range(4):
         if step == 3:  # before the head is frozen after sharding
             head = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))["4.weight"]
@@ -240,6 +283,7 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     except Exception as exc:
         out["save_error"] = f"{type(exc).__name__}: {exc}"[:300]
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     out["full"] = {k: v.detach().cpu().numpy().copy() for k, v in full.items()}
     if ema is not None:
@@ -252,11 +296,13 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     bad = dict(source, **{"4.weight": torch.zeros(7, 6)})  # a wrong shape: strict refuses before any write
     out["strict"] = _safe(lambda: xfreeze.load_matched(model, bad, strict=True))
     options = StateDictOptions(full_state_dict=True)
-    out["after_strict"] = {k: v.detach().cpu().numpy().copy()
-                           for k, v in get_model_state_dict(model, options=options).items()}
+    out["after_strict"] = {
+        k: v.detach().cpu().numpy().copy() for k, v in get_model_state_dict(model, options=options).items()
+    }
     out["loaded"] = sorted(xfreeze.load_matched(model, source).loaded)
-    out["after_load"] = {k: v.detach().cpu().numpy().copy()
-                         for k, v in get_model_state_dict(model, options=options).items()}
+    out["after_load"] = {
+        k: v.detach().cpu().numpy().copy() for k, v in get_model_state_dict(model, options=options).items()
+    }
     return out
 
 
@@ -265,6 +311,7 @@ def _ema_before_sharding(rank: int) -> str:
     import torch
     import xfreeze
     from torch.distributed.fsdp import fully_shard
+
     model = torch_cnn()
     xfreeze.freeze(model, "0")
     ema = xfreeze.EMA(model, decay=0.9)
@@ -278,22 +325,29 @@ def _ema_before_sharding(rank: int) -> str:
     shadow = shadow.full_tensor() if hasattr(shadow, "full_tensor") else shadow
     weight = model[4].weight.full_tensor()
     expected = before + 0.1 * (weight - before)  # decay 0.9 (warm-up may lower it: compare direction only)
-    return {"shadow": shadow.detach().numpy().copy(), "moved": bool((shadow != before).any()),
-            "toward": bool(((shadow - before) * (expected - before) >= 0).all())}
+    return {
+        "shadow": shadow.detach().numpy().copy(),
+        "moved": bool((shadow != before).any()),
+        "toward": bool(((shadow - before) * (expected - before) >= 0).all()),
+    }
 
 
 # --- Paddle ---------------------------------------------------------------------------------------------------------
 
+
 def launch_paddle(body, out, world: int = 2, **kwargs) -> list:
     import paddle.distributed as dist
-    ctx = dist.spawn(_paddle_entry, args=(body, str(out), kwargs), nprocs=world, join=False, backend="gloo",
-                     started_port=free_port())
+
+    ctx = dist.spawn(
+        _paddle_entry, args=(body, str(out), kwargs), nprocs=world, join=False, backend="gloo", started_port=free_port()
+    )
     _join(ctx, ctx.processes)
     return results(out, world)
 
 
 def _paddle_entry(body, out, kwargs):
     import paddle.distributed as dist
+
     dist.init_parallel_env()
     rank = dist.get_rank()
     try:
@@ -306,11 +360,15 @@ def _paddle_entry(body, out, kwargs):
 def paddle_cnn(seed: int = 0):
     import paddle
     from paddle import nn
+
     paddle.seed(seed)
     return nn.Sequential(
         nn.Sequential(nn.Conv2D(3, 4, 3, padding=1), nn.BatchNorm2D(4), nn.ReLU()),
         nn.Sequential(nn.Conv2D(4, 6, 3, padding=1), nn.BatchNorm2D(6), nn.ReLU()),
-        nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(6, 3))
+        nn.AdaptiveAvgPool2D(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
 
 
 def _paddle_state(model) -> dict:
@@ -319,6 +377,7 @@ def _paddle_state(model) -> dict:
 
 def _paddle_steps(wrapped_fn, opt, rank: int, steps, staged=None):
     import paddle
+
     for step in steps:
         if staged is not None:
             staged.step(step)
@@ -334,13 +393,18 @@ def _paddle_steps(wrapped_fn, opt, rank: int, steps, staged=None):
 def paddle_staged_rewrap(rank: int) -> dict:
     import paddle
     import xfreeze
+
     model = paddle_cnn()
     xfreeze.freeze(model, "0", "1")
     dp = paddle.DataParallel(model)
     opt = xfreeze.optimizer(model, "sgd", lr=0.1, momentum=0.9)
-    staged = xfreeze.StagedUnfreeze(dp, opt, [xfreeze.Stage(0, freeze=["0", "1"]),
-                                              xfreeze.Stage(2, unfreeze=["1"], lr=0.05)],
-                                    unit="step", rewrap=lambda m: paddle.DataParallel(m))
+    staged = xfreeze.StagedUnfreeze(
+        dp,
+        opt,
+        [xfreeze.Stage(0, freeze=["0", "1"]), xfreeze.Stage(2, unfreeze=["1"], lr=0.05)],
+        unit="step",
+        rewrap=lambda m: paddle.DataParallel(m),
+    )
     start = _paddle_state(model)
     _paddle_steps(lambda: staged.wrapped, opt, rank, range(0, 5), staged)
     return {"start": start, "end": _paddle_state(model), "groups": len(opt._param_groups)}
@@ -350,6 +414,7 @@ def paddle_refusals(rank: int) -> dict:
     import paddle
     import xfreeze
     from xfreeze._distributed import check_freeze_agreement
+
     model = paddle_cnn()
     xfreeze.freeze(model, "0")
     dp = paddle.DataParallel(model)
@@ -357,8 +422,11 @@ def paddle_refusals(rank: int) -> dict:
     opt = xfreeze.optimizer(model, "sgd", lr=0.1)
     out = {
         "staged": _error(lambda: xfreeze.StagedUnfreeze(dp, opt, [xfreeze.Stage(1, unfreeze=["0"])])),
-        "staged_freeze": _error(lambda: xfreeze.StagedUnfreeze(dp, opt, [xfreeze.Stage(1, freeze=["1"])],
-                                                               rewrap=lambda m: paddle.DataParallel(m))),
+        "staged_freeze": _error(
+            lambda: xfreeze.StagedUnfreeze(
+                dp, opt, [xfreeze.Stage(1, freeze=["1"])], rewrap=lambda m: paddle.DataParallel(m)
+            )
+        ),
         "unfreeze": _error(lambda: xfreeze.unfreeze(dp, "0")),
         "freeze": _error(lambda: xfreeze.freeze(model, "1")),
         "agree": _error(lambda: check_freeze_agreement(dp)),
@@ -377,11 +445,14 @@ def torch_fsdp1(rank: int, path: str) -> dict:
     import torch
     import xfreeze
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
     model = torch_cnn()
     xfreeze.freeze(model, "0")
     fsdp = FSDP(model, use_orig_params=True, device_id=torch.device("cpu"))
-    out = {"select": _safe(lambda: xfreeze.select(fsdp, "1.0.*")),
-           "summary": _safe(lambda: xfreeze.summary(fsdp, print_table=False).counts.trainable)}
+    out = {
+        "select": _safe(lambda: xfreeze.select(fsdp, "1.0.*")),
+        "summary": _safe(lambda: xfreeze.summary(fsdp, print_table=False).counts.trainable),
+    }
     opt = torch.optim.SGD([p for p in fsdp.parameters() if p.requires_grad], lr=0.1)
     _torch_steps(lambda: fsdp, opt, rank, range(2))
     out["save"] = _safe(lambda: str(xfreeze.save_checkpoint(fsdp, path, rank=0)))
@@ -390,10 +461,20 @@ def torch_fsdp1(rank: int, path: str) -> dict:
     def full():
         state = get_model_state_dict(fsdp, options=StateDictOptions(full_state_dict=True))
         return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
+
     out["full"] = full()
     out["unfreeze"] = _safe(lambda: xfreeze.unfreeze(fsdp, "0").changed)  # after wrapping: a stage change
-    opt.add_param_group({"params": [p for p in fsdp.parameters() if p.requires_grad and p not in opt.state
-                                    and all(p is not q for g in opt.param_groups for q in g["params"])]})
+    opt.add_param_group(
+        {
+            "params": [
+                p
+                for p in fsdp.parameters()
+                if p.requires_grad
+                and p not in opt.state
+                and all(p is not q for g in opt.param_groups for q in g["params"])
+            ]
+        }
+    )
     _torch_steps(lambda: fsdp, opt, rank, range(2, 4))
     out["after_unfreeze"] = full()
     out["freeze"] = _safe(lambda: xfreeze.freeze(fsdp, "1").changed)
@@ -418,6 +499,7 @@ def torch_gpu(rank: int) -> dict:
     import xfreeze
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     out = {}
     for kind in ("ddp", "fsdp2"):
         model = torch_cnn().cuda()
@@ -427,8 +509,13 @@ def torch_gpu(rank: int) -> dict:
             fully_shard(model)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
         live = DDP(model) if kind == "ddp" else model
-        staged = xfreeze.StagedUnfreeze(live, opt, [xfreeze.Stage(1, unfreeze=["1"])], unit="step",
-                                        rewrap=(lambda m: DDP(m)) if kind == "ddp" else None)
+        staged = xfreeze.StagedUnfreeze(
+            live,
+            opt,
+            [xfreeze.Stage(1, unfreeze=["1"])],
+            unit="step",
+            rewrap=(lambda m: DDP(m)) if kind == "ddp" else None,
+        )
         for step in range(3):
             staged.step(step)
             x = torch.randn(4, 3, 6, 6, device="cuda")

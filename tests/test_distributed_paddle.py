@@ -1,5 +1,6 @@
 """paddle.DataParallel and SyncBatchNorm under xfreeze (issue 10): 2 processes on CPU (paddle.distributed.spawn,
 gloo), different data per rank, every parameter compared bit for bit across ranks. Bodies in dist_workers.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,11 @@ def test_staged_unfreeze_under_dataparallel_keeps_ranks_identical(tmp_path):
 def test_dataparallel_refuses_changes_it_cannot_honour_before_anything_changes(tmp_path):
     r0, r1 = W.launch_paddle(W.paddle_refusals, tmp_path)
     for r in (r0, r1):
-        assert "unfreezes 4 parameters (0.0.weight, 0.0.bias, 0.1.weight, ...) of a model wrapped in DataParallel" \
-            in r["staged"] and "rewrap=" in r["staged"]
+        assert (
+            "unfreezes 4 parameters (0.0.weight, 0.0.bias, 0.1.weight, ...) of a model wrapped in DataParallel"
+            in r["staged"]
+            and "rewrap=" in r["staged"]
+        )
         assert "cannot be rebuilt after a freeze (SIGSEGV in EagerReducer::AddDistHook)" in r["staged_freeze"]
         assert "never registered them" in r["unfreeze"] and "Nothing was changed" in r["unfreeze"]
         assert "registered them and would wait" in r["freeze"]  # the plain model inside a live DataParallel
@@ -39,6 +43,7 @@ def test_dataparallel_refuses_changes_it_cannot_honour_before_anything_changes(t
 
 def test_norm_lock_survives_convert_sync_batchnorm():
     import xfreeze
+
     model = W.paddle_cnn()
     xfreeze.freeze(model, "0")
     converted = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -1,5 +1,6 @@
 """DDP / FSDP / SyncBatchNorm / torch.compile under xfreeze (issue 10): 2 processes on CPU over gloo, different data
 per rank, every tensor compared bit for bit across ranks. Bodies in dist_workers.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,8 @@ def test_staged_unfreeze_rewraps_ddp_and_ranks_stay_identical(tmp_path):
     start, mid, end = r0["start"], r0["mid"], r0["end"]
     for k in frozen_keys(start, "0."):  # the stem never trains: weights and locked statistics bit for bit
         assert np.array_equal(start[k], end[k]), k
-    assert not np.array_equal(start["1.0.weight"], mid["1.0.weight"])   # unfrozen after DDP was built: it trains
-    for k in ("1.0.weight", "1.1.weight", "1.1.running_mean"):           # re-frozen at step 4 (a second rebuild)
+    assert not np.array_equal(start["1.0.weight"], mid["1.0.weight"])  # unfrozen after DDP was built: it trains
+    for k in ("1.0.weight", "1.1.weight", "1.1.running_mean"):  # re-frozen at step 4 (a second rebuild)
         assert np.array_equal(mid[k], end[k]), k
     assert r0["groups"] == 2 and r0["live_is_ddp"] and r0["momentum_kept"]
     assert "replaced at a stage boundary" in r0["old_wrapper"]
@@ -64,6 +65,7 @@ def test_save_checkpoint_rank0_writes_once_after_all_gather(tmp_path):
     assert r0["exists"] and r1["exists"]  # written by rank 0 before the barrier every rank waits at
     assert "rank must be an integer in [0, 2)" in r0["bad_rank"]
     import xfreeze
+
     saved = {k: v.numpy() for k, v in xfreeze.load_checkpoint(path).items()}
     assert same_bits(saved, r0["state"]) and same_bits(r0["state"], r1["state"])  # rank 0's, broadcast by DDP
 
@@ -75,6 +77,7 @@ def test_fsdp2_freeze_before_sharding_staged_unfreeze_and_rank0_save(tmp_path):
     assert same_bits(*({k: v for k, v in r["full"].items() if k not in local} for r in (r0, r1)))
     assert r0.get("save_error") is None, r0.get("save_error")
     import xfreeze
+
     saved = {k: v.numpy() for k, v in xfreeze.load_checkpoint(path).items()}
     assert same_bits(saved, r0["full"])
     start = W.torch_cnn().state_dict()
@@ -90,14 +93,18 @@ def test_fsdp2_freeze_before_sharding_staged_unfreeze_and_rank0_save(tmp_path):
     # what fails today is reported here
     reported = []
     if not (isinstance(r0["ema_before"], dict) and r0["ema_before"]["moved"]):
-        reported.append("EMA built before fully_shard does not follow the sharded parameters (its shadow stays "
-                            "put: it still tracks the tensors fully_shard replaced)")
+        reported.append(
+            "EMA built before fully_shard does not follow the sharded parameters (its shadow stays "
+            "put: it still tracks the tensors fully_shard replaced)"
+        )
     if "ema_error" in r0:
         reported.append(f"EMA built after fully_shard: {r0['ema_error']}")
     assert "none drifted" in r0["delta"], r0["delta"]
     if r0["delta_keys"].get("1.0.weight") != [6, 4, 3, 3]:  # save_delta is the checkpoint engineer's (I/O issue)
-        reported.append(f"save_delta on a fully_shard model writes each rank's local shard under the full "
-                            f"names (1.0.weight {r0['delta_keys'].get('1.0.weight')}, full [6, 4, 3, 3])")
+        reported.append(
+            f"save_delta on a fully_shard model writes each rank's local shard under the full "
+            f"names (1.0.weight {r0['delta_keys'].get('1.0.weight')}, full [6, 4, 3, 3])"
+        )
     if reported:
         pytest.xfail("; ".join(reported))
     assert np.array_equal(r0["ema_before"]["shadow"], r1["ema_before"]["shadow"]) and r0["ema_before"]["toward"]
@@ -108,6 +115,7 @@ def test_stage_change_on_compiled_model_takes_effect():
     """torch.compile: dynamo guards on requires_grad, so the next call after a stage change recompiles and the
     newly trainable parameters get gradients (no torch._dynamo.reset needed)."""
     import xfreeze
+
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     xfreeze.freeze(model, "0")
@@ -134,6 +142,7 @@ def test_fsdp1_use_orig_params_stage_changes_names_save_and_refused_load(tmp_pat
     start = W.torch_cnn().state_dict()
     assert all(np.array_equal(start[k].numpy(), r0["full"][k]) for k in start if k.startswith("0."))
     import xfreeze
+
     assert same_bits({k: v.numpy() for k, v in xfreeze.load_checkpoint(path).items()}, r0["full"])
     stats = ("running_mean", "running_var")  # BatchNorm statistics are rank-local under FSDP (no buffer sync)
     for key in ("after_unfreeze", "after_freeze"):  # stage changes after wrapping: parameters identical on ranks
@@ -150,8 +159,9 @@ def test_fsdp1_use_orig_params_stage_changes_names_save_and_refused_load(tmp_pat
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or not torch.distributed.is_nccl_available(),
-                    reason="needs a CUDA GPU and NCCL")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not torch.distributed.is_nccl_available(), reason="needs a CUDA GPU and NCCL"
+)
 def test_ddp_and_fsdp2_stage_change_on_one_gpu_nccl(tmp_path):
     (r,) = W.launch_torch(W.torch_gpu, tmp_path, world=1, backend="nccl")
     assert r == {"ddp": True, "fsdp2": True}  # the block unfrozen after wrapping / sharding trains

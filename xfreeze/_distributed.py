@@ -8,6 +8,7 @@ the wrapper at a boundary, and :func:`check_freeze_agreement` verifies that ever
 Framework facts (which wrappers all-reduce gradients, world size, collectives, rebuilding) live in the adapters'
 "distributed" sections; nothing here imports a framework.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -19,10 +20,12 @@ from . import _select
 from ._errors import XFreezeError
 
 _rebuilding: contextvars.ContextVar[bool] = contextvars.ContextVar("xfreeze_rebuilding", default=False)
-_FIXES = ("Fixes: freeze before wrapping the model; for a staged schedule pass "
-          "StagedUnfreeze(wrapper, optimizer, stages, rewrap=lambda m: <build the wrapper around m>), which rebuilds "
-          "the wrapper at each boundary; or keep these parameters trainable from the start with a learning rate "
-          "of 0 (Lightning #20340's workaround)")
+_FIXES = (
+    "Fixes: freeze before wrapping the model; for a staged schedule pass "
+    "StagedUnfreeze(wrapper, optimizer, stages, rewrap=lambda m: <build the wrapper around m>), which rebuilds "
+    "the wrapper at each boundary; or keep these parameters trainable from the start with a learning rate "
+    "of 0 (Lightning #20340's workaround)"
+)
 
 
 def guard_trainability_change(view, to_trainable: list[str], to_frozen: list[str]) -> None:
@@ -53,15 +56,17 @@ def guard_trainability_change(view, to_trainable: list[str], to_frozen: list[str
     wrapper = type(wrappers[0]).__name__
     if to_trainable:
         names = _sample(to_trainable)
-        raise XFreezeError(f"unfreeze of {len(to_trainable)} parameters ({names}) of {_name(adapter, model)} refused: "
-                           f"the model is wrapped in {wrapper}, which never registered them, so their gradients "
-                           f"would not be all-reduced and the ranks would silently diverge. Nothing was changed. "
-                           + _FIXES)
-    raise XFreezeError(f"freeze of {len(to_frozen)} parameters ({_sample(to_frozen)}) of {_name(adapter, model)} "
-                       f"refused: the model is wrapped in {wrapper}, which registered them and would wait for "
-                       f"gradients that never come (torch: 'Expected to have finished reduction'; Paddle: "
-                       f"PreconditionNotMet), after one step on which the ranks diverge. Nothing was changed. "
-                       + _FIXES)
+        raise XFreezeError(
+            f"unfreeze of {len(to_trainable)} parameters ({names}) of {_name(adapter, model)} refused: "
+            f"the model is wrapped in {wrapper}, which never registered them, so their gradients "
+            f"would not be all-reduced and the ranks would silently diverge. Nothing was changed. " + _FIXES
+        )
+    raise XFreezeError(
+        f"freeze of {len(to_frozen)} parameters ({_sample(to_frozen)}) of {_name(adapter, model)} "
+        f"refused: the model is wrapped in {wrapper}, which registered them and would wait for "
+        f"gradients that never come (torch: 'Expected to have finished reduction'; Paddle: "
+        f"PreconditionNotMet), after one step on which the ranks diverge. Nothing was changed. " + _FIXES
+    )
 
 
 def check_freeze_agreement(model, *, backend: str | None = None) -> None:
@@ -80,6 +85,7 @@ def check_freeze_agreement(model, *, backend: str | None = None) -> None:
         >>> check_freeze_agreement(torch.nn.Linear(2, 2))  # one process: nothing to compare
     """
     from ._backend import adapter_for
+
     adapter = adapter_for(model, backend)
     if adapter.world_size() <= 1:
         return
@@ -89,17 +95,22 @@ def check_freeze_agreement(model, *, backend: str | None = None) -> None:
     if high == -neg_low:
         return
     masks = adapter.all_gather_object(mask)
-    raise XFreezeError(f"ranks froze different tensors of {_name(adapter, model)}: {_first_difference(masks)}. "
-                       "Apply the same freeze / stages on every rank (and before wrapping); a rank-dependent pattern "
-                       "or a freeze under `if rank == 0` makes the ranks train different models")
+    raise XFreezeError(
+        f"ranks froze different tensors of {_name(adapter, model)}: {_first_difference(masks)}. "
+        "Apply the same freeze / stages on every rank (and before wrapping); a rank-dependent pattern "
+        "or a freeze under `if rank == 0` makes the ranks train different models"
+    )
 
 
 def freeze_mask(adapter, model) -> list[str]:
     """``name=T|F`` per parameter and ``path=locked`` per locked norm layer, in model order."""
     inner = adapter.unwrap_all(model)
     mask = [f"{e.name}={'T' if adapter.is_trainable(e.param) else 'F'}" for e in _select.walk(adapter, inner)]
-    return mask + [f"{path or '(root)'}=locked" for path, m in adapter.named_modules(inner)
-                   if adapter.norm_statistics(m) and adapter.is_norm_locked(m)]
+    return mask + [
+        f"{path or '(root)'}=locked"
+        for path, m in adapter.named_modules(inner)
+        if adapter.norm_statistics(m) and adapter.is_norm_locked(m)
+    ]
 
 
 def _first_difference(masks: list) -> str:
@@ -113,13 +124,16 @@ def _first_difference(masks: list) -> str:
 
 # --- StagedUnfreeze(rewrap=...) -------------------------------------------------------------------------------------
 
+
 def attach(staged, rewrap) -> None:
     """Set ``staged.model`` (the plain model) and ``staged.wrapped`` (the live wrapper); refuse, up front, stages a
     wrapper cannot honour."""
     adapter, model = staged.adapter, staged.model
     if rewrap is not None and not callable(rewrap):
-        raise XFreezeError(f"rewrap must be a function that wraps the model, e.g. rewrap=lambda m: "
-                           f"DistributedDataParallel(m). Received: {type(rewrap).__name__}")
+        raise XFreezeError(
+            f"rewrap must be a function that wraps the model, e.g. rewrap=lambda m: "
+            f"DistributedDataParallel(m). Received: {type(rewrap).__name__}"
+        )
     wrappers = adapter.syncing_wrappers(model)
     staged.rewrap, staged.wrapped = rewrap, wrappers[0] if wrappers else model
     staged.model = adapter.unwrap_all(model) if wrappers or rewrap else model
@@ -148,8 +162,9 @@ def stage_boundary(staged, stage):
     now = [e.param for e in _select.walk(adapter, staged.model) if adapter.is_trainable(e.param)]
     old = staged.wrapped if staged.wrapped is not staged.model else None
     if {id(p) for p in now} != before and (old is not None or adapter.world_size() > 1):
-        staged.wrapped = adapter.rebuild_wrapper(old, staged.model, staged.rewrap,
-                                                 [p for p in now if id(p) not in before])
+        staged.wrapped = adapter.rebuild_wrapper(
+            old, staged.model, staged.rewrap, [p for p in now if id(p) not in before]
+        )
     check_freeze_agreement(staged.model, backend=adapter.name)
 
 
@@ -164,25 +179,33 @@ def _refuse_unhonoured_stages(staged, wrapper: str, rewrap) -> None:
             if not patterns:
                 continue
             chosen = _select.resolve(adapter, model, _select.compile_patterns(patterns), entries)
-            keep = {e.name for e in chosen if not target and stage.norm == "train"
-                    and adapter.module_kind(e.module) == "norm"}
+            keep = {
+                e.name
+                for e in chosen
+                if not target and stage.norm == "train" and adapter.module_kind(e.module) == "norm"
+            }
             changed = [e.name for e in chosen if e.name not in keep and trainable[e.name] != target]
             if not changed:
                 continue
             if rewrap is None:
                 verb = "unfreezes" if target else "freezes"
-                raise XFreezeError(f"stages[{i}] (at={stage.at}) {verb} {len(changed)} parameters ({_sample(changed)}) "
-                                   f"of a model wrapped in {wrapper}, which cannot follow a change of what trains "
-                                   f"(ranks would diverge silently, or the step would fail). " + _FIXES)
+                raise XFreezeError(
+                    f"stages[{i}] (at={stage.at}) {verb} {len(changed)} parameters ({_sample(changed)}) "
+                    f"of a model wrapped in {wrapper}, which cannot follow a change of what trains "
+                    f"(ranks would diverge silently, or the step would fail). " + _FIXES
+                )
             if not target and not adapter.rewrap_can_freeze:
-                raise XFreezeError(f"stages[{i}] (at={stage.at}) freezes {len(changed)} parameters "
-                                   f"({_sample(changed)}) after {wrapper} was built: {wrapper} cannot be rebuilt "
-                                   f"after a freeze (SIGSEGV in EagerReducer::AddDistHook). Freeze them before "
-                                   f"wrapping (first stage at=0, applied before the wrapper), or leave them trainable")
+                raise XFreezeError(
+                    f"stages[{i}] (at={stage.at}) freezes {len(changed)} parameters "
+                    f"({_sample(changed)}) after {wrapper} was built: {wrapper} cannot be rebuilt "
+                    f"after a freeze (SIGSEGV in EagerReducer::AddDistHook). Freeze them before "
+                    f"wrapping (first stage at=0, applied before the wrapper), or leave them trainable"
+                )
             trainable.update({name: target for name in changed})
 
 
 # --- rank-aware checkpoints -----------------------------------------------------------------------------------------
+
 
 def save_on_rank(obj, rank: int, write):
     """All ranks gather the full state (FSDP shards included), rank ``rank`` writes it with ``write(state)``, then
@@ -210,15 +233,18 @@ def load_tensors(adapter, model, targets: dict, plan: dict) -> None:
     elif sharding == "fsdp2":
         adapter.load_full_state(model, dict(plan))
     else:
-        raise XFreezeError(f"load_matched into a {sharding.upper()}-sharded {type(model).__name__} refused: each "
-                           "rank holds flat shards, so names and shapes cannot be checked; nothing was changed. "
-                           "Fixes: call load_matched on the model before wrapping it in FullyShardedDataParallel, or "
-                           "use fully_shard (FSDP2), which load_matched supports")
+        raise XFreezeError(
+            f"load_matched into a {sharding.upper()}-sharded {type(model).__name__} refused: each "
+            "rank holds flat shards, so names and shapes cannot be checked; nothing was changed. "
+            "Fixes: call load_matched on the model before wrapping it in FullyShardedDataParallel, or "
+            "use fully_shard (FSDP2), which load_matched supports"
+        )
 
 
 def _adapter_of(obj):
     from ._backend import adapter_for, adapter_named, tensor_backend
     from .backends import ADAPTERS
+
     if not isinstance(obj, dict):
         adapter = adapter_for(obj)
     else:
@@ -234,6 +260,7 @@ def _model_and_adapter(view):
     adapter = getattr(view, "adapter", None)
     if adapter is None:
         from ._backend import adapter_for
+
         adapter = adapter_for(model)
     return model, adapter
 
