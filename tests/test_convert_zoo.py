@@ -11,7 +11,7 @@ ZOO = {
                                 "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "mobilenet_v2",
                                 "mobilenet_v3_small", "mobilenet_v3_large", "densenet121", "densenet161",
                                 "densenet169", "densenet201", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
-                                "shufflenet_v2_x1_5", "shufflenet_v2_x2_0")},
+                                "shufflenet_v2_x1_5")},
     **{n: (n, {}, 64) for n in ("vgg11", "vgg13", "vgg16", "vgg19")},
     **{f"{n}_bn": (n, {"batch_norm": True}, 64) for n in ("vgg11", "vgg13", "vgg16", "vgg19")},
     "alexnet": ("alexnet", {}, 224),          # paddle.vision AlexNet has no adaptive pool: 224 only
@@ -93,6 +93,16 @@ def test_googlenet_differs_and_says_what():
         with pytest.raises(xfreeze.XFreezeError, match=rf"converting the {origin} source placed 0 of \d+ keys .*"
                                                        r"fewer than half.*BatchNorm after every conv"):
             xfreeze.load_matched(model, source)
+
+
+def test_shufflenet_x2_0_differs_and_says_what():
+    import paddle.vision.models as pv
+    import torchvision
+    t, p = torchvision.models.shufflenet_v2_x2_0(num_classes=10), pv.shufflenet_v2_x2_0(num_classes=10)
+    with pytest.raises(xfreeze.XFreezeError, match=r"module 5 differs: source 'stage2.0.branch1.2' holds weight "
+                                                   r"\[122, 24, 1, 1\] where the target's '2_1._conv_linear_1.0' "
+                                                   r"holds weight \[112, 24, 1, 1\]"):
+        xfreeze.load_matched(p, t.state_dict())
 
 
 def test_squeezenet_1_1_warns_what_differs():
