@@ -194,6 +194,13 @@ def torch_refusals(rank: int) -> dict:
     other = torch_cnn()
     xfreeze.freeze(other, "0" if rank == 0 else "1")  # a rank-dependent freeze
     out["disagree"] = _error(lambda: check_freeze_agreement(other))
+    plain = torch_cnn()  # a plain model and rewrap=: StagedUnfreeze builds the wrapper itself
+    xfreeze.freeze(plain, "0")
+    opt = torch.optim.SGD([p for p in plain.parameters() if p.requires_grad], lr=0.1)
+    staged = xfreeze.StagedUnfreeze(plain, opt, [xfreeze.Stage(1, unfreeze=["0"])], unit="step", rewrap=DDP)
+    out["built"] = type(staged.wrapped).__name__
+    _torch_steps(lambda: staged.wrapped, opt, rank, range(3), staged)
+    out["plain"] = {k: v for k, v in _torch_state(plain).items() if "running" not in k}
     return out
 
 

@@ -48,6 +48,8 @@ def test_ddp_refuses_changes_it_cannot_honour_before_anything_changes(tmp_path):
         assert "never registered them" in r["unfreeze"] and "Nothing was changed" in r["unfreeze"]
         assert "never registered them" in r["unfreeze_inner"]  # the plain model inside a live DDP
         assert "Expected to have finished reduction" in r["freeze"]
+        assert r["built"] == "DistributedDataParallel"
+    assert same_bits(r0["plain"], r1["plain"])  # a plain model given with rewrap=: wrapped and trained in step
 
 
 def test_norm_lock_survives_convert_sync_batchnorm(tmp_path):

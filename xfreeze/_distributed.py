@@ -137,9 +137,10 @@ def attach(staged, rewrap) -> None:
     wrappers = adapter.syncing_wrappers(model)
     staged.rewrap, staged.wrapped = rewrap, wrappers[0] if wrappers else model
     staged.model = adapter.unwrap_all(model) if wrappers or rewrap else model
-    if wrappers:
-        _refuse_unhonoured_stages(staged, type(wrappers[0]).__name__, rewrap)
-    if rewrap is not None and not wrappers and adapter.world_size() > 1:
+    build_now = rewrap is not None and not wrappers and adapter.world_size() > 1
+    if wrappers or build_now:  # checked before the wrapper is built: nothing is built for a refused schedule
+        _refuse_unhonoured_stages(staged, type(wrappers[0]).__name__ if wrappers else "the wrapper", rewrap)
+    if build_now:
         staged.wrapped = rewrap(staged.model)
     if wrappers or rewrap is not None:
         check_freeze_agreement(staged.model, backend=adapter.name)
