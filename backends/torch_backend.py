@@ -373,7 +373,8 @@ class _Distributed:
         while isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(m, "_orig_mod"):
             if isinstance(m, nn.parallel.DistributedDataParallel):
                 out.append(m)
-            m = getattr(m, "_orig_mod", None) or m.module
+            inner = getattr(m, "_orig_mod", None)
+            m = m.module if inner is None else inner
         return out + [w for w in self._enclosing(m) if w not in out]
 
     def _enclosing(self, module) -> list:
@@ -386,7 +387,8 @@ class _Distributed:
     def unwrap_all(self, model):
         """The plain model under DDP / DataParallel / torch.compile / FSDP1 wrappers."""
         while True:
-            inner = getattr(model, "_orig_mod", None) or getattr(model, "_fsdp_wrapped_module", None)
+            inner = getattr(model, "_orig_mod", None)  # not `or`: an empty Sequential is falsy
+            inner = getattr(model, "_fsdp_wrapped_module", None) if inner is None else inner
             if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
                 inner = model.module
             if inner is None:
