@@ -169,3 +169,20 @@ def test_fsdp1_use_orig_params_stage_changes_names_save_and_refused_load(tmp_pat
 def test_ddp_and_fsdp2_stage_change_on_one_gpu_nccl(tmp_path):
     (r,) = W.launch_torch(W.torch_gpu, tmp_path, world=1, backend="nccl")
     assert r == {"ddp": True, "fsdp2": True}  # the block unfrozen after wrapping / sharding trains
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_rewrap_must_be_callable_and_single_process_is_untouched(framework):
+    import xfreeze
+    from xfreeze._distributed import check_freeze_agreement, guard_trainability_change
+
+    model = W.torch_cnn() if framework == "torch" else W.paddle_cnn()
+    xfreeze.freeze(model, "0")
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    with pytest.raises(xfreeze.XFreezeError, match="rewrap must be a function that wraps the model"):
+        xfreeze.StagedUnfreeze(model, opt, [xfreeze.Stage(1, unfreeze=["0"])], rewrap=3)
+    guard_trainability_change(model, ["0.0.weight"], ["4.weight"])  # no wrapper, no process group: allowed
+    check_freeze_agreement(model)  # one process: nothing to compare
+    staged = xfreeze.StagedUnfreeze(model, opt, [xfreeze.Stage(1, unfreeze=["0"])], rewrap=lambda m: 1 / 0)
+    staged.step(1)  # no process group: the wrapper is never built, the stage applies as usual
+    assert staged.wrapped is model and xfreeze.summary(model, print_table=False).counts.frozen == 0
