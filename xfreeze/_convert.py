@@ -68,7 +68,7 @@ def convert(state, to: str, model=None, *, arch: str | None = None, source: str 
     targets = _target_info(model) if model is not None else None
     chosen = arch or _best_arch(list(state), src, dst, targets)
     names = {key: rename(key, src, dst, chosen) for key in state}
-    if model is not None and arch is None and not set(targets) <= set(names.values()):
+    if model is not None and arch is None and not set(targets or ()) <= set(names.values()):
         names, chosen = _aligned(state, names, src, dst, model) or (names, chosen)
     out = StateDict(framework=to, format=state.format, notes=list(state.notes))
     rules = (_value_rules(src, list(state)), _value_rules(dst, list(targets) if targets is not None
