@@ -463,6 +463,26 @@ class _Distributed:
         """Elements this rank holds (the local shard of a DTensor)."""
         return _local(param).numel()
 
+    def sharded_sizes(self, model) -> dict:
+        """``{name: (full elements, elements on this rank)}`` of a sharded model's parameters (empty when it is
+        not sharded): FSDP2 DTensors know their global shape; FSDP1 keeps the full shapes in its flat parameters."""
+        sharding = self.sharding(model)
+        if sharding == "fsdp2":
+            return {n: (p.numel(), _local(p).numel()) for n, p in self.unwrap_all(model).named_parameters()}
+        if sharding != "fsdp1":
+            return {}
+        fsdp, out = sys.modules["torch.distributed.fsdp"].FullyShardedDataParallel, {}
+        for path, module in model.named_modules():
+            handle = getattr(module, "_handle", None) if isinstance(module, fsdp) else None
+            if handle is None:
+                continue
+            prefix = ".".join(p for p in path.split(".") if p not in ("_fsdp_wrapped_module", "module", ""))
+            flat = handle.flat_param  # _shard_param_infos: what this rank's shard holds of each parameter
+            for fqn, shape, info in zip(flat._fqns, flat._shapes, flat._shard_param_infos):
+                name = f"{prefix}.{fqn}" if prefix else fqn
+                out[name] = (shape.numel(), info.numel_in_shard if info.in_shard else 0)
+        return out
+
 
 def _owners(child) -> list:
     """Objects that hold ``child`` in a sub-module dict: child <- _modules dict <- instance __dict__ <- owner."""

@@ -295,6 +295,9 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     out["full"] = {k: v.detach().cpu().numpy().copy() for k, v in full.items()}
     if ema is not None:
         out["ema"] = {k: v.detach().cpu().numpy().copy() for k, v in ema.state_dict()["shadow"].items()}
+    from xfreeze.backends.torch_backend import ADAPTER
+
+    out["sizes"] = ADAPTER.sharded_sizes(model)
     out["ema_before"] = _safe(lambda: _ema_before_sharding(rank))
     delta = path + f".delta{rank}.safetensors"  # the I/O issue's delta checkpoints, on the sharded model
     out["delta"] = _safe(lambda: xfreeze.save_delta(model, delta) and str(xfreeze.verify_frozen(model, delta)))
@@ -460,6 +463,9 @@ def torch_fsdp1(rank: int, path: str) -> dict:
         "select": _safe(lambda: xfreeze.select(fsdp, "1.0.*")),
         "summary": _safe(lambda: xfreeze.summary(fsdp, print_table=False).counts.trainable),
     }
+    from xfreeze.backends.torch_backend import ADAPTER
+
+    out["sizes"] = ADAPTER.sharded_sizes(fsdp)
     opt = torch.optim.SGD([p for p in fsdp.parameters() if p.requires_grad], lr=0.1)
     _torch_steps(lambda: fsdp, opt, rank, range(2))
     out["save"] = _safe(lambda: str(xfreeze.save_checkpoint(fsdp, path, rank=0)))

@@ -87,6 +87,7 @@ def test_fsdp2_freeze_before_sharding_staged_unfreeze_and_rank0_save(tmp_path):
         assert np.array_equal(start[k].numpy(), r0["full"][k]), k
     assert not np.array_equal(start["1.0.weight"].numpy(), r0["full"]["1.0.weight"])  # unfrozen after sharding
     assert np.array_equal(r0["head_before_freeze"], r0["full"]["4.weight"])  # frozen after sharding: fixed
+    assert r0["sizes"]["1.0.weight"] == (216, 108) and r1["sizes"]["1.0.weight"] == (216, 108)  # full, this rank
     for r in (r0, r1):  # load_matched into the sharded model: validated first, loaded through set_model_state_dict
         assert "strict load" in r["strict"] and same_bits(r["full"], r["after_strict"])
         assert r["loaded"] == r0["loaded"] and "4.weight" in r["loaded"]
@@ -158,6 +159,8 @@ def test_fsdp1_use_orig_params_stage_changes_names_save_and_refused_load(tmp_pat
     for r in (r0, r1):
         assert "load_matched into a FSDP1-sharded" in r["load"] and "nothing was changed" in r["load"]
         assert same_bits(r["after_freeze"], r["after_load"])
+    sizes = {n: (full, r0["sizes"][n][1] + r1["sizes"][n][1]) for n, (full, _) in r0["sizes"].items()}
+    assert sizes["1.0.weight"] == (216, 216) and all(full == local for full, local in sizes.values())
     if r0["summary"] != r1["summary"]:  # summary reads local flat shards: the lead's summary needs local_numel
         pytest.xfail(f"summary under FSDP1 differs per rank: trainable {r0['summary']} vs {r1['summary']}")
 
