@@ -533,6 +533,9 @@ class _Distributed:
     def local_numel(self, param) -> int:
         return self.numel(param)
 
+    def sharded_sizes(self, model) -> dict:
+        return {}
+
 
 def _averaging_hook(world: int):
     def average(grad):
