@@ -531,7 +531,7 @@ class _Distributed:
         raise XFreezeError("sharded Paddle models are not supported by xfreeze yet: load before sharding")
 
     def local_numel(self, param) -> int:
-        return self.numel(param)
+        return math.prod(param.shape)
 
     def sharded_sizes(self, model) -> dict:
         return {}
@@ -571,7 +571,8 @@ def _relock_after(convert):
 
 
 if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):
-    nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
+    _converter = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
+    nn.SyncBatchNorm.convert_sync_batchnorm = _converter  # type: ignore[method-assign]
 for _name, _fn in vars(_Distributed).items():
     if not _name.startswith("__"):
         setattr(PaddleAdapter, _name, _fn)

@@ -510,7 +510,8 @@ def _relock_after(convert):
 
 
 if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):
-    nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
+    _converter = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
+    nn.SyncBatchNorm.convert_sync_batchnorm = _converter  # type: ignore[method-assign]
 for _name, _fn in vars(_Distributed).items():
     if not _name.startswith("__"):
         setattr(TorchAdapter, _name, _fn)
