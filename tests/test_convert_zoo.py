@@ -1,5 +1,7 @@
 """Every torchvision classifier with a paddle.vision twin converts both ways with every key placed and equal eval
 outputs (float32, <= 1e-5 of the output magnitude); where the architectures differ, the message says what differs."""
+import gc
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,8 @@ def measure(name, to):
     with torch.no_grad():
         a = t(torch.from_numpy(x)).numpy()
     b = p(paddle.to_tensor(x)).numpy()
+    del t, p
+    gc.collect()
     return report, float(np.abs(a - b).max() / np.abs(a).max())
 
 
