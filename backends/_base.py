@@ -87,6 +87,24 @@ class Adapter:
         """``[(name, child)]``: the module's direct submodules, in registration order."""
         _todo(self, "children")
 
+    def registrations(self, view) -> list:
+        """``(registry dict, key, object)`` for every parameter and submodule of the view, and ``(registry, None,
+        size)`` for every registry: re-checking them (microseconds) tells that a wrapper or the user swapped, added
+        or removed a tensor or module since the view was built."""
+        out = [(view.modules[mi]._parameters, local, p) for mi, local, p in view.registered]
+        for module in view.modules:
+            children = self._child_registry(module)
+            out.extend((children, name, child) for name, child in self.children(module))
+            out.extend(((module._parameters, None, len(module._parameters)), (children, None, len(children))))
+        return out
+
+    def _child_registry(self, module) -> dict:
+        _todo(self, "_child_registry")
+
+    def like(self, value, param):
+        """``value`` (an EMA shadow) in ``param``'s layout: sharded like a DTensor parameter, or whole."""
+        return value
+
     def module_tensors(self, module) -> tuple:
         """``([(local, parameter)], [(neutral stat name, state-dict local name, tensor)])`` of the module itself:
         its parameters, and its norm running statistics (torch buffers; Paddle's ``_mean``/``_variance``)."""

@@ -58,6 +58,9 @@ class PaddleAdapter(Adapter):
     def children(self, module) -> list:
         return [(name, child) for name, child in module._sub_layers.items() if child is not None]
 
+    def _child_registry(self, module) -> dict:
+        return module._sub_layers
+
     def module_tensors(self, module) -> tuple:
         is_norm = isinstance(module, _NORMS)
         params, stats = [], []

@@ -66,6 +66,18 @@ class TorchAdapter(Adapter):
     def children(self, module) -> list:
         return [(name, child) for name, child in module._modules.items() if child is not None]
 
+    def _child_registry(self, module) -> dict:
+        return module._modules
+
+    def like(self, value, param):
+        sharded, is_sharded = hasattr(param, "device_mesh"), hasattr(value, "device_mesh")
+        if sharded and not is_sharded:  # FSDP2 swapped the parameter for a DTensor after the EMA was built
+            from torch.distributed.tensor import distribute_tensor
+            return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+        if is_sharded and not sharded:
+            return value.full_tensor()
+        return value
+
     def module_tensors(self, module) -> tuple:
         params = [(local, p) for local, p in module._parameters.items() if p is not None]
         stats = [(local, local, module._buffers[local]) for local in _STATS if module._buffers.get(local) is not None]

@@ -100,3 +100,28 @@ def test_ema_copy_to_refuses_other_objects_and_wider_heads(fw):
     with pytest.raises(XFreezeError, match=r"'8.weight' has shape .* nothing was written"):
         ema.copy_to(other)
     assert_unchanged(other, before)
+
+
+def test_ema_follows_tensors_swapped_after_it_was_built(fw):
+    """What FSDP2's fully_shard does to every parameter, a user does here to one layer: the EMA follows the new
+    tensors (same names and shapes) instead of averaging a tensor that no longer trains."""
+    model = model_of(fw)
+    ema = EMA(model, decay=0.5)
+    model[8] = model_of(fw, seed=5)[8]  # a new head of the same shape
+    ema.update()
+    new = view_of(model)
+    adapter = new.adapter
+    expected = adapter.to_raw(new.params[new.index["8.weight"]]).bits
+    before = adapter.to_raw(ema.shadow["8.weight"]).bits
+    assert not np.array_equal(before, expected)
+    for _ in range(30):
+        ema.update()
+    assert np.allclose(adapter.to_raw(ema.shadow["8.weight"]).bits, expected, atol=1e-6)
+
+
+def test_ema_refuses_a_model_whose_structure_changed(fw):
+    model = model_of(fw)
+    ema = EMA(model, decay=0.5)
+    model.extra = fw.build(Spec("mlp", (3,), classes=7))[0]  # a new layer with parameters
+    with pytest.raises(XFreezeError, match="changed since the EMA was built"):
+        ema.update()

@@ -50,8 +50,21 @@ class EMA:
         self.adapter, self.model, self.decay, self.warmup, self.num_updates = view.adapter, model, float(decay), \
             warmup, 0
         self.names = list(view.names) + list(view.stat_names)
+        self.shadow = {name: self.adapter.clone(t) for name, t in zip(self.names, list(view.params) +
+                                                                      list(view.stat_tensors))}
+        self._bind(view)
+
+    def _bind(self, view) -> None:
+        """Follow the model's current tensors (again after a wrapper such as FSDP2's fully_shard swapped them)."""
+        names = list(view.names) + list(view.stat_names)
+        if names != self.names:
+            changed = sorted(set(names) ^ set(self.names))[:5]
+            raise XFreezeError(f"EMA: the model's parameters changed since the EMA was built ({changed}); build a "
+                               "new EMA for the new structure (EMA.copy_to can carry weights that still match)")
         self._params, self._stats = list(view.params), list(view.stat_tensors)
-        self.shadow = {name: self.adapter.clone(t) for name, t in zip(self.names, self._params + self._stats)}
+        for name, tensor in zip(self.names, self._params + self._stats):
+            self.shadow[name] = self.adapter.like(self.shadow[name], tensor)
+        self._slots = self.adapter.registrations(view)
         self._mask: tuple | None = None
         self._plan: tuple = ()
 
@@ -67,6 +80,9 @@ class EMA:
         self.num_updates += 1
 
     def _current_plan(self) -> tuple:
+        if not all(registry.get(key) is obj if key is not None else len(registry) == obj
+                   for registry, key, obj in self._slots):
+            self._bind(view_of(self.model, self.adapter.name))
         mask = tuple(self.adapter.trainable_flags(self._params))
         if mask != self._mask:  # trainability changed (or first update): split again
             shadows = [self.shadow[n] for n in self.names]

@@ -38,6 +38,7 @@ class ModelView:
         self.paths = [p for p, _ in walk.modules]
         self.modules = [m for _, m in walk.modules]
         self.module_index = {p: i for i, p in enumerate(self.paths)}
+        self.registered = [(mi, local, t) for mi, local, t in walk.params]  # every registration, tied ones too
         self.params, self.names, self.owner, self.tied = [], [], [], {}
         first: dict[int, int] = {}
         for mi, local, tensor in walk.params:
