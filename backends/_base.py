@@ -238,6 +238,11 @@ class Adapter:
         """``(in_features, out_features, has_bias)`` of a Linear layer."""
         _todo(self, "linear_features")
 
+    def update_label_count(self, model, n: int) -> None:
+        """After a head replacement: the model's own record of its class count follows (transformers
+        ``config.num_labels`` / ``id2label``, PaddleNLP and timm ``num_classes``)."""
+        _todo(self, "update_label_count")
+
     def new_linear(self, like, out_features: int, init: str):
         """A new Linear with ``like``'s input size, bias setting, device and dtype."""
         _todo(self, "new_linear")

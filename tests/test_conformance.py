@@ -154,3 +154,10 @@ def test_optimizer_contract(name):
     assert sum(len(ids) for ids, _, _ in rows) == len(view_of(model).params)
     assert not any(adapter.has_optimizer_state(opt, p) for p in view_of(model).params)
     assert adapter.optimizer_state_problem(opt, model, adapter.optimizer_state(opt, model)) is None
+
+
+def test_head_label_count_follows(name):
+    adapter, model = adapter_named(name), kit(name).build(CNN)
+    model.num_classes = 3
+    adapter.update_label_count(model, 7)
+    assert model.num_classes == 7

@@ -146,3 +146,14 @@ def test_distributed_wrappers_use_the_inner_names(tmp_path):
     script.write_text(WRAPPED)
     result = subprocess.run([sys.executable, str(script), port], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_bart_tied_embeddings_count_once():
+    import transformers
+    config = transformers.BartConfig(vocab_size=99, d_model=16, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                     decoder_ffn_dim=32, max_position_embeddings=32)
+    model = transformers.BartForSequenceClassification(config)
+    s = xfreeze.summary(model, print_table=False)
+    assert sum(r.parameters for r in s.rows) == s.counts.total == sum(p.numel() for p in model.parameters())
+    assert sorted(r.name for r in s.rows if r.tied) == ["model.decoder.embed_tokens", "model.encoder.embed_tokens"]

@@ -68,12 +68,17 @@ class StateDict(dict):
             notes about the whole file have the key ``""``.
         metadata: what a safetensors file says of itself (its ``__metadata__``, verbatim; never trusted over the
             file's structure); empty for other formats.
+        arch, unplaced, differences: set by :func:`xfreeze.convert`: the architecture map used, the keys the
+            target model has no place for, and the known architecture differences it found.
     """
 
     def __init__(self, *args, framework=None, format=None, notes=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.framework, self.format, self.notes = framework, format, list(notes or [])
         self.metadata: dict = {}  # what a safetensors file says of itself (``__metadata__``), verbatim
+        self.arch: str | None = None
+        self.unplaced: list = []
+        self.differences: list = []
 
 
 def load_checkpoint(path, *, framework: str | None = None) -> StateDict:

@@ -81,9 +81,7 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
         parent, _, attr = path.rpartition(".")
         setattr(view.modules[view.module_index[parent]], attr, layer)
         new.append(layer)
-    update = getattr(adapter, "update_label_count", None)
-    if update is not None:
-        update(view.inner, int(num_classes))
+    adapter.update_label_count(view.inner, int(num_classes))
     invalidate(model)
     return new[0] if len(new) == 1 else new
 
