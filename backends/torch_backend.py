@@ -211,8 +211,7 @@ class TorchAdapter(Adapter):
         return value.to(device=like.device, dtype=like.dtype)
 
     def load_tensors(self, targets, values) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(list(targets), list(values)) if targets else None
+        self.copy_into(list(targets), list(values))
 
     def state_arrays(self, model) -> dict:
         return {k: v.detach().cpu().numpy() for k, v in _unwrap(model).state_dict().items()}
@@ -337,19 +336,27 @@ class TorchAdapter(Adapter):
         return tensor.detach().clone()
 
     def ema_update(self, averages, values, weight: float) -> None:
-        if averages:  # one fused lerp (timm ModelEmaV3): e + w * (m - e), exactly e when m == e
-            with torch.no_grad():
-                torch._foreach_lerp_(averages, values, weight)
+        with torch.no_grad():  # one fused lerp (timm ModelEmaV3): e + w * (m - e), exactly e when m == e
+            for group_a, group_v in _foreach_groups(averages, values):
+                torch._foreach_lerp_(group_a, group_v, weight)
 
     def copy_into(self, targets, sources) -> None:
-        if targets:
-            with torch.no_grad():
-                torch._foreach_copy_(targets, sources)
+        with torch.no_grad():
+            for group_t, group_s in _foreach_groups(targets, sources):
+                torch._foreach_copy_(group_t, group_s)
 
 
 def _local(tensor):
     """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _foreach_groups(first: list, second: list):
+    """The pairs split into plain tensors and DTensors (FSDP2 parameters beside plain BatchNorm buffers): a foreach
+    kernel takes one kind at a time."""
+    plain = [(a, b) for a, b in zip(first, second) if not hasattr(a, "device_mesh")]
+    sharded = [(a, b) for a, b in zip(first, second) if hasattr(a, "device_mesh")]
+    return [tuple(map(list, zip(*pairs))) for pairs in (plain, sharded) if pairs]
 
 
 def _unwrap_root(model):
