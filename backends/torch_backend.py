@@ -158,7 +158,7 @@ class TorchAdapter(Adapter):
     def to_raw(self, tensor):
         from .._tensors import Raw
         name = self.tensor_dtype(tensor)
-        t = _local(tensor).detach().cpu().contiguous()
+        t = _whole(tensor).detach().cpu().contiguous()
         if name in _BIT_VIEWS:
             carrier, np_carrier = _BIT_VIEWS[name]
             return Raw(t.view(carrier).numpy().view(np_carrier), name)
@@ -236,7 +236,7 @@ class TorchAdapter(Adapter):
 
     def save_file(self, tensors: dict, f) -> None:
         # native tensors, dtype kept; a view is saved alone, not with the whole storage it looks into
-        torch.save({k: _local(v).detach().cpu().contiguous().clone() for k, v in tensors.items()}, f)
+        torch.save({k: _whole(v).detach().cpu().contiguous().clone() for k, v in tensors.items()}, f)
 
     # --- optimizers -------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr):
@@ -343,7 +343,16 @@ class TorchAdapter(Adapter):
     def copy_into(self, targets, sources) -> None:
         with torch.no_grad():
             for group_t, group_s in _foreach_groups(targets, sources):
-                torch._foreach_copy_(group_t, group_s)
+                if hasattr(group_t[0], "device_mesh"):  # DTensor has no sharding rule for _foreach_copy_
+                    for target, source in zip(group_t, group_s):
+                        target.copy_(source)
+                else:
+                    torch._foreach_copy_(group_t, group_s)
+
+
+def _whole(tensor):
+    """The logical (whole) value of a DTensor (FSDP2: a collective, so every rank calls it), else the tensor."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def _local(tensor):
