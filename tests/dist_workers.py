@@ -294,7 +294,8 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     out["full"] = {k: v.detach().cpu().numpy().copy() for k, v in full.items()}
     if ema is not None:
-        out["ema"] = {k: v.detach().cpu().numpy().copy() for k, v in ema.state_dict()["shadow"].items()}
+        shadow = ema.state_dict()["shadow"].items()  # DTensor shadows (sharded like the parameters) are gathered
+        out["ema"] = {k: _full(v).detach().cpu().numpy().copy() for k, v in shadow}
     from xfreeze.backends.torch_backend import ADAPTER
 
     out["sizes"] = ADAPTER.sharded_sizes(model)
@@ -314,6 +315,10 @@ def torch_fsdp2(rank: int, path: str) -> dict:
         k: v.detach().cpu().numpy().copy() for k, v in get_model_state_dict(model, options=options).items()
     }
     return out
+
+
+def _full(tensor):
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def _ema_before_sharding(rank: int) -> str:

@@ -111,7 +111,7 @@ def test_fsdp2_freeze_before_sharding_staged_unfreeze_and_rank0_save(tmp_path):
     if reported:
         pytest.xfail("; ".join(reported))
     assert np.array_equal(r0["ema_before"]["shadow"], r1["ema_before"]["shadow"]) and r0["ema_before"]["toward"]
-    assert same_bits(r0["ema"], r1["ema"])
+    assert same_bits(*({k: v for k, v in r["ema"].items() if k not in local} for r in (r0, r1)))
 
 
 @pytest.mark.parametrize("compiler", ["eager", "aot_eager"])
