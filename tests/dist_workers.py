@@ -94,6 +94,10 @@ def _torch_entry(rank, world, port, body, out, kwargs, backend="gloo"):
         _save(out, rank, {"crash": traceback.format_exc()})
         raise
     finally:
+        import gc
+
+        gc.collect()  # free retired DDP wrappers (their reducers) while the process group still exists
+        dist.barrier()
         dist.destroy_process_group()
 
 
