@@ -213,6 +213,10 @@ class Adapter:
         """Bytes of the whole (logical) tensor."""
         _todo(self, "nbytes")
 
+    def element_size(self, tensor) -> int:
+        """Bytes per element."""
+        return int(tensor.element_size())
+
     def full_shape(self, tensor) -> tuple:
         """The tensor's logical shape (the whole tensor, also when it is sharded)."""
         return tuple(tensor.shape)
@@ -320,6 +324,59 @@ class Adapter:
     def register_state_hooks(self, opt, save, load) -> None:
         """Let xfreeze add to what ``opt``'s own state dict saves (``save``) and read it back first (``load``)."""
         _todo(self, "register_state_hooks")
+
+    # --- distributed (DDP / FSDP / Paddle DataParallel) ------------------------------------------------------
+    def syncing_wrappers(self, model) -> list:
+        """The wrappers that all-reduce ``model``'s gradients (around it, or ``model`` itself)."""
+        _todo(self, "syncing_wrappers")
+
+    def unwrap_all(self, model):
+        """The model inside every wrapper, distributed ones included."""
+        _todo(self, "unwrap_all")
+
+    def rebuild_wrapper(self, old, inner, build, newly_trainable):
+        """A new gradient-syncing wrapper after a stage changed what trains (``build`` makes it), the old retired."""
+        _todo(self, "rebuild_wrapper")
+
+    def world_size(self) -> int:
+        """Processes in the default group (1 without one)."""
+        _todo(self, "world_size")
+
+    def rank(self) -> int:
+        """This process's rank (0 without a group)."""
+        _todo(self, "rank")
+
+    def all_reduce_max(self, values: list) -> list:
+        """Element-wise maximum of a list of integers over all ranks."""
+        _todo(self, "all_reduce_max")
+
+    def all_gather_object(self, obj) -> list:
+        """``obj`` from every rank."""
+        _todo(self, "all_gather_object")
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        _todo(self, "barrier")
+
+    def sharding(self, model):
+        """``"fsdp1"``, ``"fsdp2"`` or None."""
+        _todo(self, "sharding")
+
+    def full_state(self, model) -> dict:
+        """The whole state dict of a (possibly sharded) model, gathered (every rank calls it)."""
+        _todo(self, "full_state")
+
+    def load_full_state(self, model, state: dict) -> None:
+        """Load a whole state dict into a (possibly sharded) model."""
+        _todo(self, "load_full_state")
+
+    def local_numel(self, param) -> int:
+        """Elements of ``param`` held by this rank."""
+        _todo(self, "local_numel")
+
+    def sharded_sizes(self, model) -> dict:
+        """``{name: (full elements, elements on this rank)}`` of a sharded model's parameters; empty otherwise."""
+        _todo(self, "sharded_sizes")
 
     # --- EMA (an EMA plan: lists of tensors, fused where the framework can) -----------------------------------
     def ema_update(self, averages: list, values: list, weight: float) -> None:

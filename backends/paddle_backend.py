@@ -5,6 +5,7 @@ treats buffers: they are never listed, selected or made trainable, so both frame
 """
 from __future__ import annotations
 
+import gc as _gc
 import math
 import types
 
@@ -49,7 +50,87 @@ _INITS = {
 # reaches a name).
 WRAPPERS = {"DataParallel": "_layers"}
 
-class PaddleAdapter(Adapter):
+class _Distributed:
+    """Wrapper and rank facts for xfreeze._distributed; mixed into the Paddle adapter below."""
+
+    # Rebuilding paddle.DataParallel after a freeze crashes (SIGSEGV in EagerReducer::AddDistHook), and a rebuilt one
+    # does not all-reduce the parameters that became trainable (measured, Paddle 3.3.1, gloo): see rebuild_wrapper.
+    rewrap_can_freeze = False
+
+    def syncing_wrappers(self, model) -> list:
+        out, m = [], model
+        while isinstance(m, paddle.DataParallel):
+            if self._syncs(m):
+                out.append(m)
+            m = m._layers
+        return out + [w for w in self._enclosing(m) if w not in out]
+
+    def _syncs(self, wrapper) -> bool:
+        return wrapper._strategy.nranks > 1 and getattr(wrapper, "_reducer", None) is not None
+
+    def _enclosing(self, layer) -> list:
+        if not self.world_size() > 1:
+            return []
+        found = [o for o in _owners(layer) if isinstance(o, paddle.DataParallel) and o._layers is layer
+                 and self._syncs(o)]
+        return list({id(w): w for w in found}.values())
+
+    def unwrap_all(self, model):
+        return _unwrap(model)
+
+    def rebuild_wrapper(self, old, inner, build, newly_trainable):
+        """Keep the live DataParallel and average the gradients of the newly trainable parameters with a gradient
+        hook (one all-reduce each, in backward order, the same on every rank): a second DataParallel over the same
+        parameters leaves them un-reduced (measured), and dropping the first one after a freeze crashes."""
+        if old is None:
+            return build(inner)
+        world = self.world_size()
+        for param in newly_trainable:
+            if not getattr(param, "_xfreeze_grad_sync", False):
+                param.register_hook(_averaging_hook(world))
+                param._xfreeze_grad_sync = True
+        return old
+
+    def world_size(self) -> int:
+        return paddle.distributed.get_world_size() if paddle.distributed.is_initialized() else 1
+
+    def rank(self) -> int:
+        return paddle.distributed.get_rank() if paddle.distributed.is_initialized() else 0
+
+    def all_reduce_max(self, values: list) -> list:
+        t = paddle.to_tensor(values, dtype="int64")
+        paddle.distributed.all_reduce(t, op=paddle.distributed.ReduceOp.MAX)
+        return [int(v) for v in t.numpy()]
+
+    def all_gather_object(self, obj) -> list:
+        out: list = []
+        paddle.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size() > 1:
+            paddle.distributed.barrier()
+
+    def sharding(self, model):
+        return None  # Paddle's sharded training (fleet group_sharded) is not covered yet
+
+    def is_sharded(self, model) -> bool:
+        return False
+
+    def full_state(self, model) -> dict:
+        return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+
+    def load_full_state(self, model, state: dict) -> None:
+        raise XFreezeError("sharded Paddle models are not supported by xfreeze yet: load before sharding")
+
+    def local_numel(self, param) -> int:
+        return math.prod(param.shape)
+
+    def sharded_sizes(self, model) -> dict:
+        return {}
+
+
+class PaddleAdapter(_Distributed, Adapter):
     name = "paddle"
 
     # --- structure: the model view ---------------------------------------------------------------------------
@@ -457,87 +538,6 @@ ADAPTER = PaddleAdapter()
 
 
 # --- distributed (issue 10: paddle.DataParallel, ranks, collectives) ------------------------------------------------
-import gc as _gc  # noqa: E402
-
-
-class _Distributed:
-    """Wrapper and rank facts for xfreeze._distributed; mixed into the Paddle adapter below."""
-
-    # Rebuilding paddle.DataParallel after a freeze crashes (SIGSEGV in EagerReducer::AddDistHook), and a rebuilt one
-    # does not all-reduce the parameters that became trainable (measured, Paddle 3.3.1, gloo): see rebuild_wrapper.
-    rewrap_can_freeze = False
-
-    def syncing_wrappers(self, model) -> list:
-        out, m = [], model
-        while isinstance(m, paddle.DataParallel):
-            if self._syncs(m):
-                out.append(m)
-            m = m._layers
-        return out + [w for w in self._enclosing(m) if w not in out]
-
-    def _syncs(self, wrapper) -> bool:
-        return wrapper._strategy.nranks > 1 and getattr(wrapper, "_reducer", None) is not None
-
-    def _enclosing(self, layer) -> list:
-        if not self.world_size() > 1:
-            return []
-        found = [o for o in _owners(layer) if isinstance(o, paddle.DataParallel) and o._layers is layer
-                 and self._syncs(o)]
-        return list({id(w): w for w in found}.values())
-
-    def unwrap_all(self, model):
-        return _unwrap(model)
-
-    def rebuild_wrapper(self, old, inner, build, newly_trainable):
-        """Keep the live DataParallel and average the gradients of the newly trainable parameters with a gradient
-        hook (one all-reduce each, in backward order, the same on every rank): a second DataParallel over the same
-        parameters leaves them un-reduced (measured), and dropping the first one after a freeze crashes."""
-        if old is None:
-            return build(inner)
-        world = self.world_size()
-        for param in newly_trainable:
-            if not getattr(param, "_xfreeze_grad_sync", False):
-                param.register_hook(_averaging_hook(world))
-                param._xfreeze_grad_sync = True
-        return old
-
-    def world_size(self) -> int:
-        return paddle.distributed.get_world_size() if paddle.distributed.is_initialized() else 1
-
-    def rank(self) -> int:
-        return paddle.distributed.get_rank() if paddle.distributed.is_initialized() else 0
-
-    def all_reduce_max(self, values: list) -> list:
-        t = paddle.to_tensor(values, dtype="int64")
-        paddle.distributed.all_reduce(t, op=paddle.distributed.ReduceOp.MAX)
-        return [int(v) for v in t.numpy()]
-
-    def all_gather_object(self, obj) -> list:
-        out: list = []
-        paddle.distributed.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.world_size() > 1:
-            paddle.distributed.barrier()
-
-    def sharding(self, model):
-        return None  # Paddle's sharded training (fleet group_sharded) is not covered yet
-
-    def is_sharded(self, model) -> bool:
-        return False
-
-    def full_state(self, model) -> dict:
-        return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-
-    def load_full_state(self, model, state: dict) -> None:
-        raise XFreezeError("sharded Paddle models are not supported by xfreeze yet: load before sharding")
-
-    def local_numel(self, param) -> int:
-        return math.prod(param.shape)
-
-    def sharded_sizes(self, model) -> dict:
-        return {}
 
 
 def _averaging_hook(world: int):
@@ -576,6 +576,3 @@ def _relock_after(convert):
 if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):
     _converter = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
     nn.SyncBatchNorm.convert_sync_batchnorm = _converter  # type: ignore[method-assign]
-for _name, _fn in vars(_Distributed).items():
-    if not _name.startswith("__"):
-        setattr(PaddleAdapter, _name, _fn)

@@ -1,6 +1,8 @@
 """PyTorch adapter: trainability is ``requires_grad``; BatchNorm statistics are buffers."""
 from __future__ import annotations
 
+import sys
+import gc as _gc
 import copy
 import math
 import pickle
@@ -51,7 +53,130 @@ WRAPPERS = {
 }
 _STATS = ("running_mean", "running_var")
 
-class TorchAdapter(Adapter):
+class _Distributed:
+    """Wrapper and rank facts for xfreeze._distributed; a base of the torch adapter."""
+
+    rewrap_can_freeze = True  # a rebuilt DDP registers exactly the trainable parameters, whatever changed
+
+    def syncing_wrappers(self, model) -> list:
+        """The DDP wrappers that all-reduce ``model``'s gradients: ``model`` itself, the ones it wraps, and the
+        live ones that wrap it (found only while a process group is initialized)."""
+        out, m = [], model
+        while isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(m, "_orig_mod"):
+            if isinstance(m, nn.parallel.DistributedDataParallel):
+                out.append(m)
+            inner = getattr(m, "_orig_mod", None)
+            m = m.module if inner is None else inner
+        return out + [w for w in self._enclosing(m) if w not in out]
+
+    def _enclosing(self, module) -> list:
+        if not self.world_size() > 1:
+            return []
+        found = [o for o in _owners(module) if isinstance(o, nn.parallel.DistributedDataParallel)
+                 and o.module is module and not getattr(o, "_xfreeze_retired", False)]
+        return list({id(w): w for w in found}.values())
+
+    def unwrap_all(self, model):
+        """The plain model under DDP / DataParallel / torch.compile / FSDP1 wrappers."""
+        while True:
+            inner = getattr(model, "_orig_mod", None)  # not `or`: an empty Sequential is falsy
+            inner = getattr(model, "_fsdp_wrapped_module", None) if inner is None else inner
+            if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+                inner = model.module
+            if inner is None:
+                return model
+            model = inner
+
+    def rebuild_wrapper(self, old, inner, build, newly_trainable):
+        """A fresh DDP registers what trains now; the old one is retired so that calling it raises."""
+        new = build(inner)
+        if old is not None and old is not new:
+            self.retire_wrapper(old)
+        return new
+
+    def retire_wrapper(self, old) -> None:
+        from .._errors import XFreezeError
+
+        def replaced(*args, **kwargs):
+            raise XFreezeError(f"this {type(old).__name__} was replaced at a stage boundary (it no longer matches "
+                               "what trains); call the live wrapper, StagedUnfreeze.wrapped")
+        old._xfreeze_retired = True
+        object.__setattr__(old, "forward", replaced)
+
+    def world_size(self) -> int:
+        d = torch.distributed
+        return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+
+    def rank(self) -> int:
+        d = torch.distributed
+        return d.get_rank() if d.is_available() and d.is_initialized() else 0
+
+    def all_reduce_max(self, values: list) -> list:
+        t = torch.tensor(values, dtype=torch.int64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t.tolist()
+
+    def all_gather_object(self, obj) -> list:
+        out = [None] * self.world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size() > 1:
+            torch.distributed.barrier()
+
+    def sharding(self, model):
+        """"fsdp1" (FullyShardedDataParallel anywhere in the model), "fsdp2" (fully_shard), or None."""
+        fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: no model can be sharded by it
+        if fsdp is None:
+            return None
+        if any(isinstance(m, fsdp.FullyShardedDataParallel) for m in model.modules()):
+            return "fsdp1"
+        fsdp2 = getattr(fsdp, "FSDPModule", None)
+        return "fsdp2" if fsdp2 is not None and any(isinstance(m, fsdp2) for m in model.modules()) else None
+
+    def is_sharded(self, model) -> bool:
+        return self.sharding(model) is not None
+
+    def full_state(self, model) -> dict:
+        """The whole model's state as CPU tensors under plain names: DTensor / FSDP shards are gathered (every rank
+        must call this; with cpu_offload only rank 0 receives the tensors, the others get {})."""
+        if not self.is_sharded(model):
+            return {k: v.detach().cpu() for k, v in self.unwrap_all(model).state_dict().items()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_full_state(self, model, state: dict) -> None:
+        """Load full tensors into a sharded model: each rank keeps its own shard (every rank must call this)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+    def local_numel(self, param) -> int:
+        """Elements this rank holds (the local shard of a DTensor)."""
+        return _local(param).numel()
+
+    def sharded_sizes(self, model) -> dict:
+        """``{name: (full elements, elements on this rank)}`` of a sharded model's parameters (empty when it is
+        not sharded): FSDP2 DTensors know their global shape; FSDP1 keeps the full shapes in its flat parameters."""
+        sharding = self.sharding(model)
+        if sharding == "fsdp2":
+            return {n: (p.numel(), _local(p).numel()) for n, p in self.unwrap_all(model).named_parameters()}
+        if sharding != "fsdp1":
+            return {}
+        fsdp, out = sys.modules["torch.distributed.fsdp"].FullyShardedDataParallel, {}
+        for path, module in model.named_modules():
+            handle = getattr(module, "_handle", None) if isinstance(module, fsdp) else None
+            if handle is None:
+                continue
+            prefix = ".".join(p for p in path.split(".") if p not in ("_fsdp_wrapped_module", "module", ""))
+            flat = handle.flat_param  # _shard_param_infos: what this rank's shard holds of each parameter
+            for fqn, shape, info in zip(flat._fqns, flat._shapes, flat._shard_param_infos):
+                name = f"{prefix}.{fqn}" if prefix else fqn
+                out[name] = (shape.numel(), info.numel_in_shard if info.in_shard else 0)
+        return out
+
+
+class TorchAdapter(_Distributed, Adapter):
     name = "torch"
 
     # --- structure: the model view ---------------------------------------------------------------------------
@@ -385,131 +510,6 @@ ADAPTER = TorchAdapter()
 
 
 # --- distributed (issue 10: DDP / FSDP / torch.compile wrappers, ranks, collectives) --------------------------------
-import gc as _gc  # noqa: E402
-import sys  # noqa: E402
-
-
-class _Distributed:
-    """Wrapper and rank facts for xfreeze._distributed; mixed into the torch adapter below."""
-
-    rewrap_can_freeze = True  # a rebuilt DDP registers exactly the trainable parameters, whatever changed
-
-    def syncing_wrappers(self, model) -> list:
-        """The DDP wrappers that all-reduce ``model``'s gradients: ``model`` itself, the ones it wraps, and the
-        live ones that wrap it (found only while a process group is initialized)."""
-        out, m = [], model
-        while isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(m, "_orig_mod"):
-            if isinstance(m, nn.parallel.DistributedDataParallel):
-                out.append(m)
-            inner = getattr(m, "_orig_mod", None)
-            m = m.module if inner is None else inner
-        return out + [w for w in self._enclosing(m) if w not in out]
-
-    def _enclosing(self, module) -> list:
-        if not self.world_size() > 1:
-            return []
-        found = [o for o in _owners(module) if isinstance(o, nn.parallel.DistributedDataParallel)
-                 and o.module is module and not getattr(o, "_xfreeze_retired", False)]
-        return list({id(w): w for w in found}.values())
-
-    def unwrap_all(self, model):
-        """The plain model under DDP / DataParallel / torch.compile / FSDP1 wrappers."""
-        while True:
-            inner = getattr(model, "_orig_mod", None)  # not `or`: an empty Sequential is falsy
-            inner = getattr(model, "_fsdp_wrapped_module", None) if inner is None else inner
-            if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-                inner = model.module
-            if inner is None:
-                return model
-            model = inner
-
-    def rebuild_wrapper(self, old, inner, build, newly_trainable):
-        """A fresh DDP registers what trains now; the old one is retired so that calling it raises."""
-        new = build(inner)
-        if old is not None and old is not new:
-            self.retire_wrapper(old)
-        return new
-
-    def retire_wrapper(self, old) -> None:
-        from .._errors import XFreezeError
-
-        def replaced(*args, **kwargs):
-            raise XFreezeError(f"this {type(old).__name__} was replaced at a stage boundary (it no longer matches "
-                               "what trains); call the live wrapper, StagedUnfreeze.wrapped")
-        old._xfreeze_retired = True
-        object.__setattr__(old, "forward", replaced)
-
-    def world_size(self) -> int:
-        d = torch.distributed
-        return d.get_world_size() if d.is_available() and d.is_initialized() else 1
-
-    def rank(self) -> int:
-        d = torch.distributed
-        return d.get_rank() if d.is_available() and d.is_initialized() else 0
-
-    def all_reduce_max(self, values: list) -> list:
-        t = torch.tensor(values, dtype=torch.int64)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return t.tolist()
-
-    def all_gather_object(self, obj) -> list:
-        out = [None] * self.world_size()
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.world_size() > 1:
-            torch.distributed.barrier()
-
-    def sharding(self, model):
-        """"fsdp1" (FullyShardedDataParallel anywhere in the model), "fsdp2" (fully_shard), or None."""
-        fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: no model can be sharded by it
-        if fsdp is None:
-            return None
-        if any(isinstance(m, fsdp.FullyShardedDataParallel) for m in model.modules()):
-            return "fsdp1"
-        fsdp2 = getattr(fsdp, "FSDPModule", None)
-        return "fsdp2" if fsdp2 is not None and any(isinstance(m, fsdp2) for m in model.modules()) else None
-
-    def is_sharded(self, model) -> bool:
-        return self.sharding(model) is not None
-
-    def full_state(self, model) -> dict:
-        """The whole model's state as CPU tensors under plain names: DTensor / FSDP shards are gathered (every rank
-        must call this; with cpu_offload only rank 0 receives the tensors, the others get {})."""
-        if not self.is_sharded(model):
-            return {k: v.detach().cpu() for k, v in self.unwrap_all(model).state_dict().items()}
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def load_full_state(self, model, state: dict) -> None:
-        """Load full tensors into a sharded model: each rank keeps its own shard (every rank must call this)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
-
-    def local_numel(self, param) -> int:
-        """Elements this rank holds (the local shard of a DTensor)."""
-        return _local(param).numel()
-
-    def sharded_sizes(self, model) -> dict:
-        """``{name: (full elements, elements on this rank)}`` of a sharded model's parameters (empty when it is
-        not sharded): FSDP2 DTensors know their global shape; FSDP1 keeps the full shapes in its flat parameters."""
-        sharding = self.sharding(model)
-        if sharding == "fsdp2":
-            return {n: (p.numel(), _local(p).numel()) for n, p in self.unwrap_all(model).named_parameters()}
-        if sharding != "fsdp1":
-            return {}
-        fsdp, out = sys.modules["torch.distributed.fsdp"].FullyShardedDataParallel, {}
-        for path, module in model.named_modules():
-            handle = getattr(module, "_handle", None) if isinstance(module, fsdp) else None
-            if handle is None:
-                continue
-            prefix = ".".join(p for p in path.split(".") if p not in ("_fsdp_wrapped_module", "module", ""))
-            flat = handle.flat_param  # _shard_param_infos: what this rank's shard holds of each parameter
-            for fqn, shape, info in zip(flat._fqns, flat._shapes, flat._shard_param_infos):
-                name = f"{prefix}.{fqn}" if prefix else fqn
-                out[name] = (shape.numel(), info.numel_in_shard if info.in_shard else 0)
-        return out
 
 
 def _owners(child) -> list:
@@ -540,6 +540,3 @@ def _relock_after(convert):
 if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):
     _converter = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
     nn.SyncBatchNorm.convert_sync_batchnorm = _converter  # type: ignore[method-assign]
-for _name, _fn in vars(_Distributed).items():
-    if not _name.startswith("__"):
-        setattr(TorchAdapter, _name, _fn)

@@ -10,6 +10,7 @@ from ._freeze import FreezeReport, freeze, unfreeze
 from ._head import replace_head
 from ._checkpoint import StateDict, load_checkpoint, save_checkpoint
 from ._convert import convert
+from ._distributed import check_freeze_agreement
 from ._delta import DeltaReport, FrozenCheck, frozen_fingerprint, load_delta, save_delta, verify_frozen
 from ._ema import EMA
 from ._load import LoadReport, load_matched
@@ -25,7 +26,7 @@ __all__ = ["XFreezeError", "FreezeReport", "Summary", "ModuleRow", "Counts", "se
            "summary", "replace_head", "set_backend", "get_backend", "param_groups", "optimizer", "OptimizerConfig", "Stage", "StagedUnfreeze", "EMA",
            "load_matched", "LoadReport", "load_checkpoint", "save_checkpoint", "StateDict", "convert",
            "save_delta", "load_delta", "verify_frozen", "frozen_fingerprint", "DeltaReport", "FrozenCheck",
-           "check", "CheckReport", "param_table", "ParamTable", "ParamRow"]
+           "check", "CheckReport", "param_table", "ParamTable", "ParamRow", "check_freeze_agreement"]
 
 
 def select(model, *patterns, backend: str | None = None) -> list[str]:

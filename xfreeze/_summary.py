@@ -6,7 +6,7 @@ under a second. When the table would be long, repeated blocks with identical row
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class ModuleRow:
     norm: str  # "locked" | "train" | "eval" for norm layers with running statistics, "" otherwise
     kind: str = ""  # the framework-neutral kind xfreeze inferred: norm / linear / conv / embedding
     tied: tuple = ()  # names of parameters this module shares with an earlier one
+    on_this_rank: int | None = None  # under FSDP: the parameters this rank holds (``parameters`` counts the whole)
 
     @property
     def frozen(self) -> int:
@@ -44,14 +45,19 @@ class Summary:
     counts: Counts = field(default_factory=Counts)
     max_rows: int = MAX_ROWS
     params: object = None  # with summary(..., optimizer=opt): the per-parameter group / lr / decay table (issue 12)
+    rank_note: str = ""  # under FSDP: what this rank holds of the whole
 
     def __str__(self) -> str:
         rows = self.rows if len(self.rows) <= self.max_rows else collapse(self.rows)
-        table = [[r.name or "(root)", r.type, r.kind, f"{r.parameters:,}", f"{r.trainable:,}", r.norm] for r in rows]
+        sharded = any(r.on_this_rank is not None for r in rows)
+        columns = ["module", "type", "kind", "parameters", "trainable", "norm"] + (["on this rank"] if sharded else [])
+        table = [[r.name or "(root)", r.type, r.kind, f"{r.parameters:,}", f"{r.trainable:,}", r.norm]
+                 + ([f"{r.on_this_rank:,}" if r.on_this_rank is not None else ""] if sharded else []) for r in rows]
         notes = [f"tied: {r.name} shares {', '.join(r.tied)}" for r in self.rows if r.tied][:5]
         shown = [] if rows is self.rows else [f"{len(self.rows)} modules, repeated blocks collapsed"]
-        return render(f"xfreeze.summary: {self.model}", ["module", "type", "kind", "parameters", "trainable", "norm"],
-                      table, shown + notes + self.counts.lines()) + (f"\n{self.params}" if self.params else "")
+        footer = shown + notes + self.counts.lines() + ([self.rank_note] if self.rank_note else [])
+        return render(f"xfreeze.summary: {self.model}", columns, table, footer) + \
+            (f"\n{self.params}" if self.params else "")
 
     __repr__ = __str__
 
@@ -93,6 +99,11 @@ def summary(model, *, print_table: bool = True, optimizer=None, backend: str | N
     owners = set(view.owner) | view.stat_modules | set(tied_at)
     rows = [_row(view, mi, int(total[mi]), int(trained[mi]), tuple(tied_at.get(mi, ()))) for mi in sorted(owners)]
     result = Summary(view.label, rows, counts(view, live))
+    if view.sharded:  # FSDP: the table counts whole tensors; this rank holds a part
+        local = np.bincount(view.owner_array, weights=view.local_numels, minlength=size).astype(np.int64)
+        result.rows = [replace(r, on_this_rank=int(local[view.module_index[r.name]])) for r in rows]
+        result.rank_note = (f"sharded ({view.adapter.sharding(view.model)}): this rank holds "
+                            f"{int(view.local_numels.sum()):,} of {int(view.numels.sum()):,} parameters")
     if optimizer is not None:
         from ._check import param_table
         result.params = param_table(model, optimizer, backend=backend)

@@ -97,12 +97,29 @@ class ModelView:
         return np.asarray(self.owner, dtype=np.int64)
 
     @cached_property
+    def sharded(self) -> dict:
+        """``{name: (full elements, elements on this rank)}`` under FSDP1/FSDP2, else empty."""
+        return self.adapter.sharded_sizes(self.model)
+
+    @cached_property
     def numels(self) -> np.ndarray:
-        return np.asarray([self.adapter.numel(p) for p in self.params], dtype=np.int64)
+        """Elements of each parameter: the whole (logical) tensor, also when it is sharded across ranks."""
+        own = [self.adapter.numel(p) for p in self.params]
+        if self.sharded:
+            own = [self.sharded.get(n, (k, k))[0] for n, k in zip(self.names, own)]
+        return np.asarray(own, dtype=np.int64)
+
+    @cached_property
+    def local_numels(self) -> np.ndarray:
+        """Elements of each parameter held by this rank (= ``numels`` when nothing is sharded)."""
+        if not self.sharded:
+            return self.numels
+        return np.asarray([self.sharded.get(n, (k, k))[1] for n, k in zip(self.names, self.numels)], dtype=np.int64)
 
     @cached_property
     def nbytes(self) -> np.ndarray:
-        return np.asarray([self.adapter.nbytes(p) for p in self.params], dtype=np.int64)
+        """Bytes of each parameter, whole (logical) tensors."""
+        return self.numels * np.asarray([self.adapter.element_size(p) for p in self.params], dtype=np.int64)
 
     @cached_property
     def shapes(self) -> list:
