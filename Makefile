@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xfreeze-installed
 
-.PHONY: demo test test-thorough examples bench lock clean
+.PHONY: demo test test-fast lint test-thorough examples bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# `make test` (what CI runs): lint and type check, then the fast tier, then the slow tier (examples, wheel build,
+# real architectures, distributed runs). `make test-fast` is the quick loop while editing.
+test: lint $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "slow and not sweep"
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check xfreeze backends tests bench examples
+	$(VENV)/bin/ruff format --check xfreeze backends tests bench examples
+	$(VENV)/bin/mypy
 
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q
@@ -27,6 +38,8 @@ examples: $(STAMP)
 	for b in torch paddle; do $(PY) examples/resnet_transfer.py --backend $$b && $(PY) examples/ernie_classify.py --backend $$b || exit 1; done
 
 bench: $(STAMP)
+	$(PY) bench/scale.py
+	$(PY) bench/ema.py
 	$(PY) bench/train_step.py
 	$(PY) bench/convert.py
 

@@ -4,9 +4,10 @@ The core (``xfreeze/``) talks to a framework only through these methods. A new f
 :class:`Adapter`, one :class:`~xfreeze.backends.naming.Naming`, one entry in ``xfreeze.backends.ADAPTERS``, and
 ``tests/test_conformance.py`` passing for it. Methods that raise ``NotImplementedError`` here must be provided.
 """
+
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 
 def keep_eval(module, args):
@@ -14,7 +15,7 @@ def keep_eval(module, args):
     module.training = False
 
 
-def _todo(self, what: str):
+def _todo(self, what: str) -> NoReturn:
     raise NotImplementedError(f"{type(self).__name__} does not implement {what}, which every xfreeze adapter must")
 
 
@@ -22,15 +23,16 @@ class Adapter:
     """Base of every adapter. Subclasses override one small method per real framework difference."""
 
     name: ClassVar[str] = ""
-    DTYPES: ClassVar[dict] = {}           # neutral dtype name -> framework dtype (what this build supports)
-    model_zoo: ClassVar[str] = ""         # what ``build_named_model`` accepts, in words (for the CLI)
+    DTYPES: ClassVar[dict] = {}  # neutral dtype name -> framework dtype (what this build supports)
+    model_zoo: ClassVar[str] = ""  # what ``build_named_model`` accepts, in words (for the CLI)
 
-    WRAPPERS: ClassVar[dict] = {}         # wrapper class name -> attribute holding the wrapped module
+    WRAPPERS: ClassVar[dict] = {}  # wrapper class name -> attribute holding the wrapped module
 
     # --- structure: the model view ---------------------------------------------------------------------------
     def walk(self, model):
         """A :class:`xfreeze._view.Walk` of ``model``: wrappers seen through, modules, parameters, statistics."""
         from .._view import Walk
+
         inner, wrappers = self.unwrap(model)
         modules: list = []
         params: list = []
@@ -412,4 +414,6 @@ class Adapter:
     def named_statistics(self, model) -> list:
         """Every norm layer's running statistics under neutral names (``bn1.running_mean``), in model order."""
         walk = self.walk(model)
-        return [(f"{walk.modules[mi][0]}.{local}" if walk.modules[mi][0] else local, t) for mi, local, t, _ in walk.stats]
+        return [
+            (f"{walk.modules[mi][0]}.{local}" if walk.modules[mi][0] else local, t) for mi, local, t, _ in walk.stats
+        ]

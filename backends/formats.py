@@ -6,6 +6,7 @@ them (``reader``: ``"adapter"`` = the adapter's ``load_file``/``save_file``; ``"
 unpickler and plain pickle writer). safetensors and npz are framework-free and live in the core.
 Adding a framework's file format = one entry here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,12 +18,12 @@ _TORCH_LEGACY_MAGIC = b"\x8a\n" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little"
 
 @dataclass(frozen=True)
 class FileFormat:
-    name: str                      # the format name reported as StateDict.format
-    framework: str                 # whose tensors / naming the files hold by default
-    suffixes: tuple                # suffixes that pick this format when saving
-    container: str                 # "zip" or "pickle"
-    sniff: Callable                # sniff(head: bytes, zip_names: list | None) -> bool, from structure only
-    reader: str                    # "adapter" (the framework's own safe loader) or "pickle" (xfreeze's restricted one)
+    name: str  # the format name reported as StateDict.format
+    framework: str  # whose tensors / naming the files hold by default
+    suffixes: tuple  # suffixes that pick this format when saving
+    container: str  # "zip" or "pickle"
+    sniff: Callable  # sniff(head: bytes, zip_names: list | None) -> bool, from structure only
+    reader: str  # "adapter" (the framework's own safe loader) or "pickle" (xfreeze's restricted one)
     # Paddle's convention: paddle.save writes a bfloat16 tensor as its uint16 bits and reads uint16 back as bfloat16
     uint16_is: str | None = None
     # declared_bytes(path) -> bytes of tensor data the file declares (checked against its size before loading)
@@ -38,8 +39,20 @@ def _torch_legacy(head: bytes, names) -> bool:
     return names is None and head[2:14] == _TORCH_LEGACY_MAGIC
 
 
-_STORAGE_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
-                  "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16}
+_STORAGE_BYTES = {
+    "Double": 8,
+    "Float": 4,
+    "Half": 2,
+    "BFloat16": 2,
+    "Long": 8,
+    "Int": 4,
+    "Short": 2,
+    "Char": 1,
+    "Byte": 1,
+    "Bool": 1,
+    "ComplexFloat": 8,
+    "ComplexDouble": 16,
+}
 
 
 def _torch_legacy_declared_bytes(path) -> int:
@@ -90,8 +103,16 @@ def _paddle_pickle(head: bytes, names) -> bool:
 
 FILE_FORMATS: tuple = (
     FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "zip", _torch_zip, "adapter"),
-    FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "pickle", _torch_legacy, "adapter",
-               declared_bytes=_torch_legacy_declared_bytes, pickles=4),
+    FileFormat(
+        "torch",
+        "torch",
+        (".pt", ".pth", ".bin"),
+        "pickle",
+        _torch_legacy,
+        "adapter",
+        declared_bytes=_torch_legacy_declared_bytes,
+        pickles=4,
+    ),
     FileFormat("paddle", "paddle", (".pdparams",), "pickle", _paddle_pickle, "pickle", uint16_is="bfloat16"),
 )
 

@@ -21,6 +21,7 @@ are exactly a 1-D ``weight`` (plus, optionally, a 1-D ``bias`` of the same lengt
 ``.pow(2).mean``, ``.std(``, ``.norm(`` or ``layer_norm``/``rms_norm``). A 1-D weight alone is not enough:
 PReLU, LayerScale-like gains and per-channel scales have that shape and do not normalize.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -40,7 +41,7 @@ REGISTRY = {
     ("paddlenlp.", "DebertaLayerNorm"): "norm",
     ("paddlenlp.", "NoNorm"): "norm",
     ("paddlenlp.", "Linear3D"): "linear",
-    ("paddlenlp.", "LlamaLMHead"): "linear",   # weight [hidden, vocab], Paddle's Linear layout
+    ("paddlenlp.", "LlamaLMHead"): "linear",  # weight [hidden, vocab], Paddle's Linear layout
     ("paddleformers.", "Linear3D"): "linear",
     ("timm.", "SimpleNorm"): "norm",
     ("timm.", "SimpleNorm2d"): "norm",

@@ -5,6 +5,7 @@ The neutral naming is the one the torch ecosystem uses (torchvision, transformer
 describes itself once against it: a converter between frameworks A and B goes A -> neutral -> B, so a third
 framework needs one :class:`Naming`, not one map per pair.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -45,8 +46,9 @@ class ValueRule:
     Used for what a name map cannot say: a norm epsilon other than the neutral 1e-5 (folded into the running
     variance), a Dropout that scales at inference instead of at training (folded into the next layer's weight).
     """
-    when: tuple        # keys (this framework's names) that identify the architecture; all must be present
-    key: str           # regular expression (re.fullmatch) on this framework's key
+
+    when: tuple  # keys (this framework's names) that identify the architecture; all must be present
+    key: str  # regular expression (re.fullmatch) on this framework's key
     scale: float = 1.0
     shift: float = 0.0
     why: str = ""

@@ -3,11 +3,13 @@
 Paddle registers a BatchNorm's running statistics as (stop_gradient) Parameters. xfreeze treats them as torch
 treats buffers: they are never listed, selected or made trainable, so both frameworks show the same names.
 """
+
 from __future__ import annotations
 
 import gc as _gc
 import math
 import types
+from typing import Any
 
 import numpy as np
 
@@ -20,23 +22,54 @@ from .._errors import XFreezeError
 
 _STAT_NAMES = ("_mean", "_variance")
 _NEUTRAL_STAT = {"_mean": "running_mean", "_variance": "running_var"}
-_NORMS = tuple(c for c in (nn.layer.norm._BatchNormBase, nn.BatchNorm, nn.LayerNorm, nn.GroupNorm,
-                           nn.layer.norm._InstanceNormBase, nn.LocalResponseNorm,
-                           getattr(nn, "RMSNorm", None)) if c is not None)
+_NORMS = tuple(
+    c
+    for c in (
+        nn.layer.norm._BatchNormBase,
+        nn.BatchNorm,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.layer.norm._InstanceNormBase,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+    )
+    if c is not None
+)
 # Paddle 3.3's batch_norm computes the gradient of neither scale nor bias when either one is stop_gradient
 # (measured: freezing a BatchNorm2D's bias leaves its weight with grad None), so BitFit-style "train only biases"
 # silently trains no BatchNorm bias. See PaddleAdapter.sync_grads.
 _JOINT_GRAD = (nn.layer.norm._BatchNormBase, nn.BatchNorm)
-_KINDS = (("norm", _NORMS), ("conv", (nn.layer.conv._ConvNd,)), ("linear", (nn.Linear,)),
-          ("embedding", (nn.Embedding,)))
+_KINDS = (
+    ("norm", _NORMS),
+    ("conv", (nn.layer.conv._ConvNd,)),
+    ("linear", (nn.Linear,)),
+    ("embedding", (nn.Embedding,)),
+)
 # neutral dtype name -> Paddle dtype, for the dtypes this Paddle build has (fp8 since 2.6)
-DTYPES = {name: getattr(paddle, name) for name in (
-    "float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int64", "int32", "int16", "int8",
-    "uint8", "bool", "complex64", "complex128") if hasattr(paddle, name)}
+DTYPES = {
+    name: getattr(paddle, name)
+    for name in (
+        "float64",
+        "float32",
+        "float16",
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
+        "complex64",
+        "complex128",
+    )
+    if hasattr(paddle, name)
+}
 _NAMES = {str(dtype): name for name, dtype in DTYPES.items()}
 # Tensor.numpy() gives bf16 as its uint16 bits and fp8 as its int8 bits; the carriers xfreeze uses are unsigned
 _BIT_CARRIERS = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8}
-_INITS = {
+_INITS: dict[str, Any] = {
     "xavier_uniform": nn.initializer.XavierUniform,
     "xavier_normal": nn.initializer.XavierNormal,
     # torch's default Linear init (kaiming_uniform, a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in))
@@ -49,6 +82,7 @@ _INITS = {
 # Wrappers seen through, by class name -> the attribute holding the wrapped layer (its "_layers." segment never
 # reaches a name).
 WRAPPERS = {"DataParallel": "_layers"}
+
 
 class _Distributed:
     """Wrapper and rank facts for xfreeze._distributed; mixed into the Paddle adapter below."""
@@ -71,8 +105,9 @@ class _Distributed:
     def _enclosing(self, layer) -> list:
         if not self.world_size() > 1:
             return []
-        found = [o for o in _owners(layer) if isinstance(o, paddle.DataParallel) and o._layers is layer
-                 and self._syncs(o)]
+        found = [
+            o for o in _owners(layer) if isinstance(o, paddle.DataParallel) and o._layers is layer and self._syncs(o)
+        ]
         return list({id(w): w for w in found}.values())
 
     def unwrap_all(self, model):
@@ -155,17 +190,19 @@ class PaddleAdapter(_Distributed, Adapter):
         return params, stats
 
     def state_keys(self, view) -> list:
-        return [f"{path}.{local}" if path else local for path, m in zip(view.paths, view.modules)
-                for local, b in m._buffers.items()
-                if b is not None and local not in m._non_persistable_buffer_names_set]
+        return [
+            f"{path}.{local}" if path else local
+            for path, m in zip(view.paths, view.modules)
+            for local, b in m._buffers.items()
+            if b is not None and local not in m._non_persistable_buffer_names_set
+        ]
 
     def trainable_flags(self, params):
         return [not p.stop_gradient for p in params]
 
     def direct_parameters(self, module):
         stats = isinstance(module, _NORMS)
-        return [(n, p) for n, p in module.named_parameters(include_sublayers=False)
-                if not (stats and n in _STAT_NAMES)]
+        return [(n, p) for n, p in module.named_parameters(include_sublayers=False) if not (stats and n in _STAT_NAMES)]
 
     def norm_statistics(self, module):
         if self.module_kind(module) != "norm":
@@ -236,11 +273,13 @@ class PaddleAdapter(_Distributed, Adapter):
         try:
             return _NAMES[str(tensor.dtype)]
         except KeyError:
-            raise XFreezeError(f"Paddle dtype {tensor.dtype} is not supported by xfreeze "
-                               f"(supported: {', '.join(DTYPES)})") from None
+            raise XFreezeError(
+                f"Paddle dtype {tensor.dtype} is not supported by xfreeze (supported: {', '.join(DTYPES)})"
+            ) from None
 
     def to_raw(self, tensor):
         from .._tensors import Raw
+
         name = self.tensor_dtype(tensor)
         bits = np.require(tensor.detach().cpu().numpy(), requirements="C")  # ascontiguousarray makes 0-d 1-d
         if name in _BIT_CARRIERS:
@@ -292,7 +331,7 @@ class PaddleAdapter(_Distributed, Adapter):
         return {k: v.numpy() for k, v in _unwrap(model).state_dict().items()}
 
     def assign(self, tensor, array) -> None:
-        tensor.set_value(np.require(array, requirements='C'))
+        tensor.set_value(np.require(array, requirements="C"))
 
     def own_only_keys(self, names) -> set:
         return set()
@@ -307,13 +346,25 @@ class PaddleAdapter(_Distributed, Adapter):
     def build_optimizer(self, config, groups, lr):
         O, groups = paddle.optimizer, [_group(config, g, g["lr_scale"]) for g in groups]
         if config.name == "sgd":  # Paddle's SGD has no momentum; Momentum(momentum=0) is plain SGD
-            return O.Momentum(learning_rate=lr, momentum=config.momentum, use_nesterov=config.nesterov,
-                              parameters=groups, weight_decay=0.0)
+            return O.Momentum(
+                learning_rate=lr,
+                momentum=config.momentum,
+                use_nesterov=config.nesterov,
+                parameters=groups,
+                weight_decay=0.0,
+            )
         if config.name == "adam":
-            return O.Adam(learning_rate=lr, beta1=config.betas[0], beta2=config.betas[1], epsilon=config.eps,
-                          parameters=groups)
-        opt = O.AdamW(learning_rate=lr, beta1=config.betas[0], beta2=config.betas[1], epsilon=config.eps,
-                      parameters=groups, weight_decay=config.weight_decay)
+            return O.Adam(
+                learning_rate=lr, beta1=config.betas[0], beta2=config.betas[1], epsilon=config.eps, parameters=groups
+            )
+        opt = O.AdamW(
+            learning_rate=lr,
+            beta1=config.betas[0],
+            beta2=config.betas[1],
+            epsilon=config.eps,
+            parameters=groups,
+            weight_decay=config.weight_decay,
+        )
         _no_coupled_decay(groups)
         return opt
 
@@ -321,24 +372,32 @@ class PaddleAdapter(_Distributed, Adapter):
         """Any Paddle optimizer class/factory: group ``learning_rate`` is a multiplier of the global rate, which
         every Paddle optimizer applies per parameter (``optimize_attr``); decay is the group's own."""
         import inspect
+
         label = config.name
         try:
             accepts_decay = "weight_decay" in inspect.signature(factory).parameters
         except (TypeError, ValueError):
             accepts_decay = True
         if config.weight_decay and not accepts_decay:  # Lamb: lamb_weight_decay, one rule for every parameter
-            raise XFreezeError(f"optimizer {label} has no per-group weight_decay, so xfreeze cannot give groups "
-                               f"their own decay; pass weight_decay=0.0 (and {label}'s own decay option)")
+            raise XFreezeError(
+                f"optimizer {label} has no per-group weight_decay, so xfreeze cannot give groups "
+                f"their own decay; pass weight_decay=0.0 (and {label}'s own decay option)"
+            )
         groups = [_group(config, g, g["lr_scale"]) for g in groups]
         extra = {"weight_decay": config.weight_decay} if accepts_decay and config.weight_decay else {}
         try:
             opt = factory(learning_rate=lr, parameters=groups, **extra, **kwargs)
         except (TypeError, ValueError, AssertionError) as exc:
             raise XFreezeError(f"optimizer {label} cannot be built over xfreeze's parameter groups: {exc}") from None
-        if not isinstance(opt, paddle.optimizer.Optimizer) or not opt._param_groups \
-                or not isinstance(opt._param_groups[0], dict):
-            raise XFreezeError(f"optimizer {label} does not keep xfreeze's parameter groups, so absolute group "
-                               "rates cannot be guaranteed")
+        if (
+            not isinstance(opt, paddle.optimizer.Optimizer)
+            or not opt._param_groups
+            or not isinstance(opt._param_groups[0], dict)
+        ):
+            raise XFreezeError(
+                f"optimizer {label} does not keep xfreeze's parameter groups, so absolute group "
+                "rates cannot be guaranteed"
+            )
         if isinstance(opt, paddle.optimizer.AdamW):
             _no_coupled_decay(groups)
         return opt
@@ -357,8 +416,10 @@ class PaddleAdapter(_Distributed, Adapter):
         groups = opt._param_groups
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        return [([id(p) for p in g["params"]], opt.get_lr() * g.get("learning_rate", 1.0), _decay_of(opt, g))
-                for g in groups]
+        return [
+            ([id(p) for p in g["params"]], opt.get_lr() * g.get("learning_rate", 1.0), _decay_of(opt, g))
+            for g in groups
+        ]
 
     def has_optimizer_state(self, opt, param) -> bool:
         return any(param.name in accumulators for accumulators in opt._accumulators.values())
@@ -393,6 +454,7 @@ class PaddleAdapter(_Distributed, Adapter):
             for key in set(state) - before:  # paddle.load gives nested tensors back as (name, array) tuples
                 state[key] = _arrays(state[key])
             return state
+
         opt.state_dict = saving
         opt.set_state_dict = lambda state: set_state_dict(load(dict(state)))
 
@@ -404,8 +466,10 @@ class PaddleAdapter(_Distributed, Adapter):
 
     def add_param_group(self, opt, group, scheduler=None) -> None:
         if not opt._param_groups or not isinstance(opt._param_groups[0], dict):
-            raise TypeError("a Paddle optimizer can only grow when it was built from parameter groups (dicts); "
-                            "build it with xfreeze.optimizer(model, ...)")
+            raise TypeError(
+                "a Paddle optimizer can only grow when it was built from parameter groups (dicts); "
+                "build it with xfreeze.optimizer(model, ...)"
+            )
         config = opt._xfreeze_config
         new = _group(config, group, group["lr"] / config.lr)  # a multiplier of the optimizer's global base rate
         # Momentum/Adam replace the base _default_dict and drop 'grad_clip', which step() reads from every group
@@ -433,7 +497,7 @@ class PaddleAdapter(_Distributed, Adapter):
                 out[key] = dict(value)
             else:  # a snapshot: Paddle returns the live accumulators
                 auto = max((a for a in by_auto if key.startswith(a + "_")), key=len, default=None)
-                out[f"{by_auto[auto]}|{key[len(auto):]}" if auto else key] = value.detach().clone()
+                out[f"{by_auto[auto]}|{key[len(auto) :]}" if auto else key] = value.detach().clone()
         return out
 
     def load_optimizer_state(self, opt, model, state) -> None:
@@ -545,6 +609,7 @@ def _averaging_hook(world: int):
         grad = grad.clone()
         paddle.distributed.all_reduce(grad)
         return grad / world
+
     return average
 
 
@@ -561,6 +626,7 @@ def _owners(child) -> list:
 def _relock_after(convert):
     """Paddle's convert_sync_batchnorm builds new layers and drops forward pre-hooks: re-lock the norms that were
     locked, by path."""
+
     def convert_sync_batchnorm(layer):
         locked = {p for p, m in layer.named_sublayers(include_self=True) if ADAPTER.is_norm_locked(m)}
         out = convert(layer)
@@ -568,6 +634,7 @@ def _relock_after(convert):
             if path in locked and not ADAPTER.is_norm_locked(m):
                 ADAPTER.lock_norm(m)
         return out
+
     convert_sync_batchnorm.__wrapped__ = convert
     convert_sync_batchnorm.__doc__ = convert.__doc__
     return convert_sync_batchnorm

@@ -10,6 +10,7 @@
   classifier's input by 1 - p = 0.5 (InceptionV3: 0.8), where torchvision's Dropout does nothing. The next layer's
   weight is stored as the neutral one / (1 - p) so both compute the same thing in eval and in training.
 """
+
 from .naming import Naming, ValueRule
 
 ARCH_MAPS = {
@@ -32,12 +33,24 @@ ARCH_MAPS = {
 
 _HALF_AT_INFERENCE = "paddle.vision {} scales the input of {} by 0.5 at inference (Dropout downscale_in_infer)"
 VALUE_RULES = (
-    ValueRule(when=("_conv1._conv.weight", "_fc6.weight", "_fc7.weight", "_fc8.weight"), key=r"_fc[67]\.weight",
-              scale=2.0, why=_HALF_AT_INFERENCE.format("AlexNet", "_fc6 and _fc7")),
-    ValueRule(when=("_conv9.weight", "_conv1._conv_path2._conv.weight"), key=r"_conv9\.weight",
-              scale=2.0, why=_HALF_AT_INFERENCE.format("SqueezeNet", "_conv9")),
-    ValueRule(when=("inception_stem.conv_1a_3x3.0.weight", "fc.weight"), key=r"fc\.weight", scale=1.25,
-              why=_HALF_AT_INFERENCE.replace("0.5", "0.8").format("InceptionV3", "fc")),
+    ValueRule(
+        when=("_conv1._conv.weight", "_fc6.weight", "_fc7.weight", "_fc8.weight"),
+        key=r"_fc[67]\.weight",
+        scale=2.0,
+        why=_HALF_AT_INFERENCE.format("AlexNet", "_fc6 and _fc7"),
+    ),
+    ValueRule(
+        when=("_conv9.weight", "_conv1._conv_path2._conv.weight"),
+        key=r"_conv9\.weight",
+        scale=2.0,
+        why=_HALF_AT_INFERENCE.format("SqueezeNet", "_conv9"),
+    ),
+    ValueRule(
+        when=("inception_stem.conv_1a_3x3.0.weight", "fc.weight"),
+        key=r"fc\.weight",
+        scale=1.25,
+        why=_HALF_AT_INFERENCE.replace("0.5", "0.8").format("InceptionV3", "fc"),
+    ),
 )
 
 NAMING = Naming(
@@ -47,12 +60,13 @@ NAMING = Naming(
     wrapper_prefixes=("_layers.",),
     padding_row="zero_output",
     arch_maps=ARCH_MAPS,
-    key_signals=(r"\._(mean|variance)$", r"(^|\.)encoder\.layers\.\d+\.self_attn\.q_proj\.",
-                 r"^llama\.layers\.\d+\."),
+    key_signals=(r"\._(mean|variance)$", r"(^|\.)encoder\.layers\.\d+\.self_attn\.q_proj\.", r"^llama\.layers\.\d+\."),
     value_rules=VALUE_RULES,
     arch_differences=(
-        (("_conv.weight", "_fc_out.weight", "_out1.weight", "_out2.weight"),
-         "paddle.vision GoogLeNet is the 2014 original (conv biases, no BatchNorm, two aux heads always built); "
-         "torchvision GoogLeNet has a BatchNorm after every conv"),
+        (
+            ("_conv.weight", "_fc_out.weight", "_out1.weight", "_out2.weight"),
+            "paddle.vision GoogLeNet is the 2014 original (conv biases, no BatchNorm, two aux heads always built); "
+            "torchvision GoogLeNet has a BatchNorm after every conv",
+        ),
     ),
 )

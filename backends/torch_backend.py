@@ -1,4 +1,5 @@
 """PyTorch adapter: trainability is ``requires_grad``; BatchNorm statistics are buffers."""
+
 from __future__ import annotations
 
 import sys
@@ -16,22 +17,55 @@ from ._base import Adapter
 from . import kinds
 from .._errors import XFreezeError
 
-_NORMS = tuple(c for c in (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
-                           nn.LocalResponseNorm, getattr(nn, "RMSNorm", None)) if c is not None)
-_KINDS = (("norm", _NORMS), ("conv", (nn.modules.conv._ConvNd,)), ("linear", (nn.Linear,)),
-          ("embedding", (nn.Embedding, nn.EmbeddingBag)))
+_NORMS = tuple(
+    c
+    for c in (
+        nn.modules.batchnorm._NormBase,
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+    )
+    if c is not None
+)
+_KINDS = (
+    ("norm", _NORMS),
+    ("conv", (nn.modules.conv._ConvNd,)),
+    ("linear", (nn.Linear,)),
+    ("embedding", (nn.Embedding, nn.EmbeddingBag)),
+)
 # neutral dtype name -> torch dtype, for the dtypes this torch build has (fp8 since 2.1)
-DTYPES = {name: getattr(torch, attr) for name, attr in (
-    ("float64", "float64"), ("float32", "float32"), ("float16", "float16"), ("bfloat16", "bfloat16"),
-    ("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "float8_e5m2"), ("float8_e4m3fnuz", "float8_e4m3fnuz"),
-    ("float8_e5m2fnuz", "float8_e5m2fnuz"), ("int64", "int64"), ("int32", "int32"),
-    ("int16", "int16"), ("int8", "int8"), ("uint8", "uint8"), ("bool", "bool"), ("complex64", "complex64"),
-    ("complex128", "complex128")) if hasattr(torch, attr)}
+DTYPES = {
+    name: getattr(torch, attr)
+    for name, attr in (
+        ("float64", "float64"),
+        ("float32", "float32"),
+        ("float16", "float16"),
+        ("bfloat16", "bfloat16"),
+        ("float8_e4m3fn", "float8_e4m3fn"),
+        ("float8_e5m2", "float8_e5m2"),
+        ("float8_e4m3fnuz", "float8_e4m3fnuz"),
+        ("float8_e5m2fnuz", "float8_e5m2fnuz"),
+        ("int64", "int64"),
+        ("int32", "int32"),
+        ("int16", "int16"),
+        ("int8", "int8"),
+        ("uint8", "uint8"),
+        ("bool", "bool"),
+        ("complex64", "complex64"),
+        ("complex128", "complex128"),
+    )
+    if hasattr(torch, attr)
+}
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # dtypes numpy lacks travel as the bits of a same-width integer (view, not cast)
-_BIT_VIEWS = {"bfloat16": (torch.int16, np.uint16), "float8_e4m3fn": (torch.uint8, np.uint8),
-              "float8_e5m2": (torch.uint8, np.uint8), "float8_e4m3fnuz": (torch.uint8, np.uint8),
-              "float8_e5m2fnuz": (torch.uint8, np.uint8)}
+_BIT_VIEWS = {
+    "bfloat16": (torch.int16, np.uint16),
+    "float8_e4m3fn": (torch.uint8, np.uint8),
+    "float8_e5m2": (torch.uint8, np.uint8),
+    "float8_e4m3fnuz": (torch.uint8, np.uint8),
+    "float8_e5m2fnuz": (torch.uint8, np.uint8),
+}
 _INITS = {
     "xavier_uniform": nn.init.xavier_uniform_,
     "xavier_normal": nn.init.xavier_normal_,
@@ -46,12 +80,13 @@ _INITS = {
 WRAPPERS = {
     "DataParallel": "module",
     "DistributedDataParallel": "module",
-    "OptimizedModule": "_orig_mod",                       # torch.compile
-    "FullyShardedDataParallel": "_fsdp_wrapped_module",   # FSDP1, at the root and around inner units
-    "CheckpointWrapper": "_checkpoint_wrapped_module",    # activation checkpointing
+    "OptimizedModule": "_orig_mod",  # torch.compile
+    "FullyShardedDataParallel": "_fsdp_wrapped_module",  # FSDP1, at the root and around inner units
+    "CheckpointWrapper": "_checkpoint_wrapped_module",  # activation checkpointing
     "OffloadWrapper": "_checkpoint_wrapped_module",
 }
 _STATS = ("running_mean", "running_var")
+
 
 class _Distributed:
     """Wrapper and rank facts for xfreeze._distributed; a base of the torch adapter."""
@@ -72,8 +107,13 @@ class _Distributed:
     def _enclosing(self, module) -> list:
         if not self.world_size() > 1:
             return []
-        found = [o for o in _owners(module) if isinstance(o, nn.parallel.DistributedDataParallel)
-                 and o.module is module and not getattr(o, "_xfreeze_retired", False)]
+        found = [
+            o
+            for o in _owners(module)
+            if isinstance(o, nn.parallel.DistributedDataParallel)
+            and o.module is module
+            and not getattr(o, "_xfreeze_retired", False)
+        ]
         return list({id(w): w for w in found}.values())
 
     def unwrap_all(self, model):
@@ -98,8 +138,11 @@ class _Distributed:
         from .._errors import XFreezeError
 
         def replaced(*args, **kwargs):
-            raise XFreezeError(f"this {type(old).__name__} was replaced at a stage boundary (it no longer matches "
-                               "what trains); call the live wrapper, StagedUnfreeze.wrapped")
+            raise XFreezeError(
+                f"this {type(old).__name__} was replaced at a stage boundary (it no longer matches "
+                "what trains); call the live wrapper, StagedUnfreeze.wrapped"
+            )
+
         old._xfreeze_retired = True
         object.__setattr__(old, "forward", replaced)
 
@@ -126,7 +169,7 @@ class _Distributed:
             torch.distributed.barrier()
 
     def sharding(self, model):
-        """"fsdp1" (FullyShardedDataParallel anywhere in the model), "fsdp2" (fully_shard), or None."""
+        """ "fsdp1" (FullyShardedDataParallel anywhere in the model), "fsdp2" (fully_shard), or None."""
         fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: no model can be sharded by it
         if fsdp is None:
             return None
@@ -144,11 +187,13 @@ class _Distributed:
         if not self.is_sharded(model):
             return {k: v.detach().cpu() for k, v in self.unwrap_all(model).state_dict().items()}
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_full_state(self, model, state: dict) -> None:
         """Load full tensors into a sharded model: each rank keeps its own shard (every rank must call this)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
     def local_numel(self, param) -> int:
@@ -198,6 +243,7 @@ class TorchAdapter(_Distributed, Adapter):
         sharded, is_sharded = hasattr(param, "device_mesh"), hasattr(value, "device_mesh")
         if sharded and not is_sharded:  # FSDP2 swapped the parameter for a DTensor after the EMA was built
             from torch.distributed.tensor import distribute_tensor
+
             return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
         if is_sharded and not sharded:
             return value.full_tensor()
@@ -209,9 +255,12 @@ class TorchAdapter(_Distributed, Adapter):
         return params, stats
 
     def state_keys(self, view) -> list:
-        return [f"{path}.{local}" if path else local for path, m in zip(view.paths, view.modules)
-                for local, b in m._buffers.items()
-                if b is not None and local not in _STATS and local not in m._non_persistent_buffers_set]
+        return [
+            f"{path}.{local}" if path else local
+            for path, m in zip(view.paths, view.modules)
+            for local, b in m._buffers.items()
+            if b is not None and local not in _STATS and local not in m._non_persistent_buffers_set
+        ]
 
     def trainable_flags(self, params):
         return [p.requires_grad for p in params]
@@ -258,8 +307,7 @@ class TorchAdapter(_Distributed, Adapter):
 
     def new_linear(self, like, out_features: int, init: str):
         w = like.weight
-        layer = nn.Linear(like.in_features, out_features, bias=like.bias is not None,
-                          device=w.device, dtype=w.dtype)
+        layer = nn.Linear(like.in_features, out_features, bias=like.bias is not None, device=w.device, dtype=w.dtype)
         if init != "default":
             with torch.no_grad():
                 _INITS[init](layer.weight)
@@ -277,11 +325,13 @@ class TorchAdapter(_Distributed, Adapter):
         try:
             return _NAMES[tensor.dtype]
         except KeyError:
-            raise XFreezeError(f"torch dtype {tensor.dtype} is not supported by xfreeze "
-                               f"(supported: {', '.join(DTYPES)})") from None
+            raise XFreezeError(
+                f"torch dtype {tensor.dtype} is not supported by xfreeze (supported: {', '.join(DTYPES)})"
+            ) from None
 
     def to_raw(self, tensor):
         from .._tensors import Raw
+
         name = self.tensor_dtype(tensor)
         t = _whole(tensor).detach().cpu().contiguous()
         if name in _BIT_VIEWS:
@@ -308,15 +358,18 @@ class TorchAdapter(_Distributed, Adapter):
     def model_names(self) -> list:
         import importlib.util
         import torchvision
+
         names = list(torchvision.models.list_models())
         if importlib.util.find_spec("timm"):
             import timm
+
             names += timm.list_models()
         return names
 
     def build_named_model(self, name: str):
         """A torchvision model (random weights), else a timm model when timm is installed; None if unknown."""
         import torchvision
+
         if name in torchvision.models.list_models():
             return torchvision.models.get_model(name, weights=None)
         try:
@@ -343,7 +396,7 @@ class TorchAdapter(_Distributed, Adapter):
 
     def assign(self, tensor, array) -> None:
         with torch.no_grad():
-            tensor.copy_(torch.from_numpy(np.require(array, requirements='C')))
+            tensor.copy_(torch.from_numpy(np.require(array, requirements="C")))
 
     def numpy_dtype(self, tensor):
         return torch.empty((), dtype=tensor.dtype).numpy().dtype
@@ -352,8 +405,10 @@ class TorchAdapter(_Distributed, Adapter):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:  # weights_only refuses globals: the file asks to run code
-            raise XFreezeError(f"checkpoint {str(path)!r}: refused to load it: it asks to run code and torch.load "
-                               f"ran with weights_only=True ({str(exc).splitlines()[0]})") from None
+            raise XFreezeError(
+                f"checkpoint {str(path)!r}: refused to load it: it asks to run code and torch.load "
+                f"ran with weights_only=True ({str(exc).splitlines()[0]})"
+            ) from None
 
     def own_only_keys(self, names) -> set:
         """State keys with no counterpart in the other framework (not "missing" when loading from it)."""
@@ -370,8 +425,13 @@ class TorchAdapter(_Distributed, Adapter):
     def build_optimizer(self, config, groups, lr):
         groups = [_group(g) for g in groups]
         if config.name == "sgd":
-            return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                                   weight_decay=config.weight_decay)
+            return torch.optim.SGD(
+                groups,
+                lr=config.lr,
+                momentum=config.momentum,
+                nesterov=config.nesterov,
+                weight_decay=config.weight_decay,
+            )
         cls = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
         return cls(groups, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
 
@@ -388,8 +448,10 @@ class TorchAdapter(_Distributed, Adapter):
         if not isinstance(opt, torch.optim.Optimizer):
             raise XFreezeError(f"optimizer {label} returned a {type(opt).__name__}, not a torch.optim.Optimizer")
         if len(opt.param_groups) != len(groups) or "lr" not in opt.defaults:
-            raise XFreezeError(f"optimizer {label} does not keep xfreeze's {len(groups)} parameter groups with their "
-                               "own learning rates, so absolute group rates cannot be guaranteed")
+            raise XFreezeError(
+                f"optimizer {label} does not keep xfreeze's {len(groups)} parameter groups with their "
+                "own learning rates, so absolute group rates cannot be guaranteed"
+            )
         if config.weight_decay and "weight_decay" not in opt.defaults:
             raise XFreezeError(f"optimizer {label} has no per-group weight decay; pass weight_decay=0.0")
         return opt
@@ -412,8 +474,11 @@ class TorchAdapter(_Distributed, Adapter):
         return bool(opt.state.get(param))
 
     def optimizer_state_problem(self, opt, model, state):
-        if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list) \
-                or not isinstance(state.get("state"), dict):
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("param_groups"), list)
+            or not isinstance(state.get("state"), dict)
+        ):
             return "expected a torch optimizer state_dict with 'state' and 'param_groups'"
         if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in state["param_groups"]):
             return "a param_groups entry has no 'params' list"
@@ -502,8 +567,12 @@ def _unwrap(model):
 
 
 def _group(group: dict) -> dict:
-    return {"params": list(group["params"]), "lr": group["lr"], "weight_decay": group["weight_decay"],
-            "xfreeze_names": list(group["names"])}
+    return {
+        "params": list(group["params"]),
+        "lr": group["lr"],
+        "weight_decay": group["weight_decay"],
+        "xfreeze_names": list(group["names"]),
+    }
 
 
 ADAPTER = TorchAdapter()
@@ -525,6 +594,7 @@ def _owners(child) -> list:
 def _relock_after(convert):
     """torch's convert_sync_batchnorm builds new modules and drops forward hooks: re-lock the norms that were locked,
     by path, so that a frozen BatchNorm stays frozen (and a locked SyncBatchNorm never syncs in forward)."""
+
     def convert_sync_batchnorm(module, process_group=None):
         locked = {p for p, m in module.named_modules() if ADAPTER.is_norm_locked(m)}
         out = convert(module, process_group)
@@ -532,6 +602,7 @@ def _relock_after(convert):
             if path in locked and not ADAPTER.is_norm_locked(m):
                 ADAPTER.lock_norm(m)
         return out
+
     convert_sync_batchnorm.__wrapped__ = convert
     convert_sync_batchnorm.__doc__ = convert.__doc__
     return convert_sync_batchnorm

@@ -9,6 +9,7 @@
 
     .venv/bin/python bench/convert.py [--rounds N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,18 @@ def main():
     bitwise = all(torch.equal(state[k], back[k]) for k in back)
     plain = median_time(lambda: plain_round_trip(state), args.rounds)
     ours = median_time(lambda: round_trip(state), args.rounds)
-    print(f"ResNet-50 torch->paddle->torch, median of {args.rounds}: plain clone {plain * 1e3:.1f} ms, "
-          f"xfreeze.convert (no arch=) {ours * 1e3:.1f} ms, ratio {ours / plain:.2f}; bitwise identical: {bitwise}")
+    print(
+        f"ResNet-50 torch->paddle->torch, median of {args.rounds}: plain clone {plain * 1e3:.1f} ms, "
+        f"xfreeze.convert (no arch=) {ours * 1e3:.1f} ms, ratio {ours / plain:.2f}; bitwise identical: {bitwise}"
+    )
     print("\nload_matched of a torchvision state dict into paddle.vision (seconds, median):")
     for arch in ("resnet18", "resnet50", "resnet152"):
         source = {k: v.detach().clone() for k, v in getattr(torchvision.models, arch)().state_dict().items()}
         target = getattr(paddle.vision.models, arch)()
         auto = median_time(lambda: xfreeze.load_matched(target, source), max(1, args.rounds // 2))
-        fixed = median_time(lambda: xfreeze.load_matched(target, xfreeze.convert(source, to="paddle", arch="resnet",
-                                                                                 model=target)), 1)
+        fixed = median_time(
+            lambda: xfreeze.load_matched(target, xfreeze.convert(source, to="paddle", arch="resnet", model=target)), 1
+        )
         print(f"  {arch:>9}: without arch= {auto:6.3f} s   (convert with arch= then load: {fixed:6.3f} s)")
 
 

@@ -6,6 +6,7 @@ time of ``load_delta`` / ``verify_frozen`` (both hash every frozen tensor). No a
 
     .venv/bin/python bench/delta.py [--backend torch|paddle] [--repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,11 @@ def build(backend: str):
     if backend == "torch":
         import torch
         import torchvision
+
         model = torchvision.models.resnet50()
         return model, lambda m, p: torch.save(m.state_dict(), p), ".pt"
     import paddle
+
     model = paddle.vision.models.resnet50()
     return model, lambda m, p: paddle.save(m.state_dict(), p), ".pdparams"
 
@@ -45,18 +48,22 @@ def main() -> None:
     model, native_save, suffix = build(args.backend)
     xfreeze.freeze(model, "*", "!fc")
     folder = tempfile.mkdtemp()
-    full, native, delta = (os.path.join(folder, n) for n in ("full.safetensors", "native" + suffix,
-                                                                "delta.safetensors"))
+    full, native, delta = (
+        os.path.join(folder, n) for n in ("full.safetensors", "native" + suffix, "delta.safetensors")
+    )
     rows = [
-        ("full checkpoint (xfreeze safetensors)", timed(lambda: xfreeze.save_checkpoint(model, full), args.repeat),
-         full),
+        (
+            "full checkpoint (xfreeze safetensors)",
+            timed(lambda: xfreeze.save_checkpoint(model, full), args.repeat),
+            full,
+        ),
         (f"full checkpoint ({args.backend} own save)", timed(lambda: native_save(model, native), args.repeat), native),
         ("delta (xfreeze.save_delta)", timed(lambda: xfreeze.save_delta(model, delta), args.repeat), delta),
     ]
-    fc_bytes = sum(p.numel() * p.element_size() if hasattr(p, "element_size") else 0 for p in [model.fc.weight,
-                                                                                                model.fc.bias])
-    print(f"ResNet-50 ({args.backend}), backbone frozen, fc trains; head bytes: {fc_bytes:,}; median of "
-          f"{args.repeat}")
+    fc_bytes = sum(
+        p.numel() * p.element_size() if hasattr(p, "element_size") else 0 for p in [model.fc.weight, model.fc.bias]
+    )
+    print(f"ResNet-50 ({args.backend}), backbone frozen, fc trains; head bytes: {fc_bytes:,}; median of {args.repeat}")
     print(f"{'what':42} {'bytes':>14} {'save s':>9} {'size vs full':>13} {'time vs full':>13}")
     base_size, base_time = os.path.getsize(full), rows[0][1]
     for name, seconds, path in rows:

@@ -7,6 +7,7 @@ CPU by default, ``--device cuda`` on a GPU machine.
 
     .venv/bin/python bench/ema.py [--device cuda] [--rounds 7] [--updates 20]
 """
+
 from __future__ import annotations
 
 import argparse

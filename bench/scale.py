@@ -8,6 +8,7 @@ a summary of the 100k-tensor model built in < 1 s with a bounded table.
 
     .venv/bin/python bench/scale.py [--sizes 1000 10000 100000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,11 @@ import xfreeze
 class Block(nn.Module):
     def __init__(self, width):
         super().__init__()
-        self.fc1, self.norm, self.fc2 = nn.Linear(width, width), nn.LayerNorm(width), nn.Linear(width, width, bias=False)
+        self.fc1, self.norm, self.fc2 = (
+            nn.Linear(width, width),
+            nn.LayerNorm(width),
+            nn.Linear(width, width, bias=False),
+        )
 
 
 def build(tensors: int, width: int = 8):
@@ -71,13 +76,16 @@ def main():
         repeat = 5 if size <= 10000 else 3
         last = size // 5 - 1
         xfreeze.select(model, "head")  # the first call builds the view (timed separately below)
-        cases = [("select", lambda: hand_select(model), lambda: xfreeze.select(model, "blocks.*.norm.*")),
-                 ("freeze", lambda: hand_freeze(model), lambda: xfreeze.freeze(model, "*", "!head")),
-                 ("unfreeze", lambda: hand_unfreeze(model, last), lambda: xfreeze.unfreeze(model, f"blocks.{last}"))]
+        cases = [
+            ("select", lambda: hand_select(model), lambda: xfreeze.select(model, "blocks.*.norm.*")),
+            ("freeze", lambda: hand_freeze(model), lambda: xfreeze.freeze(model, "*", "!head")),
+            ("unfreeze", lambda: hand_unfreeze(model, last), lambda: xfreeze.unfreeze(model, f"blocks.{last}")),
+        ]
         for op, hand, ours in cases:
             h, x = best(hand, repeat), best(ours, repeat)
             print(f"{size:>8} {op:>9} {h:>9.4f} {x:>10.4f} {x / h:>6.2f}")
         from xfreeze import _view
+
         _view.invalidate(model)
         cold = best(lambda: (_view.invalidate(model), xfreeze.select(model, "head")), 1)
         s = best(lambda: xfreeze.summary(model, print_table=False), repeat)

@@ -14,6 +14,7 @@ statistics drift, and they normalize with batch statistics); xfreeze locks them 
 torch is also timed with the model and inputs in bfloat16 (the bf16 columns).
 Run: .venv/bin/python bench/train_step.py [--rounds N] [--framework torch|paddle|both]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,14 @@ BATCH, SIZE, LR, MOMENTUM = 32, 64, 0.01, 0.9
 def setup(framework: str, way: str, dtype: str = "float32"):
     """Model, optimizer and a step function for one way (torch also in bfloat16)."""
     import xfreeze
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, 3, SIZE, SIZE)).astype("float32")
     y = rng.integers(0, 10, BATCH)
     if framework == "torch":
         import torch
         import torchvision
+
         torch.manual_seed(0)
         torch.set_num_threads(2)
         model = torchvision.models.resnet18(num_classes=10).to(getattr(torch, dtype))
@@ -60,18 +63,24 @@ def setup(framework: str, way: str, dtype: str = "float32"):
 
         def held():
             grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-            state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                        if torch.is_tensor(t) and t.dim() > 0)
+            state = sum(
+                t.numel() * t.element_size()
+                for s in opt.state.values()
+                for t in s.values()
+                if torch.is_tensor(t) and t.dim() > 0
+            )
             return grads, state
     else:
         import paddle
+
         paddle.seed(0)
         model = paddle.vision.models.resnet18(num_classes=10)
         if way == "hand":
             for name, p in model.named_parameters():
                 p.stop_gradient = not name.startswith("fc.")
-            opt = paddle.optimizer.Momentum(learning_rate=LR, momentum=MOMENTUM,
-                                            parameters=[p for p in model.parameters() if not p.stop_gradient])
+            opt = paddle.optimizer.Momentum(
+                learning_rate=LR, momentum=MOMENTUM, parameters=[p for p in model.parameters() if not p.stop_gradient]
+            )
         elif way == "xfreeze":
             xfreeze.freeze(model, "*", "!fc")
             opt = xfreeze.optimizer(model, "sgd", lr=LR, momentum=MOMENTUM)
@@ -86,9 +95,13 @@ def setup(framework: str, way: str, dtype: str = "float32"):
 
         def held():
             grads = sum(int(np.prod(p.shape)) * p.element_size() for p in model.parameters() if p.grad is not None)
-            state = sum(int(np.prod(t.shape)) * t.element_size() for k, t in opt.state_dict().items()
-                        if k != "LR_Scheduler" and hasattr(t, "shape") and int(np.prod(t.shape)) > 1)
+            state = sum(
+                int(np.prod(t.shape)) * t.element_size()
+                for k, t in opt.state_dict().items()
+                if k != "LR_Scheduler" and hasattr(t, "shape") and int(np.prod(t.shape)) > 1
+            )
             return grads, state
+
     model.train()
     trainable = sum(int(np.prod(p.shape)) * 4 for n, p in model.named_parameters() if n.startswith("fc."))
     return step, held, trainable
@@ -136,26 +149,57 @@ def main():
         return
     from rich.console import Console
     from rich.table import Table
+
     frameworks = ["torch", "paddle"] if args.framework == "both" else [args.framework]
-    table = Table(title=f"ResNet-18, {SIZE}x{SIZE}, batch {BATCH}, backbone frozen, SGD momentum (median of "
-                        f"{args.rounds} interleaved rounds x {args.steps} steps)")
-    for column in ("framework", "way", "step ms", "time / hand", "peak extra MiB", "memory / hand",
-                   "grad bytes", "opt-state bytes", "trainable bytes", "bf16 step ms", "bf16 time / hand"):
+    table = Table(
+        title=f"ResNet-18, {SIZE}x{SIZE}, batch {BATCH}, backbone frozen, SGD momentum (median of "
+        f"{args.rounds} interleaved rounds x {args.steps} steps)"
+    )
+    for column in (
+        "framework",
+        "way",
+        "step ms",
+        "time / hand",
+        "peak extra MiB",
+        "memory / hand",
+        "grad bytes",
+        "opt-state bytes",
+        "trainable bytes",
+        "bf16 step ms",
+        "bf16 time / hand",
+    ):
         table.add_column(column, justify="left" if column in ("framework", "way") else "right")
     for framework in frameworks:
         mem = {}
         for way in WAYS:
-            out = subprocess.run([sys.executable, __file__, "--memory-child", framework, way], capture_output=True,
-                                 text=True, check=True).stdout.strip().splitlines()[-1]
+            out = (
+                subprocess.run(
+                    [sys.executable, __file__, "--memory-child", framework, way],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             mem[way] = json.loads(out)
         times = measure_time(framework, args.rounds, args.steps)
         half = measure_time(framework, args.rounds, args.steps, "bfloat16") if framework == "torch" else None
         for way in WAYS:
             m = mem[way]
-            table.add_row(framework, way, f"{times[way] * 1e3:.1f}", f"{times[way] / times['hand']:.3f}",
-                          f"{m['extra_kib'] / 1024:.1f}", f"{m['extra_kib'] / mem['hand']['extra_kib']:.3f}",
-                          f"{m['grads']:,}", f"{m['state']:,}", f"{m['trainable']:,}",
-                          f"{half[way] * 1e3:.1f}" if half else "-", f"{half[way] / half['hand']:.3f}" if half else "-")
+            table.add_row(
+                framework,
+                way,
+                f"{times[way] * 1e3:.1f}",
+                f"{times[way] / times['hand']:.3f}",
+                f"{m['extra_kib'] / 1024:.1f}",
+                f"{m['extra_kib'] / mem['hand']['extra_kib']:.3f}",
+                f"{m['grads']:,}",
+                f"{m['state']:,}",
+                f"{m['trainable']:,}",
+                f"{half[way] * 1e3:.1f}" if half else "-",
+                f"{half[way] / half['hand']:.3f}" if half else "-",
+            )
     Console(width=160).print(table)
 
 

@@ -2,6 +2,7 @@
 
 This is user-side code: the framework differences here are the ones a training loop has, not xfreeze's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,9 @@ class Runner:
 
     def train_step(self, model, opt, inputs: dict, labels) -> float:
         model.train()
-        loss = self.cross_entropy(self.logits(model(**{k: self.tensor(v) for k, v in inputs.items()})),
-                                  self.tensor(labels))
+        loss = self.cross_entropy(
+            self.logits(model(**{k: self.tensor(v) for k, v in inputs.items()})), self.tensor(labels)
+        )
         loss.backward()
         opt.step()
         self.clear(opt)
@@ -25,7 +27,7 @@ class Runner:
         preds = []
         with self.no_grad():
             for i in range(0, n, batch):
-                out = model(**{k: self.tensor(v[i:i + batch]) for k, v in inputs.items()})
+                out = model(**{k: self.tensor(v[i : i + batch]) for k, v in inputs.items()})
                 preds.append(self.logits(out).numpy())
         return np.concatenate(preds)
 
@@ -42,6 +44,7 @@ class TorchRunner(Runner):
 
     def __init__(self, seed: int):
         import torch
+
         self.torch = torch
         torch.manual_seed(seed)
         torch.set_num_threads(2)
@@ -59,6 +62,7 @@ class PaddleRunner(Runner):
 
     def __init__(self, seed: int):
         import paddle
+
         self.paddle = paddle
         paddle.seed(seed)
         paddle.set_device("cpu")
@@ -77,4 +81,4 @@ def runner(backend: str, seed: int):
 
 def batches(n: int, size: int, rng):
     order = rng.permutation(n)
-    return [order[i:i + size] for i in range(0, n, size)]
+    return [order[i : i + size] for i in range(0, n, size)]

@@ -7,6 +7,7 @@ way that bites users (optimizer over *all* parameters, momentum + weight decay, 
 Run: ``make demo`` (or ``python examples/demo.py [--backend torch|paddle] [--steps N]``). No downloads: the models
 are built from their configs with random weights; pass ``--pretrained`` to load ImageNet weights when online.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,10 @@ import xfreeze
 def build(backend: str, pretrained: bool):
     if backend == "torch":
         import torchvision
+
         return torchvision.models.resnet18(weights="IMAGENET1K_V1" if pretrained else None)
     import paddle
+
     return paddle.vision.models.resnet18(pretrained=pretrained)
 
 
@@ -30,6 +33,7 @@ def training_loop(backend: str, model, steps: int, seed: int = 0):
     batches = [(rng.normal(size=(8, 3, 64, 64)).astype("float32"), rng.integers(0, 10, 8)) for _ in range(steps)]
     if backend == "torch":
         import torch
+
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         for x, y in batches:
             model.train()
@@ -38,8 +42,10 @@ def training_loop(backend: str, model, steps: int, seed: int = 0):
             opt.zero_grad(set_to_none=False)
     else:
         import paddle
-        opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.9, parameters=model.parameters(),
-                                        weight_decay=1e-4)
+
+        opt = paddle.optimizer.Momentum(
+            learning_rate=0.01, momentum=0.9, parameters=model.parameters(), weight_decay=1e-4
+        )
         for x, y in batches:
             model.train()
             paddle.nn.functional.cross_entropy(model(paddle.to_tensor(x)), paddle.to_tensor(y)).backward()
@@ -50,15 +56,18 @@ def training_loop(backend: str, model, steps: int, seed: int = 0):
 def snapshot(model) -> dict:
     """Every parameter and BatchNorm statistic as numpy, under the framework's own names."""
     state = model.state_dict()
-    return {k: np.array(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state.items()
-            if not k.endswith("num_batches_tracked")}
+    return {
+        k: np.array(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
 
 
 def demo(backend: str, steps: int, pretrained: bool) -> dict:
     print(f"\n=== {backend}: ResNet-18 ===")
     model = build(backend, pretrained)
-    print(xfreeze.freeze(model, "*", "!layer4"))             # everything but the last stage
-    head = xfreeze.replace_head(model, 10)                   # new trainable classifier, 10 classes
+    print(xfreeze.freeze(model, "*", "!layer4"))  # everything but the last stage
+    head = xfreeze.replace_head(model, 10)  # new trainable classifier, 10 classes
     print(f"new head: {type(head).__module__}.{type(head).__name__} -> 10 classes")
     summary = xfreeze.summary(model, print_table=False)
     print("\n".join(str(summary).splitlines()[:12] + ["   ..."] + str(summary).splitlines()[-8:]))
@@ -67,12 +76,17 @@ def demo(backend: str, steps: int, pretrained: bool) -> dict:
     before = snapshot(model)
     training_loop(backend, model, steps)
     after = snapshot(model)
-    stat_keys = [k for k in before if k.endswith(("running_mean", "running_var", "_mean", "_variance"))
-                 and not k.startswith("layer4")]
+    stat_keys = [
+        k
+        for k in before
+        if k.endswith(("running_mean", "running_var", "_mean", "_variance")) and not k.startswith("layer4")
+    ]
     moved = [k for k in frozen + stat_keys if not np.array_equal(before[k], after[k])]
     trained = [k for k in before if k.startswith(("layer4", "fc")) and not np.array_equal(before[k], after[k])]
-    print(f"after {steps} steps: {len(frozen)} frozen tensors and {len(stat_keys)} locked BatchNorm statistics, "
-          f"{len(moved)} moved; {len(trained)} tensors of layer4/fc trained")
+    print(
+        f"after {steps} steps: {len(frozen)} frozen tensors and {len(stat_keys)} locked BatchNorm statistics, "
+        f"{len(moved)} moved; {len(trained)} tensors of layer4/fc trained"
+    )
     if moved:
         raise SystemExit(f"frozen tensors moved: {moved}")
     return {"names": xfreeze.select(model, "*"), "counts": summary.counts}

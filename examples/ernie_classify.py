@@ -11,6 +11,7 @@ not real data and says nothing about ERNIE's quality; it exercises the workflow 
 
 Run: python examples/ernie_classify.py --backend torch|paddle [--epochs 6] [--pretrained NAME]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,16 @@ from common import batches, runner  # noqa: E402
 POSITIVE = ["great", "wonderful", "excellent", "pleasant", "brilliant", "lovely", "superb", "delightful"]
 NEGATIVE = ["awful", "terrible", "boring", "dreadful", "poor", "horrible", "dull", "disappointing"]
 NOUNS = ["movie", "book", "meal", "phone", "hotel", "concert", "game", "class", "trip", "show"]
-TEMPLATES = ["the {n} was {a}", "this {n} is {a}", "what a {a} {n}", "i found the {n} {a}",
-             "the {n} was not {a}", "this {n} is not {a}", "honestly the {n} felt {a}", "the {n} never felt {a}"]
+TEMPLATES = [
+    "the {n} was {a}",
+    "this {n} is {a}",
+    "what a {a} {n}",
+    "i found the {n} {a}",
+    "the {n} was not {a}",
+    "this {n} is not {a}",
+    "honestly the {n} felt {a}",
+    "the {n} never felt {a}",
+]
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
 # Lower layers: one selector for both namings (transformers encoder.layer.N, PaddleNLP encoder.layers.N).
 LOWER = ["ernie.embeddings", r"re:ernie\.encoder\.layers?\.[01]"]
@@ -62,14 +71,24 @@ class WordTokenizer:
 
 
 def build(backend: str, vocab_size: int, pretrained: str | None):
-    config = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                  intermediate_size=128, max_position_embeddings=32, type_vocab_size=2, num_labels=2)
+    config = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=32,
+        type_vocab_size=2,
+        num_labels=2,
+    )
     if backend == "torch":
         from transformers import ErnieConfig, ErnieForSequenceClassification
+
         if pretrained:
             return ErnieForSequenceClassification.from_pretrained(pretrained, num_labels=2)
         return ErnieForSequenceClassification(ErnieConfig(**config))
     from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
     if pretrained:
         return ErnieForSequenceClassification.from_pretrained(pretrained, num_labels=2)
     return ErnieForSequenceClassification(ErnieConfig(**config))
@@ -86,6 +105,7 @@ def pretrained_tokenizer(backend: str, name: str):
         out = tokenizer(list(sentences), max_length=length, padding="max_length", truncation=True)
         ids = np.array(out["input_ids"], dtype="int64")
         return {"input_ids": ids, "attention_mask": (ids != tokenizer.pad_token_id).astype("int64")}
+
     return encode
 
 
@@ -97,8 +117,12 @@ def accuracy(run, model, data) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["torch", "paddle"], default="torch")
-    parser.add_argument("--pretrained", metavar="NAME", help="a from_pretrained name (needs the network), e.g. "
-                        "nghuyong/ernie-3.0-base-zh (torch) or ernie-3.0-medium-zh (paddle)")
+    parser.add_argument(
+        "--pretrained",
+        metavar="NAME",
+        help="a from_pretrained name (needs the network), e.g. "
+        "nghuyong/ernie-3.0-base-zh (torch) or ernie-3.0-medium-zh (paddle)",
+    )
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--sentences", type=int, default=800, help="generated sentences (3/4 train, 1/4 test)")
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -115,7 +139,7 @@ def main(argv=None):
     print(f"data: {len(sentences)} GENERATED sentences (not real text), e.g. {sentences[0]!r} -> {labels[0]}")
 
     model = build(args.backend, vocab_size, args.pretrained)
-    xfreeze.replace_head(model, 2)                          # a fresh classifier (found automatically)
+    xfreeze.replace_head(model, 2)  # a fresh classifier (found automatically)
     stages = [xfreeze.Stage(0, freeze=LOWER), xfreeze.Stage(args.epochs // 2, unfreeze=["*"], lr=args.lr / 4)]
     print(xfreeze.freeze(model, *stages[0].freeze))
     opt = xfreeze.optimizer(model, "adamw", lr=args.lr, weight_decay=0.01, layer_decay=0.75)
@@ -144,8 +168,10 @@ def carry_over(args, model, run, test, vocab_size) -> None:
     print(report)
     mine, theirs = run.predict(model, test[0]), runner(other, args.seed).predict(twin, test[0])
     same = float(np.mean(mine.argmax(1) == theirs.argmax(1)))
-    print(f"{args.backend} -> {other}: same predicted label on {same:.1%} of the test sentences; largest logit "
-          f"difference {np.abs(mine - theirs).max():.2e}")
+    print(
+        f"{args.backend} -> {other}: same predicted label on {same:.1%} of the test sentences; largest logit "
+        f"difference {np.abs(mine - theirs).max():.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ digits pretraining (needs the network).
 
 Run: python examples/resnet_transfer.py --backend torch|paddle [--epochs 8] [--shots 10] [--out results/]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ STRATEGIES = ("scratch", "linear probe", "staged", "full, 10x head")
 def digits(size: int = 32):
     """scikit-learn's bundled digits as [N, 3, size, size] float32 in [0, 1], and labels."""
     from sklearn.datasets import load_digits
+
     data = load_digits()
     images = data.images.astype("float32") / 16.0
     images = np.kron(images, np.ones((size // 8, size // 8), dtype="float32"))  # nearest-neighbour upsampling
@@ -45,16 +47,19 @@ def digits(size: int = 32):
 def resnet18(backend: str, classes: int, imagenet: bool = False):
     if backend == "torch":
         import torchvision
+
         if imagenet:
             return torchvision.models.resnet18(weights="IMAGENET1K_V1")
         return torchvision.models.resnet18(num_classes=classes)
     import paddle
+
     return paddle.vision.models.resnet18(pretrained=imagenet, num_classes=1000 if imagenet else classes)
 
 
 def pretrain(backend, run, x, y, args, rng) -> Path:
     """Train on the source task (digits 0-4) and save the checkpoint with xfreeze."""
     from tqdm import tqdm
+
     model = resnet18(backend, 5)
     opt = xfreeze.optimizer(model, "adam", lr=1e-3)
     for _ in tqdm(range(args.pretrain_epochs), desc=f"pretrain on digits 0-4 ({backend})", leave=False):
@@ -74,15 +79,18 @@ def strategy_setup(name, backend, source, args):
     if args.weights == "digits":
         report = xfreeze.load_matched(model, source, skip=["fc"])  # keep everything but the old head
         assert not report.missing or report.missing == [], report
-    xfreeze.replace_head(model, 5)                                 # new trainable head for digits 5-9
+    xfreeze.replace_head(model, 5)  # new trainable head for digits 5-9
     if name == "linear probe":
         xfreeze.freeze(model, "*", "!fc")
         return model, xfreeze.optimizer(model, "adam", lr=args.lr), None
     if name == "full, 10x head":
         return model, xfreeze.optimizer(model, "adam", lr=args.lr / 10, lr_mult={"fc": 10}), None
     third = max(args.epochs // 3, 1)
-    stages = [xfreeze.Stage(0, freeze=["*", "!fc"]), xfreeze.Stage(third, unfreeze=["layer4"], lr=args.lr / 10),
-              xfreeze.Stage(2 * third, unfreeze=["*"], lr=args.lr / 100)]
+    stages = [
+        xfreeze.Stage(0, freeze=["*", "!fc"]),
+        xfreeze.Stage(third, unfreeze=["layer4"], lr=args.lr / 10),
+        xfreeze.Stage(2 * third, unfreeze=["*"], lr=args.lr / 100),
+    ]
     xfreeze.freeze(model, *stages[0].freeze)
     opt = xfreeze.optimizer(model, "adam", lr=args.lr)
     return model, opt, xfreeze.StagedUnfreeze(model, opt, stages)
@@ -90,6 +98,7 @@ def strategy_setup(name, backend, source, args):
 
 def finetune(name, backend, run, source, train, test, args, rng) -> dict:
     from tqdm import tqdm
+
     model, opt, staged = strategy_setup(name, backend, source, args)
     if staged is not None:
         staged.step(0)
@@ -103,7 +112,9 @@ def finetune(name, backend, run, source, train, test, args, rng) -> dict:
             run.train_step(model, opt, {"x": train[0][idx]}, train[1][idx])
         accuracy.append(float(np.mean(run.predict(model, {"x": test[0]}).argmax(1) == test[1])))
     trainable_at_end = xfreeze.summary(model, print_table=False).counts.trainable
-    trainable = f"{trainable_at_start:,}" + (f" -> {trainable_at_end:,}" if trainable_at_end != trainable_at_start else "")
+    trainable = f"{trainable_at_start:,}" + (
+        f" -> {trainable_at_end:,}" if trainable_at_end != trainable_at_start else ""
+    )
     return {"accuracy": accuracy, "time": time.perf_counter() - start, "trainable": trainable}
 
 
@@ -116,13 +127,15 @@ def few_shot_split(x, y, shots, rng):
 def report(results: dict, backend: str, args) -> None:
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"digits 5-9, {args.shots} labels per class, ResNet-18 ({backend}); accuracy on "
-                        f"the other digits 5-9 before training (start) and after each epoch")
+
+    table = Table(
+        title=f"digits 5-9, {args.shots} labels per class, ResNet-18 ({backend}); accuracy on "
+        f"the other digits 5-9 before training (start) and after each epoch"
+    )
     for column in ["strategy", "trainable", "start"] + [f"e{i + 1}" for i in range(args.epochs)] + ["time s"]:
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for name, r in results.items():
-        table.add_row(name, r["trainable"],
-                      *[f"{a:.3f}" for a in r["accuracy"]], f"{r['time']:.1f}")
+        table.add_row(name, r["trainable"], *[f"{a:.3f}" for a in r["accuracy"]], f"{r['time']:.1f}")
     Console(width=160).print(table)
     ranked = sorted(results, key=lambda n: results[n]["accuracy"][-1], reverse=True)
     print("final accuracy, best first: " + ", ".join(f"{n} {results[n]['accuracy'][-1]:.3f}" for n in ranked))
@@ -130,13 +143,19 @@ def report(results: dict, backend: str, args) -> None:
 
 def plot(results: dict, backend: str, args) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in results.items():
         ax.plot(range(len(r["accuracy"])), r["accuracy"], marker="o", label=name)
-    ax.set(xlabel="epoch", ylabel="test accuracy (digits 5-9)", ylim=(0, 1),
-           title=f"Transfer vs scratch, ResNet-18 ({backend}), {args.shots} labels/class")
+    ax.set(
+        xlabel="epoch",
+        ylabel="test accuracy (digits 5-9)",
+        ylim=(0, 1),
+        title=f"Transfer vs scratch, ResNet-18 ({backend}), {args.shots} labels/class",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     path = args.out / f"resnet_transfer_{backend}.png"
@@ -149,9 +168,12 @@ def plot(results: dict, backend: str, args) -> Path:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["torch", "paddle"], default="torch")
-    parser.add_argument("--weights", choices=["digits", "imagenet"], default="digits",
-                        help="digits: pretrain on digits 0-4 here (offline); imagenet: real ImageNet weights "
-                             "(downloads them)")
+    parser.add_argument(
+        "--weights",
+        choices=["digits", "imagenet"],
+        default="digits",
+        help="digits: pretrain on digits 0-4 here (offline); imagenet: real ImageNet weights (downloads them)",
+    )
     parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (default 8)")
     parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs on digits 0-4 (default 4)")
     parser.add_argument("--shots", type=int, default=10, help="labelled images per class of 5-9 (default 10)")
@@ -173,8 +195,10 @@ def main(argv=None):
         try:
             resnet18(args.backend, 5, imagenet=True)
         except Exception as exc:  # no network, no cache: say so, plainly
-            raise SystemExit(f"could not get the ImageNet ResNet-18 weights for {args.backend} (offline?): "
-                             f"{type(exc).__name__}: {exc}") from None
+            raise SystemExit(
+                f"could not get the ImageNet ResNet-18 weights for {args.backend} (offline?): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
     train, test = few_shot_split(x[y >= 5], y[y >= 5] - 5, args.shots, rng)
     if args.test_images:
         test = (test[0][: args.test_images], test[1][: args.test_images])

@@ -6,10 +6,21 @@ from hypothesis import HealthCheck, settings
 from harness import BACKENDS, kit
 
 # ci: deterministic (derandomized) and bounded; thorough: for longer runs (make test-thorough).
-settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("thorough", max_examples=400, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=40,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "thorough",
+    max_examples=400,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -22,6 +33,7 @@ def fw(request):
 @pytest.fixture(autouse=True)
 def _no_backend_flag(monkeypatch):
     import xfreeze
+
     monkeypatch.delenv("XFREEZE_BACKEND", raising=False)
     xfreeze.set_backend(None)
     yield

@@ -14,6 +14,7 @@ Differences neutralized here (measured on torch 2.14.1 / paddlepaddle 3.3.1):
 Not neutralized, so not compared across frameworks: Paddle updates ``_variance`` with the biased batch variance
 where torch uses the unbiased one, so running variances differ by design (running means agree).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,17 +26,18 @@ BACKENDS = ("torch", "paddle")
 # Paddle keeps learning rates, momentum, weight decay and BatchNorm epsilon as float32 attributes even for float64
 # models, which alone moves float64 results by ~1e-8 relative. The harness uses values that are exact in float32
 # (dyadic fractions), so float64 runs of the two frameworks agree to rounding (see TOLERANCE).
-BN_EPS = 2.0 ** -16
+BN_EPS = 2.0**-16
 
 
 @dataclass(frozen=True)
 class Spec:
     """A small model both frameworks build identically. kind 'mlp': widths; kind 'cnn': conv channels;
     kind 'blocks': an MLP whose layers are repeated blocks (``0.0``, ``1.0``, ...), for layer-wise decay."""
+
     kind: str
     sizes: tuple
     classes: int = 3
-    image: int = 5          # cnn input is [N, 3, image, image]
+    image: int = 5  # cnn input is [N, 3, image, image]
 
     def input_shape(self, batch: int):
         return (batch, 3, self.image, self.image) if self.kind == "cnn" else (batch, self.sizes[0])
@@ -54,8 +56,9 @@ def build_layers(spec: Spec, nn, conv, bn, pool) -> list:
     the constructors whose names or conventions differ (conv, BatchNorm, adaptive pooling)."""
     if spec.kind == "blocks":
         w = list(spec.sizes)
-        return [nn.Sequential(nn.Linear(w[i], w[i + 1]), nn.ReLU()) for i in range(len(w) - 1)] + \
-            [nn.Linear(w[-1], spec.classes)]
+        return [nn.Sequential(nn.Linear(w[i], w[i + 1]), nn.ReLU()) for i in range(len(w) - 1)] + [
+            nn.Linear(w[-1], spec.classes)
+        ]
     layers = []
     if spec.kind == "mlp":
         widths = list(spec.sizes) + [spec.classes]
@@ -70,8 +73,8 @@ def build_layers(spec: Spec, nn, conv, bn, pool) -> list:
 
 @dataclass(frozen=True)
 class OptConfig:
-    name: str               # "sgd" | "adam" | "adamw"
-    lr: float = 2.0 ** -5
+    name: str  # "sgd" | "adam" | "adamw"
+    lr: float = 2.0**-5
     momentum: float = 0.875
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -92,6 +95,7 @@ class TorchKit(_Kit):
 
     def __init__(self):
         import torch
+
         self.t = torch
         self.nn = torch.nn
 
@@ -113,8 +117,13 @@ class TorchKit(_Kit):
 
     def state(self, model) -> dict:
         out = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
-        out.update({n: b.detach().cpu().numpy().copy() for n, b in model.named_buffers()
-                    if n.endswith(("running_mean", "running_var"))})
+        out.update(
+            {
+                n: b.detach().cpu().numpy().copy()
+                for n, b in model.named_buffers()
+                if n.endswith(("running_mean", "running_var"))
+            }
+        )
         return out
 
     def load(self, model, state: dict) -> None:
@@ -134,6 +143,7 @@ class TorchKit(_Kit):
     def xfreeze_optimizer(self, model, name, lr, schedule=None, **kwargs):
         """xfreeze.optimizer plus, optionally, a StepLR(step_size, gamma) schedule: (optimizer, scheduler)."""
         import xfreeze
+
         opt = xfreeze.optimizer(model, name, lr=lr, **kwargs)
         return opt, (self.t.optim.lr_scheduler.StepLR(opt, *schedule) if schedule else None)
 
@@ -157,6 +167,7 @@ class PaddleKit(_Kit):
 
     def __init__(self):
         import paddle
+
         self.p = paddle
         self.nn = paddle.nn
 
@@ -204,8 +215,13 @@ class PaddleKit(_Kit):
         params, o = model.parameters(), self.p.optimizer
         wd = cfg.weight_decay or None
         if cfg.name == "sgd":
-            return o.Momentum(learning_rate=cfg.lr, momentum=cfg.momentum, parameters=params,
-                              use_nesterov=cfg.nesterov, weight_decay=wd)
+            return o.Momentum(
+                learning_rate=cfg.lr,
+                momentum=cfg.momentum,
+                parameters=params,
+                use_nesterov=cfg.nesterov,
+                weight_decay=wd,
+            )
         if cfg.name == "adam":
             return o.Adam(learning_rate=cfg.lr, parameters=params, weight_decay=wd)
         return o.AdamW(learning_rate=cfg.lr, parameters=params, weight_decay=cfg.weight_decay)
@@ -213,8 +229,12 @@ class PaddleKit(_Kit):
     def xfreeze_optimizer(self, model, name, lr, schedule=None, **kwargs):
         """Paddle schedulers are the optimizer's learning rate: StepDecay(lr, step_size, gamma)."""
         import xfreeze
-        sched = self.p.optimizer.lr.StepDecay(learning_rate=lr, step_size=schedule[0], gamma=schedule[1]) \
-            if schedule else None
+
+        sched = (
+            self.p.optimizer.lr.StepDecay(learning_rate=lr, step_size=schedule[0], gamma=schedule[1])
+            if schedule
+            else None
+        )
         return xfreeze.optimizer(model, name, lr=sched or lr, **kwargs), sched
 
     def train_step(self, model, opt, x, y) -> None:

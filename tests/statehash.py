@@ -4,6 +4,7 @@ Covers every parameter and buffer (name, dtype, shape, bits), every trainability
 stop_gradient), every module's training flag and every forward (pre-)hook registered on it. Reuse it as
 ``before = state_hash(m); <failing call>; assert state_hash(m) == before``.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Backend selection: inferred from the model, forced by a flag, and never importing a framework needlessly."""
+
 import os
 import subprocess
 import sys
@@ -11,8 +12,13 @@ from harness import kit
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
+        timeout=300,
+    )
 
 
 def test_backend_is_inferred_from_the_model(fw):
@@ -48,8 +54,10 @@ def test_a_flag_contradicting_the_model_is_an_error(fw, monkeypatch):
     assert not model.weight.stop_gradient if fw.name == "paddle" else model.weight.requires_grad
 
 
-@pytest.mark.parametrize("call", [lambda: xfreeze.set_backend("jax"),
-                                  lambda: xfreeze.select(kit("torch").nn.Linear(2, 2), "*", backend="tf")])
+@pytest.mark.parametrize(
+    "call",
+    [lambda: xfreeze.set_backend("jax"), lambda: xfreeze.select(kit("torch").nn.Linear(2, 2), "*", backend="tf")],
+)
 def test_unknown_backend_names(call):
     with pytest.raises(XFreezeError, match=r"Expected one of \('torch', 'paddle'\)\. Received: backend="):
         call()
@@ -71,21 +79,27 @@ def test_import_xfreeze_imports_no_framework():
     result = run_python(
         "import sys, xfreeze\n"
         "try:\n    xfreeze.select([1], '*')\nexcept xfreeze.XFreezeError as e:\n    print('refused:', e)\n"
-        "print(sorted(m for m in ('torch', 'paddle') if m in sys.modules))")
+        "print(sorted(m for m in ('torch', 'paddle') if m in sys.modules))"
+    )
     assert result.returncode == 0, result.stderr
     assert "refused: list is not a supported model type" in result.stdout
     assert result.stdout.strip().endswith("[]")
 
 
-@pytest.mark.parametrize("present, absent, install", [("torch", "paddle", "pip install paddlepaddle"),
-                                                      ("paddle", "torch", "pip install torch")])
+@pytest.mark.parametrize(
+    "present, absent, install",
+    [("torch", "paddle", "pip install paddlepaddle"), ("paddle", "torch", "pip install torch")],
+)
 def test_with_one_framework_installed_the_other_is_a_clear_error(present, absent, install):
-    build = {"torch": "import torch; m = torch.nn.Linear(2, 2)",
-             "paddle": "import paddle; m = paddle.nn.Linear(2, 2)"}[present]
-    code = (f"import sys; sys.modules[{absent!r}] = None  # as if {absent} were not installed\n"
-            f"import xfreeze\n{build}\n"
-            "print(xfreeze.freeze(m, 'weight').changed)\n"
-            f"try:\n    xfreeze.set_backend({absent!r})\nexcept xfreeze.XFreezeError as e:\n    print('error:', e)\n")
+    build = {"torch": "import torch; m = torch.nn.Linear(2, 2)", "paddle": "import paddle; m = paddle.nn.Linear(2, 2)"}[
+        present
+    ]
+    code = (
+        f"import sys; sys.modules[{absent!r}] = None  # as if {absent} were not installed\n"
+        f"import xfreeze\n{build}\n"
+        "print(xfreeze.freeze(m, 'weight').changed)\n"
+        f"try:\n    xfreeze.set_backend({absent!r})\nexcept xfreeze.XFreezeError as e:\n    print('error:', e)\n"
+    )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "['weight']" in result.stdout
@@ -96,12 +110,18 @@ def test_the_core_never_imports_a_framework():
     """Only backends/ may import torch, paddle or their model zoos (docstring examples aside)."""
     import ast
     from pathlib import Path
+
     frameworks = {"torch", "torchvision", "paddle", "paddlenlp", "transformers", "timm"}
     offenders = []
     for path in (Path(__file__).resolve().parents[1] / "xfreeze").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in frameworks]
     assert not offenders, offenders
 
@@ -111,6 +131,7 @@ def test_the_core_never_branches_on_a_backend_name():
     import ast
     from pathlib import Path
     from xfreeze.backends import ADAPTERS
+
     offenders = []
     for path in (Path(__file__).resolve().parents[1] / "xfreeze").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -1,4 +1,5 @@
 """The guard: xfreeze.check, the unfreeze warning, and the per-parameter table (param_table, summary, plan)."""
+
 import warnings
 
 import pytest
@@ -51,12 +52,12 @@ def test_frozen_parameters_holding_optimizer_state(fw):
 def test_param_table_shows_layer_decay_rates_and_decay(fw):
     model = fw.build(BLOCKS)
     xfreeze.freeze(model, "0")
-    opt = xfreeze.optimizer(model, "adamw", lr=1.0, weight_decay=2 ** -6, layer_decay=0.5)
+    opt = xfreeze.optimizer(model, "adamw", lr=1.0, weight_decay=2**-6, layer_decay=0.5)
     table = xfreeze.param_table(model, opt)
     rows = {r.name: r for r in table.rows}
     assert rows["0.0.weight"].group is None and not rows["0.0.weight"].trainable
     assert [rows[n].lr for n in ("1.0.weight", "2.0.weight", "3.weight")] == pytest.approx([0.25, 0.5, 1.0])
-    assert rows["3.weight"].weight_decay == pytest.approx(2 ** -6) and rows["3.bias"].weight_decay == 0.0
+    assert rows["3.weight"].weight_decay == pytest.approx(2**-6) and rows["3.bias"].weight_decay == 0.0
     text = str(xfreeze.summary(model, optimizer=opt, print_table=False))
     assert "xfreeze.param_table" in text and "1.0.weight" in text
 
@@ -77,8 +78,25 @@ def test_not_an_optimizer(fw):
 
 
 def test_plan_prints_the_param_table(capsys):
-    code = main(["plan", "resnet18", "--freeze", "*", "!layer4", "!fc", "--optimizer", "adamw", "--params",
-                 "--lr", "0.01", "--layer-decay", "0.5", "--weight-decay", "0.0001"])
+    code = main(
+        [
+            "plan",
+            "resnet18",
+            "--freeze",
+            "*",
+            "!layer4",
+            "!fc",
+            "--optimizer",
+            "adamw",
+            "--params",
+            "--lr",
+            "0.01",
+            "--layer-decay",
+            "0.5",
+            "--weight-decay",
+            "0.0001",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "xfreeze.param_table: ResNet" in out
     fc = next(line for line in out.splitlines() if " fc.weight " in line)
@@ -89,8 +107,11 @@ def test_plan_prints_the_param_table(capsys):
 def test_importing_the_integrations_imports_no_framework():
     import subprocess
     import sys
-    code = ("import sys, xfreeze, xfreeze.integrations; "
-            "print(sorted(m for m in ('torch', 'paddle', 'pytorch_lightning', 'transformers') if m in sys.modules))")
+
+    code = (
+        "import sys, xfreeze, xfreeze.integrations; "
+        "print(sorted(m for m in ('torch', 'paddle', 'pytorch_lightning', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -1,5 +1,6 @@
 """Checkpoint files: structural format detection, every real file readable, native dtypes bit for bit, saves that
 keep mode / links / no stale temps, and clear errors."""
+
 import os
 import pickle
 import signal
@@ -20,8 +21,19 @@ from harness import Spec, kit, random_state
 CNN = Spec("cnn", (4, 3))
 SUFFIXES = [".pt", ".pth", ".bin", ".pdparams", ".safetensors", ".npz"]
 FORMAT_OF = {".pdparams": "paddle", ".safetensors": "safetensors", ".npz": "npz"}
-DTYPES = ["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int64", "int32", "int8",
-          "uint8", "bool"]
+DTYPES = [
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "int64",
+    "int32",
+    "int8",
+    "uint8",
+    "bool",
+]
 NUMPY_LACKS = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
 
 
@@ -34,6 +46,7 @@ def model(fw):
 def tensor(dtype: str, shape=(3, 2), seed=0):
     """A torch tensor of ``dtype`` with varied bits (fp8/bf16 from float32 values)."""
     import torch
+
     rng = np.random.default_rng(seed)
     if dtype == "bool":
         return torch.from_numpy(rng.integers(0, 2, shape).astype(bool))
@@ -59,6 +72,7 @@ def test_round_trip_every_format_from_either_framework(fw, tmp_path, suffix):
 @pytest.mark.parametrize("backend", ["torch", "paddle"])
 def test_every_dtype_round_trips_bit_for_bit(tmp_path, suffix, backend):
     from xfreeze._backend import adapter_named
+
     state = {d: tensor(d, seed=i) for i, d in enumerate(DTYPES) if d in adapter_named(backend).DTYPES}
     state = {k: to_backend(v, backend, k) for k, v in state.items()}
     loaded = xfreeze.load_checkpoint(xfreeze.save_checkpoint(state, tmp_path / f"w{suffix}"))
@@ -91,8 +105,9 @@ def test_paddle_bf16_files_from_paddle_save_read_as_bf16_and_ours_read_in_paddle
 def test_paddle_save_protocols_and_wrapped_states_load(tmp_path, protocol):
     paddle = kit("paddle").p
     m = model(kit("paddle"))
-    paddle.save({"model": m.state_dict(), "epoch": 7, "best": (0.5, "acc")}, str(tmp_path / "p.pdparams"),
-                protocol=protocol)
+    paddle.save(
+        {"model": m.state_dict(), "epoch": 7, "best": (0.5, "acc")}, str(tmp_path / "p.pdparams"), protocol=protocol
+    )
     loaded = xfreeze.load_checkpoint(tmp_path / "p.pdparams")
     assert sorted(loaded) == sorted(m.state_dict()) and loaded.notes[0][0] == "model"
     for key, value in m.state_dict().items():
@@ -127,6 +142,7 @@ def test_safetensors_header_lengths_ending_in_0x80_are_not_pickles(tmp_path):
 
 def test_safetensors_files_are_readable_by_safetensors_itself(tmp_path):
     from safetensors.torch import load_file
+
     state = {d: tensor(d) for d in DTYPES}
     back = load_file(str(xfreeze.save_checkpoint(state, tmp_path / "w.safetensors")))
     assert all(same_bits(back[k], v) for k, v in state.items())
@@ -181,6 +197,7 @@ def test_framework_argument_and_metadata(tmp_path):
     with pytest.raises(XFreezeError, match=r"Received: format='onnx'"):
         xfreeze.save_checkpoint({"w": np.ones(1)}, tmp_path / "w.pt", format="onnx")
     from xfreeze import _checkpoint
+
     state = _checkpoint.StateDict({"bn._mean": np.zeros(2, "float32")}, framework="paddle")
     path = _checkpoint._save(state, tmp_path / "w.safetensors", None, {"framework": "torch"})
     loaded = xfreeze.load_checkpoint(path)
@@ -198,6 +215,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, suffix):
     class RunsCode:
         def __reduce__(self):
             return os.system, (f"touch {marker}",)
+
     path = tmp_path / f"evil{suffix}"
     if suffix == ".pt":
         kit("torch").t.save({"w": kit("torch").t.ones(2), "x": RunsCode()}, path)
@@ -280,8 +298,11 @@ def test_disk_full_is_one_clear_error_and_the_old_file_stays(tmp_path):
             print(exc)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert "cannot write" in result.stdout and "EFBIG" in result.stdout and "previous file there is intact" in \
-        result.stdout, result.stdout + result.stderr
+    assert (
+        "cannot write" in result.stdout
+        and "EFBIG" in result.stdout
+        and "previous file there is intact" in result.stdout
+    ), result.stdout + result.stderr
     assert xfreeze.load_checkpoint(path)["w"].tolist() == [1, 1, 1]
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
@@ -303,6 +324,7 @@ def test_save_errors(tmp_path):
 
 def test_concurrent_saves_to_one_path_from_threads_each_write_a_whole_file(tmp_path):
     import threading
+
     path = tmp_path / "w.safetensors"
     errors = []
 
@@ -311,6 +333,7 @@ def test_concurrent_saves_to_one_path_from_threads_each_write_a_whole_file(tmp_p
             xfreeze.save_checkpoint({"w": np.full(20000, i, "float32")}, path)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
+
     threads = [threading.Thread(target=save, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()

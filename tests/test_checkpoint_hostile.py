@@ -1,5 +1,6 @@
 """Hostile or broken files fail fast and clearly (a generated corpus, tests/hostile_files.py), never hang, never
 exhaust memory, and leave the model they were meant for unchanged."""
+
 import os
 import subprocess
 import sys
@@ -29,8 +30,17 @@ def test_every_hostile_file_is_one_clear_error_naming_the_file(corpus, name):
     assert name in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["self_reference.pdparams", "reconstruct_bomb.pdparams", "npz_bomb.npz",
-                                  "st_offsets_beyond.safetensors", "runs_code.pdparams", "int_keys.pdparams"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "self_reference.pdparams",
+        "reconstruct_bomb.pdparams",
+        "npz_bomb.npz",
+        "st_offsets_beyond.safetensors",
+        "runs_code.pdparams",
+        "int_keys.pdparams",
+    ],
+)
 def test_load_matched_from_a_hostile_file_changes_nothing(corpus, fw, name):
     path = next(p for p in corpus if p.endswith(name))
     m = fw.build(Spec("cnn", (4, 3)))
@@ -68,8 +78,12 @@ def test_no_loader_takes_more_than_a_bounded_amount_of_memory_on_a_bomb(tmp_path
 
 
 def test_the_corpus_script_runs_standalone(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(HERE, "hostile_files.py"), str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "hostile_files.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and len(os.listdir(tmp_path)) == len(hostile_files.CORPUS)
 
 

@@ -3,6 +3,7 @@
 Adding a framework = one adapter module + one Naming + one entry in xfreeze.backends.ADAPTERS, and this file
 passing for it (it runs once per entry of ADAPTERS; a framework that cannot be imported fails, it is not skipped).
 """
+
 import inspect
 
 import numpy as np
@@ -50,10 +51,24 @@ def test_walk_names_modules_parameters_and_statistics_alike(name):
     walk = adapter_named(name).walk(model)
     assert [p for p, _ in walk.modules][:3] == ["", "0", "1"]
     names = [f"{walk.modules[mi][0]}.{local}" for mi, local, _ in walk.params]
-    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias", "4.weight", "4.bias",
-                     "8.weight", "8.bias"]
-    assert [f"{walk.modules[mi][0]}.{local}" for mi, local, _, _ in walk.stats] == \
-        ["1.running_mean", "1.running_var", "4.running_mean", "4.running_var"]
+    assert names == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "3.weight",
+        "3.bias",
+        "4.weight",
+        "4.bias",
+        "8.weight",
+        "8.bias",
+    ]
+    assert [f"{walk.modules[mi][0]}.{local}" for mi, local, _, _ in walk.stats] == [
+        "1.running_mean",
+        "1.running_var",
+        "4.running_mean",
+        "4.running_var",
+    ]
     assert walk.token == adapter_named(name).structure_token(model) and walk.wrappers == []
 
 
@@ -67,8 +82,22 @@ def test_trainability_flags_and_plans(name):
     assert all(adapter.trainable_flags(view.params))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2",
-                                   "int64", "int32", "int8", "uint8", "bool"])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        "float32",
+        "float64",
+        "float16",
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "int64",
+        "int32",
+        "int8",
+        "uint8",
+        "bool",
+    ],
+)
 def test_dtype_table_moves_exact_bits(name, dtype):
     adapter = adapter_named(name)
     assert dtype in adapter.DTYPES, f"{name} lacks {dtype}"
@@ -77,8 +106,11 @@ def test_dtype_table_moves_exact_bits(name, dtype):
     if dtype == "bool":
         array = rng.integers(0, 2, (3, 4)).astype(bool)
     else:
-        array = np.frombuffer(rng.integers(0, 256, 12 * carrier.itemsize, dtype=np.uint8).tobytes(),
-                              dtype=carrier).reshape(3, 4).copy()
+        array = (
+            np.frombuffer(rng.integers(0, 256, 12 * carrier.itemsize, dtype=np.uint8).tobytes(), dtype=carrier)
+            .reshape(3, 4)
+            .copy()
+        )
         if carrier.kind == "f":
             array[~np.isfinite(array)] = 0
     tensor = adapter.from_raw(_tensors.Raw(array, dtype))
@@ -139,6 +171,7 @@ def test_new_linear_follows_the_old_one(name):
 
 def test_a_dtype_the_target_cannot_hold_is_named():
     import torch
+
     value = torch.zeros(2, 3).to(torch.float8_e4m3fnuz)  # a torch fp8 variant Paddle 3.3 lacks
     with pytest.raises(XFreezeError, match=r"tensor 'w' has dtype float8_e4m3fnuz, which paddle cannot hold"):
         _tensors.to_backend(value, "paddle", "w")
@@ -146,6 +179,7 @@ def test_a_dtype_the_target_cannot_hold_is_named():
 
 def test_optimizer_contract(name):
     from xfreeze import optimizer
+
     adapter, model = adapter_named(name), kit(name).build(CNN)
     opt = optimizer(model, "sgd", lr=0.5, momentum=0.5, weight_decay=0.25)
     assert adapter.is_optimizer(opt) and not adapter.is_optimizer(model) and not adapter.is_scheduler(opt)

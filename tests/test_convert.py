@@ -7,6 +7,7 @@ Tolerance: converted models agree in float32 eval-mode outputs within 1e-5 of th
 Both ERNIE runs get the same explicit attention mask: PaddleNLP's ErnieModel masks pad_token_id by itself when no
 mask is given, transformers' attends to every token. That is a difference of the models' call API, not of weights.
 """
+
 import numpy as np
 import pytest
 
@@ -24,8 +25,10 @@ def assert_same_outputs(actual, expected):
 def resnet(framework, arch):
     if framework == "torch":
         import torchvision
+
         return getattr(torchvision.models, arch)().eval()
     import paddle
+
     model = getattr(paddle.vision.models, arch)()
     model.eval()
     return model
@@ -34,11 +37,13 @@ def resnet(framework, arch):
 def forward(framework, model, x, mask=None):
     if framework == "torch":
         import torch
+
         extra = {} if mask is None else {"attention_mask": torch.from_numpy(mask)}
         with torch.no_grad():
             out = model(torch.from_numpy(x), **extra)
         return (out.last_hidden_state if hasattr(out, "last_hidden_state") else out).numpy()
     import paddle
+
     extra = {} if mask is None else {"attention_mask": paddle.to_tensor(mask)}
     out = model(paddle.to_tensor(x), **extra)
     return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
@@ -47,6 +52,7 @@ def forward(framework, model, x, mask=None):
 def randomize_statistics(framework, model, seed=0):
     """Fresh models have mean 0 / variance 1 statistics, which would hide a mix-up of mean and variance."""
     from xfreeze._backend import adapter_for
+
     adapter, rng = adapter_for(model), np.random.default_rng(seed)
     for name, tensor in adapter.named_statistics(model):
         shape = tuple(tensor.shape)
@@ -75,9 +81,9 @@ def test_resnet_round_trip_torch_paddle_torch_is_bitwise(arch, tmp_path):
     original, middle, back = resnet("torch", arch), resnet("paddle", arch), resnet("torch", arch)
     randomize_statistics("torch", original)
     xfreeze.save_checkpoint(original, tmp_path / "a.pt")
-    xfreeze.load_matched(middle, tmp_path / "a.pt")                    # from a torch file into Paddle
+    xfreeze.load_matched(middle, tmp_path / "a.pt")  # from a torch file into Paddle
     xfreeze.save_checkpoint(middle, tmp_path / "b.pdparams")
-    report = xfreeze.load_matched(back, tmp_path / "b.pdparams")     # from a Paddle file back into torch
+    report = xfreeze.load_matched(back, tmp_path / "b.pdparams")  # from a Paddle file back into torch
     assert not report.missing  # num_batches_tracked: kept, not reported as missing
     for key, value in original.state_dict().items():
         if not key.endswith("num_batches_tracked"):
@@ -85,15 +91,24 @@ def test_resnet_round_trip_torch_paddle_torch_is_bitwise(arch, tmp_path):
 
 
 def ernie(framework, seed=0):
-    kw = dict(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-              max_position_embeddings=32, type_vocab_size=2)
+    kw = dict(
+        vocab_size=100,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        type_vocab_size=2,
+    )
     if framework == "torch":
         import torch
         from transformers import ErnieConfig, ErnieModel
+
         torch.manual_seed(seed)
         return ErnieModel(ErnieConfig(**kw)).eval()
     import paddle
     from paddlenlp.transformers import ErnieConfig, ErnieModel
+
     paddle.seed(seed)
     model = ErnieModel(ErnieConfig(**kw))
     model.eval()
@@ -124,10 +139,13 @@ def test_ernie_round_trip_is_bitwise():
 
 
 def test_embeddings_and_convs_are_not_transposed_without_a_model():
-    state = {"embeddings.word_embeddings.weight": np.zeros((100, 16), "float32"),
-             "encoder.layer.0.attention.self.query.weight": np.zeros((32, 16), "float32"),
-             "conv1.weight": np.zeros((8, 3, 3, 3), "float32"), "bn.running_var": np.ones(8, "float32"),
-             "bn.num_batches_tracked": np.zeros((), "int64")}
+    state = {
+        "embeddings.word_embeddings.weight": np.zeros((100, 16), "float32"),
+        "encoder.layer.0.attention.self.query.weight": np.zeros((32, 16), "float32"),
+        "conv1.weight": np.zeros((8, 3, 3, 3), "float32"),
+        "bn.running_var": np.ones(8, "float32"),
+        "bn.num_batches_tracked": np.zeros((), "int64"),
+    }
     out = xfreeze.convert(state, to="paddle")
     assert out["embeddings.word_embeddings.weight"].shape == (100, 16)
     assert out["encoder.layers.0.self_attn.q_proj.weight"].shape == (16, 32)
@@ -146,8 +164,13 @@ def test_what_cannot_be_placed_is_reported():
     assert ("extra.weight", "not placed: the target model has no such key") in out.notes
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(to="jax"), r"Expected one of \('torch', 'paddle'\)"),
-                                             (dict(to="paddle", arch="vgg"), r"Received: arch='vgg'")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(to="jax"), r"Expected one of \('torch', 'paddle'\)"),
+        (dict(to="paddle", arch="vgg"), r"Received: arch='vgg'"),
+    ],
+)
 def test_bad_convert_arguments(kwargs, message):
     with pytest.raises(XFreezeError, match=message):
         xfreeze.convert({"w": np.ones(2)}, **kwargs)

@@ -1,6 +1,7 @@
 """Llama weights between transformers and PaddleNLP, both directions: same logits on a small config (float32), and
 bf16 weights carried bit for bit (Paddle's CPU build has no bf16 matmul, so bf16 logits are compared after both
 models are cast to float32 from the converted bf16 weights)."""
+
 import numpy as np
 import pytest
 
@@ -8,8 +9,16 @@ import xfreeze
 from xfreeze._convert import guess_framework
 from xfreeze._tensors import to_raw
 
-CONFIG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6)
+CONFIG = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+)
 
 
 def _pair(dtype):
@@ -17,6 +26,7 @@ def _pair(dtype):
     import torch
     import transformers as T
     from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
     paddle.seed(0)
     hf = T.LlamaForCausalLM(T.LlamaConfig(**CONFIG, attn_implementation="eager")).to(getattr(torch, dtype)).eval()
@@ -39,6 +49,7 @@ def _pair(dtype):
 def _logits(hf, pd):
     import paddle
     import torch
+
     ids = np.random.RandomState(0).randint(0, 64, (2, 10))
     with torch.no_grad():
         a = hf.float()(torch.from_numpy(ids)).logits.numpy()
@@ -74,9 +85,10 @@ def test_llama_key_names_tell_the_framework():
 def test_llama_state_without_a_model_converts_by_names():
     import torch
     import transformers as T
+
     hf = T.LlamaForCausalLM(T.LlamaConfig(**CONFIG))
     out = xfreeze.convert({k: v for k, v in hf.state_dict().items()}, to="paddle")
     assert out.arch == "llama" and "llama.layers.1.mlp.down_proj.weight" in out
     assert tuple(out["llama.layers.0.self_attn.k_proj.weight"].shape) == (32, 16)  # [in, out]
-    assert tuple(out["llama.embed_tokens.weight"].shape) == (64, 32)                # embeddings never transposed
+    assert tuple(out["llama.embed_tokens.weight"].shape) == (64, 32)  # embeddings never transposed
     assert torch.equal(torch.from_numpy(out["lm_head.weight"].numpy()).T, hf.state_dict()["lm_head.weight"])

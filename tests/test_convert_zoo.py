@@ -1,5 +1,6 @@
 """Every torchvision classifier with a paddle.vision twin converts both ways with every key placed and equal eval
 outputs (float32, <= 1e-5 of the output magnitude); where the architectures differ, the message says what differs."""
+
 import gc
 
 import numpy as np
@@ -9,19 +10,44 @@ import xfreeze
 
 # torchvision name -> (paddle.vision builder, keyword arguments, input size)
 ZOO = {
-    **{n: (n, {}, 64) for n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                                "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "mobilenet_v2",
-                                "mobilenet_v3_small", "mobilenet_v3_large", "densenet121", "densenet161",
-                                "densenet169", "densenet201", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
-                                "shufflenet_v2_x1_5")},
+    **{
+        n: (n, {}, 64)
+        for n in (
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "resnet101",
+            "resnet152",
+            "resnext50_32x4d",
+            "resnext101_64x4d",
+            "wide_resnet50_2",
+            "wide_resnet101_2",
+            "mobilenet_v2",
+            "mobilenet_v3_small",
+            "mobilenet_v3_large",
+            "densenet121",
+            "densenet161",
+            "densenet169",
+            "densenet201",
+            "shufflenet_v2_x0_5",
+            "shufflenet_v2_x1_0",
+            "shufflenet_v2_x1_5",
+        )
+    },
     **{n: (n, {}, 64) for n in ("vgg11", "vgg13", "vgg16", "vgg19")},
     **{f"{n}_bn": (n, {"batch_norm": True}, 64) for n in ("vgg11", "vgg13", "vgg16", "vgg19")},
-    "alexnet": ("alexnet", {}, 224),          # paddle.vision AlexNet has no adaptive pool: 224 only
+    "alexnet": ("alexnet", {}, 224),  # paddle.vision AlexNet has no adaptive pool: 224 only
     "squeezenet1_0": ("squeezenet1_0", {}, 227),  # ceil_mode pooling in torchvision: equal where maps are odd
     "inception_v3": ("inception_v3", {}, 299),
 }
-DEFAULT = [("alexnet", "paddle"), ("squeezenet1_0", "torch"), ("densenet121", "paddle"),
-           ("shufflenet_v2_x0_5", "torch"), ("mobilenet_v3_small", "paddle"), ("mobilenet_v3_small", "torch")]
+DEFAULT = [
+    ("alexnet", "paddle"),
+    ("squeezenet1_0", "torch"),
+    ("densenet121", "paddle"),
+    ("shufflenet_v2_x0_5", "torch"),
+    ("mobilenet_v3_small", "paddle"),
+    ("mobilenet_v3_small", "torch"),
+]
 
 
 def build_pair(name):
@@ -29,6 +55,7 @@ def build_pair(name):
     import paddle.vision.models as pv
     import torch
     import torchvision
+
     torch.manual_seed(0)
     paddle.seed(0)
     builder, kwargs, size = ZOO[name]
@@ -52,6 +79,7 @@ def measure(name, to):
     """(load report, max |torch - paddle| / max |torch|) after converting into the ``to`` model."""
     import paddle
     import torch
+
     t, p, size = build_pair(name)
     report = xfreeze.load_matched(p, t.state_dict()) if to == "paddle" else xfreeze.load_matched(t, p.state_dict())
     x = np.random.RandomState(0).randn(2, 3, size, size).astype("float32")
@@ -91,27 +119,36 @@ def test_whole_zoo_converts_with_equal_outputs(name, to):
 def test_googlenet_differs_and_says_what():
     import paddle.vision.models as pv
     import torchvision
+
     t = torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=False)
     p = pv.googlenet(num_classes=10)
     for model, source, origin in ((p, t.state_dict(), "torch"), (t, p.state_dict(), "paddle")):
-        with pytest.raises(xfreeze.XFreezeError, match=rf"converting the {origin} source placed 0 of \d+ keys .*"
-                                                       r"fewer than half.*BatchNorm after every conv"):
+        with pytest.raises(
+            xfreeze.XFreezeError,
+            match=rf"converting the {origin} source placed 0 of \d+ keys .*"
+            r"fewer than half.*BatchNorm after every conv",
+        ):
             xfreeze.load_matched(model, source)
 
 
 def test_shufflenet_x2_0_differs_and_says_what():
     import paddle.vision.models as pv
     import torchvision
+
     t, p = torchvision.models.shufflenet_v2_x2_0(num_classes=10), pv.shufflenet_v2_x2_0(num_classes=10)
-    with pytest.raises(xfreeze.XFreezeError, match=r"module 5 differs: source 'stage2.0.branch1.2' holds weight "
-                                                   r"\[122, 24, 1, 1\] where the target's '2_1._conv_linear_1.0' "
-                                                   r"holds weight \[112, 24, 1, 1\]"):
+    with pytest.raises(
+        xfreeze.XFreezeError,
+        match=r"module 5 differs: source 'stage2.0.branch1.2' holds weight "
+        r"\[122, 24, 1, 1\] where the target's '2_1._conv_linear_1.0' "
+        r"holds weight \[112, 24, 1, 1\]",
+    ):
         xfreeze.load_matched(p, t.state_dict())
 
 
 def test_squeezenet_1_1_warns_what_differs():
     import paddle.vision.models as pv
     import torchvision
+
     t, p = torchvision.models.squeezenet1_1(num_classes=10), pv.squeezenet1_1(num_classes=10)
     with pytest.warns(UserWarning, match="first conv has no padding, paddle.vision's pads by 1.*\nHINT"):
         report = xfreeze.load_matched(p, t.state_dict())
@@ -121,12 +158,16 @@ def test_squeezenet_1_1_warns_what_differs():
 def test_fewer_than_half_placed_is_an_error_unless_allowed():
     import paddle.vision.models as pv
     import torchvision
+
     t = torchvision.models.resnet18(num_classes=10)
     subset = {k: v for k, v in t.state_dict().items() if k.startswith(("layer4.", "fc."))}
     target = pv.resnet18(num_classes=10)
     before = {k: v.numpy().copy() for k, v in target.state_dict().items()}
-    with pytest.raises(xfreeze.XFreezeError, match=r"placed 27 of 102 keys of ResNet \(paddle\) \(fewer than "
-                                                   r"half\); nothing was changed.*allow_partial=True"):
+    with pytest.raises(
+        xfreeze.XFreezeError,
+        match=r"placed 27 of 102 keys of ResNet \(paddle\) \(fewer than "
+        r"half\); nothing was changed.*allow_partial=True",
+    ):
         xfreeze.load_matched(target, subset)
     assert all(np.array_equal(before[k], v.numpy()) for k, v in target.state_dict().items())
     report = xfreeze.load_matched(target, subset, allow_partial=True)
@@ -140,6 +181,7 @@ def test_value_rules_round_trip_bitwise_close():
     import paddle.vision.models as pv
     import torch
     import torchvision
+
     t = torchvision.models.alexnet(num_classes=10)
     there = xfreeze.convert(t.state_dict(), to="paddle", model=pv.alexnet(num_classes=10))
     back = xfreeze.convert(there, to="torch", model=torchvision.models.alexnet(num_classes=10))

@@ -1,5 +1,6 @@
 """Delta checkpoints: only what trains is saved, with a fingerprint of the frozen base; loading checks the base
 first, applies the freeze plan, and works across frameworks."""
+
 import numpy as np
 import pytest
 
@@ -124,6 +125,7 @@ def test_not_a_delta(fw, tmp_path):
 
 def test_live_norm_statistics_travel_and_the_norm_plan_is_applied(fw, tmp_path):
     from xfreeze._backend import adapter_for
+
     head = head_name(fw)
     m = fw.build(CNN)
     fw.load(m, random_state(CNN, "float32", 0))

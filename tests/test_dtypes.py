@@ -1,5 +1,6 @@
 """bf16 and fp16 models in both frameworks: freeze, summary, load_matched both ways, conversion and EMA keep the
 dtype bit for bit (numpy is never the go-between)."""
+
 import numpy as np
 import pytest
 
@@ -18,8 +19,10 @@ def build(name, dtype, seed=0):
     rng = np.random.default_rng(seed)
     view = view_of(model)
     adapter = view.adapter
-    values = [adapter.from_raw(_tensors.Raw(rng.normal(0, 1, adapter.full_shape(p)).astype("float32"), "float32"))
-              for p in view.params + view.stat_tensors]
+    values = [
+        adapter.from_raw(_tensors.Raw(rng.normal(0, 1, adapter.full_shape(p)).astype("float32"), "float32"))
+        for p in view.params + view.stat_tensors
+    ]
     adapter.load_tensors(view.params + view.stat_tensors, values)
     return _cast_model(name, model, dtype)
 
@@ -27,6 +30,7 @@ def build(name, dtype, seed=0):
 def _cast_model(name, model, dtype):
     if name == "torch":
         import torch
+
         return model.to(getattr(torch, dtype))
     model.to(dtype=dtype)
     return model
@@ -66,8 +70,11 @@ def test_convert_round_trip_is_bitwise(dtype):
     state = {k: v for k, v in model.state_dict().items()}
     back = xfreeze.convert(xfreeze.convert(state, to="paddle"), to="torch")
     import torch
+
     for key, value in back.items():
-        assert value.dtype == getattr(torch, dtype) and torch.equal(value.view(torch.int16), state[key].view(torch.int16))
+        assert value.dtype == getattr(torch, dtype) and torch.equal(
+            value.view(torch.int16), state[key].view(torch.int16)
+        )
 
 
 @pytest.mark.parametrize("dtype", HALF)
@@ -79,8 +86,15 @@ def test_ema_on_half_models_never_moves_frozen_weights(fw, dtype):
     head = view.params[view.index["8.weight"]]
     adapter = view.adapter
     for step in range(5):
-        adapter.load_tensors([head], [adapter.cast(adapter.from_raw(_tensors.Raw(
-            np.full(adapter.full_shape(head), step + 1.0, "float32"), "float32")), dtype)])
+        adapter.load_tensors(
+            [head],
+            [
+                adapter.cast(
+                    adapter.from_raw(_tensors.Raw(np.full(adapter.full_shape(head), step + 1.0, "float32"), "float32")),
+                    dtype,
+                )
+            ],
+        )
         ema.update()
     shadow = {k: _tensors.to_raw(v) for k, v in ema.shadow.items()}
     live = raw_state(model)
@@ -94,6 +108,7 @@ def test_ema_on_half_models_never_moves_frozen_weights(fw, dtype):
 
 def test_bf16_torch_training_keeps_frozen_tensors_bitwise():
     import torch
+
     model = build("torch", "bfloat16")
     xfreeze.freeze(model, "*", "!8")
     before = {k: v.clone() for k, v in model.state_dict().items()}

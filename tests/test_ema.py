@@ -1,4 +1,5 @@
 """EMA: frozen weights and locked statistics stay bitwise equal to the model's; only what trains is averaged."""
+
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ def trained(fw, dtype="float32", steps=4, decay=0.9, warmup=False):
     model = fw.build(CNN, dtype)
     fw.load(model, random_state(CNN, dtype, 0))
     xfreeze.freeze(model, "0", "1")
-    opt = xfreeze.optimizer(model, "sgd", lr=2 ** -5, momentum=0.875)
+    opt = xfreeze.optimizer(model, "sgd", lr=2**-5, momentum=0.875)
     ema = EMA(model, decay=decay, warmup=warmup)
     history = [fw.state(model)]
     for step in range(steps):
@@ -28,6 +29,7 @@ def trained(fw, dtype="float32", steps=4, decay=0.9, warmup=False):
 def shadow(fw, ema):
     """The averaged weights in the harness's canonical layout (torch's), through EMA.copy_to."""
     import copy
+
     clone = copy.deepcopy(ema.model)
     ema.copy_to(clone)
     return fw.state(clone)

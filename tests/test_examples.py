@@ -1,4 +1,5 @@
 """The examples run end to end in both frameworks (small settings; the defaults are for people)."""
+
 import os
 import subprocess
 import sys
@@ -10,9 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def example(*argv, cwd):
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / argv[0]), *argv[1:]], cwd=cwd,
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / argv[0]), *argv[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -20,8 +26,22 @@ def example(*argv, cwd):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "paddle"])
 def test_resnet_transfer(backend, tmp_path):
-    out = example("resnet_transfer.py", "--backend", backend, "--epochs", "2", "--pretrain-epochs", "1",
-                  "--shots", "3", "--test-images", "60", "--out", str(tmp_path), cwd=tmp_path)
+    out = example(
+        "resnet_transfer.py",
+        "--backend",
+        backend,
+        "--epochs",
+        "2",
+        "--pretrain-epochs",
+        "1",
+        "--shots",
+        "3",
+        "--test-images",
+        "60",
+        "--out",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     for strategy in ("scratch", "linear probe", "staged", "full, 10x head"):
         assert strategy in out
     assert "final accuracy, best first:" in out
@@ -40,9 +60,20 @@ def test_ernie_classify_and_carry_over(backend, tmp_path):
 
 @pytest.mark.slow
 def test_weights_imagenet_fails_clearly_offline(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "resnet_transfer.py"), "--weights", "imagenet",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_HOME": str(tmp_path)})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "resnet_transfer.py"),
+            "--weights",
+            "imagenet",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_HOME": str(tmp_path)},
+    )
     if result.returncode == 0:
         pytest.skip("this machine is online: the ImageNet weights downloaded")
     assert "could not get the ImageNet ResNet-18 weights for torch (offline?)" in result.stderr

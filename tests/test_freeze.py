@@ -1,4 +1,5 @@
 """freeze / unfreeze: trainability, dropped gradients, locked norm statistics, reports."""
+
 import copy
 import pickle
 
@@ -19,8 +20,11 @@ def build(fw, spec=CNN, dtype="float32"):
 
 
 def trainable(fw, model):
-    return [n for n in xfreeze.select(model, "*") if _param(model, n).stop_gradient is False] \
-        if fw.name == "paddle" else [n for n, p in model.named_parameters() if p.requires_grad]
+    return (
+        [n for n in xfreeze.select(model, "*") if _param(model, n).stop_gradient is False]
+        if fw.name == "paddle"
+        else [n for n, p in model.named_parameters() if p.requires_grad]
+    )
 
 
 def _param(model, name):
@@ -72,8 +76,14 @@ def test_freeze_drops_existing_gradients(fw):
     assert fw.grad(_param(model, "0.weight")) is None
 
 
-@pytest.mark.parametrize("opt", [OptConfig("sgd", weight_decay=2 ** -6), OptConfig("adam", weight_decay=2 ** -6),
-                                 OptConfig("adamw", weight_decay=2 ** -4)])
+@pytest.mark.parametrize(
+    "opt",
+    [
+        OptConfig("sgd", weight_decay=2**-6),
+        OptConfig("adam", weight_decay=2**-6),
+        OptConfig("adamw", weight_decay=2**-4),
+    ],
+)
 def test_frozen_mid_training_never_moves_with_momentum_decay_or_adam_state(fw, opt):
     """The measured trap: torch SGD-momentum with zero_grad(set_to_none=False) moves 'frozen' weights."""
     model = build(fw)
@@ -93,7 +103,7 @@ def test_without_xfreeze_torch_moves_frozen_weights():
     (Paddle's optimizers skip stop_gradient parameters, so only torch has this trap)."""
     fw = kit("torch")
     model = build(fw)
-    optimizer = fw.optimizer(OptConfig("sgd", weight_decay=2 ** -6), model)
+    optimizer = fw.optimizer(OptConfig("sgd", weight_decay=2**-6), model)
     train(fw, model, optimizer, 2)
     model[0].weight.requires_grad_(False)
     before = model[0].weight.detach().clone()
@@ -190,12 +200,24 @@ def test_lock_survives_deepcopy_and_pickle(fw):
         assert xfreeze.summary(clone, print_table=False).rows[1].norm == "locked"
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m: xfreeze.freeze(m, "*", norm="frozen"), r"Expected one of \('freeze', 'train'\)\. Received: norm='frozen'"),
-    (lambda m: xfreeze.freeze(m), "No patterns given"),
-    (lambda m: xfreeze.freeze(m, "0", "nope"), "Pattern 'nope' matched no parameters"),
-    (lambda m: xfreeze.unfreeze(m, "re:(", ), "Invalid regular expression"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda m: xfreeze.freeze(m, "*", norm="frozen"),
+            r"Expected one of \('freeze', 'train'\)\. Received: norm='frozen'",
+        ),
+        (lambda m: xfreeze.freeze(m), "No patterns given"),
+        (lambda m: xfreeze.freeze(m, "0", "nope"), "Pattern 'nope' matched no parameters"),
+        (
+            lambda m: xfreeze.unfreeze(
+                m,
+                "re:(",
+            ),
+            "Invalid regular expression",
+        ),
+    ],
+)
 def test_errors_leave_the_model_untouched(fw, call, message):
     model = build(fw)
     xfreeze.freeze(model, "3")
@@ -207,8 +229,11 @@ def test_errors_leave_the_model_untouched(fw, call, message):
 
 
 def test_non_model_objects_are_refused():
-    with pytest.raises(XFreezeError, match=r"list is not a supported model type \(expected torch.nn.Module or "
-                                           r"paddle.nn.Layer\)"):
+    with pytest.raises(
+        XFreezeError,
+        match=r"list is not a supported model type \(expected torch.nn.Module or "
+        r"paddle.nn.Layer\)",
+    ):
         xfreeze.freeze([1, 2], "*")
 
 
@@ -221,6 +246,5 @@ def test_data_parallel_wrappers_are_seen_through():
     xfreeze.freeze(wrapped, "*", "!8")
     assert not inner[0].weight.requires_grad and inner[8].weight.requires_grad
     assert xfreeze.replace_head(wrapped, 5, head="8") is inner[8]
-    report = xfreeze.load_matched(wrapped, {"module." + k: v for k, v in build(fw).state_dict().items()},
-                                  skip=["8"])
+    report = xfreeze.load_matched(wrapped, {"module." + k: v for k, v in build(fw).state_dict().items()}, skip=["8"])
     assert not report.missing and not report.unexpected

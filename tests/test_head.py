@@ -1,4 +1,5 @@
 """replace_head on real torchvision / paddle.vision models and on the ...ForSequenceClassification layout."""
+
 import importlib
 
 import numpy as np
@@ -8,7 +9,10 @@ import xfreeze
 from xfreeze import XFreezeError
 
 VISION = {  # model builder -> where its classifier is
-    "resnet18": "fc", "vgg11": "classifier.6", "mobilenet_v2": "classifier.1", "mobilenet_v3_small": "classifier.3",
+    "resnet18": "fc",
+    "vgg11": "classifier.6",
+    "mobilenet_v2": "classifier.1",
+    "mobilenet_v3_small": "classifier.3",
 }
 
 
@@ -36,8 +40,10 @@ def test_auto_finds_the_head_of_real_vision_models(fw, arch):
 
 def test_auto_finds_torchvision_vit_head():
     import torchvision
-    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
-                                                 hidden_dim=8, mlp_dim=16)
+
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
     new = xfreeze.replace_head(model, 3)
     assert model.heads.head is new and new.out_features == 3
 
@@ -116,23 +122,32 @@ def test_ambiguous_head_lists_the_candidates(fw):
             self.fc, self.classifier = nn.Linear(4, 3), nn.Linear(4, 2)
 
     model = TwoHeads()
-    with pytest.raises(XFreezeError, match=r"replace_head is ambiguous \(head='auto'\) in TwoHeads \((torch|paddle)\): "
-                                           r"'fc', 'classifier' could each be the head\. "
-                                           r"Pass head=NAME, one of the linear layers: fc \(4->3\), classifier \(4->2\)"):
+    with pytest.raises(
+        XFreezeError,
+        match=r"replace_head is ambiguous \(head='auto'\) in TwoHeads \((torch|paddle)\): "
+        r"'fc', 'classifier' could each be the head\. "
+        r"Pass head=NAME, one of the linear layers: fc \(4->3\), classifier \(4->2\)",
+    ):
         xfreeze.replace_head(model, 5)
     assert linear_shape(fw, model.fc) == (4, 3) and linear_shape(fw, model.classifier) == (4, 2)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_classes=0), r"num_classes must be an integer >= 1\. Received: num_classes=0"),
-    (dict(num_classes=-3), "num_classes=-3"),
-    (dict(num_classes=2.5), "num_classes=2.5"),
-    (dict(num_classes=True), "num_classes=True"),
-    (dict(num_classes=3, init="he"), r"Expected one of \('xavier_uniform'"),
-    (dict(num_classes=3, head="decoder"), r"head='decoder' matched no linear layers in Sequential .* "
-                                          r"one of the linear layers: 0 \(4->6\), 2 \(6->9\)"),
-    (dict(num_classes=3), r"found no classification head in Sequential"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_classes=0), r"num_classes must be an integer >= 1\. Received: num_classes=0"),
+        (dict(num_classes=-3), "num_classes=-3"),
+        (dict(num_classes=2.5), "num_classes=2.5"),
+        (dict(num_classes=True), "num_classes=True"),
+        (dict(num_classes=3, init="he"), r"Expected one of \('xavier_uniform'"),
+        (
+            dict(num_classes=3, head="decoder"),
+            r"head='decoder' matched no linear layers in Sequential .* "
+            r"one of the linear layers: 0 \(4->6\), 2 \(6->9\)",
+        ),
+        (dict(num_classes=3), r"found no classification head in Sequential"),
+    ],
+)
 def test_bad_input_is_a_clear_error_and_the_model_is_untouched(fw, kwargs, message):
     model = fw.nn.Sequential(fw.nn.Linear(4, 6), fw.nn.ReLU(), fw.nn.Linear(6, 9))
     before = fw.numpy(model[2].weight).copy()

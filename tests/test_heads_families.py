@@ -1,4 +1,5 @@
 """replace_head across families (issue 11): head names, two-headed models, head=[...], a lone Linear, label counts."""
+
 import warnings
 
 import numpy as np
@@ -13,25 +14,34 @@ def _heads(model, head="auto"):
     return xfreeze._head.find_heads(view_of(model), head)
 
 
-@pytest.mark.parametrize("family,head", [("llama", "score"), ("gpt2", "score"),
-                                         ("bart", "classification_head.out_proj"),
-                                         ("t5", "classification_head.out_proj"), ("xlnet", "logits_proj"),
-                                         ("bert", "classifier"), ("vit", "classifier")])
+@pytest.mark.parametrize(
+    "family,head",
+    [
+        ("llama", "score"),
+        ("gpt2", "score"),
+        ("bart", "classification_head.out_proj"),
+        ("t5", "classification_head.out_proj"),
+        ("xlnet", "logits_proj"),
+        ("bert", "classifier"),
+        ("vit", "classifier"),
+    ],
+)
 def test_transformers_heads(family, head):
     model, inputs, _ = S.hf_case(family).build()
     assert _heads(model) == [head]
     xfreeze.replace_head(model, 5)
     assert model.config.num_labels == 5 and len(model.config.id2label) == 5 and len(model.config.label2id) == 5
     import torch
+
     labels = torch.tensor([4, 1])
     out = model(**inputs, labels=labels)  # the loss uses the new label count
     assert out.logits.shape[-1] == 5 and torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize("family,head", [("ernie", "classifier"), ("gpt", "score"),
-                                         ("bart", "classifier.out_proj")])
+@pytest.mark.parametrize("family,head", [("ernie", "classifier"), ("gpt", "score"), ("bart", "classifier.out_proj")])
 def test_paddlenlp_heads_and_num_classes(family, head):
     import paddle
+
     model, inputs, _ = S.paddlenlp_case(family).build()
     assert _heads(model) == [head]
     xfreeze.replace_head(model, 5)
@@ -43,29 +53,45 @@ def test_paddlenlp_heads_and_num_classes(family, head):
     assert paddle.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name,heads", [("densenet121", ["out"]), ("shufflenet_v2_x0_25", ["_fc"]),
-                                        ("alexnet", ["_fc8"]), ("googlenet", ["_fc_out", "_out1", "_out2"]),
-                                        ("resnet18", ["fc"]), ("mobilenet_v3_small", ["classifier.3"])])
+@pytest.mark.parametrize(
+    "name,heads",
+    [
+        ("densenet121", ["out"]),
+        ("shufflenet_v2_x0_25", ["_fc"]),
+        ("alexnet", ["_fc8"]),
+        ("googlenet", ["_fc_out", "_out1", "_out2"]),
+        ("resnet18", ["fc"]),
+        ("mobilenet_v3_small", ["classifier.3"]),
+    ],
+)
 def test_paddle_vision_head_names(name, heads):
     import paddle.vision.models as models
+
     assert _heads(getattr(models, name)(num_classes=10)) == heads
 
 
 def test_torchvision_aux_heads_are_replaced_with_the_main_one():
     import torchvision
+
     model = torchvision.models.inception_v3(num_classes=10, aux_logits=True, init_weights=False)
     with pytest.warns(UserWarning, match=r"replaced 2 class-logit heads of Inception3 \(torch\): AuxLogits.fc, fc"):
         new = xfreeze.replace_head(model, 4)
     assert [layer.out_features for layer in new] == [4, 4] and model.fc is new[1]
 
 
-@pytest.mark.parametrize("name,heads", [("deit_tiny_distilled_patch16_224", ["head", "head_dist"]),
-                                        ("levit_128s", ["head.linear", "head_dist.linear"]),
-                                        ("volo_d1_224", ["aux_head", "head"]),
-                                        ("crossvit_tiny_240", ["head.0", "head.1"]),
-                                        ("repvit_m1", ["head.head.l", "head.head_dist.l"])])
+@pytest.mark.parametrize(
+    "name,heads",
+    [
+        ("deit_tiny_distilled_patch16_224", ["head", "head_dist"]),
+        ("levit_128s", ["head.linear", "head_dist.linear"]),
+        ("volo_d1_224", ["aux_head", "head"]),
+        ("crossvit_tiny_240", ["head.0", "head.1"]),
+        ("repvit_m1", ["head.head.l", "head.head_dist.l"]),
+    ],
+)
 def test_timm_two_headed_models_replace_all_heads(name, heads):
     import torch
+
     model, inputs, _ = S.timm_case(name).build()
     with pytest.warns(UserWarning, match="class-logit heads.*\nHINT: pass head=NAME"):
         new = xfreeze.replace_head(model, 4)

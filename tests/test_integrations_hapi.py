@@ -1,4 +1,5 @@
 """xfreeze.integrations.hapi.Finetuning in a real paddle.Model.fit (CPU, tiny CNN, generated data)."""
+
 import numpy as np
 import pytest
 
@@ -14,9 +15,17 @@ STEPS = 4  # 32 examples, batch 8
 def cnn():
     nn = paddle.nn
     paddle.seed(0)
-    return nn.Sequential(nn.Conv2D(3, 4, 3, padding=1), nn.BatchNorm2D(4), nn.ReLU(),
-                         nn.Conv2D(4, 4, 3, padding=1), nn.BatchNorm2D(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv2D(3, 4, 3, padding=1),
+        nn.BatchNorm2D(4),
+        nn.ReLU(),
+        nn.Conv2D(4, 4, 3, padding=1),
+        nn.BatchNorm2D(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2D(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
 
 
 def dataset():
@@ -46,12 +55,20 @@ def run(stages=STAGES, *, epochs, load=None, save_dir=None, rates=None, ema=None
             out.append(staging)
         sched = paddle.optimizer.lr.StepDecay(learning_rate=0.1, step_size=STEPS, gamma=0.5)
         model = paddle.Model(net)
-        model.prepare(staging.optimizer(net, "sgd", lr=sched, momentum=0.875, weight_decay=2 ** -10),
-                      paddle.nn.CrossEntropyLoss())
+        model.prepare(
+            staging.optimizer(net, "sgd", lr=sched, momentum=0.875, weight_decay=2**-10), paddle.nn.CrossEntropyLoss()
+        )
         if load is not None:
             model.load(str(load))
-        model.fit(dataset(), epochs=epochs, batch_size=8, shuffle=False, verbose=0, save_dir=save_dir,
-                  callbacks=[staging] + ([rates] if rates else []))
+        model.fit(
+            dataset(),
+            epochs=epochs,
+            batch_size=8,
+            shuffle=False,
+            verbose=0,
+            save_dir=save_dir,
+            callbacks=[staging] + ([rates] if rates else []),
+        )
         return {k: v.numpy().copy() for k, v in net.state_dict().items()}
 
 
@@ -87,8 +104,9 @@ def test_stages_that_name_nothing_fail_before_training():
 def test_an_optimizer_built_before_stage_0_is_refused():
     net = cnn()
     model = paddle.Model(net)
-    model.prepare(paddle.optimizer.Momentum(learning_rate=0.1, parameters=net.parameters()),
-                  paddle.nn.CrossEntropyLoss())
+    model.prepare(
+        paddle.optimizer.Momentum(learning_rate=0.1, parameters=net.parameters()), paddle.nn.CrossEntropyLoss()
+    )
     before = net[0].weight.numpy().copy()
     with pytest.raises(XFreezeError, match=r"xfreeze.optimizer"):
         model.fit(dataset(), epochs=1, batch_size=8, verbose=0, callbacks=[Finetuning(STAGES)])

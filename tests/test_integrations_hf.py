@@ -1,4 +1,5 @@
 """xfreeze.integrations.transformers.Finetuning in a real Hugging Face Trainer (CPU, tiny BERT from a config)."""
+
 import numpy as np
 import pytest
 
@@ -9,30 +10,55 @@ pytest.importorskip("accelerate")
 from xfreeze import Stage, XFreezeError  # noqa: E402
 from xfreeze.integrations.transformers import Finetuning  # noqa: E402
 
-STAGES = [Stage(0, freeze=["bert.embeddings", "bert.encoder.layer.0"]),
-          Stage(1, unfreeze=["bert.encoder.layer.0"], lr=2 ** -10)]
-LR, EPOCHS, STEPS = 2 ** -8, 3, 4  # 16 examples, batch 4: 4 steps an epoch
+STAGES = [
+    Stage(0, freeze=["bert.embeddings", "bert.encoder.layer.0"]),
+    Stage(1, unfreeze=["bert.encoder.layer.0"], lr=2**-10),
+]
+LR, EPOCHS, STEPS = 2**-8, 3, 4  # 16 examples, batch 4: 4 steps an epoch
 
 
 def bert():
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=16, num_labels=2,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = transformers.BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return transformers.BertForSequenceClassification(config)
 
 
 def dataset():
     g = np.random.default_rng(0)
-    return [{"input_ids": torch.tensor(g.integers(1, 40, 8)), "attention_mask": torch.ones(8, dtype=torch.long),
-             "labels": torch.tensor(int(g.integers(0, 2)))} for _ in range(16)]
+    return [
+        {
+            "input_ids": torch.tensor(g.integers(1, 40, 8)),
+            "attention_mask": torch.ones(8, dtype=torch.long),
+            "labels": torch.tensor(int(g.integers(0, 2))),
+        }
+        for _ in range(16)
+    ]
 
 
 def args(tmp_path, **extra):
-    return transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=EPOCHS,
-                                          per_device_train_batch_size=4, use_cpu=True, report_to=[], seed=0,
-                                          save_strategy="epoch", logging_strategy="no", disable_tqdm=True,
-                                          dataloader_num_workers=0, **extra)
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=EPOCHS,
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        report_to=[],
+        seed=0,
+        save_strategy="epoch",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **extra,
+    )
 
 
 class Rates(transformers.TrainerCallback):
@@ -53,10 +79,15 @@ def weights(model):
 
 def fit(tmp_path, stages=STAGES, resume=None, rates=None, ema=None, callback=Finetuning, **extra):
     model, staging = bert(), callback(stages, ema=ema)
-    trainer = transformers.Trainer(model=model, args=args(tmp_path, **extra), train_dataset=dataset(),
-                                   callbacks=[staging] + ([rates] if rates else []),
-                                   optimizers=staging.optimizers(model, "adamw", lr=LR, weight_decay=2 ** -8,
-                                                                 layer_decay=0.5, num_training_steps=EPOCHS * STEPS))
+    trainer = transformers.Trainer(
+        model=model,
+        args=args(tmp_path, **extra),
+        train_dataset=dataset(),
+        callbacks=[staging] + ([rates] if rates else []),
+        optimizers=staging.optimizers(
+            model, "adamw", lr=LR, weight_decay=2**-8, layer_decay=0.5, num_training_steps=EPOCHS * STEPS
+        ),
+    )
     trainer.train(resume_from_checkpoint=resume)
     model.staging = staging
     return model
@@ -73,7 +104,7 @@ def test_trainer_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     assert len(boundary) > len(first)  # layer 0 joined at the epoch-1 boundary, in groups of its own
     factor = 1 - STEPS / (EPOCHS * STEPS)  # the linear schedule where the boundary comes
     # layer 0 is block 1 of 2: the stage rate times layer_decay ** 2, at the schedule's factor
-    assert boundary[len(first)] == pytest.approx(2 ** -10 * 0.5 ** 2 * factor)
+    assert boundary[len(first)] == pytest.approx(2**-10 * 0.5**2 * factor)
     assert later[len(first)] / later[0] == pytest.approx(boundary[len(first)] / boundary[0])  # schedule drives it
     assert later[len(first)] < boundary[len(first)]
     assert rates.grads[0] is None and rates.grads[STEPS] > 0
@@ -103,22 +134,31 @@ def test_gradient_checkpointing_with_frozen_embeddings_reaches_the_first_layer(t
 
 def test_stages_that_name_nothing_fail_when_the_trainer_is_built(tmp_path):
     with pytest.raises(XFreezeError, match=r"matched no parameters"):
-        transformers.Trainer(model=bert(), args=args(tmp_path), train_dataset=dataset(),
-                             callbacks=[Finetuning([Stage(0, freeze=["bert.embedings"])])])
+        transformers.Trainer(
+            model=bert(),
+            args=args(tmp_path),
+            train_dataset=dataset(),
+            callbacks=[Finetuning([Stage(0, freeze=["bert.embedings"])])],
+        )
 
 
 def test_an_optimizer_built_before_stage_0_is_refused(tmp_path):
     model = bert()
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     with pytest.raises(XFreezeError, match=r"built before the stage could be applied"):
-        transformers.Trainer(model=model, args=args(tmp_path), train_dataset=dataset(), optimizers=(opt, None),
-                             callbacks=[Finetuning(STAGES)])
+        transformers.Trainer(
+            model=model,
+            args=args(tmp_path),
+            train_dataset=dataset(),
+            optimizers=(opt, None),
+            callbacks=[Finetuning(STAGES)],
+        )
 
 
 @pytest.mark.slow
 def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
     fit(tmp_path, max_steps=STEPS)
-    other = [STAGES[0], Stage(2, unfreeze=["bert.encoder.layer.0"], lr=2 ** -10)]
+    other = [STAGES[0], Stage(2, unfreeze=["bert.encoder.layer.0"], lr=2**-10)]
     with pytest.raises(XFreezeError, match=r"different stage plan"):
         fit(tmp_path / "b", stages=other, resume=str(tmp_path / f"checkpoint-{STEPS}"))
 
@@ -126,10 +166,14 @@ def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
 @pytest.mark.slow
 def test_the_trainers_own_optimizer_grows_at_the_boundary(tmp_path):
     rates, model = Rates(), bert()
-    trainer = transformers.Trainer(model=model, args=args(tmp_path, learning_rate=LR),
-                                   train_dataset=dataset(), callbacks=[Finetuning(STAGES), rates])
+    trainer = transformers.Trainer(
+        model=model,
+        args=args(tmp_path, learning_rate=LR),
+        train_dataset=dataset(),
+        callbacks=[Finetuning(STAGES), rates],
+    )
     trainer.train()
     first, boundary = rates.seen[0], rates.seen[STEPS]
     assert len(boundary) > len(first)  # the Trainer's AdamW (built after stage 0) got layer 0 as new groups
-    assert boundary[len(first)] == pytest.approx(2 ** -10 * (1 - STEPS / (EPOCHS * STEPS)))
+    assert boundary[len(first)] == pytest.approx(2**-10 * (1 - STEPS / (EPOCHS * STEPS)))
     assert len(trainer.optimizer.param_groups) == len(boundary)

@@ -1,4 +1,5 @@
 """xfreeze.integrations.lightning.Finetuning in a real Lightning Trainer (CPU, tiny CNN, generated data)."""
+
 import numpy as np
 import pytest
 
@@ -16,9 +17,16 @@ class Net(pl.LightningModule):
     def __init__(self, optimizer="xfreeze"):
         super().__init__()
         nn = torch.nn
-        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                      nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(4, 3)
         self.kind = optimizer
 
@@ -32,7 +40,7 @@ class Net(pl.LightningModule):
     def configure_optimizers(self):
         if self.kind == "all":  # built over every parameter, whatever stage 0 froze
             return torch.optim.SGD(self.parameters(), lr=0.1)
-        opt = xfreeze.optimizer(self, "sgd", lr=0.1, momentum=0.875, weight_decay=2 ** -10)
+        opt = xfreeze.optimizer(self, "sgd", lr=0.1, momentum=0.875, weight_decay=2**-10)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
 
 
@@ -60,9 +68,17 @@ def net(kind="xfreeze"):
 def trainer(tmp_path, callbacks, epochs=4, save=False):
     if save:
         callbacks = callbacks + [pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)]
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=save, callbacks=callbacks,
-                      default_root_dir=tmp_path)
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=save,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+    )
 
 
 def weights(module):
@@ -80,9 +96,14 @@ def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     assert rates.seen[1] == pytest.approx([0.05, 0.05])
     assert rates.seen[2] == pytest.approx([0.025, 0.025, 0.0025, 0.0025])
     assert rates.seen[3] == pytest.approx([0.0125, 0.0125, 0.00125, 0.00125])  # the scheduler drives new groups
-    for key in ("backbone.0.weight", "backbone.0.bias", "backbone.1.weight", "backbone.1.running_mean",
-                "backbone.1.running_var"):
-        assert np.array_equal(start[key], end[key]), key          # never unfrozen: bitwise fixed
+    for key in (
+        "backbone.0.weight",
+        "backbone.0.bias",
+        "backbone.1.weight",
+        "backbone.1.running_mean",
+        "backbone.1.running_var",
+    ):
+        assert np.array_equal(start[key], end[key]), key  # never unfrozen: bitwise fixed
     assert not np.array_equal(start["backbone.3.weight"], end["backbone.3.weight"])
 
     for ckpt in ("epoch=0.ckpt", "epoch=2.ckpt"):  # before and after the boundary
@@ -98,8 +119,9 @@ def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
 @pytest.mark.slow
 def test_step_unit_and_ema(tmp_path):
     model, rates = net(), Rates()
-    callback = Finetuning([Stage(0, freeze=["backbone"]), Stage(6, unfreeze=["backbone"], lr=0.01)], unit="step",
-                          ema=0.5)
+    callback = Finetuning(
+        [Stage(0, freeze=["backbone"]), Stage(6, unfreeze=["backbone"], lr=0.01)], unit="step", ema=0.5
+    )
     trainer(tmp_path, [callback, rates], epochs=2).fit(model, data())  # 4 steps an epoch: step 6 in epoch 1
     assert len(rates.seen[1]) == 2
     assert len(model.trainer.optimizers[0].param_groups) > 2
@@ -142,8 +164,9 @@ def test_unfreezing_mid_run_under_ddp_is_refused_before_training(tmp_path):
     """Run in a child process: the DDP strategy initializes a process group (gloo) in the process it runs in."""
     import subprocess
     import sys
+
     code = f"""
-import sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
+import sys; sys.path.insert(0, {str(__file__.rsplit("/", 1)[0])!r})
 import pytorch_lightning as pl, pytest
 from test_integrations_lightning import STAGES, data, net
 from xfreeze import XFreezeError

@@ -1,4 +1,5 @@
 """xfreeze.integrations.paddlenlp.Finetuning in a real PaddleNLP Trainer (CPU, tiny ERNIE from a config)."""
+
 import numpy as np
 import pytest
 
@@ -11,16 +12,26 @@ from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification  
 from xfreeze import Stage, XFreezeError  # noqa: E402
 from xfreeze.integrations.paddlenlp import Finetuning  # noqa: E402
 
-STAGES = [Stage(0, freeze=["ernie.embeddings", "ernie.encoder.layers.0"]),
-          Stage(1, unfreeze=["ernie.encoder.layers.0"], lr=2 ** -10)]
-LR, EPOCHS, STEPS = 2 ** -8, 3, 4  # 16 examples, batch 4
+STAGES = [
+    Stage(0, freeze=["ernie.embeddings", "ernie.encoder.layers.0"]),
+    Stage(1, unfreeze=["ernie.encoder.layers.0"], lr=2**-10),
+]
+LR, EPOCHS, STEPS = 2**-8, 3, 4  # 16 examples, batch 4
 
 
 def ernie():
     paddle.seed(0)
-    config = ErnieConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=16, num_labels=2, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0)
+    config = ErnieConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return ErnieForSequenceClassification(config)
 
 
@@ -34,8 +45,9 @@ class InOrder(Trainer):
     xfreeze: 41 of 41 tensors differ after resume), so the data order is fixed to compare xfreeze's part."""
 
     def _get_train_sampler(self):
-        return paddle.io.BatchSampler(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
-                                      shuffle=False)
+        return paddle.io.BatchSampler(
+            self.train_dataset, batch_size=self.args.per_device_train_batch_size, shuffle=False
+        )
 
 
 class Rates(TrainerCallback):
@@ -50,13 +62,26 @@ def fit(tmp_path, stages=STAGES, resume=None, rates=None, max_steps=-1):
     """One run in a fresh name scope: a restarted process gives parameters and accumulators the same names."""
     with paddle.utils.unique_name.guard():
         model, staging = ernie(), Finetuning(stages)
-        args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=EPOCHS, max_steps=max_steps,
-                                 per_device_train_batch_size=4, save_strategy="epoch", logging_steps=1000, seed=0,
-                                 disable_tqdm=True, device="cpu", report_to=[])
+        args = TrainingArguments(
+            output_dir=str(tmp_path),
+            num_train_epochs=EPOCHS,
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            save_strategy="epoch",
+            logging_steps=1000,
+            seed=0,
+            disable_tqdm=True,
+            device="cpu",
+            report_to=[],
+        )
         sched = paddle.optimizer.lr.PolynomialDecay(learning_rate=LR, decay_steps=EPOCHS * STEPS, end_lr=0.0)
-        trainer = InOrder(model=model, args=args, train_dataset=dataset(),
-                          callbacks=[staging] + ([rates] if rates else []),
-                          optimizers=staging.optimizers(model, "adamw", lr=sched, weight_decay=2 ** -8))
+        trainer = InOrder(
+            model=model,
+            args=args,
+            train_dataset=dataset(),
+            callbacks=[staging] + ([rates] if rates else []),
+            optimizers=staging.optimizers(model, "adamw", lr=sched, weight_decay=2**-8),
+        )
         trainer.train(resume_from_checkpoint=resume)
         return {k: v.numpy().copy() for k, v in model.state_dict().items()}
 
@@ -72,7 +97,7 @@ def test_trainer_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     first, boundary, later = rates.seen[0], rates.seen[STEPS], rates.seen[STEPS + 2]
     assert len(boundary) > len(first)
     factor = 1 - STEPS / (EPOCHS * STEPS)
-    assert boundary[len(first)] == pytest.approx(2 ** -10 * factor)
+    assert boundary[len(first)] == pytest.approx(2**-10 * factor)
     assert later[len(first)] / later[0] == pytest.approx(boundary[len(first)] / boundary[0])  # schedule drives it
     resumed = fit(tmp_path / "b", resume=str(tmp_path / f"checkpoint-{2 * STEPS}"))
     for key, value in resumed.items():
@@ -85,8 +110,14 @@ def test_stages_that_name_nothing_fail_when_the_factory_runs():
 
 
 def test_the_default_optimizer_over_every_parameter_is_refused(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, device="cpu",
-                             report_to=[], disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        device="cpu",
+        report_to=[],
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=ernie(), args=args, train_dataset=dataset(), callbacks=[Finetuning(STAGES)])
     with pytest.raises(XFreezeError, match=r"AdamW was not built by xfreeze. Build it with xfreeze.optimizer"):
         trainer.train()  # before the first step
@@ -95,6 +126,6 @@ def test_the_default_optimizer_over_every_parameter_is_refused(tmp_path):
 @pytest.mark.slow
 def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
     fit(tmp_path, max_steps=STEPS)
-    other = [STAGES[0], Stage(2, unfreeze=["ernie.encoder.layers.0"], lr=2 ** -10)]
+    other = [STAGES[0], Stage(2, unfreeze=["ernie.encoder.layers.0"], lr=2**-10)]
     with pytest.raises(XFreezeError, match=r"different stage plan"):
         fit(tmp_path / "b", stages=other, resume=str(tmp_path / f"checkpoint-{STEPS}"))

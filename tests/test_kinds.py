@@ -1,5 +1,6 @@
 """Kinds beyond the frameworks' own classes (issue 11): the registry of third-party classes, the structural norm
 rule, type:linear over Conv1D / MultiheadAttention in_proj / Linear3D, and no_decay never decaying a norm quietly."""
+
 import ast
 import pathlib
 import warnings
@@ -15,29 +16,38 @@ TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_laye
 def _llama(fw):
     if fw.name == "torch":
         import transformers as T
+
         return T.LlamaForCausalLM(T.LlamaConfig(**TEXT, num_key_value_heads=1))
     import paddlenlp.transformers as P
+
     return P.LlamaForCausalLM(P.LlamaConfig(**TEXT, num_key_value_heads=1))
 
 
 def _family(fw, family):
     if fw.name == "torch":
         import transformers as T
-        build = {"t5": lambda: T.T5Model(T.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                                     num_heads=2)),
-                 "deberta": lambda: T.DebertaModel(T.DebertaConfig(**TEXT)),
-                 "mobilebert": lambda: T.MobileBertModel(T.MobileBertConfig(**dict(TEXT, hidden_size=32),
-                                                                            embedding_size=16,
-                                                                            intra_bottleneck_size=16))}
+
+        build = {
+            "t5": lambda: T.T5Model(T.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)),
+            "deberta": lambda: T.DebertaModel(T.DebertaConfig(**TEXT)),
+            "mobilebert": lambda: T.MobileBertModel(
+                T.MobileBertConfig(**dict(TEXT, hidden_size=32), embedding_size=16, intra_bottleneck_size=16)
+            ),
+        }
     else:
         import paddlenlp.transformers as P
-        build = {"t5": lambda: P.T5Model(P.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                                     num_decoder_layers=1, num_heads=2)),
-                 "deberta": lambda: P.DebertaModel(P.DebertaConfig(**TEXT)),
-                 "mobilebert": lambda: P.MobileBertModel(P.MobileBertConfig(**dict(TEXT, hidden_size=32),
-                                                                            embedding_size=16,
-                                                                            intra_bottleneck_size=16,
-                                                                            true_hidden_size=16))}
+
+        build = {
+            "t5": lambda: P.T5Model(
+                P.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2)
+            ),
+            "deberta": lambda: P.DebertaModel(P.DebertaConfig(**TEXT)),
+            "mobilebert": lambda: P.MobileBertModel(
+                P.MobileBertConfig(
+                    **dict(TEXT, hidden_size=32), embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16
+                )
+            ),
+        }
     return build[family]()
 
 
@@ -55,14 +65,17 @@ def test_rmsnorm_is_a_norm_and_never_decayed(fw):
 @pytest.mark.parametrize("arch", ["qwen2", "mistral", "gemma"])
 def test_transformers_rmsnorm_family(arch):
     import transformers as T
+
     config = getattr(T, {"qwen2": "Qwen2Config", "mistral": "MistralConfig", "gemma": "GemmaConfig"}[arch])(
-        **TEXT, num_key_value_heads=1, head_dim=8)
+        **TEXT, num_key_value_heads=1, head_dim=8
+    )
     model = getattr(T, {"qwen2": "Qwen2Model", "mistral": "MistralModel", "gemma": "GemmaModel"}[arch])(config)
     assert len(xfreeze.select(model, "type:norm")) == 3
 
 
-@pytest.mark.parametrize("family,cls", [("t5", "T5LayerNorm"), ("deberta", "DebertaLayerNorm"),
-                                        ("mobilebert", "NoNorm")])
+@pytest.mark.parametrize(
+    "family,cls", [("t5", "T5LayerNorm"), ("deberta", "DebertaLayerNorm"), ("mobilebert", "NoNorm")]
+)
 def test_third_party_norms(fw, family, cls):
     model = _family(fw, family)
     view = view_of(model)
@@ -74,16 +87,24 @@ def test_third_party_norms(fw, family, cls):
 def test_type_linear_covers_conv1d_and_in_proj():
     import torch
     import transformers as T
+
     gpt2 = T.GPT2Model(T.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2))
     assert xfreeze.select(gpt2, "type:linear") == [
-        "h.0.attn.c_attn.weight", "h.0.attn.c_attn.bias", "h.0.attn.c_proj.weight", "h.0.attn.c_proj.bias",
-        "h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.bias", "h.0.mlp.c_proj.weight", "h.0.mlp.c_proj.bias"]
+        "h.0.attn.c_attn.weight",
+        "h.0.attn.c_attn.bias",
+        "h.0.attn.c_proj.weight",
+        "h.0.attn.c_proj.bias",
+        "h.0.mlp.c_fc.weight",
+        "h.0.mlp.c_fc.bias",
+        "h.0.mlp.c_proj.weight",
+        "h.0.mlp.c_proj.bias",
+    ]
     layer = torch.nn.TransformerEncoderLayer(16, 2, 32)
     assert {"self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight"} <= set(
-        xfreeze.select(layer, "type:linear"))
+        xfreeze.select(layer, "type:linear")
+    )
     # in_proj is linear for selection and conversion, never a head: only the attention's out_proj is a Linear
-    assert xfreeze._head.find_heads(view_of(torch.nn.Sequential(torch.nn.MultiheadAttention(16, 2)))) == [
-        "0.out_proj"]
+    assert xfreeze._head.find_heads(view_of(torch.nn.Sequential(torch.nn.MultiheadAttention(16, 2)))) == ["0.out_proj"]
 
 
 def test_type_linear_covers_paddlenlp_linear3d():
@@ -108,6 +129,7 @@ def _module(fw, name, params, forward):
                 setattr(self, pname, fw.t.nn.Parameter(fw.t.ones(size)))
             else:
                 setattr(self, pname, self.create_parameter([size]))
+
     return type(name, (Base,), {"__init__": init, "forward": forward})
 
 
@@ -121,10 +143,10 @@ def _scale_forward(self, x):
 
 def test_structural_norm_rule(fw):
     cases = {  # class name, direct parameters, forward -> norm?
-        "Gain": ([("weight", 4)], _rms_forward, True),             # forward computes a statistic
+        "Gain": ([("weight", 4)], _rms_forward, True),  # forward computes a statistic
         "ScaleNorm": ([("weight", 4), ("bias", 4)], _scale_forward, True),  # the name says it
         "PerChannelScale": ([("weight", 4)], _scale_forward, False),  # 1-D weight, does not normalize
-        "LayerScale": ([("gamma", 4)], _scale_forward, False),      # not a "weight"
+        "LayerScale": ([("gamma", 4)], _scale_forward, False),  # not a "weight"
         "TwoWeights": ([("weight", 4), ("bias", 3)], _rms_forward, False),  # bias of another length
     }
     for name, (params, forward, is_norm) in cases.items():
@@ -143,8 +165,11 @@ def test_unrecognised_norm_like_is_warned_not_decayed_quietly(fw):
             self.weight = fw.t.nn.Parameter(fw.t.ones(4)) if fw.name == "torch" else self.create_parameter([4])
 
     model = fw.nn.Sequential(fw.nn.Linear(4, 4), AdaptiveNorm())
-    with pytest.warns(UserWarning, match=r"look like norm weights that no kind recognises \(1\.weight\).*\n"
-                                         r"HINT: add them to no_decay"):
+    with pytest.warns(
+        UserWarning,
+        match=r"look like norm weights that no kind recognises \(1\.weight\).*\n"
+        r"HINT: add them to no_decay",
+    ):
         xfreeze.param_groups(model, lr=1e-3, weight_decay=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -153,8 +178,15 @@ def test_unrecognised_norm_like_is_warned_not_decayed_quietly(fw):
 
 def test_kind_registry_imports_no_framework():
     source = pathlib.Path(xfreeze.__file__).parent.parent / "backends" / "kinds.py"
-    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(source.read_text()))
-                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(ast.parse(source.read_text()))
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse(source.read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0]
+        for node in ast.walk(ast.parse(source.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not imported & {"torch", "paddle", "transformers", "paddlenlp", "timm"}

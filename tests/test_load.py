@@ -1,12 +1,13 @@
 """load_matched: shape-matched loading with a full report, prefixes, rename, skip, strict, dtype casts, errors."""
+
 import numpy as np
 import pytest
 
 import xfreeze
 from xfreeze import XFreezeError
-from harness import Spec, kit, random_state
+from harness import Spec, random_state
 
-CNN = Spec("cnn", (4, 3))          # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear (3 classes)
+CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear (3 classes)
 CNN10 = Spec("cnn", (4, 3), classes=10)
 
 
@@ -18,14 +19,17 @@ def built(fw, spec=CNN, seed=0, dtype="float32"):
 
 def state(fw, m):
     from xfreeze._backend import adapter_for
+
     return adapter_for(m).state_tensors(m)
 
 
 def test_head_of_another_size_is_reported_and_the_rest_loads(fw):
     source, target = built(fw, CNN10, seed=1), built(fw, CNN, seed=2)
     report = xfreeze.load_matched(target, state(fw, source))
-    assert report.mismatched == {"8.weight": ((3, 3), (10, 3)) if fw.name == "torch" else ((3, 3), (3, 10)),
-                                 "8.bias": ((3,), (10,))}
+    assert report.mismatched == {
+        "8.weight": ((3, 3), (10, 3)) if fw.name == "torch" else ((3, 3), (3, 10)),
+        "8.bias": ((3,), (10,)),
+    }
     stat = "1.running_mean" if fw.name == "torch" else "1._mean"
     assert "0.weight" in report.loaded and stat in report.loaded
     assert np.array_equal(fw.state(target)["0.weight"], fw.state(source)["0.weight"])
@@ -45,8 +49,9 @@ def test_rename_by_prefix_map_and_function(fw):
     source, target = built(fw, seed=1), built(fw, seed=2)
     wrapped = {"backbone.body." + k: v for k, v in state(fw, source).items()}
     assert not xfreeze.load_matched(target, wrapped, rename={"backbone.body.": ""}).unexpected
-    report = xfreeze.load_matched(target, wrapped, rename=lambda k: k.replace("backbone.body.", "")
-                                  if not k.endswith("bias") else None)
+    report = xfreeze.load_matched(
+        target, wrapped, rename=lambda k: k.replace("backbone.body.", "") if not k.endswith("bias") else None
+    )
     assert all(k.endswith("bias") for k in report.missing)
 
 
@@ -70,8 +75,11 @@ def test_dtype_is_cast_and_reported(fw):
 
 def test_source_may_be_a_model_a_path_or_numpy(fw, tmp_path):
     source = built(fw, seed=1)
-    for src in (source, xfreeze.save_checkpoint(source, tmp_path / "w.safetensors"),
-                {k: np.asarray(v) for k, v in xfreeze.load_checkpoint(tmp_path / "w.safetensors").items()}):
+    for src in (
+        source,
+        xfreeze.save_checkpoint(source, tmp_path / "w.safetensors"),
+        {k: np.asarray(v) for k, v in xfreeze.load_checkpoint(tmp_path / "w.safetensors").items()},
+    ):
         target = built(fw, seed=2)
         xfreeze.load_matched(target, src)
         assert np.array_equal(fw.state(target)["8.weight"], fw.state(source)["8.weight"])
@@ -107,11 +115,14 @@ def test_conflicting_rename_rules(fw):
     assert all(np.array_equal(v, fw.state(target)[k]) for k, v in before.items())
 
 
-@pytest.mark.parametrize("source, message", [
-    ({"0.weight": "not a tensor"}, r"values that are not tensors: '0.weight' \(str\)"),
-    ({"0.weight": None, "lr": 0.1}, r"values that are not tensors"),
-    (42, r"source must be a checkpoint path, a state dict or a model; received int"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ({"0.weight": "not a tensor"}, r"values that are not tensors: '0.weight' \(str\)"),
+        ({"0.weight": None, "lr": 0.1}, r"values that are not tensors"),
+        (42, r"source must be a checkpoint path, a state dict or a model; received int"),
+    ],
+)
 def test_bad_sources(fw, source, message):
     target = built(fw)
     with pytest.raises(XFreezeError, match=message):
@@ -127,6 +138,7 @@ def test_skip_pattern_matching_nothing(fw):
 def test_bad_files_leave_the_model_unchanged(fw, tmp_path, case):
     import os
     import pickle
+
     target = built(fw)
     before = fw.state(target)
     path = tmp_path / "w.pdparams"
@@ -136,9 +148,11 @@ def test_bad_files_leave_the_model_unchanged(fw, tmp_path, case):
         xfreeze.save_checkpoint(built(fw, seed=1), path)
         path.write_bytes(path.read_bytes()[:200])
     elif case == "runs code":
+
         class Evil:
             def __reduce__(self):
                 return os.system, (f"touch {tmp_path / 'pwned'}",)
+
         path.write_bytes(pickle.dumps({"0.weight": Evil()}))
     with pytest.raises(XFreezeError, match="w.pdparams"):
         xfreeze.load_matched(target, path)

@@ -1,4 +1,5 @@
 """param_groups / optimizer: trainable parameters only, absolute group rates, no-decay, layer decay, Paddle traps."""
+
 import importlib
 
 import numpy as np
@@ -7,9 +8,9 @@ import pytest
 import xfreeze
 from xfreeze import XFreezeError
 from xfreeze._backend import adapter_for
-from harness import OptConfig, Spec, batch, random_state
+from harness import Spec, batch, random_state
 
-CNN = Spec("cnn", (4, 3))        # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
+CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
 BLOCKS = Spec("blocks", (4, 5, 6, 3))  # 0.0, 1.0, 2.0 blocks, 3 head
 
 
@@ -51,26 +52,32 @@ def test_group_learning_rates_are_absolute_in_both_frameworks(fw):
 def test_layer_decay_on_repeated_blocks(fw):
     model = fw.build(BLOCKS)
     groups = xfreeze.param_groups(model, lr=1.0, layer_decay=0.5)
-    assert [(g["names"][0], g["lr"]) for g in groups] == [("0.0.weight", 0.125), ("1.0.weight", 0.25),
-                                                          ("2.0.weight", 0.5), ("3.weight", 1.0)]
+    assert [(g["names"][0], g["lr"]) for g in groups] == [
+        ("0.0.weight", 0.125),
+        ("1.0.weight", 0.25),
+        ("2.0.weight", 0.5),
+        ("3.weight", 1.0),
+    ]
 
 
 def test_layer_decay_on_resnet_stages(fw):
     module = "torchvision.models" if fw.name == "torch" else "paddle.vision.models"
     model = importlib.import_module(module).resnet18()
     by_name = {n: g["lr"] for g in xfreeze.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["names"]}
-    assert by_name["conv1.weight"] == 0.5 ** 5 and by_name["layer1.0.conv1.weight"] == 0.5 ** 4
+    assert by_name["conv1.weight"] == 0.5**5 and by_name["layer1.0.conv1.weight"] == 0.5**4
     assert by_name["layer4.1.bn2.bias"] == 0.5 and by_name["fc.weight"] == 1.0
 
 
 def test_layer_decay_on_a_transformer_encoder_layout():
     """transformers BERT/ERNIE name their layers encoder.layer.N; torchvision ViT encoder.layers.encoder_layer_N."""
     import torchvision
-    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=3, num_heads=2,
-                                               hidden_dim=8, mlp_dim=16)
+
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=3, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
     by_name = {n: g["lr"] for g in xfreeze.param_groups(vit, lr=1.0, layer_decay=0.5) for n in g["names"]}
-    assert by_name["conv_proj.weight"] == 0.5 ** 4
-    assert by_name["encoder.layers.encoder_layer_0.ln_1.weight"] == 0.5 ** 3
+    assert by_name["conv_proj.weight"] == 0.5**4
+    assert by_name["encoder.layers.encoder_layer_0.ln_1.weight"] == 0.5**3
     assert by_name["encoder.layers.encoder_layer_2.mlp.0.weight"] == 0.5
     assert by_name["heads.head.weight"] == 1.0
 
@@ -80,19 +87,23 @@ def test_paddle_regularizers_left_by_an_earlier_optimizer_do_not_leak(name):
     """Paddle writes a dict group's float weight_decay (as L2Decay) and rate multiplier onto the parameters
     themselves; an optimizer built later without decay still decayed them. xfreeze sets both for every group."""
     from harness import kit
+
     paddle_kit = kit("paddle")
     import paddle
+
     finals = []
     for pollute in (False, True):
         model = paddle_kit.build(CNN, "float64")
         paddle_kit.load(model, random_state(CNN, "float64", 0))
         if pollute:
-            paddle.optimizer.Adam(learning_rate=0.1, parameters=[{"params": model.parameters(),
-                                                                  "weight_decay": 0.5, "learning_rate": 7.0}])
+            paddle.optimizer.Adam(
+                learning_rate=0.1,
+                parameters=[{"params": model.parameters(), "weight_decay": 0.5, "learning_rate": 7.0}],
+            )
             # the trap is real: decay and rate multiplier now live on the parameters
             assert model[0].weight.regularizer is not None
             assert model[0].weight.optimize_attr["learning_rate"] == 7.0
-        opt = xfreeze.optimizer(model, name, lr=2 ** -6, momentum=0.875 if name == "sgd" else 0.0)
+        opt = xfreeze.optimizer(model, name, lr=2**-6, momentum=0.875 if name == "sgd" else 0.0)
         for step in range(3):
             x, y = batch(CNN, "float64", step)
             paddle_kit.train_step(model, opt, paddle_kit.tensor(x), paddle_kit.labels(y))
@@ -101,21 +112,27 @@ def test_paddle_regularizers_left_by_an_earlier_optimizer_do_not_leak(name):
         assert np.array_equal(finals[0][key], finals[1][key]), key
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m: xfreeze.optimizer(m, "rmsprop", lr=0.1), r"Expected one of \('sgd', 'adam', 'adamw'\)\. "
-                                                        r"Received: name='rmsprop'"),
-    (lambda m: xfreeze.optimizer(m, "sgd", lr=0), r"lr must be > 0\. Received: lr=0"),
-    (lambda m: xfreeze.optimizer(m, "sgd", lr=-1e-3), r"lr must be > 0"),
-    (lambda m: xfreeze.optimizer(m, "sgd", lr="0.1"), r"lr must be a number > 0"),
-    (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=0.0), r"layer_decay must be in \(0, 1\]"),
-    (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=1.5), r"layer_decay must be in \(0, 1\]"),
-    (lambda m: xfreeze.param_groups(m, lr=0.1, weight_decay=-1), r"weight_decay must be >= 0"),
-    (lambda m: xfreeze.param_groups(m, lr=0.1, lr_mult={"8": 0}), r"lr_mult\['8'\] must be > 0"),
-    (lambda m: xfreeze.param_groups(m, lr=0.1, lr_mult={"fcc": 2}), r"Pattern 'fcc' matched no parameters"),
-    (lambda m: xfreeze.param_groups(m, lr=0.1, no_decay=["*.bais"]), r"Did you mean"),
-    (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=0.5), r"layer_decay found no repeated blocks"),
-    (lambda m: xfreeze.optimizer(m, "adam", lr=0.1, nesterov=True), r"nesterov=True needs name='sgd'"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda m: xfreeze.optimizer(m, "rmsprop", lr=0.1),
+            r"Expected one of \('sgd', 'adam', 'adamw'\)\. "
+            r"Received: name='rmsprop'",
+        ),
+        (lambda m: xfreeze.optimizer(m, "sgd", lr=0), r"lr must be > 0\. Received: lr=0"),
+        (lambda m: xfreeze.optimizer(m, "sgd", lr=-1e-3), r"lr must be > 0"),
+        (lambda m: xfreeze.optimizer(m, "sgd", lr="0.1"), r"lr must be a number > 0"),
+        (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=0.0), r"layer_decay must be in \(0, 1\]"),
+        (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=1.5), r"layer_decay must be in \(0, 1\]"),
+        (lambda m: xfreeze.param_groups(m, lr=0.1, weight_decay=-1), r"weight_decay must be >= 0"),
+        (lambda m: xfreeze.param_groups(m, lr=0.1, lr_mult={"8": 0}), r"lr_mult\['8'\] must be > 0"),
+        (lambda m: xfreeze.param_groups(m, lr=0.1, lr_mult={"fcc": 2}), r"Pattern 'fcc' matched no parameters"),
+        (lambda m: xfreeze.param_groups(m, lr=0.1, no_decay=["*.bais"]), r"Did you mean"),
+        (lambda m: xfreeze.param_groups(m, lr=0.1, layer_decay=0.5), r"layer_decay found no repeated blocks"),
+        (lambda m: xfreeze.optimizer(m, "adam", lr=0.1, nesterov=True), r"nesterov=True needs name='sgd'"),
+    ],
+)
 def test_bad_optimizer_arguments(fw, call, message):
     model = fw.build(CNN)
     with pytest.raises(XFreezeError, match=message):
@@ -146,17 +163,26 @@ def test_optimizer_trains_and_frozen_stays(fw):
 @pytest.mark.parametrize("backend", ["torch", "paddle"])
 def test_layer_decay_on_real_ernie(backend):
     """transformers (encoder.layer.N) and PaddleNLP (encoder.layers.N) ERNIE: the same rates per depth."""
-    config = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
-                  max_position_embeddings=16, num_labels=2)
+    config = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     if backend == "torch":
         from transformers import ErnieConfig, ErnieForSequenceClassification
+
         layer = "ernie.encoder.layer"
     else:
         from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
         layer = "ernie.encoder.layers"
     model = ErnieForSequenceClassification(ErnieConfig(**config))
     rates = {n: g["lr"] for g in xfreeze.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["names"]}
-    assert rates["ernie.embeddings.word_embeddings.weight"] == 0.5 ** 4
-    assert {rates[n] for n in rates if n.startswith(f"{layer}.0.")} == {0.5 ** 3}
+    assert rates["ernie.embeddings.word_embeddings.weight"] == 0.5**4
+    assert {rates[n] for n in rates if n.startswith(f"{layer}.0.")} == {0.5**3}
     assert {rates[n] for n in rates if n.startswith(f"{layer}.2.")} == {0.5}
     assert rates["classifier.weight"] == 1.0 and rates["ernie.pooler.dense.weight"] == 1.0

@@ -1,4 +1,5 @@
 """xfreeze.optimizer with any optimizer class or factory, and the checks of its arguments (issue 9)."""
+
 import functools
 
 import numpy as np
@@ -34,11 +35,11 @@ def test_any_optimizer_class_keeps_absolute_group_rates(fw, index):
     """One xfreeze optimizer with a x4 head group steps exactly like two hand-built optimizers at the two rates."""
     cls = getattr(optim(fw), CLASSES[fw.name][index])
     a, b = model_pair(fw)
-    opt = xfreeze.optimizer(a, cls, lr=2 ** -4, lr_mult={"8": 4})
-    assert sorted(set(adapter_for(a).group_lrs(opt))) == pytest.approx([2 ** -4, 2 ** -2])
+    opt = xfreeze.optimizer(a, cls, lr=2**-4, lr_mult={"8": 4})
+    assert sorted(set(adapter_for(a).group_lrs(opt))) == pytest.approx([2**-4, 2**-2])
     head = [p for n, p in b.named_parameters() if n.startswith("8.")]
     rest = [p for n, p in b.named_parameters() if not n.startswith("8.") and adapter_for(b).is_trainable(p)]
-    hand = [by_hand(fw, cls, head, 2 ** -2), by_hand(fw, cls, rest, 2 ** -4)]
+    hand = [by_hand(fw, cls, head, 2**-2), by_hand(fw, cls, rest, 2**-4)]
     for step in range(2):
         x, y = batch(CNN, "float32", step)
         fw.train_step(a, opt, fw.tensor(x), fw.labels(y))
@@ -65,23 +66,25 @@ def test_a_class_built_optimizer_grows_at_a_stage(fw):
     cls = getattr(optim(fw), CLASSES[fw.name][0])
     model = fw.build(CNN)
     xfreeze.freeze(model, "*", "!8")
-    opt = xfreeze.optimizer(model, cls, lr=2 ** -4)
-    staged = StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), Stage(1, unfreeze=["3"], lr=2 ** -6)])
+    opt = xfreeze.optimizer(model, cls, lr=2**-4)
+    staged = StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), Stage(1, unfreeze=["3"], lr=2**-6)])
     staged.step(1)
-    assert adapter_for(model).group_lrs(opt) == pytest.approx([2 ** -4, 2 ** -6])
+    assert adapter_for(model).group_lrs(opt) == pytest.approx([2**-4, 2**-6])
 
 
 def test_a_factory_and_class_options(fw):
     model = fw.build(CNN)
     cls = getattr(optim(fw), CLASSES[fw.name][0])
-    opt = xfreeze.optimizer(model, functools.partial(cls, epsilon=1e-5) if fw.name == "paddle"
-                            else functools.partial(cls, eps=1e-5), lr=0.1)
+    opt = xfreeze.optimizer(
+        model, functools.partial(cls, epsilon=1e-5) if fw.name == "paddle" else functools.partial(cls, eps=1e-5), lr=0.1
+    )
     assert len(adapter_for(model).optimizer_param_ids(opt)) == 10
 
 
 @pytest.mark.parametrize("case", ["lbfgs", "rprop_decay"])
 def test_torch_optimizers_without_group_semantics_are_refused(case):
     from harness import kit
+
     torch_kit = kit("torch")
     model = torch_kit.build(CNN)
     if case == "lbfgs":
@@ -94,24 +97,28 @@ def test_torch_optimizers_without_group_semantics_are_refused(case):
 
 def test_paddle_lamb_with_group_decay_is_refused():
     from harness import kit
+
     paddle_kit = kit("paddle")
     model = paddle_kit.build(CNN)
     with pytest.raises(XFreezeError, match=r"Lamb has no per-group weight_decay"):
         xfreeze.optimizer(model, paddle_kit.p.optimizer.Lamb, lr=0.1, weight_decay=0.01)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"lr": float("inf")}, r"lr must be a finite number"),
-    ({"lr": float("nan")}, r"lr must be a finite number"),
-    ({"lr": 0.1, "weight_decay": float("nan")}, r"weight_decay must be a finite number"),
-    ({"lr": 0.1, "momentum": 5}, r"momentum must be in \[0, 1\)"),
-    ({"lr": 0.1, "betas": None}, r"betas must be two numbers in \[0, 1\)"),
-    ({"lr": 0.1, "lr_mult": ["8", 10]}, r"lr_mult must be a dict"),
-    ({"lr": 0.1, "nesterov": "yes"}, r"nesterov must be a bool"),
-    ({"lr": 0.1, "layer_decay": float("inf")}, r"layer_decay must be a finite number"),
-    ({"lr": 0.1, "alpha": 0.9}, r"unexpected options \['alpha'\] for name='sgd'"),
-    ({"lr": 0.1, "no_decay": 5}, r"no_decay must be a pattern or a list of patterns"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": float("inf")}, r"lr must be a finite number"),
+        ({"lr": float("nan")}, r"lr must be a finite number"),
+        ({"lr": 0.1, "weight_decay": float("nan")}, r"weight_decay must be a finite number"),
+        ({"lr": 0.1, "momentum": 5}, r"momentum must be in \[0, 1\)"),
+        ({"lr": 0.1, "betas": None}, r"betas must be two numbers in \[0, 1\)"),
+        ({"lr": 0.1, "lr_mult": ["8", 10]}, r"lr_mult must be a dict"),
+        ({"lr": 0.1, "nesterov": "yes"}, r"nesterov must be a bool"),
+        ({"lr": 0.1, "layer_decay": float("inf")}, r"layer_decay must be a finite number"),
+        ({"lr": 0.1, "alpha": 0.9}, r"unexpected options \['alpha'\] for name='sgd'"),
+        ({"lr": 0.1, "no_decay": 5}, r"no_decay must be a pattern or a list of patterns"),
+    ],
+)
 def test_bad_numbers_and_types_name_the_argument(fw, kwargs, message):
     model = fw.build(CNN)
     before = fw.state(model)

@@ -1,4 +1,5 @@
 """backends/ installs as xfreeze.backends, in a built wheel and in the editable install; never as `backends`."""
+
 import os
 import shutil
 import subprocess
@@ -12,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def python(code: str, cwd, **env):
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", **env})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
+    )
 
 
 @pytest.mark.slow
@@ -24,8 +31,23 @@ def test_built_wheel_holds_backends_inside_the_package(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for name in ("xfreeze", "backends"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("xfreeze-*.whl")
     files = zipfile.ZipFile(wheel).namelist()
@@ -33,13 +55,19 @@ def test_built_wheel_holds_backends_inside_the_package(tmp_path):
     assert not [f for f in files if f.startswith("backends/")], "no top-level backends package"
 
     target = tmp_path / "site"
-    installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                                str(wheel)], capture_output=True, text=True, timeout=300)
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stderr
-    code = ("import xfreeze, xfreeze.backends, torch\n"
-            "from xfreeze.backends import torch_backend\n"
-            "print(xfreeze.__file__); print(xfreeze.select(torch.nn.Linear(2, 2), 'bias'))\n"
-            "import importlib.util; print('top-level backends:', importlib.util.find_spec('backends'))")
+    code = (
+        "import xfreeze, xfreeze.backends, torch\n"
+        "from xfreeze.backends import torch_backend\n"
+        "print(xfreeze.__file__); print(xfreeze.select(torch.nn.Linear(2, 2), 'bias'))\n"
+        "import importlib.util; print('top-level backends:', importlib.util.find_spec('backends'))"
+    )
     # -I-like isolation: the wheel's copy must win, and the repository must not be on the path
     result = python(code, cwd=tmp_path, PYTHONPATH=str(target), PYTHONNOUSERSITE="1")
     assert result.returncode == 0, result.stderr
@@ -48,9 +76,12 @@ def test_built_wheel_holds_backends_inside_the_package(tmp_path):
 
 
 def test_editable_install_maps_backends_into_the_package(tmp_path):
-    result = python("import xfreeze.backends, importlib.util\n"
-                    "print(xfreeze.backends.__file__)\n"
-                    "print('top-level backends:', importlib.util.find_spec('backends'))", cwd=tmp_path)
+    result = python(
+        "import xfreeze.backends, importlib.util\n"
+        "print(xfreeze.backends.__file__)\n"
+        "print('top-level backends:', importlib.util.find_spec('backends'))",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.splitlines()[0]) == ROOT / "backends" / "__init__.py"
     assert "top-level backends: None" in result.stdout

@@ -12,6 +12,7 @@ is ~1e-16 for MLPs and ~1e-9 for CNNs after 6 steps; one missed update (a wrong 
 Float32 is not compared across frameworks: ReLU training is chaotic enough that one flipped mask moves a gradient
 by percents. Running variances are not compared across frameworks (biased vs unbiased update, see harness.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,10 +30,20 @@ specs = st.one_of(
     st.builds(Spec, st.just("cnn"), st.lists(st.integers(2, 4), min_size=1, max_size=3).map(tuple)),
 )
 optimizers = st.one_of(
-    st.builds(OptConfig, st.just("sgd"), st.sampled_from([2.0 ** -4, 2.0 ** -6]), st.sampled_from([0.0, 0.875]),
-              st.booleans(), st.sampled_from([0.0, 2.0 ** -6])),
-    st.builds(OptConfig, st.sampled_from(["adam", "adamw"]), st.sampled_from([2.0 ** -6, 2.0 ** -8]),
-              weight_decay=st.sampled_from([0.0, 2.0 ** -4])),
+    st.builds(
+        OptConfig,
+        st.just("sgd"),
+        st.sampled_from([2.0**-4, 2.0**-6]),
+        st.sampled_from([0.0, 0.875]),
+        st.booleans(),
+        st.sampled_from([0.0, 2.0**-6]),
+    ),
+    st.builds(
+        OptConfig,
+        st.sampled_from(["adam", "adamw"]),
+        st.sampled_from([2.0**-6, 2.0**-8]),
+        weight_decay=st.sampled_from([0.0, 2.0**-4]),
+    ),
 ).filter(lambda c: not (c.nesterov and c.momentum == 0.0))
 
 
@@ -40,9 +51,13 @@ optimizers = st.one_of(
 def selectors(draw, spec: Spec):
     """A non-empty list of patterns that each match something in ``spec``'s model."""
     names = spec.module_names()
-    pool = [st.sampled_from(names), st.sampled_from(names).map(lambda n: f"{n}.*"),
-            st.sampled_from(names).map(lambda n: f"re:{n}\\.(weight|bias)"), st.just("*.bias"),
-            st.just("type:linear")]
+    pool = [
+        st.sampled_from(names),
+        st.sampled_from(names).map(lambda n: f"{n}.*"),
+        st.sampled_from(names).map(lambda n: f"re:{n}\\.(weight|bias)"),
+        st.just("*.bias"),
+        st.just("type:linear"),
+    ]
     if spec.kind == "cnn":
         pool += [st.just("type:norm"), st.just("type:conv"), st.just("*.weight")]
     patterns = draw(st.lists(st.one_of(pool), min_size=1, max_size=3))
@@ -54,9 +69,14 @@ def selectors(draw, spec: Spec):
 @st.composite
 def scenarios(draw):
     spec = draw(specs)
-    return dict(spec=spec, patterns=draw(selectors(spec)), opt=draw(optimizers),
-                freeze_at=draw(st.integers(0, STEPS - 1)), norm=draw(st.sampled_from(["freeze", "train"])),
-                seed=draw(st.integers(0, 2 ** 16)))
+    return dict(
+        spec=spec,
+        patterns=draw(selectors(spec)),
+        opt=draw(optimizers),
+        freeze_at=draw(st.integers(0, STEPS - 1)),
+        norm=draw(st.sampled_from(["freeze", "train"])),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 class Run:
@@ -112,6 +132,7 @@ def align_running_var(runs: list[Run]) -> None:
 
 def _is_locked(model, name):
     from xfreeze._backend import adapter_for
+
     adapter = adapter_for(model)
     return adapter.is_norm_locked(dict(adapter.named_modules(model))[name])
 
@@ -152,7 +173,6 @@ def test_torch_and_paddle_train_the_same(dtype, sc):
             np.testing.assert_allclose(p_final[name], t_final[name], rtol=0, atol=TOLERANCE, err_msg=name)
     assert_frozen_unchanged(t_final, t_snap)
     assert_frozen_unchanged(p_final, p_snap)
-
 
 
 @pytest.mark.gpu

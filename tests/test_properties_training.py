@@ -4,6 +4,7 @@ staged schedules with LR schedules, and EMA, run in lock-step in torch and Paddl
 Same tolerances as tests/test_properties.py: frozen tensors bitwise, torch vs Paddle trainable parameters and EMA
 averages within atol=1e-7 in float64 (hyperparameters are dyadic, exact in Paddle's float32 attributes).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,7 @@ specs = st.one_of(
 def optimizer_configs(draw, spec: Spec):
     names = spec.module_names()
     name = draw(st.sampled_from(["sgd", "adam", "adamw"]))
-    kwargs = {"weight_decay": draw(st.sampled_from([0.0, 2.0 ** -6, 2.0 ** -3]))}
+    kwargs = {"weight_decay": draw(st.sampled_from([0.0, 2.0**-6, 2.0**-3]))}
     if name == "sgd":
         kwargs["momentum"] = draw(st.sampled_from([0.0, 0.875]))
         kwargs["nesterov"] = kwargs["momentum"] > 0 and draw(st.booleans())
@@ -35,7 +36,7 @@ def optimizer_configs(draw, spec: Spec):
         kwargs["no_decay"] = ()
     if spec.kind == "blocks" and draw(st.booleans()):
         kwargs["layer_decay"] = draw(st.sampled_from([0.5, 0.75, 1.0]))
-    lr = draw(st.sampled_from([2.0 ** -5, 2.0 ** -7])) if name == "sgd" else draw(st.sampled_from([2.0 ** -7, 2.0 ** -9]))
+    lr = draw(st.sampled_from([2.0**-5, 2.0**-7])) if name == "sgd" else draw(st.sampled_from([2.0**-7, 2.0**-9]))
     schedule = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.sampled_from([0.5, 0.25]))))
     return name, lr, schedule, kwargs
 
@@ -49,7 +50,7 @@ def stage_lists(draw, spec: Spec):
     for at in boundaries:
         unfreeze = draw(st.lists(st.sampled_from(names + ["*"]), max_size=2, unique=True))
         refreeze = draw(st.lists(st.sampled_from(names), max_size=1))
-        lr = draw(st.one_of(st.none(), st.sampled_from([2.0 ** -6, 2.0 ** -8])))
+        lr = draw(st.one_of(st.none(), st.sampled_from([2.0**-6, 2.0**-8])))
         stages.append(xfreeze.Stage(at, freeze=refreeze, unfreeze=unfreeze, lr=lr))
     return stages
 
@@ -57,8 +58,13 @@ def stage_lists(draw, spec: Spec):
 @st.composite
 def scenarios(draw):
     spec = draw(specs)
-    return dict(spec=spec, opt=draw(optimizer_configs(spec)), stages=draw(stage_lists(spec)),
-                ema=draw(st.sampled_from([0.5, 0.875])), seed=draw(st.integers(0, 2 ** 16)))
+    return dict(
+        spec=spec,
+        opt=draw(optimizer_configs(spec)),
+        stages=draw(stage_lists(spec)),
+        ema=draw(st.sampled_from([0.5, 0.875])),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 class TrainingRun:
@@ -91,11 +97,13 @@ class TrainingRun:
     def _trainable(self):
         from xfreeze._backend import adapter_for
         from xfreeze._select import walk
+
         adapter = adapter_for(self.model)
         return {e.name for e in walk(adapter, self.model) if adapter.is_trainable(e.param)}
 
     def ema_state(self):
         import copy
+
         clone = copy.deepcopy(self.model)
         self.ema.copy_to(clone)
         return self.fw.state(clone)

@@ -1,11 +1,12 @@
 """xfreeze.select: the selector language, the same in both frameworks."""
+
 import pytest
 
 import xfreeze
 from xfreeze import XFreezeError
 from harness import Spec
 
-CNN = Spec("cnn", (4, 3))   # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
+CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
 MLP = Spec("mlp", (4, 5, 3))  # 0, 2, 4 linear
 
 
@@ -27,8 +28,18 @@ def test_module_name_selects_everything_under_it(fw):
 
 def test_names_are_the_same_in_both_frameworks_and_exclude_bn_statistics(fw):
     selected = xfreeze.select(names(fw), "*")
-    assert selected == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias", "4.weight", "4.bias",
-                        "8.weight", "8.bias"]
+    assert selected == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "3.weight",
+        "3.bias",
+        "4.weight",
+        "4.bias",
+        "8.weight",
+        "8.bias",
+    ]
     assert not [n for n in selected if "mean" in n or "var" in n]
 
 
@@ -59,15 +70,29 @@ def test_type_by_class_name_includes_subclasses(fw):
 def test_negation_removes_from_what_came_before(fw):
     m = names(fw)
     assert xfreeze.select(m, "*", "!8.*") == xfreeze.select(m, "[0-4].*")
-    assert xfreeze.select(m, "*", "!type:norm", "1.bias") == ["0.weight", "0.bias", "1.bias", "3.weight",
-                                                              "3.bias", "8.weight", "8.bias"]
+    assert xfreeze.select(m, "*", "!type:norm", "1.bias") == [
+        "0.weight",
+        "0.bias",
+        "1.bias",
+        "3.weight",
+        "3.bias",
+        "8.weight",
+        "8.bias",
+    ]
     assert xfreeze.select(m, "!8") == xfreeze.select(m, "*", "!8"), "a leading negation starts from everything"
 
 
 def test_result_is_in_model_order_without_duplicates(fw):
     m = names(fw)
-    assert xfreeze.select(m, "8.*", "0.*", "*.bias") == ["0.weight", "0.bias", "1.bias", "3.bias", "4.bias",
-                                                         "8.weight", "8.bias"]
+    assert xfreeze.select(m, "8.*", "0.*", "*.bias") == [
+        "0.weight",
+        "0.bias",
+        "1.bias",
+        "3.bias",
+        "4.bias",
+        "8.weight",
+        "8.bias",
+    ]
 
 
 def test_lists_of_patterns_are_accepted(fw):
@@ -75,15 +100,18 @@ def test_lists_of_patterns_are_accepted(fw):
     assert xfreeze.select(m, ["*", "!8"]) == xfreeze.select(m, "*", "!8")
 
 
-@pytest.mark.parametrize("patterns, message", [
-    ((), "No patterns given"),
-    (("",), "Empty pattern"),
-    (("!",), "Empty pattern"),
-    (("re:",), "Empty pattern"),
-    (("re:[0-9",), "Invalid regular expression in pattern 're:\\[0-9'"),
-    ((3,), "Patterns must be strings; received int 3"),
-    (("*", "!nothing.*"), "Pattern '!nothing.\\*' matched no parameters"),
-])
+@pytest.mark.parametrize(
+    "patterns, message",
+    [
+        ((), "No patterns given"),
+        (("",), "Empty pattern"),
+        (("!",), "Empty pattern"),
+        (("re:",), "Empty pattern"),
+        (("re:[0-9",), "Invalid regular expression in pattern 're:\\[0-9'"),
+        ((3,), "Patterns must be strings; received int 3"),
+        (("*", "!nothing.*"), "Pattern '!nothing.\\*' matched no parameters"),
+    ],
+)
 def test_bad_patterns_are_clear_errors(fw, patterns, message):
     with pytest.raises(XFreezeError, match=message):
         xfreeze.select(names(fw), *patterns)
@@ -92,9 +120,13 @@ def test_bad_patterns_are_clear_errors(fw, patterns, message):
 def test_typo_suggests_the_closest_real_names(fw):
     from torchvision.models import resnet18 as torch_resnet18
     import importlib
+
     model = torch_resnet18() if fw.name == "torch" else importlib.import_module("paddle.vision.models").resnet18()
-    with pytest.raises(XFreezeError, match=r"Pattern 'layr4.\*' matched no parameters of ResNet \((torch|paddle)\)\. "
-                                           r"Did you mean 'layer4.\*'"):
+    with pytest.raises(
+        XFreezeError,
+        match=r"Pattern 'layr4.\*' matched no parameters of ResNet \((torch|paddle)\)\. "
+        r"Did you mean 'layer4.\*'",
+    ):
         xfreeze.select(model, "layr4.*")
     with pytest.raises(XFreezeError, match="Did you mean 'type:norm'"):
         xfreeze.select(model, "type:nrom")

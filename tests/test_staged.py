@@ -1,4 +1,5 @@
 """StagedUnfreeze: boundaries, live optimizer growth, schedulers, batch sizes, bitwise resume."""
+
 import numpy as np
 import pytest
 
@@ -8,17 +9,19 @@ from xfreeze._backend import adapter_for
 from harness import Spec, batch, random_state
 
 CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
-STAGES = [Stage(0, freeze=["*", "!8"], batch_size=8),
-          Stage(2, unfreeze=["3", "4"], lr=2 ** -7),
-          Stage(4, unfreeze=["*"], lr=2 ** -9, batch_size=4)]
+STAGES = [
+    Stage(0, freeze=["*", "!8"], batch_size=8),
+    Stage(2, unfreeze=["3", "4"], lr=2**-7),
+    Stage(4, unfreeze=["*"], lr=2**-9, batch_size=4),
+]
 
 
 def setup(fw, name="sgd", schedule=None, dtype="float64", seed=0, stages=STAGES):
     model = fw.build(CNN, dtype)
     fw.load(model, random_state(CNN, dtype, seed))
     xfreeze.freeze(model, *stages[0].freeze)
-    kwargs = {"momentum": 0.875, "weight_decay": 2 ** -6} if name == "sgd" else {"weight_decay": 2 ** -6}
-    opt, sched = fw.xfreeze_optimizer(model, name, 2 ** -5, schedule, **kwargs)
+    kwargs = {"momentum": 0.875, "weight_decay": 2**-6} if name == "sgd" else {"weight_decay": 2**-6}
+    opt, sched = fw.xfreeze_optimizer(model, name, 2**-5, schedule, **kwargs)
     return model, opt, sched, StagedUnfreeze(model, opt, stages, scheduler=sched)
 
 
@@ -35,11 +38,11 @@ def test_boundaries_grow_the_optimizer_with_the_stage_rate(fw):
     model, opt, sched, staged = setup(fw)
     adapter = adapter_for(model)
     assert staged.step(0) is STAGES[0] and staged.batch_size == 8
-    assert adapter.group_lrs(opt) == pytest.approx([2 ** -5, 2 ** -5])  # head weight (decayed), head bias (not)
+    assert adapter.group_lrs(opt) == pytest.approx([2**-5, 2**-5])  # head weight (decayed), head bias (not)
     staged.step(1)
     assert len(adapter.group_lrs(opt)) == 2
     staged.step(2)
-    assert adapter.group_lrs(opt) == pytest.approx([2 ** -5, 2 ** -5, 2 ** -7, 2 ** -7])
+    assert adapter.group_lrs(opt) == pytest.approx([2**-5, 2**-5, 2**-7, 2**-7])
     staged.step(5)
     assert staged.current is STAGES[2] and staged.batch_size == 4
     assert len(adapter.optimizer_param_ids(opt)) == 10
@@ -81,8 +84,8 @@ def test_new_groups_follow_the_lr_schedule(fw):
         epoch(fw, model, opt, sched, staged, e)
     # after 5 scheduler steps with step_size 2: factor 0.25; stage 2's group was added at factor 0.5
     lrs = adapter_for(model).group_lrs(opt)
-    assert lrs[0] == pytest.approx(2 ** -5 * 0.25)
-    assert lrs[2] == pytest.approx(2 ** -7 * 0.25)
+    assert lrs[0] == pytest.approx(2**-5 * 0.25)
+    assert lrs[2] == pytest.approx(2**-7 * 0.25)
 
 
 @pytest.mark.parametrize("name, schedule", [("sgd", None), ("adam", (2, 0.5)), ("adamw", None)])
@@ -106,19 +109,24 @@ def test_resume_after_any_epoch_is_bitwise_identical(fw, name, schedule, stop):
         assert np.array_equal(uninterrupted[key], resumed[key]), key
 
 
-@pytest.mark.parametrize("stages, message", [
-    ([Stage(2, freeze=["0"]), Stage(1, unfreeze=["0"])],
-     r"stages are out of order: stages\[0\].at=2 and stages\[1\].at=1"),
-    ([Stage(1, freeze=["0"]), Stage(1, unfreeze=["0"])], r"stages overlap"),
-    ([Stage(0, freeze=["layr4"])], r"Pattern 'layr4' matched no parameters"),
-    ([Stage(0, unfreeze=["0"], lr=0)], r"stages\[0\].lr must be > 0"),
-    ([Stage(0, unfreeze=["0"], lr=-1.0)], r"stages\[0\].lr must be > 0"),
-    ([Stage(-1, freeze=["0"])], r"stages\[0\].at must be an integer epoch >= 0"),
-    ([Stage(0, freeze=["0"], batch_size=0)], r"batch_size must be an integer >= 1"),
-    ([Stage(0, freeze=["0"], norm="bn")], r"Expected one of \('freeze', 'train'\)"),
-    ([], r"at least one Stage"),
-    ([{"at": 0}], r"stages\[0\] is a dict, expected xfreeze.Stage"),
-])
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        (
+            [Stage(2, freeze=["0"]), Stage(1, unfreeze=["0"])],
+            r"stages are out of order: stages\[0\].at=2 and stages\[1\].at=1",
+        ),
+        ([Stage(1, freeze=["0"]), Stage(1, unfreeze=["0"])], r"stages overlap"),
+        ([Stage(0, freeze=["layr4"])], r"Pattern 'layr4' matched no parameters"),
+        ([Stage(0, unfreeze=["0"], lr=0)], r"stages\[0\].lr must be > 0"),
+        ([Stage(0, unfreeze=["0"], lr=-1.0)], r"stages\[0\].lr must be > 0"),
+        ([Stage(-1, freeze=["0"])], r"stages\[0\].at must be an integer epoch >= 0"),
+        ([Stage(0, freeze=["0"], batch_size=0)], r"batch_size must be an integer >= 1"),
+        ([Stage(0, freeze=["0"], norm="bn")], r"Expected one of \('freeze', 'train'\)"),
+        ([], r"at least one Stage"),
+        ([{"at": 0}], r"stages\[0\] is a dict, expected xfreeze.Stage"),
+    ],
+)
 def test_bad_stages_fail_at_construction(fw, stages, message):
     model = fw.build(CNN)
     opt = xfreeze.optimizer(model, "sgd", lr=0.1)
@@ -141,6 +149,7 @@ def test_bad_unit_and_backwards_steps(fw):
 
 def test_paddle_optimizer_built_by_hand_is_refused_with_the_fix():
     from harness import kit
+
     paddle_kit = kit("paddle")
     model = paddle_kit.build(CNN)
     opt = paddle_kit.p.optimizer.Momentum(learning_rate=0.1, parameters=model.parameters())
@@ -150,6 +159,7 @@ def test_paddle_optimizer_built_by_hand_is_refused_with_the_fix():
 
 def test_torch_optimizer_built_by_hand_can_grow():
     from harness import kit
+
     torch_kit = kit("torch")
     model = torch_kit.build(CNN)
     xfreeze.freeze(model, "*", "!8")
@@ -162,8 +172,10 @@ def test_torch_optimizer_built_by_hand_can_grow():
 
 # --- issue 9 / 12: checked before anything changes; versioned state; a stage plan that must match ---------------
 
+
 def _trainability(fw, model):
     from xfreeze._backend import adapter_for as _adapter
+
     adapter = _adapter(model)
     return {n: adapter.is_trainable(p) for n, p in model.named_parameters()}
 
@@ -177,14 +189,17 @@ def test_a_scheduler_that_is_not_one_fails_at_construction(fw):
     assert _trainability(fw, model) == before
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda s: {k: v for k, v in s.items() if k != "applied"}, r"expected the dict StagedUnfreeze.state_dict"),
-    (lambda s: {**s, "version": 99}, r"version 99 is not one this xfreeze reads"),
-    (lambda s: {**s, "applied": 7}, r"state reached 7 stages, this StagedUnfreeze has 3"),
-    (lambda s: {**s, "unit": "step"}, r"the state counts steps"),
-    (lambda s: {**s, "plan": s["plan"][:2]}, r"different stage plan \(first difference at stages\[2\]"),
-    (lambda s: {**s, "optimizer": "junk"}, r"the optimizer state does not fit"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: {k: v for k, v in s.items() if k != "applied"}, r"expected the dict StagedUnfreeze.state_dict"),
+        (lambda s: {**s, "version": 99}, r"version 99 is not one this xfreeze reads"),
+        (lambda s: {**s, "applied": 7}, r"state reached 7 stages, this StagedUnfreeze has 3"),
+        (lambda s: {**s, "unit": "step"}, r"the state counts steps"),
+        (lambda s: {**s, "plan": s["plan"][:2]}, r"different stage plan \(first difference at stages\[2\]"),
+        (lambda s: {**s, "optimizer": "junk"}, r"the optimizer state does not fit"),
+    ],
+)
 def test_a_bad_state_is_refused_before_the_optimizer_grows(fw, damage, message):
     model, opt, sched, staged = setup(fw, "adam")
     for e in range(3):
@@ -201,6 +216,7 @@ def test_a_bad_state_is_refused_before_the_optimizer_grows(fw, damage, message):
 
 def test_an_incomplete_torch_optimizer_state_is_refused_before_growing():
     from harness import kit
+
     torch_kit = kit("torch")
     model, opt, sched, staged = setup(torch_kit, "sgd")
     for e in range(3):
@@ -241,6 +257,7 @@ def test_attach_after_stage_0_and_refuse_an_optimizer_built_before(fw):
 
 def test_new_groups_keep_the_optimizers_layer_decay_and_multipliers(fw):
     from harness import Spec as _Spec
+
     blocks = _Spec("blocks", (4, 5, 6, 3))  # 0.0, 1.0, 2.0 blocks, 3 head
     model = fw.build(blocks)
     xfreeze.freeze(model, "0", "1", "2")
@@ -251,6 +268,7 @@ def test_new_groups_keep_the_optimizers_layer_decay_and_multipliers(fw):
 
 def test_an_incomplete_paddle_optimizer_state_is_refused_before_growing():
     from harness import kit
+
     paddle_kit = kit("paddle")
     model, opt, sched, staged = setup(paddle_kit, "adam")
     for e in range(3):

@@ -19,6 +19,7 @@ def test_summary_rows_and_totals(fw, capsys):
 
 def test_summary_is_the_same_data_in_both_frameworks():
     from harness import kit
+
     summaries = [xfreeze.summary(kit(n).build(CNN), print_table=False) for n in ("torch", "paddle")]
     strip = [[(r.name, r.parameters, r.trainable, r.norm) for r in s.rows] for s in summaries]
     assert strip[0] == strip[1] and summaries[0].counts == summaries[1].counts

@@ -1,4 +1,5 @@
 """Validate, then write: bad options and bad states are clear errors at the call, and change nothing."""
+
 import copy
 
 import numpy as np
@@ -14,8 +15,10 @@ CNN = Spec("cnn", (4, 3))
 
 def snapshot(model):
     view = view_of(model)
-    tensors = {n: np.array(view.adapter.to_raw(t).bits, copy=True)
-               for n, t in zip(view.names + view.stat_names, view.params + view.stat_tensors)}
+    tensors = {
+        n: np.array(view.adapter.to_raw(t).bits, copy=True)
+        for n, t in zip(view.names + view.stat_names, view.params + view.stat_tensors)
+    }
     return tensors, view.trainable().tolist(), [view.adapter.is_norm_locked(m) for m in view.modules]
 
 
@@ -33,6 +36,7 @@ def model_of(fw, seed=0):
 
 def test_an_integer_parameter_is_never_made_trainable():
     import torch
+
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     model[0].register_parameter("codes", torch.nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False))
     xfreeze.freeze(model, "*")
@@ -46,13 +50,16 @@ def test_an_integer_parameter_is_never_made_trainable():
     assert_unchanged(model, before)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(skip=5), r"skip must be a pattern string or a list of them. Received: skip=5"),
-    (dict(rename={1: "x"}), r"rename must be a \{str prefix: str prefix\} dict"),
-    (dict(strict="yes"), r"strict must be True or False. Received: strict='yes'"),
-    (dict(allow_empty=1), r"allow_empty must be True or False"),
-    (dict(framework="jax"), r"Expected one of \('torch', 'paddle'\). Received: framework='jax'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(skip=5), r"skip must be a pattern string or a list of them. Received: skip=5"),
+        (dict(rename={1: "x"}), r"rename must be a \{str prefix: str prefix\} dict"),
+        (dict(strict="yes"), r"strict must be True or False. Received: strict='yes'"),
+        (dict(allow_empty=1), r"allow_empty must be True or False"),
+        (dict(framework="jax"), r"Expected one of \('torch', 'paddle'\). Received: framework='jax'"),
+    ],
+)
 def test_load_matched_options_are_checked_first(fw, kwargs, message):
     model = model_of(fw)
     before = snapshot(model)
@@ -77,10 +84,15 @@ def test_ema_load_state_dict_validates_everything_before_writing(fw):
     last = list(wrong_last["shadow"])[-1]
     wrong_last["shadow"][last] = view_of(model).adapter.clone(wrong_last["shadow"]["0.weight"])
     missing = dict(good, shadow={k: v for k, v in good["shadow"].items() if k != "8.bias"})
-    cases = [(wrong_last, "has shape"), (missing, r"keys differ.*8\.bias"), (dict(good, decay=7.0), "decay"),
-             (dict(good, num_updates=-1), "num_updates must be an integer >= 0"),
-             (dict(good, warmup="yes"), "warmup must be a bool"), (dict(good, version=99), "version 99"),
-             ({"decay": 0.9}, "expects the dict")]
+    cases = [
+        (wrong_last, "has shape"),
+        (missing, r"keys differ.*8\.bias"),
+        (dict(good, decay=7.0), "decay"),
+        (dict(good, num_updates=-1), "num_updates must be an integer >= 0"),
+        (dict(good, warmup="yes"), "warmup must be a bool"),
+        (dict(good, version=99), "version 99"),
+        ({"decay": 0.9}, "expects the dict"),
+    ]
     for state, message in cases:
         with pytest.raises(XFreezeError, match=message):
             ema.load_state_dict(state)

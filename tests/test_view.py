@@ -1,7 +1,5 @@
 """The model view: wrappers seen through (DataParallel, torch.compile), caching and invalidation, large models."""
-import copy
 
-import numpy as np
 import pytest
 
 import xfreeze
@@ -25,6 +23,7 @@ def test_the_view_is_cached_and_rebuilt_when_structure_changes(fw):
 
 def test_tied_parameters_are_listed_once():
     import torch
+
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
     model[1].weight = model[0].weight
     view = view_of(model)
@@ -36,6 +35,7 @@ def test_tied_parameters_are_listed_once():
 def test_a_compiled_model_uses_the_inner_names():
     import torch
     from harness import kit
+
     fw = kit("torch")
     model = fw.build(CNN)
     fw.load(model, random_state(CNN, "float32", 0))
@@ -67,6 +67,7 @@ def test_a_compiled_model_uses_the_inner_names():
 def test_data_parallel_label_and_names():
     import torch
     from harness import kit
+
     model = kit("torch").build(CNN)
     wrapped = torch.nn.DataParallel(model)
     view = view_of(wrapped)
@@ -77,6 +78,7 @@ def test_data_parallel_label_and_names():
 def test_a_large_model_summarizes_with_collapsed_blocks():
     import torch
     from torch import nn
+
     with torch.device("meta"):
         model = nn.Module()
         model.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(300))
@@ -92,6 +94,7 @@ def test_a_large_model_summarizes_with_collapsed_blocks():
 def test_selection_errors_stay_helpful_on_large_models():
     import torch
     from torch import nn
+
     with torch.device("meta"):
         model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(3000)])
     with pytest.raises(xfreeze.XFreezeError, match=r"Did you mean '2999\.weight'|Did you mean"):
@@ -99,7 +102,7 @@ def test_selection_errors_stay_helpful_on_large_models():
     assert all(view_of(model).trainable())
 
 
-WRAPPED = r'''
+WRAPPED = r"""
 import os, sys, torch, torch.distributed as dist
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
 dist.init_process_group("gloo")
@@ -129,7 +132,7 @@ for model, wrappers in ((fsdp1, ("FullyShardedDataParallel",)), (fsdp2, ("fully_
     assert rows == ["0", "1", "2.0"], rows
 dist.destroy_process_group()
 print("ok")
-'''
+"""
 
 
 @pytest.mark.slow
@@ -139,6 +142,7 @@ def test_distributed_wrappers_use_the_inner_names(tmp_path):
     import socket
     import subprocess
     import sys
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
@@ -150,9 +154,18 @@ def test_distributed_wrappers_use_the_inner_names(tmp_path):
 
 def test_bart_tied_embeddings_count_once():
     import transformers
-    config = transformers.BartConfig(vocab_size=99, d_model=16, encoder_layers=1, decoder_layers=1,
-                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                                     decoder_ffn_dim=32, max_position_embeddings=32)
+
+    config = transformers.BartConfig(
+        vocab_size=99,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=32,
+    )
     model = transformers.BartForSequenceClassification(config)
     s = xfreeze.summary(model, print_table=False)
     assert sum(r.parameters for r in s.rows) == s.counts.total == sum(p.numel() for p in model.parameters())

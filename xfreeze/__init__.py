@@ -2,6 +2,7 @@
 
 ``import xfreeze`` imports neither framework; the adapter for a model's framework is loaded on first use.
 """
+
 from __future__ import annotations
 
 from ._backend import get_backend, set_backend
@@ -22,11 +23,44 @@ from ._summary import ModuleRow, Summary, summary
 from ._table import Counts
 
 __version__ = "0.1.0"
-__all__ = ["XFreezeError", "FreezeReport", "Summary", "ModuleRow", "Counts", "select", "freeze", "unfreeze",
-           "summary", "replace_head", "set_backend", "get_backend", "param_groups", "optimizer", "OptimizerConfig", "Stage", "StagedUnfreeze", "EMA",
-           "load_matched", "LoadReport", "load_checkpoint", "save_checkpoint", "StateDict", "convert",
-           "save_delta", "load_delta", "verify_frozen", "frozen_fingerprint", "DeltaReport", "FrozenCheck",
-           "check", "CheckReport", "param_table", "ParamTable", "ParamRow", "check_freeze_agreement"]
+__all__ = [
+    "XFreezeError",
+    "FreezeReport",
+    "Summary",
+    "ModuleRow",
+    "Counts",
+    "select",
+    "freeze",
+    "unfreeze",
+    "summary",
+    "replace_head",
+    "set_backend",
+    "get_backend",
+    "param_groups",
+    "optimizer",
+    "OptimizerConfig",
+    "Stage",
+    "StagedUnfreeze",
+    "EMA",
+    "load_matched",
+    "LoadReport",
+    "load_checkpoint",
+    "save_checkpoint",
+    "StateDict",
+    "convert",
+    "save_delta",
+    "load_delta",
+    "verify_frozen",
+    "frozen_fingerprint",
+    "DeltaReport",
+    "FrozenCheck",
+    "check",
+    "CheckReport",
+    "param_table",
+    "ParamTable",
+    "ParamRow",
+    "check_freeze_agreement",
+]
 
 
 def select(model, *patterns, backend: str | None = None) -> list[str]:

@@ -4,6 +4,7 @@ A framework that was never imported cannot own the object, so detection looks th
 ``sys.modules`` and only then imports the matching adapter. A flag (``backend=``, :func:`set_backend`,
 ``XFREEZE_BACKEND``) overrides inference in order of precedence, and contradicting the model is an error.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -64,7 +65,8 @@ def adapter_for(model, backend: str | None = None):
     if wanted is not None and wanted != found:
         raise XFreezeError(
             f"backend={wanted!r} was requested but {type(model).__name__} is a {ADAPTERS[found].base_class}; "
-            f"pass backend={found!r}, or unset the flag (xfreeze.set_backend(None) / {ENV_VAR})")
+            f"pass backend={found!r}, or unset the flag (xfreeze.set_backend(None) / {ENV_VAR})"
+        )
     return _load(found)
 
 
@@ -93,8 +95,9 @@ def installed(name: str) -> bool:
 
 def _check_installed(name: str) -> None:
     if not installed(name):
-        raise XFreezeError(f"backend {name!r} needs {ADAPTERS[name].module}, which is not installed: "
-                           f"{ADAPTERS[name].install}")
+        raise XFreezeError(
+            f"backend {name!r} needs {ADAPTERS[name].module}, which is not installed: {ADAPTERS[name].install}"
+        )
 
 
 def tensor_backend(value) -> str | None:

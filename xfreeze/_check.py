@@ -5,6 +5,7 @@ group and never moves (facebookresearch/mmf #104); a frozen parameter can keep m
 the live optimizer of a model when it built it (:func:`xfreeze.optimizer`) or a ``StagedUnfreeze`` holds it, kept
 here in a weak registry, so ``unfreeze`` can warn at once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,10 +60,14 @@ def warn_if_out_of_step(model, changed: list[str], backend: str | None = None) -
     params = {e.name: e.param for e in _select.walk(adapter, model)}
     missing = [n for n in changed if n in params and id(params[n]) not in held]
     if missing:
-        warnings.warn(f"{len(missing)} parameters were made trainable but are in no group of the model's optimizer "
-                      f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): they will not train.\n"
-                      "HINT: rebuild the optimizer (xfreeze.optimizer(model, ...)), or let StagedUnfreeze / the "
-                      "xfreeze callbacks unfreeze them, which adds them as a new group", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(missing)} parameters were made trainable but are in no group of the model's optimizer "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): they will not train.\n"
+            "HINT: rebuild the optimizer (xfreeze.optimizer(model, ...)), or let StagedUnfreeze / the "
+            "xfreeze callbacks unfreeze them, which adds them as a new group",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass
@@ -76,6 +81,7 @@ class CheckReport:
         frozen_in_groups: frozen parameters still listed in a group (harmless while frozen; if a later unfreeze
             makes them trainable they train at that group's rate, not a rate of their own).
     """
+
     model: str
     untrained: list[str] = field(default_factory=list)
     stale_state: list[str] = field(default_factory=list)
@@ -87,12 +93,19 @@ class CheckReport:
         return not self.untrained and not self.stale_state
 
     def __str__(self) -> str:
-        rows = [["trainable, in no optimizer group", len(self.untrained), ", ".join(self.untrained[:4])],
-                ["frozen, holding optimizer state", len(self.stale_state), ", ".join(self.stale_state[:4])],
-                ["frozen, still in a group", len(self.frozen_in_groups), ", ".join(self.frozen_in_groups[:4])]]
-        verdict = "ok: the optimizer is in step with what trains" if self.ok else (
-            "HINT: rebuild the optimizer with xfreeze.optimizer(model, ...) after freezing, or grow it with "
-            "StagedUnfreeze")
+        rows = [
+            ["trainable, in no optimizer group", len(self.untrained), ", ".join(self.untrained[:4])],
+            ["frozen, holding optimizer state", len(self.stale_state), ", ".join(self.stale_state[:4])],
+            ["frozen, still in a group", len(self.frozen_in_groups), ", ".join(self.frozen_in_groups[:4])],
+        ]
+        verdict = (
+            "ok: the optimizer is in step with what trains"
+            if self.ok
+            else (
+                "HINT: rebuild the optimizer with xfreeze.optimizer(model, ...) after freezing, or grow it with "
+                "StagedUnfreeze"
+            )
+        )
         return render(f"xfreeze.check: {self.model}", ["finding", "tensors", "examples"], rows, [verdict])
 
     __repr__ = __str__
@@ -139,6 +152,7 @@ def check(model, optimizer, *, backend: str | None = None) -> CheckReport:
 @dataclass(frozen=True)
 class ParamRow:
     """One parameter in the optimizer: its group, absolute learning rate and weight decay (None: in no group)."""
+
     name: str
     trainable: bool
     group: int | None
@@ -149,16 +163,27 @@ class ParamRow:
 @dataclass
 class ParamTable:
     """What :func:`param_table` shows, as data."""
+
     model: str
     rows: list[ParamRow] = field(default_factory=list)
 
     def __str__(self) -> str:
         def fmt(value):
             return "-" if value is None else f"{value:.6g}"
-        rows = [[r.name, "yes" if r.trainable else "no", "-" if r.group is None else r.group, fmt(r.lr),
-                 fmt(r.weight_decay)] for r in self.rows]
-        return render(f"xfreeze.param_table: {self.model}", ["parameter", "trains", "group", "lr", "weight decay"],
-                      rows)
+
+        rows = [
+            [
+                r.name,
+                "yes" if r.trainable else "no",
+                "-" if r.group is None else r.group,
+                fmt(r.lr),
+                fmt(r.weight_decay),
+            ]
+            for r in self.rows
+        ]
+        return render(
+            f"xfreeze.param_table: {self.model}", ["parameter", "trains", "group", "lr", "weight decay"], rows
+        )
 
     __repr__ = __str__
 
@@ -190,12 +215,16 @@ def param_table(model, optimizer, *, backend: str | None = None) -> ParamTable:
     for index, (ids, lr, decay) in enumerate(adapter.group_rows(optimizer)):
         for pid in ids:
             where.setdefault(pid, (index, float(lr), float(decay)))
-    rows = [ParamRow(e.name, adapter.is_trainable(e.param), *where.get(id(e.param), (None, None, None)))
-            for e in _select.walk(adapter, model)]
+    rows = [
+        ParamRow(e.name, adapter.is_trainable(e.param), *where.get(id(e.param), (None, None, None)))
+        for e in _select.walk(adapter, model)
+    ]
     return ParamTable(_select.model_name(adapter, model), rows)
 
 
 def _check_optimizer(adapter, optimizer) -> None:
     if not adapter.is_optimizer(optimizer):
-        raise XFreezeError(f"optimizer must be an optimizer of the model's framework ({adapter.name}). "
-                           f"Received: {type(optimizer).__name__}")
+        raise XFreezeError(
+            f"optimizer must be an optimizer of the model's framework ({adapter.name}). "
+            f"Received: {type(optimizer).__name__}"
+        )

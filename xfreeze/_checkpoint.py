@@ -23,6 +23,7 @@ Guarantees (the README's weights section states them for users):
     Saving to a symlink writes through to its target; the link stays. A full disk, a read-only file system or a
     permission error is one ``XFreezeError`` naming the path; the previous file is intact.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,20 +43,38 @@ from ._table import escape, plain  # noqa: F401  (re-exported: the CLI uses them
 from ._errors import XFreezeError, check_choice
 from .backends import ADAPTERS, formats
 
-FORMATS = {".safetensors": "safetensors", ".npz": "npz",
-           **{s: f.name for f in formats.FILE_FORMATS for s in f.suffixes}}
+FORMATS = {
+    ".safetensors": "safetensors",
+    ".npz": "npz",
+    **{s: f.name for f in formats.FILE_FORMATS for s in f.suffixes},
+}
 FORMAT_NAMES = ("safetensors", "npz", *dict.fromkeys(f.name for f in formats.FILE_FORMATS))
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params", "weights")
 PADDLE_BOOKKEEPING = "StructuredToParameterName@@"
 DTYPE_ENTRY = "xfreeze@@dtypes"  # in pickles: {key: dtype} for tensors whose bits alone do not tell (fp8)
 # safetensors dtype codes <-> neutral names
-ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-             "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-             "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool", "C64": "complex64"}
+ST_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "BOOL": "bool",
+    "C64": "complex64",
+}
 ST_CODES = {v: k for k, v in ST_DTYPES.items()}
-MAX_HEADER = 100 * 2**20     # safetensors' own limit on the JSON header
-DEFLATE_RATIO = 1032         # the most deflate can expand; a compressed npz member may not claim more
-MAX_DEPTH = 8                # "state_dict"-style wrappers unwrapped at most this deep
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+DEFLATE_RATIO = 1032  # the most deflate can expand; a compressed npz member may not claim more
+MAX_DEPTH = 8  # "state_dict"-style wrappers unwrapped at most this deep
 
 
 class StateDict(dict):
@@ -122,11 +141,13 @@ def load_checkpoint(path, *, framework: str | None = None) -> StateDict:
     except XFreezeError as exc:
         raise XFreezeError(str(exc) if str(path) in str(exc) else f"{what}: {exc}") from None
     except (MemoryError, RecursionError) as exc:
-        raise XFreezeError(f"{what} ({kind} format) declares more than it can hold ({type(exc).__name__}); "
-                           "refused") from None
+        raise XFreezeError(
+            f"{what} ({kind} format) declares more than it can hold ({type(exc).__name__}); refused"
+        ) from None
     except Exception as exc:  # every reader's own way of saying "truncated" or "corrupt"
-        raise XFreezeError(f"{what} ({kind} format) is truncated or corrupt: {type(exc).__name__}: "
-                           f"{str(exc)[:300]}") from None
+        raise XFreezeError(
+            f"{what} ({kind} format) is truncated or corrupt: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     state = as_state_dict(data, format=kind, what=what)
     state.framework = _decide_framework(state, framework, meta, spec)
     state.metadata = dict(meta) if isinstance(meta, dict) else {}
@@ -164,6 +185,7 @@ def save_checkpoint(obj, path, *, format: str | None = None, rank: int | None = 
     """
     if rank is not None:
         from ._distributed import save_on_rank
+
         save_on_rank(obj, rank, lambda state: _save(state, path, format))
         return Path(path)
     return _save(obj, path, format)
@@ -175,8 +197,10 @@ def _save(obj, path, format, metadata: dict | None = None) -> Path:
         check_choice("format", format, FORMAT_NAMES)
     kind = format or FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise XFreezeError(f"cannot tell the format of {str(path)!r}: use a suffix among {sorted(FORMATS)} or "
-                           f"format={'|'.join(map(repr, FORMAT_NAMES))}")
+        raise XFreezeError(
+            f"cannot tell the format of {str(path)!r}: use a suffix among {sorted(FORMATS)} or "
+            f"format={'|'.join(map(repr, FORMAT_NAMES))}"
+        )
     target = Path(os.path.realpath(path))  # a symlink is written through: its target is what gets replaced
     if not target.parent.is_dir():
         raise XFreezeError(f"folder {str(target.parent)!r} does not exist")
@@ -187,8 +211,9 @@ def _save(obj, path, format, metadata: dict | None = None) -> Path:
     try:
         _atomic_write(target, write)
     except OSError as exc:
-        raise XFreezeError(f"cannot write {str(path)!r}: {exc.strerror or exc} "
-                           f"({_errno_name(exc)}); any previous file there is intact") from None
+        raise XFreezeError(
+            f"cannot write {str(path)!r}: {exc.strerror or exc} ({_errno_name(exc)}); any previous file there is intact"
+        ) from None
     return path
 
 
@@ -206,8 +231,10 @@ def detect_format(path: Path):
             return "npz", None
         spec = formats.sniff("zip", head, names)
         if spec is None:
-            raise XFreezeError(f"{what} is a zip archive but neither a torch checkpoint (no data.pkl) nor an npz "
-                               f"(members not all .npy): {names[:3]}")
+            raise XFreezeError(
+                f"{what} is a zip archive but neither a torch checkpoint (no data.pkl) nor an npz "
+                f"(members not all .npy): {names[:3]}"
+            )
         return spec.name, spec
     if head[:1] == b"\x80" and 2 <= head[1:2][0] <= 5 if len(head) > 1 else False:
         spec = formats.sniff("pickle", head)
@@ -216,8 +243,10 @@ def detect_format(path: Path):
     if problem:
         raise XFreezeError(f"{what} is not a valid safetensors file: {problem}")
     suffix = FORMATS.get(path.suffix.lower())
-    raise XFreezeError(f"{what} is not a torch, Paddle, safetensors or npz file"
-                       + (f" (the suffix says {suffix}, the content does not)" if suffix else ""))
+    raise XFreezeError(
+        f"{what} is not a torch, Paddle, safetensors or npz file"
+        + (f" (the suffix says {suffix}, the content does not)" if suffix else "")
+    )
 
 
 def as_state_dict(data, *, framework=None, format=None, what="the state dict") -> StateDict:
@@ -232,8 +261,9 @@ def as_state_dict(data, *, framework=None, format=None, what="the state dict") -
     seen: set = set()
     while isinstance(data, dict) and not _all_tensors(data):
         if id(data) in seen or len(seen) >= MAX_DEPTH:
-            raise XFreezeError(f"{what} holds containers that refer to themselves (or nest deeper than "
-                               f"{MAX_DEPTH}); refused")
+            raise XFreezeError(
+                f"{what} holds containers that refer to themselves (or nest deeper than {MAX_DEPTH}); refused"
+            )
         seen.add(id(data))
         inner = [k for k in WRAPPER_KEYS if isinstance(data.get(k), dict)]
         if not inner:
@@ -247,8 +277,10 @@ def as_state_dict(data, *, framework=None, format=None, what="the state dict") -
     bad = [k for k, v in data.items() if not _tensors.is_tensor(v)]
     if bad:
         shown = ", ".join(f"{k!r} ({type(data[k]).__name__})" for k in bad[:5])
-        raise XFreezeError(f"{what} has values that are not tensors: {shown}"
-                           f"{' ...' if len(bad) > 5 else ''}. Pass the weights mapping itself (e.g. ckpt['model'])")
+        raise XFreezeError(
+            f"{what} has values that are not tensors: {shown}"
+            f"{' ...' if len(bad) > 5 else ''}. Pass the weights mapping itself (e.g. ckpt['model'])"
+        )
     return StateDict(data, framework=framework or _values_framework(data), format=format, notes=notes)
 
 
@@ -256,8 +288,14 @@ def describe(state: StateDict) -> dict:
     """Keys, shapes, dtypes and total bytes of a state dict (for ``xfreeze inspect``); any dtype, bf16 included."""
     tensors = [(k, _tensors.shape_of(v), _tensors.dtype_name(v)) for k, v in state.items()]
     nbytes = sum(_tensors.to_raw(v, k).bits.nbytes for k, v in state.items())
-    return {"framework": state.framework, "format": state.format, "keys": len(tensors), "bytes": int(nbytes),
-            "tensors": tensors, "notes": list(state.notes)}
+    return {
+        "framework": state.framework,
+        "format": state.format,
+        "keys": len(tensors),
+        "bytes": int(nbytes),
+        "tensors": tensors,
+        "notes": list(state.notes),
+    }
 
 
 def to_numpy(value, key="") -> np.ndarray:
@@ -310,8 +348,13 @@ def _safetensors_layout(header: dict, data_len: int, problem_out: list | None = 
         except (KeyError, TypeError, ValueError):
             problem.append(f"entry {plain(key)!r} lacks a known dtype, a shape or two data offsets")
             return None
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
-                and type(start) is int and type(end) is int and 0 <= start <= end <= data_len):
+        if not (
+            isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in shape)
+            and type(start) is int
+            and type(end) is int
+            and 0 <= start <= end <= data_len
+        ):
             problem.append(f"entry {plain(key)!r} has a bad shape or offsets beyond the data ({data_len:,} bytes)")
             return None
         itemsize = np.dtype(_tensors.BIT_CARRIERS.get(dtype, dtype)).itemsize
@@ -337,19 +380,23 @@ def _zip_names(path: Path, what: str) -> list:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
     except UnicodeDecodeError:
-        raise XFreezeError(f"{what} is a zip archive whose member names do not decode (not UTF-8 where the "
-                           "archive says so): corrupt") from None
+        raise XFreezeError(
+            f"{what} is a zip archive whose member names do not decode (not UTF-8 where the archive says so): corrupt"
+        ) from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-        raise XFreezeError(f"{what} is truncated or corrupt: an incomplete zip archive (torch .pt or .npz): "
-                           f"{exc}") from None
+        raise XFreezeError(
+            f"{what} is truncated or corrupt: an incomplete zip archive (torch .pt or .npz): {exc}"
+        ) from None
     size = path.stat().st_size
     for info in infos:  # a reader allocates what a member declares: bound it by the archive's bytes
         stored = info.compress_type == zipfile.ZIP_STORED
         limit = info.compress_size if stored else DEFLATE_RATIO * max(info.compress_size, 1)
         if info.file_size > limit or info.header_offset + info.compress_size > size:
-            raise XFreezeError(f"{what}: zip member {plain(info.filename)!r} declares {info.file_size:,} bytes "
-                               f"({info.compress_size:,} stored) in an archive of {size:,} bytes; refused (a file "
-                               "may not declare more than it holds)")
+            raise XFreezeError(
+                f"{what}: zip member {plain(info.filename)!r} declares {info.file_size:,} bytes "
+                f"({info.compress_size:,} stored) in an archive of {size:,} bytes; refused (a file "
+                "may not declare more than it holds)"
+            )
     return [info.filename for info in infos]
 
 
@@ -368,8 +415,10 @@ def _read(kind: str, spec, path: Path, size: int):
     if spec.declared_bytes is not None:
         declared = spec.declared_bytes(path)
         if declared > size:
-            raise XFreezeError(f"it declares {declared:,} bytes of tensor data in a file of {size:,} bytes; refused "
-                               "(a file may not declare more than it holds)")
+            raise XFreezeError(
+                f"it declares {declared:,} bytes of tensor data in a file of {size:,} bytes; refused "
+                "(a file may not declare more than it holds)"
+            )
     return adapter_named(spec.framework).load_file(path), {}
 
 
@@ -383,8 +432,11 @@ def _read_safetensors(path: Path, size: int):
             out = {}
             for key, (dtype, shape, start, end) in layout.items():
                 carrier = np.dtype(_tensors.BIT_CARRIERS.get(dtype, dtype)).newbyteorder("<")
-                bits = np.frombuffer(mm, dtype=carrier, count=(end - start) // carrier.itemsize,
-                                     offset=8 + n + start).reshape(shape).astype(carrier.newbyteorder("="))
+                bits = (
+                    np.frombuffer(mm, dtype=carrier, count=(end - start) // carrier.itemsize, offset=8 + n + start)
+                    .reshape(shape)
+                    .astype(carrier.newbyteorder("="))
+                )
                 out[key] = _native(_tensors.Raw(bits, dtype), None, key)
     return out, header.get("__metadata__") or {}
 
@@ -394,8 +446,10 @@ def _read_npz(path: Path) -> dict:
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED and info.file_size > DEFLATE_RATIO * max(info.compress_size, 1):
-                raise XFreezeError(f"member {info.filename!r} declares {info.file_size:,} bytes from "
-                                   f"{info.compress_size:,} compressed: beyond what compression can give; refused")
+                raise XFreezeError(
+                    f"member {info.filename!r} declares {info.file_size:,} bytes from "
+                    f"{info.compress_size:,} compressed: beyond what compression can give; refused"
+                )
             with archive.open(info) as member:
                 out[info.filename[:-4]] = _read_npy(member, info)
     return out
@@ -403,6 +457,7 @@ def _read_npz(path: Path) -> dict:
 
 def _read_npy(member, info) -> np.ndarray:
     from numpy.lib import format as npy
+
     version = npy.read_magic(member)
     read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
     shape, fortran, dtype = read_header(member)
@@ -410,8 +465,10 @@ def _read_npy(member, info) -> np.ndarray:
         raise XFreezeError(f"member {info.filename!r} holds Python objects (dtype {dtype}); refused")
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if nbytes > info.file_size:
-        raise XFreezeError(f"member {info.filename!r} declares {nbytes:,} bytes of data but holds "
-                           f"{info.file_size:,}; refused (a file may not declare more than it holds)")
+        raise XFreezeError(
+            f"member {info.filename!r} declares {nbytes:,} bytes of data but holds "
+            f"{info.file_size:,}; refused (a file may not declare more than it holds)"
+        )
     data = member.read(nbytes)
     if len(data) != nbytes:
         raise XFreezeError(f"member {info.filename!r} is truncated")
@@ -427,17 +484,22 @@ def _scan_pickle(reader, size: int, count: int = 1) -> None:
     declared length before reading it, and grows its memo to any index a file names, so lengths beyond the file's
     end and memo indices beyond its size are refused here, before they can become allocations."""
     import pickletools
+
     try:
         for _ in range(count):
             for opcode, arg, _pos in pickletools.genops(reader):
                 if opcode.name in _MEMO_OPCODES and isinstance(arg, int) and not 0 <= arg <= size:
-                    raise XFreezeError(f"a pickle memo index {arg:,} is beyond the file's {size:,} bytes; refused "
-                                       "(a file may not declare more than it holds)")
+                    raise XFreezeError(
+                        f"a pickle memo index {arg:,} is beyond the file's {size:,} bytes; refused "
+                        "(a file may not declare more than it holds)"
+                    )
     except ValueError as exc:
         if isinstance(exc, XFreezeError):
             raise
-        raise XFreezeError(f"a pickle opcode declares more bytes than the file holds, or the pickle is cut short "
-                           f"(truncated or forged): {str(exc)[:200]}") from None
+        raise XFreezeError(
+            f"a pickle opcode declares more bytes than the file holds, or the pickle is cut short "
+            f"(truncated or forged): {str(exc)[:200]}"
+        ) from None
 
 
 class _MappedReader:
@@ -449,7 +511,7 @@ class _MappedReader:
 
     def read(self, n=-1):
         end = len(self.mm) if n is None or n < 0 else min(self.pos + n, len(self.mm))
-        out, self.pos = self.mm[self.pos:end], end
+        out, self.pos = self.mm[self.pos : end], end
         return out
 
     def readline(self):
@@ -458,7 +520,7 @@ class _MappedReader:
 
     def readinto(self, buffer):
         data = self.read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
 
@@ -482,8 +544,9 @@ def _pickle_dtypes(data, spec):
             dtype = declared.get(key) or (spec.uint16_is if value.dtype == np.uint16 else None)
             if dtype in _tensors.BIT_CARRIERS:
                 carrier = _tensors.BIT_CARRIERS[dtype]
-                value = _native(_tensors.Raw(np.require(value, requirements="C").view(carrier), dtype),
-                                spec.framework, key)
+                value = _native(
+                    _tensors.Raw(np.require(value, requirements="C").view(carrier), dtype), spec.framework, key
+                )
         out[key] = value
     return out
 
@@ -499,19 +562,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
             ("numpy.core.numeric", "_frombuffer"): self._frombuffer,
             ("numpy._core.numeric", "_frombuffer"): self._frombuffer,
-            ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): self._dtype,
-            ("numpy.core.multiarray", "scalar"): self._scalar, ("numpy._core.multiarray", "scalar"): self._scalar,
-            ("collections", "OrderedDict"): dict, ("builtins", "tuple"): tuple, ("builtins", "list"): list,
-            ("__builtin__", "tuple"): tuple, ("__builtin__", "list"): list,
+            ("numpy", "ndarray"): _NDARRAY,
+            ("numpy", "dtype"): self._dtype,
+            ("numpy.core.multiarray", "scalar"): self._scalar,
+            ("numpy._core.multiarray", "scalar"): self._scalar,
+            ("collections", "OrderedDict"): dict,
+            ("builtins", "tuple"): tuple,
+            ("builtins", "list"): list,
+            ("__builtin__", "tuple"): tuple,
+            ("__builtin__", "list"): list,
             ("_codecs", "encode"): _latin1_encode,
         }
 
     def find_class(self, module, name):
         found = self.allowed.get((module, name))
         if found is None:
-            raise XFreezeError(f"refused to load {module}.{name}: the file asks to run code, and only numpy arrays "
-                               "and plain containers are admitted. If you trust the file, load it with paddle.load "
-                               "yourself")
+            raise XFreezeError(
+                f"refused to load {module}.{name}: the file asks to run code, and only numpy arrays "
+                "and plain containers are admitted. If you trust the file, load it with paddle.load "
+                "yourself"
+            )
         return found
 
     def persistent_load(self, pid):
@@ -520,8 +590,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _bounded(self, shape, itemsize: int):
         count = int(np.prod(tuple(shape), dtype=object)) if len(tuple(shape)) else 1
         if count * itemsize > self.size:
-            raise XFreezeError(f"an array declares shape {tuple(shape)} ({count * itemsize:,} bytes) in a file of "
-                               f"{self.size:,} bytes; refused (a file may not declare more than it holds)")
+            raise XFreezeError(
+                f"an array declares shape {tuple(shape)} ({count * itemsize:,} bytes) in a file of "
+                f"{self.size:,} bytes; refused (a file may not declare more than it holds)"
+            )
 
     def _reconstruct(self, cls, shape, dtype):
         if cls is not _NDARRAY:
@@ -568,8 +640,7 @@ def _latin1_encode(text, encoding="utf-8", errors="strict"):
 
 def _untuple(value):
     """Paddle pickles a tensor beside other objects as ``(name, array)``: the array."""
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) \
-            and isinstance(value[1], np.ndarray):
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], np.ndarray):
         return value[1]
     return value
 
@@ -582,8 +653,10 @@ def _native(raw, framework, key: str):
     for name in order:
         if name is not None and installed(name) and raw.dtype in adapter_named(name).DTYPES:
             return adapter_named(name).from_raw(raw)
-    raise XFreezeError(f"tensor {key!r} is {raw.dtype}, which numpy cannot hold, and no installed framework holds "
-                       f"it: install one of {list(ADAPTERS)}")
+    raise XFreezeError(
+        f"tensor {key!r} is {raw.dtype}, which numpy cannot hold, and no installed framework holds "
+        f"it: install one of {list(ADAPTERS)}"
+    )
 
 
 # --- writers ------------------------------------------------------------------------------------------------
@@ -591,8 +664,9 @@ def _writer(kind: str, state: dict, framework, metadata: dict):
     """A function ``write(file)``, built after every check passed (nothing is written before)."""
     if kind == "safetensors":
         if "__metadata__" in state:
-            raise XFreezeError("key '__metadata__' is reserved by the safetensors format; rename it, or save as "
-                               ".pt / .pdparams")
+            raise XFreezeError(
+                "key '__metadata__' is reserved by the safetensors format; rename it, or save as .pt / .pdparams"
+            )
         raws = {k: _tensors.to_raw(v, k) for k, v in state.items()}
         bad = [k for k, r in raws.items() if r.dtype not in ST_CODES]
         if bad:
@@ -601,8 +675,10 @@ def _writer(kind: str, state: dict, framework, metadata: dict):
     if kind == "npz":
         bad = [k for k in state if "\x00" in k]
         if bad:
-            raise XFreezeError(f"key {bad[0]!r} holds a NUL character, which zip member names (npz) cannot; "
-                               "use .safetensors, .pt or .pdparams")
+            raise XFreezeError(
+                f"key {bad[0]!r} holds a NUL character, which zip member names (npz) cannot; "
+                "use .safetensors, .pt or .pdparams"
+            )
         arrays = {k: _tensors.to_numpy(v, k) for k, v in state.items()}
         return lambda f: _write_npz(arrays, f)
     spec = formats.by_name(kind)
@@ -619,8 +695,11 @@ def _write_safetensors(raws: dict, f, framework, metadata: dict) -> None:
     here because safetensors' own ``serialize`` changed its signature between 0.4 and 0.8 (dicts -> raw pointers)."""
     header, offset = {}, 0
     for key, raw in raws.items():
-        header[key] = {"dtype": ST_CODES[raw.dtype], "shape": list(raw.shape),
-                       "data_offsets": [offset, offset + raw.bits.nbytes]}
+        header[key] = {
+            "dtype": ST_CODES[raw.dtype],
+            "shape": list(raw.shape),
+            "data_offsets": [offset, offset + raw.bits.nbytes],
+        }
         offset += raw.bits.nbytes
     header["__metadata__"] = {"framework": framework or "", "writer": "xfreeze", **metadata}
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -634,8 +713,12 @@ def _write_pickle(raws: dict, f, spec) -> None:
     out, declared = {}, {}
     for key, raw in raws.items():
         out[key] = raw.bits
-        if raw.dtype in _tensors.BIT_CARRIERS and raw.dtype != spec.uint16_is or \
-                raw.bits.dtype == np.uint16 and raw.dtype != spec.uint16_is:
+        if (
+            raw.dtype in _tensors.BIT_CARRIERS
+            and raw.dtype != spec.uint16_is
+            or raw.bits.dtype == np.uint16
+            and raw.dtype != spec.uint16_is
+        ):
             declared[key] = raw.dtype  # bits alone would read back as another dtype
     if declared:
         out[DTYPE_ENTRY] = declared
@@ -645,6 +728,7 @@ def _write_pickle(raws: dict, f, spec) -> None:
 def _write_npz(arrays: dict, f) -> None:
     # written member by member: np.savez(**arrays) breaks on keys such as "file" (its own parameter name)
     from numpy.lib import format as npy
+
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for key, array in arrays.items():
             with archive.open(key + ".npy", "w", force_zip64=True) as member:
@@ -701,6 +785,7 @@ def _alive(pid: int) -> bool:
 
 def _errno_name(exc: OSError) -> str:
     import errno
+
     return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
 
@@ -713,8 +798,9 @@ def _check_keys(state: dict, what: str) -> None:
 
 
 def _all_tensors(data: dict) -> bool:
-    return bool(data) and all(_tensors.is_tensor(_untuple(v)) for k, v in data.items()
-                              if k not in (PADDLE_BOOKKEEPING, DTYPE_ENTRY))
+    return bool(data) and all(
+        _tensors.is_tensor(_untuple(v)) for k, v in data.items() if k not in (PADDLE_BOOKKEEPING, DTYPE_ENTRY)
+    )
 
 
 def _values_framework(state) -> str | None:
@@ -728,22 +814,33 @@ def _decide_framework(state: StateDict, framework, meta: dict, spec) -> str | No
     if framework is not None:
         return framework
     from ._convert import guess_framework
+
     by_names = guess_framework(list(state))
     said = meta.get("framework") if isinstance(meta, dict) else None
     if said and said not in ADAPTERS:
         state.notes.append(("", f"metadata framework={said!r} ignored: not one of {tuple(ADAPTERS)}"))
         said = None
     if said and by_names and said != by_names:
-        state.notes.append(("", f"metadata says framework={said!r} but the key names are {by_names}'s; "
-                                f"using {by_names}"))
+        state.notes.append(
+            ("", f"metadata says framework={said!r} but the key names are {by_names}'s; using {by_names}")
+        )
     return by_names or said or (spec.framework if spec else None) or state.framework
 
 
 def _model_state(model) -> dict:
     from ._backend import adapter_for
+
     adapter = adapter_for(model)
     return StateDict(adapter.state_tensors(model), framework=adapter.name)
 
 
-__all__ = ["StateDict", "load_checkpoint", "save_checkpoint", "as_state_dict", "describe", "detect_format",
-           "escape", "plain"]
+__all__ = [
+    "StateDict",
+    "load_checkpoint",
+    "save_checkpoint",
+    "as_state_dict",
+    "describe",
+    "detect_format",
+    "escape",
+    "plain",
+]

@@ -16,6 +16,7 @@ Generic rules, from those descriptions:
 Values stay native tensors (a torch tensor becomes a Paddle tensor bit for bit, bf16 included); the architecture
 map is the one that places the most keys (or ``arch=``), chosen once per call.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,10 +72,13 @@ def convert(state, to: str, model=None, *, arch: str | None = None, source: str 
     if model is not None and arch is None and not set(targets or ()) <= set(names.values()):
         names, chosen = _aligned(state, names, src, dst, model) or (names, chosen)
     out = StateDict(framework=to, format=state.format, notes=list(state.notes))
-    rules = (_value_rules(src, list(state)), _value_rules(dst, list(targets) if targets is not None
-                                                           else [n for n in names.values() if n]))
+    rules = (
+        _value_rules(src, list(state)),
+        _value_rules(dst, list(targets) if targets is not None else [n for n in names.values() if n]),
+    )
     out.differences = _differences(src, list(state)) + _differences(
-        dst, list(targets) if targets is not None else [n for n in names.values() if n])
+        dst, list(targets) if targets is not None else [n for n in names.values() if n]
+    )
     out.notes += [("", f"architectures differ: {text}") for text in out.differences]
     keep_native = installed(to)
     for key, value in state.items():
@@ -178,6 +182,7 @@ def _best_arch(keys: list, src: Naming, dst: Naming, targets) -> str:
         if targets is not None:
             return sum(1 for n in names if n in targets)
         return sum(1 for k, n in zip(keys, names) if n != plain[k])
+
     return max(convert_archs(), key=lambda arch: (score(arch), arch == "resnet"))
 
 
@@ -193,15 +198,29 @@ def _convert_value(key, new, value, src: Naming, dst: Naming, targets, notes):
             if transpose:
                 notes.append((key, "transposed as a Linear weight (a guess from its name: pass model= to be sure)"))
         value = _tensors.transpose(value) if transpose else value
-    if kind == "embedding" and padding_idx is not None and src.padding_row != dst.padding_row \
-            and _tensors.row_nonzero(value, padding_idx):
+    if (
+        kind == "embedding"
+        and padding_idx is not None
+        and src.padding_row != dst.padding_row
+        and _tensors.row_nonzero(value, padding_idx)
+    ):
         if dst.padding_row == "stored":
             value = _tensors.zero_row(value, padding_idx)
-            notes.append((key, f"padding row {padding_idx} zeroed: {src.framework} output zeros there, "
-                               f"{dst.framework} returns the row"))
+            notes.append(
+                (
+                    key,
+                    f"padding row {padding_idx} zeroed: {src.framework} output zeros there, "
+                    f"{dst.framework} returns the row",
+                )
+            )
         else:
-            notes.append((key, f"padding row {padding_idx} is non-zero: {dst.framework} will output zeros there, "
-                               f"{src.framework} returned the row"))
+            notes.append(
+                (
+                    key,
+                    f"padding row {padding_idx} is non-zero: {dst.framework} will output zeros there, "
+                    f"{src.framework} returned the row",
+                )
+            )
     return value
 
 
@@ -228,6 +247,7 @@ def alignment_difference(state, model, source: str | None = None) -> str | None:
     """Why ``state`` does not pair module by module with ``model`` (None when it does): the first difference."""
     state = state if isinstance(state, StateDict) else as_state_dict(dict(state))
     from ._view import view_of
+
     to = view_of(model).adapter.name
     src, dst = naming(_source_framework(state, to, source)), naming(to)
     names = {key: rename(key, src, dst, "resnet") for key in state}
@@ -238,6 +258,7 @@ def alignment_difference(state, model, source: str | None = None) -> str | None:
 def _module_pairs(state, names: dict, src: Naming, dst: Naming, model):
     """[((source path, keys), (target path, leaves))] in module order, or a sentence naming the first difference."""
     from ._view import view_of
+
     view = view_of(model)
     info = view.key_info()
     shapes = dict(zip(view.names, view.shapes))
@@ -251,7 +272,7 @@ def _module_pairs(state, names: dict, src: Naming, dst: Naming, model):
         if names[key] is not None:
             source.setdefault(key.rpartition(".")[0], []).append(key)
     if len(source) != len(target):
-        return (f"the source has {len(source)} modules with weights, the target {view.label} has {len(target)}")
+        return f"the source has {len(source)} modules with weights, the target {view.label} has {len(target)}"
     pairs = list(zip(source.items(), target.items()))
     for i, ((spath, keys), (tpath, leaves)) in enumerate(pairs):
         have = {names[k].rpartition(".")[2]: tuple(_tensors.shape_of(state[k])) for k in keys}
@@ -260,8 +281,10 @@ def _module_pairs(state, names: dict, src: Naming, dst: Naming, model):
         if kind == "linear" and src.linear_layout != dst.linear_layout:
             have = {leaf: shape[::-1] if len(shape) == 2 else shape for leaf, shape in have.items()}
         if have != want:
-            return (f"module {i + 1} differs: source {spath!r} holds {_leaves(have)} where the target's {tpath!r} "
-                    f"holds {_leaves(want)}")
+            return (
+                f"module {i + 1} differs: source {spath!r} holds {_leaves(have)} where the target's {tpath!r} "
+                f"holds {_leaves(want)}"
+            )
     return pairs
 
 
@@ -310,4 +333,5 @@ def _revalue(key, new, value, rules, notes):
 def _target_info(model) -> dict:
     """Target key -> (module kind, embedding padding index), from the model's view."""
     from ._view import view_of
+
     return view_of(model).key_info()

@@ -10,6 +10,7 @@ The fingerprint is framework-neutral by hashing *after conversion*: a base of an
 (``xfreeze.convert``: names, Linear layouts, dtypes kept bit for bit) to the delta's framework, then hashed tensor by
 tensor. So a torch delta checks and loads onto a Paddle base of the same architecture, and back.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +31,7 @@ SHOWN = 5  # differing tensors named in an error
 @dataclass
 class FrozenCheck:
     """What :func:`verify_frozen` found. ``ok`` is True when every fingerprinted frozen tensor is unchanged."""
+
     checked: int = 0
     drifted: list = field(default_factory=list)
     missing: list = field(default_factory=list)
@@ -41,13 +43,16 @@ class FrozenCheck:
     def __str__(self) -> str:
         if self.ok:
             return f"frozen tensors: {self.checked} checked, none drifted"
-        return (f"frozen tensors: {self.checked} checked; drifted {len(self.drifted)}: {self.drifted[:SHOWN]}; "
-                f"missing {len(self.missing)}: {self.missing[:SHOWN]}")
+        return (
+            f"frozen tensors: {self.checked} checked; drifted {len(self.drifted)}: {self.drifted[:SHOWN]}; "
+            f"missing {len(self.missing)}: {self.missing[:SHOWN]}"
+        )
 
 
 @dataclass
 class DeltaReport:
     """What :func:`load_delta` did: tensors loaded, the freeze plan applied, the frozen tensors verified."""
+
     framework: str
     loaded: list = field(default_factory=list)
     trainable: list = field(default_factory=list)
@@ -81,9 +86,12 @@ def save_delta(model, path) -> Path:
     parts = _parts(adapter, model)
     state = adapter.state_tensors(model)
     delta = StateDict({k: state[k] for k in parts["delta"]}, framework=adapter.name)
-    metadata = {"xfreeze_delta": VERSION, "trainable": json.dumps(parts["trainable"]),
-                "locked_norms": json.dumps(parts["locked"]),
-                "fingerprint": json.dumps({k: _hash(state[k], k) for k in parts["frozen"]})}
+    metadata = {
+        "xfreeze_delta": VERSION,
+        "trainable": json.dumps(parts["trainable"]),
+        "locked_norms": json.dumps(parts["locked"]),
+        "fingerprint": json.dumps({k: _hash(state[k], k) for k in parts["frozen"]}),
+    }
     return _save(delta, path, "safetensors", metadata)
 
 
@@ -111,21 +119,26 @@ def load_delta(model, path) -> DeltaReport:
         ['1.weight', '1.bias']
     """
     import xfreeze
+
     adapter = adapter_for(model)
     delta, plan = _read_delta(path)
     names = _name_map(adapter, model, delta.framework)  # delta name -> model name
     check = _compare(adapter, model, plan["fingerprint"], delta.framework)
     if not check.ok:
-        raise XFreezeError(f"delta {str(path)!r} does not fit this base: {check}; the delta was saved on another "
-                           "base (or the base's frozen tensors changed). Nothing was changed")
+        raise XFreezeError(
+            f"delta {str(path)!r} does not fit this base: {check}; the delta was saved on another "
+            "base (or the base's frozen tensors changed). Nothing was changed"
+        )
     incoming = xfreeze.convert(delta, to=adapter.name, model=model) if delta.framework != adapter.name else delta
     state = adapter.state_tensors(model)
     trainable = [_mapped(names, n, path) for n in plan["trainable"]]
     locked = {_mapped(names, n, path).rpartition(".")[0] for n in plan["locked_norms"]}
     bad = [k for k, v in incoming.items() if k not in state or tuple(_tensors.shape_of(v)) != tuple(state[k].shape)]
     if bad:
-        raise XFreezeError(f"delta {str(path)!r} holds tensors this model has no place for (name or shape): "
-                           f"{bad[:SHOWN]}. Nothing was changed")
+        raise XFreezeError(
+            f"delta {str(path)!r} holds tensors this model has no place for (name or shape): "
+            f"{bad[:SHOWN]}. Nothing was changed"
+        )
     _apply_plan(xfreeze, adapter, model, trainable, locked)
     report = DeltaReport(delta.framework, trainable=trainable, locked_norms=sorted(locked), verified=check.checked)
     if incoming:
@@ -158,8 +171,10 @@ def verify_frozen(model, path_or_fingerprint) -> FrozenCheck:
     if isinstance(path_or_fingerprint, dict):
         fp = path_or_fingerprint
         if not isinstance(fp.get("tensors"), dict) or not isinstance(fp.get("framework"), str):
-            raise XFreezeError("a fingerprint is the dict xfreeze.frozen_fingerprint(model) returns "
-                               "({'framework': ..., 'tensors': {name: hash}})")
+            raise XFreezeError(
+                "a fingerprint is the dict xfreeze.frozen_fingerprint(model) returns "
+                "({'framework': ..., 'tensors': {name: hash}})"
+            )
         tensors, framework = fp["tensors"], fp["framework"]
     else:
         delta, plan = _read_delta(path_or_fingerprint)
@@ -221,11 +236,14 @@ def _read_delta(path):
     delta = load_checkpoint(path)
     meta = delta.metadata
     if delta.format != "safetensors" or meta.get("xfreeze_delta") is None:
-        raise XFreezeError(f"{str(path)!r} is not an xfreeze delta (no xfreeze_delta metadata); write one with "
-                           "xfreeze.save_delta(model, path)")
+        raise XFreezeError(
+            f"{str(path)!r} is not an xfreeze delta (no xfreeze_delta metadata); write one with "
+            "xfreeze.save_delta(model, path)"
+        )
     if meta["xfreeze_delta"] != VERSION:
-        raise XFreezeError(f"delta {str(path)!r} has format version {meta['xfreeze_delta']!r}; this xfreeze reads "
-                           f"version {VERSION!r}")
+        raise XFreezeError(
+            f"delta {str(path)!r} has format version {meta['xfreeze_delta']!r}; this xfreeze reads version {VERSION!r}"
+        )
     try:
         plan = {k: json.loads(meta[k]) for k in ("trainable", "locked_norms", "fingerprint")}
     except (KeyError, ValueError) as exc:
@@ -239,6 +257,7 @@ def _read_delta(path):
 def _name_map(adapter, model, framework: str) -> dict:
     """Delta (``framework``) name -> model name, through the same conversion loading uses."""
     import xfreeze
+
     state = adapter.state_tensors(model)
     if framework == adapter.name:
         return {k: k for k in state}
@@ -252,14 +271,17 @@ def _name_map(adapter, model, framework: str) -> dict:
 
 def _mapped(names: dict, name: str, path) -> str:
     if name not in names:
-        raise XFreezeError(f"delta {str(path)!r} names {name!r}, which this model lacks; it belongs to another "
-                           "architecture. Nothing was changed")
+        raise XFreezeError(
+            f"delta {str(path)!r} names {name!r}, which this model lacks; it belongs to another "
+            "architecture. Nothing was changed"
+        )
     return names[name]
 
 
 def _compare(adapter, model, fingerprint: dict, framework: str) -> FrozenCheck:
     """Hash the model's tensors named in ``fingerprint`` in ``framework``'s names and layout (converted if needed)."""
     import xfreeze
+
     state = StateDict(adapter.state_tensors(model), framework=adapter.name)
     if framework != adapter.name:
         state = xfreeze.convert(state, to=framework)

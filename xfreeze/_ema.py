@@ -1,9 +1,9 @@
 """EMA: an exponential moving average of the weights that never moves what is frozen."""
+
 from __future__ import annotations
 
 import numbers
 
-import numpy as np
 
 from . import _tensors
 from ._errors import XFreezeError
@@ -47,11 +47,17 @@ class EMA:
         if not isinstance(warmup, bool):
             raise XFreezeError(f"warmup must be True or False. Received: warmup={warmup!r}")
         view = view_of(model, backend)
-        self.adapter, self.model, self.decay, self.warmup, self.num_updates = view.adapter, model, float(decay), \
-            warmup, 0
+        self.adapter, self.model, self.decay, self.warmup, self.num_updates = (
+            view.adapter,
+            model,
+            float(decay),
+            warmup,
+            0,
+        )
         self.names = list(view.names) + list(view.stat_names)
-        self.shadow = {name: self.adapter.clone(t) for name, t in zip(self.names, list(view.params) +
-                                                                      list(view.stat_tensors))}
+        self.shadow = {
+            name: self.adapter.clone(t) for name, t in zip(self.names, list(view.params) + list(view.stat_tensors))
+        }
         self._bind(view)
 
     def _bind(self, view) -> None:
@@ -59,8 +65,10 @@ class EMA:
         names = list(view.names) + list(view.stat_names)
         if names != self.names:
             changed = sorted(set(names) ^ set(self.names))[:5]
-            raise XFreezeError(f"EMA: the model's parameters changed since the EMA was built ({changed}); build a "
-                               "new EMA for the new structure (EMA.copy_to can carry weights that still match)")
+            raise XFreezeError(
+                f"EMA: the model's parameters changed since the EMA was built ({changed}); build a "
+                "new EMA for the new structure (EMA.copy_to can carry weights that still match)"
+            )
         self._params, self._stats = list(view.params), list(view.stat_tensors)
         for name, tensor in zip(self.names, self._params + self._stats):
             self.shadow[name] = self.adapter.like(self.shadow[name], tensor)
@@ -80,8 +88,9 @@ class EMA:
         self.num_updates += 1
 
     def _current_plan(self) -> tuple:
-        if not all(registry.get(key) is obj if key is not None else len(registry) == obj
-                   for registry, key, obj in self._slots):
+        if not all(
+            registry.get(key) is obj if key is not None else len(registry) == obj for registry, key, obj in self._slots
+        ):
             self._bind(view_of(self.model, self.adapter.name))
         mask = tuple(self.adapter.trainable_flags(self._params))
         if mask != self._mask:  # trainability changed (or first update): split again
@@ -90,8 +99,12 @@ class EMA:
             lerp = [i for i in range(n) if mask[i]]
             copy = [i for i in range(n) if not mask[i]] + list(range(n, len(self.names)))
             tensors = self._params + self._stats
-            self._plan = ([shadows[i] for i in lerp], [tensors[i] for i in lerp],
-                          [shadows[i] for i in copy], [tensors[i] for i in copy])
+            self._plan = (
+                [shadows[i] for i in lerp],
+                [tensors[i] for i in lerp],
+                [shadows[i] for i in copy],
+                [tensors[i] for i in copy],
+            )
             self._mask = mask
         return self._plan
 
@@ -110,14 +123,21 @@ class EMA:
         tensors = dict(zip(list(view.names) + list(view.stat_names), list(view.params) + list(view.stat_tensors)))
         missing = sorted(set(self.names) - tensors.keys())
         if missing:
-            raise XFreezeError(f"EMA.copy_to: {view.label} lacks {missing[:5]}: it is not the same architecture as "
-                               "the averaged model; nothing was written")
+            raise XFreezeError(
+                f"EMA.copy_to: {view.label} lacks {missing[:5]}: it is not the same architecture as "
+                "the averaged model; nothing was written"
+            )
         self._check_like(tensors, "EMA.copy_to", "the averaged model")
         self.adapter.copy_into([tensors[n] for n in self.names], [self.shadow[n] for n in self.names])
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "decay": self.decay, "warmup": self.warmup,
-                "num_updates": self.num_updates, "shadow": {n: self.adapter.clone(t) for n, t in self.shadow.items()}}
+        return {
+            "version": STATE_VERSION,
+            "decay": self.decay,
+            "warmup": self.warmup,
+            "num_updates": self.num_updates,
+            "shadow": {n: self.adapter.clone(t) for n, t in self.shadow.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a saved average. Everything is validated first (keys, shapes, dtypes, numbers); on an error
@@ -126,8 +146,7 @@ class EMA:
             raise XFreezeError("EMA.load_state_dict expects the dict EMA.state_dict() returned (with 'shadow')")
         version = state.get("version", 1)
         if version != STATE_VERSION:
-            raise XFreezeError(f"EMA state version {version!r} is not supported (this xfreeze writes "
-                               f"{STATE_VERSION})")
+            raise XFreezeError(f"EMA state version {version!r} is not supported (this xfreeze writes {STATE_VERSION})")
         _check_decay(state.get("decay"))
         if not isinstance(state.get("warmup"), bool):
             raise XFreezeError(f"EMA state: warmup must be a bool. Received: {state.get('warmup')!r}")
@@ -147,10 +166,11 @@ class EMA:
             mine, theirs = self.shadow[name], tensors[name]
             a, b = _tensors.shape_of(mine), _tensors.shape_of(theirs)
             if a != b:
-                raise XFreezeError(f"{where}: {name!r} has shape {list(b)} where {what} has {list(a)}; nothing was "
-                                   "written")
+                raise XFreezeError(
+                    f"{where}: {name!r} has shape {list(b)} where {what} has {list(a)}; nothing was written"
+                )
 
 
 def _check_decay(decay) -> None:
-    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 < decay < 1.0 or np.isnan(decay):
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 < float(decay) < 1.0:
         raise XFreezeError(f"decay must be a number in (0, 1). Received: decay={decay!r}")

@@ -1,4 +1,5 @@
 """freeze / unfreeze: trainability, dropped gradients and locked norm statistics, as one decision."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class FreezeReport:
         norms_locked / norms_unlocked: norm layers whose running statistics this call locked or released.
         counts: trainable / frozen parameter counts and bytes of the whole model after the call.
     """
+
     action: str
     model: str
     changed: list[str] = field(default_factory=list)
@@ -55,10 +57,16 @@ class FreezeReport:
         rows = [[top, n, f"{size:,}", norms] for top, (n, size, norms) in groups.items()]
         footer = [f"{len(self.changed)} tensors now {state}; {len(self.unchanged)} selected were already {state}"]
         if self.not_trainable:
-            footer.append(f"left frozen, not floating point: {', '.join(self.not_trainable[:5])}"
-                          + (" ..." if len(self.not_trainable) > 5 else ""))
-        return render(f"xfreeze.{self.action}: {self.model}", ["module", "tensors changed", "parameters", norm],
-                      rows, footer + self.counts.lines())
+            footer.append(
+                f"left frozen, not floating point: {', '.join(self.not_trainable[:5])}"
+                + (" ..." if len(self.not_trainable) > 5 else "")
+            )
+        return render(
+            f"xfreeze.{self.action}: {self.model}",
+            ["module", "tensors changed", "parameters", norm],
+            rows,
+            footer + self.counts.lines(),
+        )
 
     __repr__ = __str__
 
@@ -117,6 +125,7 @@ def unfreeze(model, *patterns, backend: str | None = None) -> FreezeReport:
     """
     report = _set_trainable(model, patterns, True, "freeze", backend)
     from ._check import warn_if_out_of_step  # issue 12: warn when the live optimizer lacks what now trains
+
     warn_if_out_of_step(model, report.changed, backend)
     return report
 
@@ -137,11 +146,14 @@ def _set_trainable(model, patterns, trainable: bool, norm: str, backend) -> Free
         report.not_trainable = [f"{view.names[i]} ({view.dtypes[i]})" for i in untrainable]
         target[np.isin(selected, untrainable)] = False
         if not target.any() and trainable:
-            raise XFreezeError(f"{view.label}: the patterns select only parameters that cannot train (their dtype is "
-                               f"not floating point): {report.not_trainable[:5]}; nothing was changed")
+            raise XFreezeError(
+                f"{view.label}: the patterns select only parameters that cannot train (their dtype is "
+                f"not floating point): {report.not_trainable[:5]}; nothing was changed"
+            )
     changed = selected[target != before[selected]]
-    guard_trainability_change(view, [view.names[i] for i in changed if not before[i]],
-                              [view.names[i] for i in changed if before[i]])
+    guard_trainability_change(
+        view, [view.names[i] for i in changed if not before[i]], [view.names[i] for i in changed if before[i]]
+    )
     adapter.apply_trainable([view.params[i] for i, t in zip(selected, target) if t], True)
     adapter.apply_trainable([view.params[i] for i, t in zip(selected, target) if not t], False)
     changed_set = set(changed.tolist())

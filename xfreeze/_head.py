@@ -11,6 +11,7 @@ How ``head="auto"`` decides (reads only the model view):
   3. Else a model with exactly one linear layer uses it.
 Linear-kind modules that are not one plain Linear (``Conv1D``, ``Linear3D``, ``MultiheadAttention``) are never heads.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -24,12 +25,37 @@ from ._errors import XFreezeError, check_choice
 # sequence-classification head (score), BART / T5 (classification_head), XLNet / XLM / Flaubert (logits_proj,
 # sequence_summary), paddle.vision DenseNet (out), ShuffleNetV2 (_fc), AlexNet (_fc8), GoogLeNet (_fc_out),
 # DeiT-with-teacher (cls_classifier).
-HEAD_NAMES = ("fc", "classifier", "heads", "head", "last_linear", "score", "classification_head", "logits_proj",
-              "out", "_fc", "_fc8", "_fc_out", "classif", "cls_classifier", "sequence_summary")
+HEAD_NAMES = (
+    "fc",
+    "classifier",
+    "heads",
+    "head",
+    "last_linear",
+    "score",
+    "classification_head",
+    "logits_proj",
+    "out",
+    "_fc",
+    "_fc8",
+    "_fc_out",
+    "classif",
+    "cls_classifier",
+    "sequence_summary",
+)
 _FALLBACK = ("sequence_summary",)
 # blocks of second class-logit heads: distillation / auxiliary classifiers
-EXTRA_HEADS = ("head_dist", "dist_head", "aux_head", "distillation_classifier", "classifier_distill", "aux1", "aux2",
-               "AuxLogits", "_out1", "_out2")
+EXTRA_HEADS = (
+    "head_dist",
+    "dist_head",
+    "aux_head",
+    "distillation_classifier",
+    "classifier_distill",
+    "aux1",
+    "aux2",
+    "AuxLogits",
+    "_out1",
+    "_out2",
+)
 INITS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "normal", "zeros", "default")
 
 
@@ -64,6 +90,7 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
         10
     """
     from ._view import invalidate, view_of
+
     view = view_of(model, backend)
     adapter = view.adapter
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
@@ -71,9 +98,13 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
     check_choice("init", init, INITS)
     paths = find_heads(view, head)
     if head == "auto" and len(paths) > 1:
-        warnings.warn(f"replace_head replaced {len(paths)} class-logit heads of {view.label}: {', '.join(paths)} "
-                      f"(a classifier plus distillation/auxiliary heads; all must change size together).\n"
-                      f"HINT: pass head=NAME or head=[NAMES] to choose explicitly.", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"replace_head replaced {len(paths)} class-logit heads of {view.label}: {', '.join(paths)} "
+            f"(a classifier plus distillation/auxiliary heads; all must change size together).\n"
+            f"HINT: pass head=NAME or head=[NAMES] to choose explicitly.",
+            UserWarning,
+            stacklevel=2,
+        )
     new = []
     for path in paths:
         old = view.modules[view.module_index[path]]
@@ -89,14 +120,17 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
 def find_head(adapter, model, head="auto") -> str:
     """The dotted name of the classifier layer ``replace_head`` would replace (the first one, when several)."""
     from ._view import view_of
+
     return find_heads(view_of(model, adapter.name), head)[0]
 
 
 def find_heads(view, head="auto") -> list[str]:
     """Every head ``replace_head`` would replace, in model order; raises listing candidates when it cannot tell."""
     from .backends.kinds import replaceable_linear
-    linears = [p for p, m, k in zip(view.paths, view.modules, view.kinds)
-               if p and k == "linear" and replaceable_linear(m)]
+
+    linears = [
+        p for p, m, k in zip(view.paths, view.modules, view.kinds) if p and k == "linear" and replaceable_linear(m)
+    ]
     if isinstance(head, (list, tuple)) and head and all(isinstance(h, str) and h for h in head):
         found = [_one(view, linears, h) for h in head]
         if len(set(found)) != len(found):
@@ -108,8 +142,10 @@ def find_heads(view, head="auto") -> list[str]:
             return found
         what = "found no classification head" if not found else "is ambiguous (head='auto')"
         candidates = f": {', '.join(map(repr, found))} could each be the head" if found else ""
-        raise XFreezeError(f"replace_head {what} in {view.label}{candidates}. "
-                           f"Pass head=NAME, one of the linear layers: {_describe(view, linears)}")
+        raise XFreezeError(
+            f"replace_head {what} in {view.label}{candidates}. "
+            f"Pass head=NAME, one of the linear layers: {_describe(view, linears)}"
+        )
     if not isinstance(head, str) or not head:
         raise XFreezeError(f"head must be 'auto', a module name or a list of module names. Received: head={head!r}")
     return [_one(view, linears, head)]
@@ -118,9 +154,11 @@ def find_heads(view, head="auto") -> list[str]:
 def _one(view, linears: list, head: str) -> str:
     found = [p for p in linears if p == head or fnmatch.fnmatchcase(p, head)]
     if len(found) != 1:
-        raise XFreezeError(f"replace_head head={head!r} matched {len(found) or 'no'} linear layers in {view.label}"
-                           f"{': ' + ', '.join(found) if found else ''}. "
-                           f"Pass head=NAME, one of the linear layers: {_describe(view, linears)}")
+        raise XFreezeError(
+            f"replace_head head={head!r} matched {len(found) or 'no'} linear layers in {view.label}"
+            f"{': ' + ', '.join(found) if found else ''}. "
+            f"Pass head=NAME, one of the linear layers: {_describe(view, linears)}"
+        )
     return found[0]
 
 
@@ -139,7 +177,7 @@ def _auto(view, linears: list) -> tuple[list[str], bool]:
     for p in extra:
         parts = p.split(".")
         cut = max(i for i, c in enumerate(parts) if c in EXTRA_HEADS)
-        last[".".join(parts[:cut + 1])] = p  # the last linear layer of each extra block
+        last[".".join(parts[: cut + 1])] = p  # the last linear layer of each extra block
     heads = primary + [p for p in last.values() if _out(view, p) == outputs]
     return sorted(set(heads), key=view.module_index.__getitem__), False
 
@@ -153,8 +191,14 @@ def _primary(view, linears: list, names) -> list[list[str]]:
             continue
         last = inside[-1]
         parent, _, leaf = last.rpartition(".")
-        siblings = [p for p in inside[:-1] if leaf.isdigit() and p.rpartition(".")[0] == parent
-                    and p.rpartition(".")[2].isdigit() and _out(view, p) == _out(view, last)]
+        siblings = [
+            p
+            for p in inside[:-1]
+            if leaf.isdigit()
+            and p.rpartition(".")[0] == parent
+            and p.rpartition(".")[2].isdigit()
+            and _out(view, p) == _out(view, last)
+        ]
         found.append(siblings + [last])
     return found
 

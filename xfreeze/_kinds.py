@@ -5,6 +5,7 @@ structural rule of ``xfreeze.backends.kinds``). What is left over here is a modu
 normalizes but whose shape the structural rule refuses (extra parameters or children: an adaptive norm, a norm
 with a projection inside): its 1-D parameters are probably a gain and a shift that should not be decayed.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -23,12 +24,16 @@ def unrecognised_norm_like(view) -> list[str]:
 def warn_decayed_norms(adapter, model, excluded: set) -> None:
     """Warn (with a HINT) when norm-like parameters nothing recognises would get weight decay."""
     from ._view import view_of
+
     view = view_of(model, adapter.name)
     decayed = [n for n in unrecognised_norm_like(view) if n not in excluded]
     if decayed:
         shown = ", ".join(decayed[:6]) + (f" and {len(decayed) - 6} more" if len(decayed) > 6 else "")
-        warnings.warn(f"no_decay: {len(decayed)} parameters of {view.label} look like norm weights that no kind "
-                      f"recognises ({shown}); they get weight decay.\nHINT: add them to no_decay, e.g. "
-                      f"no_decay=(\"*.bias\", \"{decayed[0]}\") (keep \"type:norm\" if the model has recognised "
-                      f"norms), or a \"type:{{ClassName}}\" pattern.",
-                      UserWarning, stacklevel=4)
+        warnings.warn(
+            f"no_decay: {len(decayed)} parameters of {view.label} look like norm weights that no kind "
+            f"recognises ({shown}); they get weight decay.\nHINT: add them to no_decay, e.g. "
+            f'no_decay=("*.bias", "{decayed[0]}") (keep "type:norm" if the model has recognised '
+            f'norms), or a "type:{{ClassName}}" pattern.',
+            UserWarning,
+            stacklevel=4,
+        )

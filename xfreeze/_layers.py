@@ -6,6 +6,7 @@ torchvision ViT) or ResNet stages (``layer1`` .. ``layer4``). Found as the shall
 ``<prefix><number>`` with one prefix, at least two of them, each a block (a module with submodules) holding parameters.
 Parameters before the first block (stem, embeddings) get index 0, block k gets k + 1, the rest (head, pooler) n + 1.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,8 @@ _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 @dataclass(frozen=True)
 class LayerMap:
-    blocks: list[str]          # module paths of the blocks, in order
-    ids: dict[str, int]        # parameter name -> layer index (0 .. len(blocks) + 1)
+    blocks: list[str]  # module paths of the blocks, in order
+    ids: dict[str, int]  # parameter name -> layer index (0 .. len(blocks) + 1)
 
     @property
     def num_layers(self) -> int:
@@ -68,9 +69,11 @@ def _holds_params(view) -> list:
 def layer_map(adapter, model, names: list[str]) -> LayerMap:
     blocks = find_blocks(adapter, model)
     if not blocks:
-        raise XFreezeError(f"layer_decay found no repeated blocks in {view_of(model, adapter.name).label}: it looks "
-                           "for encoder layers (encoder.layer.N, encoder.layers.N, blocks.N) or stages (layer1..layerN). "
-                           "Use lr_mult patterns instead, or pass layer_decay=None")
+        raise XFreezeError(
+            f"layer_decay found no repeated blocks in {view_of(model, adapter.name).label}: it looks "
+            "for encoder layers (encoder.layer.N, encoder.layers.N, blocks.N) or stages (layer1..layerN). "
+            "Use lr_mult patterns instead, or pass layer_decay=None"
+        )
     ids, seen_block = {}, False
     for name in names:
         index = next((i for i, b in enumerate(blocks) if name.startswith(b + ".")), None)

@@ -1,4 +1,5 @@
 """load_matched: load every key whose name and shape match, say exactly what happened, change nothing on error."""
+
 from __future__ import annotations
 
 import os
@@ -33,6 +34,7 @@ class LoadReport:
         converted: ``{source key: [what the torch <-> Paddle conversion did to it]}``.
         notes: what else happened (unwrapping, transposes, conversion), as ``(key, note)`` pairs.
     """
+
     model: str
     source_framework: str | None = None
     loaded: list = field(default_factory=list)
@@ -46,24 +48,38 @@ class LoadReport:
     notes: list = field(default_factory=list)
 
     def __str__(self) -> str:
-        rows = [["loaded", len(self.loaded), _sample(self.loaded)],
-                ["shape mismatch", len(self.mismatched),
-                 _sample([f"{k} model {list(a)} source {list(b)}" for k, (a, b) in self.mismatched.items()])],
-                ["missing in source", len(self.missing), _sample(self.missing)],
-                ["unexpected in source", len(self.unexpected), _sample(self.unexpected)],
-                ["skipped", len(self.skipped), _sample(self.skipped)],
-                ["renamed", len(self.renamed), _sample([f"{a} -> {b}" for a, b in self.renamed.items()])],
-                ["dtype cast", len(self.cast), _sample([f"{k} {a}->{b}" for k, (a, b) in self.cast.items()])],
-                ["converted", len(self.converted),
-                 _sample([f"{k}: {'; '.join(v)}" for k, v in self.converted.items()], 2)]]
+        rows = [
+            ["loaded", len(self.loaded), _sample(self.loaded)],
+            [
+                "shape mismatch",
+                len(self.mismatched),
+                _sample([f"{k} model {list(a)} source {list(b)}" for k, (a, b) in self.mismatched.items()]),
+            ],
+            ["missing in source", len(self.missing), _sample(self.missing)],
+            ["unexpected in source", len(self.unexpected), _sample(self.unexpected)],
+            ["skipped", len(self.skipped), _sample(self.skipped)],
+            ["renamed", len(self.renamed), _sample([f"{a} -> {b}" for a, b in self.renamed.items()])],
+            ["dtype cast", len(self.cast), _sample([f"{k} {a}->{b}" for k, (a, b) in self.cast.items()])],
+            ["converted", len(self.converted), _sample([f"{k}: {'; '.join(v)}" for k, v in self.converted.items()], 2)],
+        ]
         source = f" from {self.source_framework}" if self.source_framework else ""
         return render(f"xfreeze.load_matched: {self.model}{source}", ["result", "keys", "examples"], rows)
 
     __repr__ = __str__
 
 
-def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, allow_empty: bool = False,
-                 allow_partial: bool = False, framework: str | None = None, backend: str | None = None) -> LoadReport:
+def load_matched(
+    model,
+    source,
+    *,
+    rename=None,
+    skip=(),
+    strict: bool = False,
+    allow_empty: bool = False,
+    allow_partial: bool = False,
+    framework: str | None = None,
+    backend: str | None = None,
+) -> LoadReport:
     """Load the weights of ``source`` whose names and shapes match ``model``; report everything else.
 
     Args:
@@ -120,8 +136,10 @@ def load_matched(model, source, *, rename=None, skip=(), strict: bool = False, a
     if strict and (report.mismatched or report.missing or report.unexpected):
         raise XFreezeError(f"strict load of {report.model} found differences; nothing was loaded:\n{report}")
     if not plan and not allow_empty:
-        raise XFreezeError(f"loaded 0 of {len(targets)} keys into {report.model}: the source looks like another "
-                           f"model (pass allow_empty=True if that is intended); nothing was changed.\n{report}")
+        raise XFreezeError(
+            f"loaded 0 of {len(targets)} keys into {report.model}: the source looks like another "
+            f"model (pass allow_empty=True if that is intended); nothing was changed.\n{report}"
+        )
     _distributed.load_tensors(adapter, model, targets, plan)  # FSDP2: set_model_state_dict; FSDP1: refused
     return report
 
@@ -130,24 +148,35 @@ def _check_converted(report, converted, targets, model, source, origin, allow_pa
     """A conversion placing fewer than half of the model's keys is refused (unless allowed); differences warned."""
     import warnings
     from ._convert import alignment_difference
+
     placed = sum(1 for key in converted if key in targets)
     differences = list(getattr(converted, "differences", []))
     if not allow_partial and 2 * placed < len(targets):
         why = differences or [alignment_difference(source, model, origin) or "the module names did not map"]
-        raise XFreezeError(f"converting the {origin} source placed {placed} of {len(targets)} keys of "
-                           f"{report.model} (fewer than half); nothing was changed. Where they differ: "
-                           f"{'; '.join(why)}. Pass allow_partial=True to load what does place.")
+        raise XFreezeError(
+            f"converting the {origin} source placed {placed} of {len(targets)} keys of "
+            f"{report.model} (fewer than half); nothing was changed. Where they differ: "
+            f"{'; '.join(why)}. Pass allow_partial=True to load what does place."
+        )
     for text in differences:
-        warnings.warn(f"{report.model} and its {origin} twin differ: {text}.\nHINT: outputs will not match the "
-                      f"source model's; fine-tune, or use a model built the same way in both frameworks.",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{report.model} and its {origin} twin differ: {text}.\nHINT: outputs will not match the "
+            f"source model's; fine-tune, or use a model built the same way in both frameworks.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_options(rename, skip, strict, allow_empty, framework) -> None:
-    if rename is not None and not callable(rename) and not (
-            isinstance(rename, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items())):
-        raise XFreezeError(f"rename must be a {{str prefix: str prefix}} dict or a function key -> key (or None). "
-                           f"Received: rename={rename!r}")
+    if (
+        rename is not None
+        and not callable(rename)
+        and not (isinstance(rename, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items()))
+    ):
+        raise XFreezeError(
+            f"rename must be a {{str prefix: str prefix}} dict or a function key -> key (or None). "
+            f"Received: rename={rename!r}"
+        )
     if not (isinstance(skip, str) or (isinstance(skip, (list, tuple)) and all(isinstance(p, str) for p in skip))):
         raise XFreezeError(f"skip must be a pattern string or a list of them. Received: skip={skip!r}")
     for argument, value in (("strict", strict), ("allow_empty", allow_empty)):
@@ -167,8 +196,9 @@ def _source_state(source) -> StateDict:
     try:
         adapter = adapter_for(source)
     except XFreezeError:
-        raise XFreezeError(f"source must be a checkpoint path, a state dict or a model; received "
-                           f"{type(source).__name__}") from None
+        raise XFreezeError(
+            f"source must be a checkpoint path, a state dict or a model; received {type(source).__name__}"
+        ) from None
     return StateDict(adapter.state_tensors(source), framework=adapter.name)
 
 
@@ -186,10 +216,10 @@ def _renamed_keys(keys: list, targets: set, rename, report: LoadReport) -> dict:
         new = key
         for prefix in prefixes:
             if new.startswith(prefix):
-                new = new[len(prefix):]
+                new = new[len(prefix) :]
         if rules is not None:
             match = next(((old, rep) for old, rep in rules if new.startswith(old)), None)
-            new = match[1] + new[len(match[0]):] if match else new
+            new = match[1] + new[len(match[0]) :] if match else new
         elif callable(rename):
             new = rename(new)
             if new is not None and not isinstance(new, str):
@@ -212,8 +242,9 @@ def _prefix_rules(rename: dict) -> list:
     for a in rename:
         for b in rename:
             if a != b and b.startswith(a):
-                raise XFreezeError(f"conflicting rename rules: {a!r} and {b!r} both match keys starting with {b!r}; "
-                                   "keep one of them")
+                raise XFreezeError(
+                    f"conflicting rename rules: {a!r} and {b!r} both match keys starting with {b!r}; keep one of them"
+                )
     return sorted(rename.items(), key=lambda item: -len(item[0]))
 
 
@@ -238,7 +269,11 @@ def _plan(view, targets: dict, state: StateDict, skipped: set, ignored: set, rep
             report.missing.append(key)
         else:
             value = state[key]
-            if isinstance(value, np.ndarray) and value.dtype == np.uint16 and adapter.tensor_dtype(tensor) == "bfloat16":
+            if (
+                isinstance(value, np.ndarray)
+                and value.dtype == np.uint16
+                and adapter.tensor_dtype(tensor) == "bfloat16"
+            ):
                 value = adapter.from_raw(_tensors.Raw(value, "bfloat16"))  # Paddle writes bf16 as its uint16 bits
                 report.notes.append((key, "uint16 array read as bfloat16 bits (Paddle stores bf16 so)"))
             value = _tensors.to_backend(value, adapter.name, key)
@@ -263,5 +298,3 @@ def _cast(adapter, key, value, tensor, report: LoadReport):
 def _sample(items: list, n: int = 3) -> str:
     shown = ", ".join(str(i) for i in items[:n])
     return shown + (f", ... (+{len(items) - n})" if len(items) > n else "")
-
-

@@ -4,6 +4,7 @@ Groups are framework-neutral dicts: ``params`` (tensors), ``names``, ``lr`` (abs
 the base ``lr``) and ``weight_decay``. The adapter turns them into the framework's own groups; in Paddle a group's
 ``learning_rate`` is a multiplier of the global rate, so xfreeze passes ``lr_scale`` there.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 @dataclass(frozen=True)
 class OptimizerConfig:
     """Everything but the groups: what xfreeze needs to build or extend an optimizer the same way later."""
+
     name: str
     lr: float
     weight_decay: float = 0.0
@@ -31,13 +33,21 @@ class OptimizerConfig:
     eps: float = 1e-8
     no_decay: tuple = DEFAULT_NO_DECAY
     extra: dict = field(default_factory=dict)
-    lr_mult: dict | None = None        # kept so that groups added later (StagedUnfreeze) are scaled alike
+    lr_mult: dict | None = None  # kept so that groups added later (StagedUnfreeze) are scaled alike
     layer_decay: float | None = None
 
 
-def param_groups(model, *, lr: float, weight_decay: float = 0.0, lr_mult: dict | None = None,
-                 no_decay=DEFAULT_NO_DECAY, layer_decay: float | None = None, only=None,
-                 backend: str | None = None) -> list[dict]:
+def param_groups(
+    model,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    lr_mult: dict | None = None,
+    no_decay=DEFAULT_NO_DECAY,
+    layer_decay: float | None = None,
+    only=None,
+    backend: str | None = None,
+) -> list[dict]:
     """Parameter groups over the trainable parameters, with absolute learning rates.
 
     Args:
@@ -70,8 +80,11 @@ def param_groups(model, *, lr: float, weight_decay: float = 0.0, lr_mult: dict |
     _check_number("weight_decay", weight_decay, minimum=0.0)
     if lr_mult is not None and not isinstance(lr_mult, dict):
         raise XFreezeError(f"lr_mult must be a dict {{pattern: multiplier}}. Received: lr_mult={lr_mult!r}")
-    if no_decay is not None and not isinstance(no_decay, str) and not (
-            isinstance(no_decay, (list, tuple)) and all(isinstance(p, str) for p in no_decay)):
+    if (
+        no_decay is not None
+        and not isinstance(no_decay, str)
+        and not (isinstance(no_decay, (list, tuple)) and all(isinstance(p, str) for p in no_decay))
+    ):
         raise XFreezeError(f"no_decay must be a pattern or a list of patterns. Received: no_decay={no_decay!r}")
     if layer_decay is not None:
         _check_number("layer_decay", layer_decay)
@@ -82,16 +95,31 @@ def param_groups(model, *, lr: float, weight_decay: float = 0.0, lr_mult: dict |
         wanted = set(only)
         entries = [e for e in entries if e.name in wanted]
     if not entries:
-        raise XFreezeError(f"{_select.model_name(adapter, model)} has no trainable parameters to optimize; "
-                           "unfreeze some first (xfreeze.unfreeze(model, ...))")
+        raise XFreezeError(
+            f"{_select.model_name(adapter, model)} has no trainable parameters to optimize; "
+            "unfreeze some first (xfreeze.unfreeze(model, ...))"
+        )
     scales = _lr_scales(adapter, model, entries, lr_mult or {}, layer_decay)
     decayed = _decay_flags(adapter, model, entries, no_decay)
     return _group(entries, scales, decayed, lr, weight_decay)
 
 
-def optimizer(model, name, *, lr, weight_decay: float = 0.0, momentum: float = 0.0, nesterov: bool = False,
-              betas=(0.9, 0.999), eps: float = 1e-8, lr_mult: dict | None = None, no_decay=DEFAULT_NO_DECAY,
-              layer_decay: float | None = None, backend: str | None = None, **kwargs):
+def optimizer(
+    model,
+    name,
+    *,
+    lr,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    lr_mult: dict | None = None,
+    no_decay=DEFAULT_NO_DECAY,
+    layer_decay: float | None = None,
+    backend: str | None = None,
+    **kwargs,
+):
     """The framework's own optimizer over the trainable parameters, grouped by :func:`param_groups`.
 
     The same arguments give the same updates in torch and Paddle: learning rates are absolute in both (Paddle's
@@ -136,21 +164,40 @@ def optimizer(model, name, *, lr, weight_decay: float = 0.0, momentum: float = 0
     if factory is None:
         check_choice("name", name, OPTIMIZERS)
         if kwargs:
-            raise XFreezeError(f"unexpected options {sorted(kwargs)} for name={name!r}; extra options are for an "
-                               "optimizer given as a class, e.g. xfreeze.optimizer(model, torch.optim.RMSprop, ...)")
+            raise XFreezeError(
+                f"unexpected options {sorted(kwargs)} for name={name!r}; extra options are for an "
+                "optimizer given as a class, e.g. xfreeze.optimizer(model, torch.optim.RMSprop, ...)"
+            )
     elif not callable(factory):
         raise XFreezeError(f"name must be one of {OPTIMIZERS} or an optimizer class/factory. Received: {name!r}")
     base_lr = _base_lr(adapter, lr)
     _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_decay)
     if nesterov and (name != "sgd" or momentum <= 0):
         raise XFreezeError("nesterov=True needs name='sgd' and momentum > 0")
-    groups = param_groups(model, lr=base_lr, weight_decay=weight_decay, lr_mult=lr_mult, no_decay=no_decay,
-                          layer_decay=layer_decay, backend=adapter.name)
+    groups = param_groups(
+        model,
+        lr=base_lr,
+        weight_decay=weight_decay,
+        lr_mult=lr_mult,
+        no_decay=no_decay,
+        layer_decay=layer_decay,
+        backend=adapter.name,
+    )
     label = name if factory is None else getattr(factory, "__name__", type(factory).__name__)
     patterns = (no_decay,) if isinstance(no_decay, str) else tuple(no_decay or ())  # not one pattern per character
-    config = OptimizerConfig(label, base_lr, weight_decay, momentum, nesterov, tuple(betas), eps, patterns,
-                             extra=dict(kwargs), lr_mult=dict(lr_mult) if lr_mult else None,
-                             layer_decay=layer_decay)
+    config = OptimizerConfig(
+        label,
+        base_lr,
+        weight_decay,
+        momentum,
+        nesterov,
+        tuple(betas),
+        eps,
+        patterns,
+        extra=dict(kwargs),
+        lr_mult=dict(lr_mult) if lr_mult else None,
+        layer_decay=layer_decay,
+    )
     if factory is None:
         opt = adapter.build_optimizer(config, groups, lr)
     else:
@@ -162,6 +209,7 @@ def optimizer(model, name, *, lr, weight_decay: float = 0.0, momentum: float = 0
 
 def _register(opt, model) -> None:
     from ._check import remember
+
     remember(model, opt)
 
 
@@ -173,8 +221,11 @@ def _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_
         raise XFreezeError(f"momentum must be in [0, 1). Received: momentum={momentum!r}")
     if not isinstance(nesterov, bool):
         raise XFreezeError(f"nesterov must be a bool. Received: nesterov={nesterov!r}")
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(
-            isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= float(b) < 1.0 for b in betas):
+    if (
+        not isinstance(betas, (tuple, list))
+        or len(betas) != 2
+        or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= float(b) < 1.0 for b in betas)
+    ):
         raise XFreezeError(f"betas must be two numbers in [0, 1). Received: betas={betas!r}")
     _check_number("eps", eps, minimum=0.0)
     if lr_mult is not None and not isinstance(lr_mult, dict):
@@ -220,6 +271,7 @@ def _decay_flags(adapter, model, entries, no_decay) -> dict[str, bool]:
             _select.resolve(adapter, model, compiled, all_entries)  # raises the no-match error with suggestions
         excluded |= {e.name for e in hits if not compiled[0].negate}
     from ._kinds import warn_decayed_norms  # never decay an unrecognised norm quietly (issue 11)
+
     warn_decayed_norms(adapter, model, excluded)
     return {e.name: e.name not in excluded for e in entries}
 
@@ -229,8 +281,9 @@ def _group(entries, scales, decayed, lr, weight_decay) -> list[dict]:
     for e in entries:
         wd = weight_decay if decayed[e.name] else 0.0
         key = (scales[e.name], wd)
-        group = groups.setdefault(key, {"params": [], "names": [], "lr": lr * scales[e.name],
-                                        "lr_scale": scales[e.name], "weight_decay": wd})
+        group = groups.setdefault(
+            key, {"params": [], "names": [], "lr": lr * scales[e.name], "lr_scale": scales[e.name], "weight_decay": wd}
+        )
         group["params"].append(e.param)
         group["names"].append(e.name)
     return list(groups.values())

@@ -5,6 +5,7 @@ framework-neutral kind) of any module that contains it: ``layer4`` selects every
 Each pattern is compiled once and matched once per call against the model view: once per parameter name and once
 per module path, with module matches propagated down the module tree (so the cost is linear in the model's size).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,7 +24,7 @@ KINDS = ("norm", "linear", "conv", "embedding")
 class Pattern:
     text: str
     negate: bool
-    kind: str       # "glob" | "re" | "type"
+    kind: str  # "glob" | "re" | "type"
     body: str
     regex: re.Pattern | None = None
 
@@ -31,7 +32,10 @@ class Pattern:
         """Which of ``names`` the pattern matches by name (always False for ``type:``)."""
         if self.kind == "type":
             return np.zeros(len(names), dtype=bool)
-        match = self.regex.fullmatch if self.kind == "re" else self.regex.match
+        regex = self.regex
+        if regex is None:  # only type: patterns have none
+            return np.zeros(len(names), dtype=bool)
+        match = regex.fullmatch if self.kind == "re" else regex.match
         return np.fromiter((match(n) is not None for n in names), dtype=bool, count=len(names))
 
     def matches(self, entry, adapter=None) -> bool:
@@ -58,14 +62,16 @@ class Pattern:
 
 def model_name(adapter, model) -> str:
     from ._view import view_of
+
     return view_of(model, adapter.name).label
 
 
 def compile_patterns(patterns) -> list[Pattern]:
     flat = _flatten(patterns)
     if not flat:
-        raise XFreezeError('No patterns given. Pass at least one, e.g. "*" for every parameter '
-                           'or "backbone.*" for a submodule')
+        raise XFreezeError(
+            'No patterns given. Pass at least one, e.g. "*" for every parameter or "backbone.*" for a submodule'
+        )
     return [_compile(p) for p in flat]
 
 
@@ -84,11 +90,17 @@ def _flatten(patterns) -> list[str]:
 def _compile(text: str) -> Pattern:
     negate = text.startswith("!")
     rest = text[1:] if negate else text
-    kind, body = ("re", rest[3:]) if rest.startswith("re:") else ("type", rest[5:]) if rest.startswith("type:") \
+    kind, body = (
+        ("re", rest[3:])
+        if rest.startswith("re:")
+        else ("type", rest[5:])
+        if rest.startswith("type:")
         else ("glob", rest)
+    )
     if not body.strip():
-        raise XFreezeError(f"Empty pattern {text!r}: write what to match, e.g. \"fc.*\", \"re:layer[0-9]\\..*\" "
-                           f"or \"type:norm\"")
+        raise XFreezeError(
+            f'Empty pattern {text!r}: write what to match, e.g. "fc.*", "re:layer[0-9]\\..*" or "type:norm"'
+        )
     regex = None
     if kind == "re":
         try:
@@ -100,8 +112,9 @@ def _compile(text: str) -> Pattern:
     return Pattern(text, negate, kind, body, regex)
 
 
-def select_mask(view, patterns: list[Pattern], names: list | None = None, owners=None,
-                allow_stat_only: bool = True) -> np.ndarray:
+def select_mask(
+    view, patterns: list[Pattern], names: list | None = None, owners=None, allow_stat_only: bool = True
+) -> np.ndarray:
     """Apply the patterns left to right over the view's parameters (or over ``names`` owned by module indices
     ``owners``); a leading ``!`` pattern starts from everything. Raises for a pattern that matches nothing:
     neither a parameter nor, when ``allow_stat_only``, a norm layer that has statistics but no parameters."""
@@ -162,13 +175,14 @@ def _suggestion_pool(names: list, paths: list, body: str, limit: int = 2000) -> 
     first = body.split(".")[0]
     near = [c for c in pool if c.split(".")[0] == first]
     by_shape = {re.sub(r"\d+", "0", c): c for c in pool}
-    return (near[:limit // 2] + list(by_shape.values()))[:limit]
+    return (near[: limit // 2] + list(by_shape.values()))[:limit]
 
 
 # --- compatibility for code written against the walk of entries (kept small; the view is the source) ----------
 @dataclass(eq=False)
 class Entry:
     """One parameter of a model, as the view names it."""
+
     name: str
     param: object
     module: object
@@ -179,14 +193,17 @@ class Entry:
 def walk(adapter, model) -> list[Entry]:
     """Every parameter of ``model`` once (shared ones under their first name), in model order."""
     from ._view import view_of
+
     view = view_of(model, adapter.name)
-    return [Entry(n, p, view.modules[mi], view, i)
-            for i, (n, p, mi) in enumerate(zip(view.names, view.params, view.owner))]
+    return [
+        Entry(n, p, view.modules[mi], view, i) for i, (n, p, mi) in enumerate(zip(view.names, view.params, view.owner))
+    ]
 
 
 def resolve(adapter, model, patterns: list[Pattern], entries: list[Entry] | None = None) -> list[Entry]:
     """The entries (default: every parameter) the patterns select; raises for a pattern matching nothing."""
     from ._view import view_of
+
     view = view_of(model, adapter.name)
     all_entries = walk(adapter, model)
     mask = select_mask(view, patterns)

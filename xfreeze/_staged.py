@@ -1,4 +1,5 @@
 """StagedUnfreeze: the "train the head first, then unfreeze deeper with a smaller rate" recipe, on a live optimizer."""
+
 from __future__ import annotations
 
 import numbers
@@ -28,6 +29,7 @@ class Stage:
         batch_size: the batch size from this stage on, for the data loader (``StagedUnfreeze.batch_size``).
         norm: ``"freeze"`` or ``"train"``, as in :func:`xfreeze.freeze`.
     """
+
     at: int
     freeze: tuple = ()
     unfreeze: tuple = ()
@@ -80,8 +82,9 @@ class StagedUnfreeze:
         (0, 2, 2)
     """
 
-    def __init__(self, model, optimizer, stages, *, unit: str = "epoch", scheduler=None, backend: str | None = None,
-                 rewrap=None):
+    def __init__(
+        self, model, optimizer, stages, *, unit: str = "epoch", scheduler=None, backend: str | None = None, rewrap=None
+    ):
         self.adapter = adapter_for(model, backend)
         check_choice("unit", unit, UNITS)
         self.model, self.unit = model, unit
@@ -95,7 +98,7 @@ class StagedUnfreeze:
             _check.remember(model, optimizer)
         elif scheduler is not None:
             raise XFreezeError("scheduler= needs optimizer=: give both to StagedUnfreeze.attach")
-        self.applied = 0           # how many stages have been applied
+        self.applied = 0  # how many stages have been applied
         self.position: int | None = None
 
     def attach(self, optimizer, scheduler=None) -> None:
@@ -109,13 +112,17 @@ class StagedUnfreeze:
         self._check_scheduler(scheduler)
         config = self._config(optimizer)
         held = self.adapter.optimizer_param_ids(optimizer)
-        stale = [e.name for e in _select.walk(self.adapter, self.model)
-                 if id(e.param) in held and not self.adapter.is_trainable(e.param)]
+        stale = [
+            e.name
+            for e in _select.walk(self.adapter, self.model)
+            if id(e.param) in held and not self.adapter.is_trainable(e.param)
+        ]
         if stale:
             raise XFreezeError(
                 f"the optimizer holds {len(stale)} parameters that stage 0 froze ({', '.join(stale[:3])}"
                 f"{', ...' if len(stale) > 3 else ''}): it was built before the stage could be applied. Build it "
-                "after (xfreeze.optimizer(model, ...) holds only what trains), e.g. in configure_optimizers")
+                "after (xfreeze.optimizer(model, ...) holds only what trains), e.g. in configure_optimizers"
+            )
         self.optimizer, self.scheduler, self.config = optimizer, scheduler, config
         _check.remember(self.model, optimizer)
 
@@ -140,11 +147,15 @@ class StagedUnfreeze:
         if isinstance(position, bool) or not isinstance(position, numbers.Integral):
             raise XFreezeError(f"StagedUnfreeze.step takes the {self.unit} number. Received: {position!r}")
         if self.position is not None and position < self.position:
-            raise XFreezeError(f"StagedUnfreeze.step({position}) after step({self.position}): {self.unit}s must not "
-                               "go backwards; to resume, use load_state_dict")
-        if self.optimizer is None and any(s.at <= position for s in self.stages[max(self.applied, 1):]):
-            raise XFreezeError(f"StagedUnfreeze.step({position}) reaches a stage after the first, and no optimizer "
-                               "was given: build it after step(0) and give it with attach(optimizer) first")
+            raise XFreezeError(
+                f"StagedUnfreeze.step({position}) after step({self.position}): {self.unit}s must not "
+                "go backwards; to resume, use load_state_dict"
+            )
+        if self.optimizer is None and any(s.at <= position for s in self.stages[max(self.applied, 1) :]):
+            raise XFreezeError(
+                f"StagedUnfreeze.step({position}) reaches a stage after the first, and no optimizer "
+                "was given: build it after step(0) and give it with attach(optimizer) first"
+            )
         self.position = position
         while self.applied < len(self.stages) and self.stages[self.applied].at <= position:
             self._apply(self.stages[self.applied])
@@ -157,11 +168,18 @@ class StagedUnfreeze:
         can resume bit for bit. ``optimizer=False`` leaves the optimizer and scheduler out (a training framework
         that saves them itself)."""
         with_opt = optimizer and self.optimizer is not None
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "unit": self.unit, "plan": self.plan,
-                "applied": self.applied, "position": self.position,
-                "optimizer": self.adapter.optimizer_state(self.optimizer, self.model) if with_opt else None,
-                "scheduler": self.adapter.scheduler_state(self.scheduler)
-                if with_opt and self.scheduler is not None else None}
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "unit": self.unit,
+            "plan": self.plan,
+            "applied": self.applied,
+            "position": self.position,
+            "optimizer": self.adapter.optimizer_state(self.optimizer, self.model) if with_opt else None,
+            "scheduler": self.adapter.scheduler_state(self.scheduler)
+            if with_opt and self.scheduler is not None
+            else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Re-apply the stages the saved run had reached (growing the optimizer the same way), then restore the
@@ -187,27 +205,39 @@ class StagedUnfreeze:
     def _checked_state(self, state) -> dict:
         where = "StagedUnfreeze.load_state_dict"
         if not isinstance(state, dict) or "applied" not in state:
-            raise XFreezeError(f"{where}: expected the dict StagedUnfreeze.state_dict() returns. "
-                               f"Received: {type(state).__name__}")
+            raise XFreezeError(
+                f"{where}: expected the dict StagedUnfreeze.state_dict() returns. Received: {type(state).__name__}"
+            )
         version = state.get("version", 0)
         if state.get("format", STATE_FORMAT) != STATE_FORMAT or version not in (0, STATE_VERSION):
-            raise XFreezeError(f"{where}: state format {state.get('format')!r} version {version!r} is not one this "
-                               f"xfreeze reads ({STATE_FORMAT!r} versions 0..{STATE_VERSION}); upgrade xfreeze")
+            raise XFreezeError(
+                f"{where}: state format {state.get('format')!r} version {version!r} is not one this "
+                f"xfreeze reads ({STATE_FORMAT!r} versions 0..{STATE_VERSION}); upgrade xfreeze"
+            )
         if version >= 1 and state.get("unit") != self.unit:
-            raise XFreezeError(f"{where}: the state counts {state.get('unit')}s, this StagedUnfreeze counts "
-                               f"{self.unit}s: build it with unit={state.get('unit')!r}")
+            raise XFreezeError(
+                f"{where}: the state counts {state.get('unit')}s, this StagedUnfreeze counts "
+                f"{self.unit}s: build it with unit={state.get('unit')!r}"
+            )
         if version >= 1 and state.get("plan") != self.plan:
             saved, now = state.get("plan") or [], self.plan
             i = next((k for k, (a, b) in enumerate(zip(saved, now)) if a != b), min(len(saved), len(now)))
-            raise XFreezeError(f"{where}: the checkpoint was saved with a different stage plan (first difference at "
-                               f"stages[{i}]: saved {saved[i] if i < len(saved) else 'none'}, now "
-                               f"{now[i] if i < len(now) else 'none'}); resume with the stages it was saved with")
+            raise XFreezeError(
+                f"{where}: the checkpoint was saved with a different stage plan (first difference at "
+                f"stages[{i}]: saved {saved[i] if i < len(saved) else 'none'}, now "
+                f"{now[i] if i < len(now) else 'none'}); resume with the stages it was saved with"
+            )
         applied, position = state["applied"], state.get("position")
-        if isinstance(applied, bool) or not isinstance(applied, numbers.Integral) \
-                or not self.applied <= int(applied) <= len(self.stages):
-            raise XFreezeError(f"{where}: state reached {applied!r} stages, this StagedUnfreeze has "
-                               f"{len(self.stages)} and already applied {self.applied}: build a fresh one with the "
-                               "same stages")
+        if (
+            isinstance(applied, bool)
+            or not isinstance(applied, numbers.Integral)
+            or not self.applied <= int(applied) <= len(self.stages)
+        ):
+            raise XFreezeError(
+                f"{where}: state reached {applied!r} stages, this StagedUnfreeze has "
+                f"{len(self.stages)} and already applied {self.applied}: build a fresh one with the "
+                "same stages"
+            )
         if position is not None and (isinstance(position, bool) or not isinstance(position, numbers.Integral)):
             raise XFreezeError(f"{where}: position must be an integer or None. Received: {position!r}")
         return {"optimizer": None, "scheduler": None, **state}
@@ -219,8 +249,10 @@ class StagedUnfreeze:
             expected = self._held_after(state["applied"])
             saved = self.adapter.saved_param_count(state["optimizer"])
             if saved is not None and saved != expected:
-                problem = (f"it holds {saved} parameters, re-applying {state['applied']} stages gives {expected}: it "
-                           "comes from another model or stage plan")
+                problem = (
+                    f"it holds {saved} parameters, re-applying {state['applied']} stages gives {expected}: it "
+                    "comes from another model or stage plan"
+                )
         if problem is not None:
             raise XFreezeError(f"StagedUnfreeze.load_state_dict: the optimizer state does not fit: {problem}")
 
@@ -230,7 +262,7 @@ class StagedUnfreeze:
         held = self.adapter.optimizer_param_ids(self.optimizer)
         trainable = {e.name for e in entries if self.adapter.is_trainable(e.param)}
         ever = {e.name for e in entries if id(e.param) in held}
-        for stage in self.stages[self.applied:applied]:
+        for stage in self.stages[self.applied : applied]:
             for patterns, add in ((stage.freeze, False), (stage.unfreeze, True)):
                 if not patterns:
                     continue
@@ -238,15 +270,20 @@ class StagedUnfreeze:
                 if add:
                     trainable |= {e.name for e in hits}
                 else:
-                    trainable -= {e.name for e in hits
-                                  if not (stage.norm == "train" and self.adapter.module_kind(e.module) == "norm")}
+                    trainable -= {
+                        e.name
+                        for e in hits
+                        if not (stage.norm == "train" and self.adapter.module_kind(e.module) == "norm")
+                    }
             ever |= trainable
         return len(ever)
 
     def _check_scheduler(self, scheduler) -> None:
         if scheduler is not None and not self.adapter.is_scheduler(scheduler):
-            raise XFreezeError(f"scheduler must be a learning-rate scheduler object of the model's framework (or "
-                               f"None). Received: scheduler={scheduler!r}")
+            raise XFreezeError(
+                f"scheduler must be a learning-rate scheduler object of the model's framework (or "
+                f"None). Received: scheduler={scheduler!r}"
+            )
 
     def _apply(self, stage: Stage) -> None:
         with _distributed.stage_boundary(self, stage):  # rewrap: rebuilds the wrapper when what trains changed
@@ -259,12 +296,22 @@ class StagedUnfreeze:
         if self.optimizer is None or config is None:  # the first stage, before the optimizer exists (see attach)
             return
         held = self.adapter.optimizer_param_ids(self.optimizer)
-        new = [e.name for e in _select.walk(self.adapter, self.model)
-               if self.adapter.is_trainable(e.param) and id(e.param) not in held]
+        new = [
+            e.name
+            for e in _select.walk(self.adapter, self.model)
+            if self.adapter.is_trainable(e.param) and id(e.param) not in held
+        ]
         if new:
-            groups = param_groups(self.model, lr=stage.lr or config.lr, weight_decay=config.weight_decay,
-                                  no_decay=config.no_decay, lr_mult=config.lr_mult, layer_decay=config.layer_decay,
-                                  only=new, backend=self.adapter.name)
+            groups = param_groups(
+                self.model,
+                lr=stage.lr or config.lr,
+                weight_decay=config.weight_decay,
+                no_decay=config.no_decay,
+                lr_mult=config.lr_mult,
+                layer_decay=config.layer_decay,
+                only=new,
+                backend=self.adapter.name,
+            )
             for group in groups:
                 self.adapter.add_param_group(self.optimizer, group, self.scheduler)
 
@@ -274,10 +321,13 @@ class StagedUnfreeze:
             return config
         defaults = self.adapter.optimizer_defaults(optimizer)  # an optimizer built by hand, where it can grow
         if defaults is not None:
-            return OptimizerConfig("custom", float(defaults["lr"]), float(defaults.get("weight_decay", 0.0)),
-                                   no_decay=DEFAULT_NO_DECAY)
-        raise XFreezeError(f"StagedUnfreeze needs an optimizer it can grow; {type(optimizer).__name__} was not built "
-                           f"by xfreeze. Build it with xfreeze.optimizer(model, ...)")
+            return OptimizerConfig(
+                "custom", float(defaults["lr"]), float(defaults.get("weight_decay", 0.0)), no_decay=DEFAULT_NO_DECAY
+            )
+        raise XFreezeError(
+            f"StagedUnfreeze needs an optimizer it can grow; {type(optimizer).__name__} was not built "
+            f"by xfreeze. Build it with xfreeze.optimizer(model, ...)"
+        )
 
     def _validate(self) -> None:
         if not self.stages:
@@ -290,15 +340,20 @@ class StagedUnfreeze:
                 raise XFreezeError(f"stages[{i}].at must be an integer {self.unit} >= 0. Received: at={stage.at!r}")
             if previous is not None and stage.at <= previous.at:
                 word = "overlap" if stage.at == previous.at else "are out of order"
-                raise XFreezeError(f"stages {word}: stages[{i - 1}].at={previous.at} and stages[{i}].at={stage.at}; "
-                                   "give each stage its own, increasing start")
-            if stage.lr is not None and (isinstance(stage.lr, bool) or not isinstance(stage.lr, numbers.Real)
-                                         or not stage.lr > 0):
+                raise XFreezeError(
+                    f"stages {word}: stages[{i - 1}].at={previous.at} and stages[{i}].at={stage.at}; "
+                    "give each stage its own, increasing start"
+                )
+            if stage.lr is not None and (
+                isinstance(stage.lr, bool) or not isinstance(stage.lr, numbers.Real) or not stage.lr > 0
+            ):
                 raise XFreezeError(f"stages[{i}].lr must be > 0. Received: lr={stage.lr!r}")
-            if stage.batch_size is not None and (not isinstance(stage.batch_size, numbers.Integral)
-                                                 or stage.batch_size < 1):
-                raise XFreezeError(f"stages[{i}].batch_size must be an integer >= 1. "
-                                   f"Received: batch_size={stage.batch_size!r}")
+            if stage.batch_size is not None and (
+                not isinstance(stage.batch_size, numbers.Integral) or stage.batch_size < 1
+            ):
+                raise XFreezeError(
+                    f"stages[{i}].batch_size must be an integer >= 1. Received: batch_size={stage.batch_size!r}"
+                )
             check_choice(f"stages[{i}].norm", stage.norm, NORM_MODES)
             entries = _select.walk(self.adapter, self.model)
             for patterns in (stage.freeze, stage.unfreeze):

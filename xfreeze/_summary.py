@@ -4,6 +4,7 @@ Built from the model view in one pass (per-module sums are vectorized), so a 100
 under a second. When the table would be long, repeated blocks with identical rows collapse into one
 (``blocks.0-9999 (x10000)``); ``Summary.rows`` always keeps every module, and the totals are exact.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ class ModuleRow:
     ``parameters`` counts each tensor once: a tied (shared) weight is counted in the row of its first owner, and
     ``tied`` names it in the rows of the others.
     """
+
     name: str
     type: str
     parameters: int
@@ -40,6 +42,7 @@ class ModuleRow:
 @dataclass
 class Summary:
     """What :func:`summary` shows, as data: ``rows`` per module and the whole model's ``counts``."""
+
     model: str
     rows: list[ModuleRow] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
@@ -51,13 +54,17 @@ class Summary:
         rows = self.rows if len(self.rows) <= self.max_rows else collapse(self.rows)
         sharded = any(r.on_this_rank is not None for r in rows)
         columns = ["module", "type", "kind", "parameters", "trainable", "norm"] + (["on this rank"] if sharded else [])
-        table = [[r.name or "(root)", r.type, r.kind, f"{r.parameters:,}", f"{r.trainable:,}", r.norm]
-                 + ([f"{r.on_this_rank:,}" if r.on_this_rank is not None else ""] if sharded else []) for r in rows]
+        table = [
+            [r.name or "(root)", r.type, r.kind, f"{r.parameters:,}", f"{r.trainable:,}", r.norm]
+            + ([f"{r.on_this_rank:,}" if r.on_this_rank is not None else ""] if sharded else [])
+            for r in rows
+        ]
         notes = [f"tied: {r.name} shares {', '.join(r.tied)}" for r in self.rows if r.tied][:5]
         shown = [] if rows is self.rows else [f"{len(self.rows)} modules, repeated blocks collapsed"]
         footer = shown + notes + self.counts.lines() + ([self.rank_note] if self.rank_note else [])
-        return render(f"xfreeze.summary: {self.model}", columns, table, footer) + \
-            (f"\n{self.params}" if self.params else "")
+        return render(f"xfreeze.summary: {self.model}", columns, table, footer) + (
+            f"\n{self.params}" if self.params else ""
+        )
 
     __repr__ = __str__
 
@@ -88,10 +95,16 @@ def summary(model, *, print_table: bool = True, optimizer=None, backend: str | N
     view = view_of(model, backend)
     live = view.trainable()
     size = len(view.paths)
-    total = np.bincount(view.owner_array, weights=view.numels, minlength=size).astype(np.int64) if view.names \
+    total = (
+        np.bincount(view.owner_array, weights=view.numels, minlength=size).astype(np.int64)
+        if view.names
         else np.zeros(size, dtype=np.int64)
-    trained = np.bincount(view.owner_array[live], weights=view.numels[live], minlength=size).astype(np.int64) \
-        if view.names else total
+    )
+    trained = (
+        np.bincount(view.owner_array[live], weights=view.numels[live], minlength=size).astype(np.int64)
+        if view.names
+        else total
+    )
     tied_at: dict[int, list] = {}
     for first, others in view.tied.items():
         for name in others:
@@ -102,10 +115,13 @@ def summary(model, *, print_table: bool = True, optimizer=None, backend: str | N
     if view.sharded:  # FSDP: the table counts whole tensors; this rank holds a part
         local = np.bincount(view.owner_array, weights=view.local_numels, minlength=size).astype(np.int64)
         result.rows = [replace(r, on_this_rank=int(local[view.module_index[r.name]])) for r in rows]
-        result.rank_note = (f"sharded ({view.adapter.sharding(view.model)}): this rank holds "
-                            f"{int(view.local_numels.sum()):,} of {int(view.numels.sum()):,} parameters")
+        result.rank_note = (
+            f"sharded ({view.adapter.sharding(view.model)}): this rank holds "
+            f"{int(view.local_numels.sum()):,} of {int(view.numels.sum()):,} parameters"
+        )
     if optimizer is not None:
         from ._check import param_table
+
         result.params = param_table(model, optimizer, backend=backend)
     if print_table:
         print(result)
@@ -135,22 +151,31 @@ def collapse(rows: list[ModuleRow]) -> list[ModuleRow]:
             end, members = _block_rows(rows, j, prefix)
             if end == j:
                 break
-            sig = tuple((r.name.partition(f"{prefix}{_block_of(r.name)[1]}")[2], r.type, r.parameters, r.trainable,
-                         r.norm) for r in members)
+            sig = tuple(
+                (r.name.partition(f"{prefix}{_block_of(r.name)[1]}")[2], r.type, r.parameters, r.trainable, r.norm)
+                for r in members
+            )
             if signature is not None and sig != signature:
                 break
             signature = sig
             run.append((_block_of(rows[j].name)[1], members))
             j = end
         if len(run) < 2:
-            out.extend(rows[i:max(j, i + 1)] if run else [rows[i]])
+            out.extend(rows[i : max(j, i + 1)] if run else [rows[i]])
             i = max(j, i + 1)
             continue
         members = [r for _, m in run for r in m]
         norms = sorted({r.norm for r in members if r.norm})
-        out.append(ModuleRow(f"{prefix}{run[0][0]}-{run[-1][0]} (x{len(run)})", f"{len(run[0][1])} modules each",
-                             sum(r.parameters for r in members), sum(r.trainable for r in members),
-                             "/".join(norms), ""))
+        out.append(
+            ModuleRow(
+                f"{prefix}{run[0][0]}-{run[-1][0]} (x{len(run)})",
+                f"{len(run[0][1])} modules each",
+                sum(r.parameters for r in members),
+                sum(r.trainable for r in members),
+                "/".join(norms),
+                "",
+            )
+        )
         i = j
     return out
 

@@ -9,6 +9,7 @@ and back is the same bits. numpy is used only where the user hands numpy.
 Neutral dtype names: float64, float32, float16, bfloat16, float8_e4m3fn, float8_e5m2, int64, int32, int16, int8,
 uint8, bool, complex64, complex128.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,16 +20,30 @@ from ._backend import adapter_named, tensor_backend
 from ._errors import XFreezeError
 
 # dtypes numpy cannot hold, and the unsigned integer type of the same width that carries their bits
-BIT_CARRIERS = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8,
-                "float8_e4m3fnuz": np.uint8, "float8_e5m2fnuz": np.uint8}
-FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
-                "float8_e5m2fnuz")
+BIT_CARRIERS = {
+    "bfloat16": np.uint16,
+    "float8_e4m3fn": np.uint8,
+    "float8_e5m2": np.uint8,
+    "float8_e4m3fnuz": np.uint8,
+    "float8_e5m2fnuz": np.uint8,
+}
+FLOAT_DTYPES = (
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+)
 
 
 @dataclass(frozen=True)
 class Raw:
     """A tensor's exact contents outside any framework: ``bits`` is a C-contiguous numpy array of ``shape`` whose
     dtype is the real one, or, for dtypes numpy lacks, the same-width unsigned carrier (``BIT_CARRIERS``)."""
+
     bits: np.ndarray
     dtype: str
 
@@ -84,8 +99,10 @@ def to_backend(value, backend: str | None, key: str = ""):
         return to_numpy(value, key)
     adapter = adapter_named(backend)
     if raw.dtype not in adapter.DTYPES:
-        raise XFreezeError(f"tensor {key!r} has dtype {raw.dtype}, which {backend} cannot hold "
-                           f"(its dtypes: {', '.join(adapter.DTYPES)}); cast it first")
+        raise XFreezeError(
+            f"tensor {key!r} has dtype {raw.dtype}, which {backend} cannot hold "
+            f"(its dtypes: {', '.join(adapter.DTYPES)}); cast it first"
+        )
     return adapter.from_raw(raw)
 
 
@@ -93,21 +110,29 @@ def to_numpy(value, key: str = "") -> np.ndarray:
     """A numpy array of ``value``; an error naming the tensor for dtypes numpy cannot hold (bf16, fp8)."""
     raw = to_raw(value, key)
     if raw.dtype in BIT_CARRIERS:
-        raise XFreezeError(f"tensor {key!r} is {raw.dtype}, which numpy cannot hold; keep it as a torch or Paddle "
-                           "tensor, or save it in a format that keeps it (.safetensors, .pt, .pdparams)")
+        raise XFreezeError(
+            f"tensor {key!r} is {raw.dtype}, which numpy cannot hold; keep it as a torch or Paddle "
+            "tensor, or save it in a format that keeps it (.safetensors, .pt, .pdparams)"
+        )
     return raw.bits
 
 
 def same_bits(a, b) -> bool:
     """True when two values (any frameworks) have the same dtype, shape and bits."""
     ra, rb = to_raw(a), to_raw(b)
-    return ra.dtype == rb.dtype and ra.shape == rb.shape and np.array_equal(
-        ra.bits.view(_carrier(ra.bits)), rb.bits.view(_carrier(rb.bits)))
+    return (
+        ra.dtype == rb.dtype
+        and ra.shape == rb.shape
+        and np.array_equal(ra.bits.view(_carrier(ra.bits)), rb.bits.view(_carrier(rb.bits)))
+    )
 
 
 def _carrier(bits: np.ndarray):
-    return {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.complex128}[bits.dtype.itemsize] \
-        if bits.dtype.kind != "b" else np.bool_
+    return (
+        {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.complex128}[bits.dtype.itemsize]
+        if bits.dtype.kind != "b"
+        else np.bool_
+    )
 
 
 def transpose(value):

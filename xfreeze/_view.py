@@ -7,6 +7,7 @@ asked for. Trainability is *not* part of the view (it is read live through the a
 invalidates it; anything that changes structure does (``replace_head``, a user assigning a new module or
 parameter), and is detected by a cheap identity check of modules and parameters on each use.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -21,12 +22,13 @@ from ._backend import adapter_for
 @dataclass
 class Walk:
     """What an adapter's ``walk(model)`` returns: raw structure, in model order (parents before children)."""
-    inner: object                 # the model inside any wrappers
-    wrappers: list                # wrapper class names, outermost first
-    modules: list                 # [(clean path, module)], root "" first, wrapper modules left out
-    params: list                  # [(module index, local name, tensor)], every registration (tied ones repeat)
-    stats: list                   # [(module index, neutral local name, tensor, state-dict local name)]: norm statistics
-    token: tuple                  # identity of modules and parameters, to tell a stale view
+
+    inner: object  # the model inside any wrappers
+    wrappers: list  # wrapper class names, outermost first
+    modules: list  # [(clean path, module)], root "" first, wrapper modules left out
+    params: list  # [(module index, local name, tensor)], every registration (tied ones repeat)
+    stats: list  # [(module index, neutral local name, tensor, state-dict local name)]: norm statistics
+    token: tuple  # identity of modules and parameters, to tell a stale view
 
 
 class ModelView:
@@ -39,7 +41,10 @@ class ModelView:
         self.modules = [m for _, m in walk.modules]
         self.module_index = {p: i for i, p in enumerate(self.paths)}
         self.registered = [(mi, local, t) for mi, local, t in walk.params]  # every registration, tied ones too
-        self.params, self.names, self.owner, self.tied = [], [], [], {}
+        self.params: list = []
+        self.names: list[str] = []
+        self.owner: list[int] = []
+        self.tied: dict[str, list[str]] = {}
         first: dict[int, int] = {}
         for mi, local, tensor in walk.params:
             name = _join(self.paths[mi], local)
@@ -52,8 +57,8 @@ class ModelView:
             self.names.append(name)
             self.owner.append(mi)
         self.index = {n: i for i, n in enumerate(self.names)}
-        self.stat_names = [_join(self.paths[mi], local) for mi, local, _, _ in walk.stats]      # neutral names
-        self.stat_keys = [_join(self.paths[mi], native) for mi, _, _, native in walk.stats]    # state-dict keys
+        self.stat_names = [_join(self.paths[mi], local) for mi, local, _, _ in walk.stats]  # neutral names
+        self.stat_keys = [_join(self.paths[mi], native) for mi, _, _, native in walk.stats]  # state-dict keys
         self.stat_tensors = [t for _, _, t, _ in walk.stats]
         self.stat_owner = [mi for mi, _, _, _ in walk.stats]
 

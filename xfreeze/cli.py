@@ -2,6 +2,7 @@
 
 Errors are one line on stderr and a non-zero exit status.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
         return 0
     except OSError as exc:  # disk full, read-only file system, permission: one line, never a traceback
         import errno
+
         code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         where = f" {exc.filename!r}" if exc.filename else ""
         return _fail(f"cannot access{where}: {exc.strerror or exc} ({code})")
@@ -38,58 +40,95 @@ def main(argv=None) -> int:
 
 def _fail(message: str) -> int:
     from ._checkpoint import plain
+
     print(f"xfreeze: error: {plain(' '.join(message.split()))}", file=sys.stderr)
     return 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xfreeze", description="Plan, inspect and convert fine-tuning setups in "
-                                     "PyTorch and PaddlePaddle.")
+    parser = argparse.ArgumentParser(
+        prog="xfreeze", description="Plan, inspect and convert fine-tuning setups in PyTorch and PaddlePaddle."
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    plan = sub.add_parser("plan", help="show what would train, with exact bytes, before any training",
-                          description="Build a named model and print, per module, what would train and the exact "
-                                      "bytes of parameters, gradients and optimizer state, frozen vs trainable.")
-    plan.add_argument("model", help="torchvision / paddle.vision name (resnet50), a timm name when timm is "
-                                    "installed, or module:callable returning a model")
-    plan.add_argument("--freeze", nargs="+", default=[], metavar="PATTERN",
-                      help="patterns to freeze, e.g. '*' '!layer4' '!fc' (see the README's selector language)")
-    plan.add_argument("--norm", choices=["freeze", "train"], default="freeze",
-                      help="norm layers inside the frozen region: locked (freeze) or trainable (train)")
+    plan = sub.add_parser(
+        "plan",
+        help="show what would train, with exact bytes, before any training",
+        description="Build a named model and print, per module, what would train and the exact "
+        "bytes of parameters, gradients and optimizer state, frozen vs trainable.",
+    )
+    plan.add_argument(
+        "model",
+        help="torchvision / paddle.vision name (resnet50), a timm name when timm is "
+        "installed, or module:callable returning a model",
+    )
+    plan.add_argument(
+        "--freeze",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="patterns to freeze, e.g. '*' '!layer4' '!fc' (see the README's selector language)",
+    )
+    plan.add_argument(
+        "--norm",
+        choices=["freeze", "train"],
+        default="freeze",
+        help="norm layers inside the frozen region: locked (freeze) or trainable (train)",
+    )
     plan.add_argument("--head", type=int, metavar="N", help="replace the classification head with N classes")
-    plan.add_argument("--optimizer", choices=sorted(OPTIMIZER_STATES), default="sgd",
-                      help="optimizer whose state to count: sgd (with momentum), adam, adamw (default sgd)")
-    plan.add_argument("--backend", choices=["torch", "paddle"], help="framework to build the model in "
-                                                                       "(default: torch if installed, else paddle)")
+    plan.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZER_STATES),
+        default="sgd",
+        help="optimizer whose state to count: sgd (with momentum), adam, adamw (default sgd)",
+    )
+    plan.add_argument(
+        "--backend",
+        choices=["torch", "paddle"],
+        help="framework to build the model in (default: torch if installed, else paddle)",
+    )
     # issue 12: the per-parameter audit of optimizer groups, absolute learning rates and weight decay
-    plan.add_argument("--params", action="store_true", help="also print, per parameter, the optimizer group, "
-                                                             "absolute learning rate and weight decay")
+    plan.add_argument(
+        "--params",
+        action="store_true",
+        help="also print, per parameter, the optimizer group, absolute learning rate and weight decay",
+    )
     plan.add_argument("--lr", type=float, default=1e-3, help="base learning rate for --params (default 1e-3)")
     plan.add_argument("--weight-decay", type=float, default=0.0, help="weight decay for --params (default 0)")
     plan.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay for --params, in (0, 1]")
     plan.set_defaults(run=_plan)
 
-    inspect = sub.add_parser("inspect", help="format, framework, keys, shapes, dtypes and size of a checkpoint",
-                             description="Read a checkpoint safely (no code runs) and describe it.")
+    inspect = sub.add_parser(
+        "inspect",
+        help="format, framework, keys, shapes, dtypes and size of a checkpoint",
+        description="Read a checkpoint safely (no code runs) and describe it.",
+    )
     inspect.add_argument("checkpoint", help=".pt/.pth/.bin, .pdparams, .safetensors or .npz file")
     inspect.add_argument("--limit", type=int, default=40, help="show at most this many keys (default 40; 0: all)")
     inspect.set_defaults(run=_inspect)
 
-    convert = sub.add_parser("convert", help="convert a checkpoint between torch and Paddle",
-                             description="Convert a checkpoint's names and layouts to the other framework and "
-                                         "print what was done.")
+    convert = sub.add_parser(
+        "convert",
+        help="convert a checkpoint between torch and Paddle",
+        description="Convert a checkpoint's names and layouts to the other framework and print what was done.",
+    )
     convert.add_argument("input", help="checkpoint to read")
-    convert.add_argument("output", help="file to write; its suffix picks the format (.pdparams, .pt, "
-                                        ".safetensors, .npz)")
+    convert.add_argument(
+        "output", help="file to write; its suffix picks the format (.pdparams, .pt, .safetensors, .npz)"
+    )
     convert.add_argument("--to", required=True, choices=["paddle", "torch"], help="target framework")
-    convert.add_argument("--arch", help="target architecture (resnet18 ... resnet152, or a torchvision / "
-                                        "paddle.vision name): layouts are then decided from that model, not guessed")
+    convert.add_argument(
+        "--arch",
+        help="target architecture (resnet18 ... resnet152, or a torchvision / "
+        "paddle.vision name): layouts are then decided from that model, not guessed",
+    )
     convert.set_defaults(run=_convert)
     return parser
 
 
 def build_model(name: str, backend: str | None):
     from ._backend import adapter_named
+
     backend = backend or ("torch" if importlib.util.find_spec("torch") else "paddle")
     if ":" in name:
         module, _, attr = name.partition(":")
@@ -101,13 +140,16 @@ def build_model(name: str, backend: str | None):
     adapter = adapter_named(backend)
     model = adapter.build_named_model(name)
     if model is None:
-        raise XFreezeError(f"unknown model {name!r} for {backend}: not {adapter.model_zoo}"
-                           f"{_did_you_mean(name, adapter.model_names())} Or pass module:callable")
+        raise XFreezeError(
+            f"unknown model {name!r} for {backend}: not {adapter.model_zoo}"
+            f"{_did_you_mean(name, adapter.model_names())} Or pass module:callable"
+        )
     return model
 
 
 def _did_you_mean(name: str, names) -> str:
     import difflib
+
     close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
     return f". Did you mean {' or '.join(map(repr, close))}?" if close else "."
 
@@ -116,6 +158,7 @@ def _plan(args) -> None:
     import xfreeze
     from ._backend import adapter_for
     from ._table import human_bytes, render
+
     model = build_model(args.model, args.backend)
     adapter = adapter_for(model)
     if args.head is not None:
@@ -129,21 +172,50 @@ def _plan(args) -> None:
     for r in summary.rows:
         size = element[r.name]
         trainable_bytes, frozen_bytes = r.trainable * size, r.frozen * size
-        rows.append([r.name or "(root)", r.type, f"{r.parameters:,}", f"{r.trainable:,}",
-                     f"{frozen_bytes:,}",
-                     f"{trainable_bytes:,}", f"{trainable_bytes:,}", f"{trainable_bytes * states:,}", r.norm])
+        rows.append(
+            [
+                r.name or "(root)",
+                r.type,
+                f"{r.parameters:,}",
+                f"{r.trainable:,}",
+                f"{frozen_bytes:,}",
+                f"{trainable_bytes:,}",
+                f"{trainable_bytes:,}",
+                f"{trainable_bytes * states:,}",
+                r.norm,
+            ]
+        )
         for i, value in enumerate((frozen_bytes, trainable_bytes, trainable_bytes, trainable_bytes * states)):
             totals[i] += value
-    footer = [f"{summary.model}: {summary.counts.trainable:,} of {summary.counts.total:,} parameters train",
-              f"bytes: frozen parameters {totals[0]:,} ({human_bytes(totals[0])}); trainable parameters "
-              f"{totals[1]:,}; gradients {totals[2]:,}; {args.optimizer} state {totals[3]:,}; "
-              f"training total {sum(totals[1:]):,} ({human_bytes(sum(totals[1:]))})"]
-    print(render(f"xfreeze plan: {args.model} ({adapter.name})",
-                 ["module", "type", "params", "trainable", "frozen bytes", "param bytes", "grad bytes",
-                  f"{args.optimizer} state bytes", "norm"], rows, footer, width=170))
+    footer = [
+        f"{summary.model}: {summary.counts.trainable:,} of {summary.counts.total:,} parameters train",
+        f"bytes: frozen parameters {totals[0]:,} ({human_bytes(totals[0])}); trainable parameters "
+        f"{totals[1]:,}; gradients {totals[2]:,}; {args.optimizer} state {totals[3]:,}; "
+        f"training total {sum(totals[1:]):,} ({human_bytes(sum(totals[1:]))})",
+    ]
+    print(
+        render(
+            f"xfreeze plan: {args.model} ({adapter.name})",
+            [
+                "module",
+                "type",
+                "params",
+                "trainable",
+                "frozen bytes",
+                "param bytes",
+                "grad bytes",
+                f"{args.optimizer} state bytes",
+                "norm",
+            ],
+            rows,
+            footer,
+            width=170,
+        )
+    )
     if args.params:
-        opt = xfreeze.optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                                layer_decay=args.layer_decay)
+        opt = xfreeze.optimizer(
+            model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay
+        )
         print(xfreeze.param_table(model, opt))
 
 
@@ -156,12 +228,15 @@ def _element_size(adapter, model, path: str) -> int:
 def _inspect(args) -> None:
     from ._checkpoint import describe, load_checkpoint
     from ._table import human_bytes, render
+
     info = describe(load_checkpoint(args.checkpoint))
     shown = info["tensors"] if args.limit == 0 else info["tensors"][: args.limit]
     # key names and metadata are data, never markup or terminal escapes: render() escapes every cell and line
     rows = [[k, "x".join(map(str, shape)) or "scalar", dtype] for k, shape, dtype in shown]
-    footer = [f"format: {info['format']}; framework: {info['framework'] or 'unknown'}; {info['keys']} keys; "
-              f"{info['bytes']:,} bytes ({human_bytes(info['bytes'])})"]
+    footer = [
+        f"format: {info['format']}; framework: {info['framework'] or 'unknown'}; {info['keys']} keys; "
+        f"{info['bytes']:,} bytes ({human_bytes(info['bytes'])})"
+    ]
     if len(shown) < info["keys"]:
         footer.append(f"... {info['keys'] - len(shown)} more keys (--limit 0 shows all)")
     footer += [f"note: {note}" for key, note in info["notes"] if not key]
@@ -172,6 +247,7 @@ def _convert(args) -> None:
     from ._checkpoint import load_checkpoint, save_checkpoint
     from ._convert import convert
     from ._table import render
+
     state = load_checkpoint(args.input)
     if state.framework == args.to:
         raise XFreezeError(f"{args.input} already holds {args.to} names; nothing to convert")
@@ -183,9 +259,14 @@ def _convert(args) -> None:
         kind = note.split(":")[0].split(" to ")[0].split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
     rows = [[kind, n] for kind, n in sorted(counts.items())]
-    print(render(f"xfreeze convert: {args.input} -> {args.output} ({args.to})",
-                 ["what was done", "keys"], rows,
-                 [f"{len(out)} keys written; unplaced: {len(getattr(out, 'unplaced', []))}"]))
+    print(
+        render(
+            f"xfreeze convert: {args.input} -> {args.output} ({args.to})",
+            ["what was done", "keys"],
+            rows,
+            [f"{len(out)} keys written; unplaced: {len(getattr(out, 'unplaced', []))}"],
+        )
+    )
 
 
 if __name__ == "__main__":

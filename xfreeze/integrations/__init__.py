@@ -14,6 +14,7 @@ imports no framework:
 All three run the same :class:`xfreeze.StagedUnfreeze` (and optionally :class:`xfreeze.EMA`) through
 :class:`Staging`; they differ only in where the framework lets them hook in.
 """
+
 from __future__ import annotations
 
 from ._staging import Staging

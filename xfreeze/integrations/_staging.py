@@ -2,6 +2,7 @@
 
 Framework-free: the callbacks in the sibling modules only decide *when* to call these methods.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,20 +87,27 @@ class Staging:
         """Progress of the stages (plan and version included) and the EMA; not the optimizer, which the
         framework saves itself."""
         staged = self._need_prepared("state_dict")
-        return {"format": STATE_FORMAT, "version": STATE_VERSION,
-                "staged": staged.state_dict(optimizer=False),
-                "ema": self.ema.state_dict() if self.ema is not None else None}
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "staged": staged.state_dict(optimizer=False),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        }
 
     def load_state_dict(self, state) -> None:
         """Check ``state`` at once (format, version, stage plan); apply it now if the optimizer is attached, else
         when it is."""
         staged = self._need_prepared("load_state_dict")
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise XFreezeError(f"not an xfreeze staging state (expected format {STATE_FORMAT!r}); was the checkpoint "
-                               "written with the xfreeze callback?")
+            raise XFreezeError(
+                f"not an xfreeze staging state (expected format {STATE_FORMAT!r}); was the checkpoint "
+                "written with the xfreeze callback?"
+            )
         if state.get("version") != STATE_VERSION:
-            raise XFreezeError(f"staging state version {state.get('version')!r} is not one this xfreeze reads "
-                               f"({STATE_VERSION}); upgrade xfreeze")
+            raise XFreezeError(
+                f"staging state version {state.get('version')!r} is not one this xfreeze reads "
+                f"({STATE_VERSION}); upgrade xfreeze"
+            )
         staged._checked_state(state["staged"])  # a different stage plan fails here, before training starts
         if (state.get("ema") is None) != (self.ema is None):
             saved = "None" if state.get("ema") is None else "a decay"
@@ -112,6 +120,7 @@ class Staging:
     def ride_in_optimizer_state(self) -> None:
         """Save this state inside the optimizer's own state dict and restore it first when that is loaded, for
         frameworks that save and load the optimizer but offer callbacks no hook in between."""
+
         def save(state):
             state[STATE_KEY] = {**self.state_dict(), "keys": sorted(state)}
             return state
@@ -126,6 +135,7 @@ class Staging:
                 state = {k: v for k, v in state.items() if k in keys}
                 self.load_state_dict(saved)
             return state
+
         staged = self._need_prepared("ride_in_optimizer_state")
         staged.adapter.register_state_hooks(staged.optimizer, save, load)
 
@@ -161,8 +171,11 @@ class TrainerEvents:
         if model is None:
             raise XFreezeError("xfreeze Finetuning needs the Trainer's model; build the Trainer with model=...")
         self.staging.prepare(model)
-        if self.input_grads_for_checkpointing and getattr(args, "gradient_checkpointing", False) \
-                and hasattr(model, "enable_input_require_grads"):
+        if (
+            self.input_grads_for_checkpointing
+            and getattr(args, "gradient_checkpointing", False)
+            and hasattr(model, "enable_input_require_grads")
+        ):
             model.enable_input_require_grads()
         if optimizer is not None and not self.staging.attached:
             self.staging.attach(self.unwrap(optimizer), lr_scheduler)

@@ -6,6 +6,7 @@ state dict (``.pdopt``); the staging state rides inside it and ``paddle.Model.lo
 stages reached, growing the optimizer) before the optimizer state loads. ``fit`` counts epochs from 0 on every
 call; the callback keeps its own count, carried over by ``load``, so a resumed ``fit`` continues the schedule.
 """
+
 from __future__ import annotations
 
 import paddle
@@ -103,7 +104,9 @@ def _minimize_by_groups(opt) -> None:
     # core.eager.get_all_grads and fails ("must be list of Tensor, but got dict"), so no grouped optimizer can
     # train under hapi. step() walks the groups (gradients are already there: hapi ran loss.backward()).
     if opt._param_groups and isinstance(opt._param_groups[0], dict):
+
         def minimize(loss, startup_program=None, parameters=None, no_grad_set=None):
             opt.step()
             return [], []
+
         opt.minimize = minimize

@@ -7,6 +7,7 @@ against the stage plan; ``on_fit_start`` runs after the optimizer exists and *be
 optimizer and scheduler state, so the stages the saved run had reached are re-applied there (groups regrown in the
 same order), and Lightning's own restore then fits. BaseFinetuning instead re-applies nothing (Lightning #21901).
 """
+
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -62,13 +63,15 @@ class Finetuning(pl.Callback):
                 f"xfreeze Finetuning cannot unfreeze parameters mid-run under {type(trainer.strategy).__name__} "
                 f"(stages at {[s.at for s in later]} unfreeze): the wrapper would not reduce their gradients.\n"
                 "HINT: run the staged schedule on one device (devices=1, strategy='auto'); under DDP, unfreeze "
-                "between fits instead (xfreeze.unfreeze, then a new Trainer, which wraps the model anew)")
+                "between fits instead (xfreeze.unfreeze, then a new Trainer, which wraps the model anew)"
+            )
         self.staging.prepare(pl_module)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if len(trainer.optimizers) != 1:
-            raise XFreezeError(f"xfreeze Finetuning drives one optimizer; configure_optimizers returned "
-                               f"{len(trainer.optimizers)}")
+            raise XFreezeError(
+                f"xfreeze Finetuning drives one optimizer; configure_optimizers returned {len(trainer.optimizers)}"
+            )
         optimizer = trainer.optimizers[0]
         configs = [c for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
         self.staging.attach(optimizer, configs[0].scheduler if configs else None)

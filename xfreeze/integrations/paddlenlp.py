@@ -10,6 +10,7 @@ PaddleNLP's default optimizer is built over ``model.parameters()``, frozen ones 
 stage by stage; pass ``optimizers=staging.optimizers(...)``. Not covered: sharding / hybrid parallel (PaddleNLP
 refuses ``optimizers=`` there) and unified checkpoints.
 """
+
 from __future__ import annotations
 
 import paddle

@@ -11,6 +11,7 @@ checkpointed block whose inputs need no gradient gives its parameters none; froz
 With ``args.gradient_checkpointing`` the callback calls the model's ``enable_input_require_grads()`` (the
 embeddings' output then requires a gradient, the embeddings themselves stay frozen).
 """
+
 from __future__ import annotations
 
 from transformers import TrainerCallback
@@ -51,8 +52,17 @@ class Finetuning(TrainerEvents, TrainerCallback):
         """The torch optimizer inside accelerate's ``AcceleratedOptimizer``."""
         return getattr(optimizer, "optimizer", optimizer)
 
-    def optimizers(self, model, name="adamw", *, lr: float, scheduler: str | None = "linear",
-                   num_training_steps: int | None = None, warmup_steps: int = 0, **options):
+    def optimizers(
+        self,
+        model,
+        name="adamw",
+        *,
+        lr: float,
+        scheduler: str | None = "linear",
+        num_training_steps: int | None = None,
+        warmup_steps: int = 0,
+        **options,
+    ):
         """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``: stage 0 applied first, then
         :func:`xfreeze.optimizer` (``lr_mult``, ``no_decay``, ``layer_decay``, any optimizer class) and a
         ``transformers.get_scheduler`` schedule; both grow at stage boundaries and resume exactly.
@@ -67,6 +77,7 @@ class Finetuning(TrainerEvents, TrainerCallback):
             tuple: ``(optimizer, scheduler)``.
         """
         from transformers import get_scheduler
+
         self.staging.prepare(model)
         opt = build_optimizer(model, name, lr=lr, backend="torch", **options)
         sched = None
