@@ -32,7 +32,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test-thorough: $(STAMP)
-	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -m "not sweep"
+	$(PY) -m pytest -q -m sweep
 
 examples: $(STAMP)
 	for b in torch paddle; do $(PY) examples/resnet_transfer.py --backend $$b && $(PY) examples/ernie_classify.py --backend $$b || exit 1; done
@@ -42,6 +43,8 @@ bench: $(STAMP)
 	$(PY) bench/ema.py
 	$(PY) bench/train_step.py
 	$(PY) bench/convert.py
+	$(PY) bench/delta.py
+	$(PY) bench/rewrap.py
 
 # Rewrite the resolved part of constraints.txt from the current environment (after changing a direct pin).
 lock: $(STAMP)
