@@ -88,6 +88,10 @@ def main():
 
         _view.invalidate(model)
         cold = best(lambda: (_view.invalidate(model), xfreeze.select(model, "head")), 1)
+        _view.invalidate(model)
+        first = best(lambda: xfreeze.freeze(model, "*", "!head"), 1)
+        hand = best(lambda: hand_freeze(model), 1)
+        print(f"{size:>8} {'1st freeze':>9} {hand:>9.4f} {first:>10.4f} {first / hand:>6.2f}   (with the view build)")
         s = best(lambda: xfreeze.summary(model, print_table=False), repeat)
         text = str(xfreeze.summary(model, print_table=False))
         print(f"{size:>8} {'view':>9} {'':>9} {cold:>10.4f}   (first call: builds the view)")

@@ -10,7 +10,9 @@ parameter), and is detected by a cheap identity check of modules and parameters 
 
 from __future__ import annotations
 
+import gc
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -192,12 +194,24 @@ def view_of(model, backend: str | None = None) -> ModelView:
         cached = None
     if cached is not None and cached.adapter is adapter and adapter.structure_token(model) == cached.token:
         return cached
-    view = ModelView(model, adapter, adapter.walk(model))
+    with _gc_paused():  # a walk allocates one small tuple per tensor: on 100k tensors the collector's passes
+        view = ModelView(model, adapter, adapter.walk(model))  # over a large heap cost more than the walk itself
     try:
         _cache[model] = view
     except TypeError:
         pass
     return view
+
+
+@contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def invalidate(model) -> None:
