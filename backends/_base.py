@@ -244,6 +244,15 @@ class Adapter:
         """``(in_features, out_features, has_bias)`` of a Linear layer."""
         _todo(self, "linear_features")
 
+    def conv_head_features(self, module) -> tuple | None:
+        """``(in_channels, out_channels)`` of a 1x1, ungrouped 2-D convolution (a conv classifier such as
+        SqueezeNet's), else None."""
+        _todo(self, "conv_head_features")
+
+    def new_conv_head(self, like, out_channels: int, init: str):
+        """A new 1x1 convolution with ``like``'s input channels, bias setting, device and dtype."""
+        _todo(self, "new_conv_head")
+
     def update_label_count(self, model, n: int) -> None:
         """After a head replacement: the model's own record of its class count follows (transformers
         ``config.num_labels`` / ``id2label``, PaddleNLP and timm ``num_classes``)."""

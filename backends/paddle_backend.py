@@ -253,6 +253,22 @@ class PaddleAdapter(_Distributed, Adapter):
             if isinstance(getattr(model, attr, None), int) and not isinstance(getattr(model, attr), bool):
                 setattr(model, attr, n)
 
+    def conv_head_features(self, module):
+        if not isinstance(module, nn.Conv2D) or module._groups not in (1, None):
+            return None
+        out_channels, in_channels, kh, kw = module.weight.shape  # Paddle conv weights share torch's layout
+        return (in_channels, out_channels) if (kh, kw) == (1, 1) else None
+
+    def new_conv_head(self, like, out_channels: int, init: str):
+        in_channels, _ = self.conv_head_features(like)
+        layer = nn.Conv2D(in_channels, out_channels, 1, bias_attr=None if like.bias is not None else False)
+        if init != "default":
+            with paddle.no_grad():
+                _INITS[init]()(layer.weight)
+                if layer.bias is not None:
+                    nn.initializer.Constant(0.0)(layer.bias)
+        return layer.to(device=like.weight.place, dtype=like.weight.dtype)
+
     def new_linear(self, like, out_features: int, init: str):
         in_features, _, has_bias = self.linear_features(like)
         layer = nn.Linear(in_features, out_features, bias_attr=None if has_bias else False)

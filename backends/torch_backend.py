@@ -305,6 +305,20 @@ class TorchAdapter(_Distributed, Adapter):
             if isinstance(getattr(model, attr, None), int) and not isinstance(getattr(model, attr), bool):
                 setattr(model, attr, n)
 
+    def conv_head_features(self, module):
+        ok = isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1) and module.groups == 1
+        return (module.in_channels, module.out_channels) if ok else None
+
+    def new_conv_head(self, like, out_channels: int, init: str):
+        w = like.weight
+        layer = nn.Conv2d(like.in_channels, out_channels, 1, bias=like.bias is not None, device=w.device, dtype=w.dtype)
+        if init != "default":
+            with torch.no_grad():
+                _INITS[init](layer.weight)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        return layer
+
     def new_linear(self, like, out_features: int, init: str):
         w = like.weight
         layer = nn.Linear(like.in_features, out_features, bias=like.bias is not None, device=w.device, dtype=w.dtype)

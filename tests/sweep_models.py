@@ -67,7 +67,7 @@ def torchvision_case(name: str) -> Case:
             kwargs.update(aux_logits=True, init_weights=False)
         model = torchvision.models.get_model(name, **kwargs)
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        return model, {"x": x}, "keep:classifier.1" if name.startswith("squeezenet") else "auto"
+        return model, {"x": x}, "auto"
 
     return Case(f"torchvision-{name}", "torch", build)
 
@@ -80,7 +80,7 @@ def paddle_vision_case(name: str) -> Case:
         size = PV_SIZES.get(name, 64)
         model = getattr(models, name)(num_classes=10)
         x = paddle.to_tensor(np.random.RandomState(0).randn(2, 3, size, size).astype("float32"))
-        return model, {"x": x}, "keep:_conv9" if name.startswith("squeezenet") else "auto"
+        return model, {"x": x}, "auto"
 
     return Case(f"paddle.vision-{name}", "paddle", build)
 
@@ -350,11 +350,8 @@ def run_case(case: Case) -> dict:
     model, inputs, head = case.build()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if head.startswith("keep:"):  # a 1x1-conv classifier (SqueezeNet): replace_head takes linear layers only
-            heads = [head[5:]]
-        else:
-            new = xfreeze.replace_head(model, NUM_CLASSES, head=head)
-            heads = _heads_of(model, new if isinstance(new, list) else [new])
+        new = xfreeze.replace_head(model, NUM_CLASSES, head=head)  # SqueezeNet: a new 1x1-conv classifier
+        heads = _heads_of(model, new if isinstance(new, list) else [new])
     xfreeze.freeze(model, "*")
     xfreeze.unfreeze(model, *heads)
     step = _torch_step if case.framework == "torch" else _paddle_step

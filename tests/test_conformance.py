@@ -195,3 +195,22 @@ def test_head_label_count_follows(name):
     model.num_classes = 3
     adapter.update_label_count(model, 7)
     assert model.num_classes == 7
+
+
+def test_conv_classifier_heads(name):
+    adapter, model = adapter_named(name), kit(name).build(CNN, "float64")
+    view = view_of(model)
+    conv3x3 = view.modules[view.module_index["0"]]
+    assert adapter.conv_head_features(conv3x3) is None  # a 3x3 convolution is no conv classifier
+    one = adapter.new_conv_head(_conv1x1(name), 7, "zeros")
+    assert adapter.conv_head_features(one) == (4, 7) and adapter.tensor_dtype(one.weight) == "float32"
+
+
+def _conv1x1(name):
+    if name == "torch":
+        import torch
+
+        return torch.nn.Conv2d(4, 3, 1)
+    import paddle
+
+    return paddle.nn.Conv2D(4, 3, 1)

@@ -157,3 +157,23 @@ def test_replace_head_errors_leave_the_model_unchanged(fw):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         xfreeze.replace_head(model, 3, head="1")  # one head: no warning
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_squeezenet_conv_classifier_is_replaced(framework):
+    """SqueezeNet classifies with a 1x1 convolution (torchvision classifier.1, paddle.vision _conv9): auto finds it
+    by the model's num_classes and puts a new 1x1 convolution there."""
+    if framework == "torch":
+        import torch
+        import torchvision
+
+        model = torchvision.models.squeezenet1_1()
+        new = xfreeze.replace_head(model, 7)
+        assert model.classifier[1] is new and model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    else:
+        import paddle
+
+        model = paddle.vision.models.squeezenet1_1()
+        new = xfreeze.replace_head(model, 7)
+        assert model._conv9 is new and tuple(model(paddle.randn([1, 3, 64, 64])).shape) == (1, 7)
+    assert model.num_classes == 7

@@ -9,6 +9,8 @@ How ``head="auto"`` decides (reads only the model view):
      classifiers): the last linear layer of each such block with the primary head's output size. ``auto``
      replaces **all** of them and warns which; replacing one would leave the model failing on its first forward.
   3. Else a model with exactly one linear layer uses it.
+  4. Else a model with no linear layer whose last 1x1 convolution outputs the model's ``num_classes`` (a conv
+     classifier: SqueezeNet's ``classifier.1`` / paddle.vision's ``_conv9``) gets a new 1x1 convolution there.
 Linear-kind modules that are not one plain Linear (``Conv1D``, ``Linear3D``, ``MultiheadAttention``) are never heads.
 """
 
@@ -108,7 +110,10 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
     new = []
     for path in paths:
         old = view.modules[view.module_index[path]]
-        layer = adapter.new_linear(old, int(num_classes), init)
+        if adapter.conv_head_features(old) is not None and view.kinds[view.module_index[path]] == "conv":
+            layer = adapter.new_conv_head(old, int(num_classes), init)
+        else:
+            layer = adapter.new_linear(old, int(num_classes), init)
         parent, _, attr = path.rpartition(".")
         setattr(view.modules[view.module_index[parent]], attr, layer)
         new.append(layer)
@@ -138,6 +143,8 @@ def find_heads(view, head="auto") -> list[str]:
         return sorted(found, key=view.module_index.__getitem__)
     if head == "auto":
         found, ambiguous = _auto(view, linears)
+        if not found and not linears:
+            found = _conv_classifier(view)
         if found and not ambiguous:
             return found
         what = "found no classification head" if not found else "is ambiguous (head='auto')"
@@ -180,6 +187,15 @@ def _auto(view, linears: list) -> tuple[list[str], bool]:
         last[".".join(parts[: cut + 1])] = p  # the last linear layer of each extra block
     heads = primary + [p for p in last.values() if _out(view, p) == outputs]
     return sorted(set(heads), key=view.module_index.__getitem__), False
+
+
+def _conv_classifier(view) -> list[str]:
+    """The last 1x1 convolution, when its outputs are the model's ``num_classes`` (a conv classifier)."""
+    classes = getattr(view.inner, "num_classes", None)
+    convs = [p for p, m, k in zip(view.paths, view.modules, view.kinds) if p and k == "conv"]
+    last = convs[-1] if convs else None
+    features = view.adapter.conv_head_features(view.modules[view.module_index[last]]) if last else None
+    return [last] if features is not None and isinstance(classes, int) and features[1] == classes else []
 
 
 def _primary(view, linears: list, names) -> list[list[str]]:
