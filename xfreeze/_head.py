@@ -193,9 +193,10 @@ def _conv_classifier(view) -> list[str]:
     """The last 1x1 convolution, when its outputs are the model's ``num_classes`` (a conv classifier)."""
     classes = getattr(view.inner, "num_classes", None)
     convs = [p for p, m, k in zip(view.paths, view.modules, view.kinds) if p and k == "conv"]
-    last = convs[-1] if convs else None
-    features = view.adapter.conv_head_features(view.modules[view.module_index[last]]) if last else None
-    return [last] if features is not None and isinstance(classes, int) and features[1] == classes else []
+    if not convs or not isinstance(classes, int):
+        return []
+    features = view.adapter.conv_head_features(view.modules[view.module_index[convs[-1]]])
+    return [convs[-1]] if features is not None and features[1] == classes else []
 
 
 def _primary(view, linears: list, names) -> list[list[str]]:
