@@ -15,6 +15,24 @@ def keep_eval(module, args):
     module.training = False
 
 
+def relock_after(adapter, convert):
+    """Wrap a framework's ``convert_sync_batchnorm``: it builds new norm modules and drops their forward pre-hooks,
+    so the norms that were locked are locked again, by path (a frozen BatchNorm stays frozen, and a locked
+    SyncBatchNorm never syncs in forward)."""
+
+    def convert_sync_batchnorm(module, *args, **kwargs):
+        locked = {path for path, m in adapter.traverse(module) if adapter.is_norm_locked(m)}
+        out = convert(module, *args, **kwargs)
+        for path, m in adapter.traverse(out):
+            if path in locked and not adapter.is_norm_locked(m):
+                adapter.lock_norm(m)
+        return out
+
+    convert_sync_batchnorm.__wrapped__ = convert  # type: ignore[attr-defined]
+    convert_sync_batchnorm.__doc__ = convert.__doc__
+    return convert_sync_batchnorm
+
+
 def _todo(self, what: str) -> NoReturn:
     raise NotImplementedError(f"{type(self).__name__} does not implement {what}, which every xfreeze adapter must")
 

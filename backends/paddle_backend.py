@@ -16,7 +16,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from ._base import Adapter
+from ._base import Adapter, relock_after
 from . import kinds
 from .._errors import XFreezeError
 
@@ -639,23 +639,6 @@ def _owners(child) -> list:
     return out
 
 
-def _relock_after(convert):
-    """Paddle's convert_sync_batchnorm builds new layers and drops forward pre-hooks: re-lock the norms that were
-    locked, by path."""
-
-    def convert_sync_batchnorm(layer):
-        locked = {p for p, m in layer.named_sublayers(include_self=True) if ADAPTER.is_norm_locked(m)}
-        out = convert(layer)
-        for path, m in out.named_sublayers(include_self=True):
-            if path in locked and not ADAPTER.is_norm_locked(m):
-                ADAPTER.lock_norm(m)
-        return out
-
-    convert_sync_batchnorm.__wrapped__ = convert
-    convert_sync_batchnorm.__doc__ = convert.__doc__
-    return convert_sync_batchnorm
-
-
 if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):
-    _converter = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
+    _converter = staticmethod(relock_after(ADAPTER, nn.SyncBatchNorm.convert_sync_batchnorm))
     nn.SyncBatchNorm.convert_sync_batchnorm = _converter  # type: ignore[method-assign]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._base import Adapter
+from ._base import Adapter, relock_after
 from . import kinds
 from .._errors import XFreezeError
 
@@ -605,23 +605,6 @@ def _owners(child) -> list:
     return out
 
 
-def _relock_after(convert):
-    """torch's convert_sync_batchnorm builds new modules and drops forward hooks: re-lock the norms that were locked,
-    by path, so that a frozen BatchNorm stays frozen (and a locked SyncBatchNorm never syncs in forward)."""
-
-    def convert_sync_batchnorm(module, process_group=None):
-        locked = {p for p, m in module.named_modules() if ADAPTER.is_norm_locked(m)}
-        out = convert(module, process_group)
-        for path, m in out.named_modules():
-            if path in locked and not ADAPTER.is_norm_locked(m):
-                ADAPTER.lock_norm(m)
-        return out
-
-    convert_sync_batchnorm.__wrapped__ = convert
-    convert_sync_batchnorm.__doc__ = convert.__doc__
-    return convert_sync_batchnorm
-
-
 if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):
-    _converter = staticmethod(_relock_after(nn.SyncBatchNorm.convert_sync_batchnorm))
+    _converter = staticmethod(relock_after(ADAPTER, nn.SyncBatchNorm.convert_sync_batchnorm))
     nn.SyncBatchNorm.convert_sync_batchnorm = _converter  # type: ignore[method-assign]
