@@ -172,6 +172,59 @@ def torch_staged_rewrap(rank: int) -> dict:
     }
 
 
+def torch_lightning_ddp(rank: int, root: str) -> dict:
+    """Lightning's DDP strategy with xfreeze Finetuning: a stage unfreezes backbone blocks at epoch 2 (the callback
+    rebuilds the DDP wrapper); then two resumed fits from Lightning checkpoints before and after the boundary."""
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")  # processes launched here: Lightning launches none
+    import pytorch_lightning as pl
+    from test_integrations_lightning import STAGES, Rates, data, net
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from xfreeze.integrations.lightning import Finetuning
+
+    class Wrappers(pl.Callback):  # the live DDP at every epoch start (after Finetuning ran: callbacks run in order)
+        def __init__(self):
+            self.seen = {}
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.seen[trainer.current_epoch] = trainer.strategy.model
+
+    def fit(name, ckpt=None):
+        finetuning, rates, wrappers = Finetuning(STAGES, ema=0.5), Rates(), Wrappers()
+        callbacks = [finetuning, rates, wrappers]
+        if ckpt is None:
+            callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=root, filename="{epoch}", save_top_k=-1))
+        trainer = pl.Trainer(
+            max_epochs=4,
+            accelerator="cpu",
+            devices=2,
+            strategy="ddp",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=ckpt is None,
+            callbacks=callbacks,
+            default_root_dir=os.path.join(root, name),
+        )
+        model = net()
+        start = _torch_state(model)
+        trainer.fit(model, data(), ckpt_path=None if ckpt is None else os.path.join(root, ckpt))
+        live = [wrappers.seen[e] for e in sorted(wrappers.seen)]
+        return {
+            "start": start,
+            "end": _torch_state(model),
+            "ema": {k: v.numpy().copy() for k, v in finetuning.ema.state_dict()["shadow"].items()},
+            "rates": rates.seen,
+            "ddp": all(isinstance(w, DDP) for w in live),
+            "rebuilt_at": [e for e in sorted(wrappers.seen)[1:] if wrappers.seen[e] is not wrappers.seen[e - 1]],
+            "retired": _error(lambda: live[0](data().dataset.tensors[0][:1])) if len(set(map(id, live))) > 1 else None,
+        }
+
+    out = {"run": fit("run")}
+    for ckpt in ("epoch=0.ckpt", "epoch=2.ckpt"):  # before and after the boundary
+        out[ckpt] = fit(ckpt.split(".")[0], ckpt)
+    return out
+
+
 def torch_refusals(rank: int) -> dict:
     """What is refused under DDP, before anything changes, and the freeze-mask agreement check."""
     import torch

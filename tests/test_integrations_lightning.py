@@ -160,8 +160,40 @@ def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_unfreezing_mid_run_under_ddp_is_refused_before_training(tmp_path):
-    """Run in a child process: the DDP strategy initializes a process group (gloo) in the process it runs in."""
+@pytest.mark.distributed
+def test_ddp_strategy_rebuilds_the_wrapper_at_the_boundary_and_resumes_exactly(tmp_path):
+    """2 ranks over gloo, Lightning's DDP strategy (DistributedSampler: different data on each rank)."""
+    import dist_workers as W
+
+    r0, r1 = W.launch_torch(W.torch_lightning_ddp, tmp_path, root=str(tmp_path))
+    # a training BatchNorm's running statistics are rank-local until DDP's next forward broadcasts rank 0's
+    local = ("backbone.4.running_mean", "backbone.4.running_var")
+    for key in ("run", "epoch=0.ckpt", "epoch=2.ckpt"):
+        a, b = r0[key], r1[key]
+        # identical ranks: the newly unfrozen blocks' gradients were all-reduced by the rebuilt DDP
+        assert all(np.array_equal(a["end"][k], b["end"][k]) for k in a["end"] if k not in local), key
+        assert a["ddp"] and b["ddp"], key
+    run = r0["run"]
+    assert run["rebuilt_at"] == [2]  # one new DDP, at the boundary, registering backbone.3 / backbone.4
+    assert "replaced at a stage boundary" in run["retired"]  # the DDP built at stage 0 can no longer be called
+    assert run["rates"][0] == pytest.approx([0.1, 0.1])
+    assert run["rates"][2] == pytest.approx([0.025, 0.025, 0.0025, 0.0025])
+    assert run["rates"][3] == pytest.approx([0.0125, 0.0125, 0.00125, 0.00125])
+    start, end = run["start"], run["end"]
+    for key in ("backbone.0.weight", "backbone.1.weight", "backbone.1.running_mean", "backbone.1.running_var"):
+        assert np.array_equal(start[key], end[key]), key  # never unfrozen: bitwise fixed
+    assert not np.array_equal(start["backbone.3.weight"], end["backbone.3.weight"])  # unfrozen at 2: trained
+    for ckpt in ("epoch=0.ckpt", "epoch=2.ckpt"):  # resumed on 2 ranks: bitwise the uninterrupted run
+        resumed = r0[ckpt]
+        assert all(np.array_equal(resumed["end"][k], end[k]) for k in end), ckpt
+        assert all(np.array_equal(resumed["ema"][k], run["ema"][k]) for k in run["ema"]), ckpt
+        assert resumed["rates"][3] == pytest.approx(run["rates"][3]), ckpt
+    assert r0["epoch=0.ckpt"]["rebuilt_at"] == [2]  # the boundary came live in the resumed fit
+
+
+@pytest.mark.slow
+def test_changing_what_trains_mid_run_under_fsdp_is_refused_before_training(tmp_path):
+    """Run in a child process: the strategy initializes a process group (gloo) in the process it runs in."""
     import subprocess
     import sys
 
@@ -171,13 +203,18 @@ import pytorch_lightning as pl, pytest
 from test_integrations_lightning import STAGES, data, net
 from xfreeze import XFreezeError
 from xfreeze.integrations.lightning import Finetuning
-trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, strategy="ddp", logger=False,
+class CpuFSDP(pl.strategies.FSDPStrategy):  # Lightning refuses the FSDPStrategy class itself on CPU when built;
+    pass                                    # the callback refuses at setup, before FSDP would wrap anything
+trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, strategy=CpuFSDP(), logger=False,
                      enable_progress_bar=False, enable_checkpointing=False, default_root_dir={str(tmp_path)!r},
                      callbacks=[Finetuning(STAGES)])
+model = net()
 try:
-    trainer.fit(net(), data())
+    trainer.fit(model, data())
 except XFreezeError as exc:
-    print("REFUSED", "HINT:" in str(exc), "DDPStrategy" in str(exc))
+    print("REFUSED", "HINT:" in str(exc), "CpuFSDP" in str(exc), "strategy='ddp'" in str(exc))
+print("UNTOUCHED", all(p.requires_grad for p in model.parameters()))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
-    assert "REFUSED True True" in out.stdout, out.stderr[-2000:]
+    assert "REFUSED True True True" in out.stdout, out.stdout[-1000:] + out.stderr[-2000:]
+    assert "UNTOUCHED True" in out.stdout  # refused before stage 0 froze anything

@@ -139,11 +139,31 @@ def attach(staged, rewrap) -> None:
     staged.model = adapter.unwrap_all(model) if wrappers or rewrap else model
     build_now = rewrap is not None and not wrappers and adapter.world_size() > 1
     if wrappers or build_now:  # checked before the wrapper is built: nothing is built for a refused schedule
-        _refuse_unhonoured_stages(staged, type(wrappers[0]).__name__ if wrappers else "the wrapper", rewrap)
+        wrapper = type(wrappers[0]).__name__ if wrappers else "the wrapper"
+        _refuse_unhonoured_stages(adapter, model, staged.stages, wrapper, rewrap)
     if build_now:
         staged.wrapped = rewrap(staged.model)
     if wrappers or rewrap is not None:
         check_freeze_agreement(staged.model, backend=adapter.name)
+
+
+def adopt(staged, wrapper, rewrap) -> None:
+    """A training framework wrapped ``staged.model`` itself after the first stage was applied (Lightning's DDP
+    strategy): from now on ``wrapper`` is the live wrapper and ``rewrap`` rebuilds it at every boundary that changes
+    what trains. The stages still to come are checked against the wrapper first (nothing changes on a refusal)."""
+    adapter = staged.adapter
+    if not callable(rewrap):
+        raise XFreezeError(f"rewrap must be a function that wraps the model. Received: {type(rewrap).__name__}")
+    if adapter.unwrap_all(wrapper) is not staged.model:
+        raise XFreezeError(
+            f"the {type(wrapper).__name__} given does not wrap the model these stages drive "
+            f"({type(staged.model).__name__}); give the wrapper around that model"
+        )
+    _refuse_unhonoured_stages(
+        adapter, staged.model, staged.stages, type(wrapper).__name__, rewrap, first=staged.applied
+    )
+    staged.rewrap, staged.wrapped = rewrap, wrapper
+    check_freeze_agreement(staged.model, backend=adapter.name)
 
 
 @contextmanager
@@ -169,13 +189,12 @@ def stage_boundary(staged, stage):
     check_freeze_agreement(staged.model, backend=adapter.name)
 
 
-def _refuse_unhonoured_stages(staged, wrapper: str, rewrap) -> None:
-    """Replay the stages on a copy of the trainability mask; raise before training when one would change
+def _refuse_unhonoured_stages(adapter, model, stages, wrapper: str, rewrap, first: int = 0) -> None:
+    """Replay ``stages[first:]`` on a copy of the trainability mask; raise before training when one would change
     trainability and the wrapper cannot follow."""
-    adapter, model = staged.adapter, staged.model
     entries = _select.walk(adapter, model)
     trainable = {e.name: adapter.is_trainable(e.param) for e in entries}
-    for i, stage in enumerate(staged.stages):
+    for i, stage in enumerate(stages[first:], start=first):
         for patterns, target in ((stage.freeze, False), (stage.unfreeze, True)):
             if not patterns:
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 
+from .. import _distributed
 from .._ema import EMA
 from .._errors import XFreezeError, check_choice
 from .._staged import UNITS, Stage, StagedUnfreeze
@@ -65,6 +66,16 @@ class Staging:
         self.staged.step(0)
         if self.decay is not None:
             self.ema = EMA(model, self.decay, backend=self.backend)
+
+    def adopt_wrapper(self, wrapper, rewrap) -> None:
+        """The framework wrapped the model (DDP) after :meth:`prepare`: later stages rebuild ``wrapper`` through
+        ``rewrap(plain model) -> new wrapper``; call before :meth:`attach` so that a resume rewraps too.
+
+        Raises:
+            XFreezeError: ``wrapper`` does not wrap the prepared model, or a stage still to come is one the wrapper
+                cannot follow even when rebuilt. Nothing is changed then.
+        """
+        _distributed.adopt(self._need_prepared("adopt_wrapper"), wrapper, rewrap)
 
     def attach(self, optimizer, scheduler=None) -> None:
         """Give the live optimizer (and scheduler); a state loaded earlier is applied now (groups regrown)."""

@@ -6,11 +6,18 @@ restored and before ``configure_optimizers``; so stage 0 is applied in ``setup``
 against the stage plan; ``on_fit_start`` runs after the optimizer exists and *before* Lightning loads the
 optimizer and scheduler state, so the stages the saved run had reached are re-applied there (groups regrown in the
 same order), and Lightning's own restore then fits. BaseFinetuning instead re-applies nothing (Lightning #21901).
+
+Under the DDP strategy the module is wrapped between ``setup`` and ``on_fit_start``, with what trains at stage 0.
+A DDP registers the parameters that train when it is built, so at every later boundary that changes what trains
+the callback builds a new one the way the strategy built the first (``strategy._setup_model``: same device ids and
+DDP arguments) and makes it ``strategy.model``; optimizer state is kept and the ranks stay identical. A resumed fit
+re-applies the stages reached through the same rebuild. FSDP and DeepSpeed cannot be rebuilt: refused at ``setup``.
 """
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
+from torch.nn.parallel import DistributedDataParallel
 
 from .._errors import XFreezeError
 from ._staging import Staging
@@ -27,10 +34,11 @@ class Finetuning(pl.Callback):
             step, saved in checkpoints, available as ``callback.ema``.
 
     Raises:
-        XFreezeError: at ``setup``: a stage pattern that matches nothing, a stage after the first that unfreezes
-            under a multi-process strategy (DDP, FSDP, DeepSpeed: see the HINT); at ``on_fit_start``: an optimizer built
-            before stage 0 was applied (it holds parameters stage 0 froze), more than one optimizer; on resume:
-            a checkpoint from a different stage plan. All before the first training step.
+        XFreezeError: at ``setup``: a stage pattern that matches nothing, a stage after the first that freezes or
+            unfreezes under a sharding strategy (FSDP, DeepSpeed: see the HINT; DDP is supported); at
+            ``on_fit_start``: an optimizer built before stage 0 was applied (it holds parameters stage 0 froze),
+            more than one optimizer, ranks that froze different tensors; on resume: a checkpoint from a different
+            stage plan. All before the first training step.
 
     Example:
         >>> from xfreeze import Stage
@@ -55,15 +63,17 @@ class Finetuning(pl.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        later = [s for s in self.staging.stages[1:] if s.unfreeze]
-        if later and isinstance(trainer.strategy, pl.strategies.ParallelStrategy):
-            # the wrapper (DDP, FSDP, DeepSpeed) fixes at wrap time which parameters it reduces: a parameter
-            # unfrozen later would train on each rank without its gradients being averaged
+        strategy = trainer.strategy
+        later = [s for s in self.staging.stages[1:] if s.unfreeze or s.freeze]
+        if later and isinstance(strategy, pl.strategies.ParallelStrategy) and not _rebuilds_ddp(strategy):
+            # FSDP / DeepSpeed fix at wrap time which parameters they shard, reduce and step: a parameter whose
+            # trainability changes mid-run would train on each rank without averaged gradients, or not at all
             raise XFreezeError(
-                f"xfreeze Finetuning cannot unfreeze parameters mid-run under {type(trainer.strategy).__name__} "
-                f"(stages at {[s.at for s in later]} unfreeze): the wrapper would not reduce their gradients.\n"
-                "HINT: run the staged schedule on one device (devices=1, strategy='auto'); under DDP, unfreeze "
-                "between fits instead (xfreeze.unfreeze, then a new Trainer, which wraps the model anew)"
+                f"xfreeze Finetuning cannot change what trains mid-run under {type(strategy).__name__} "
+                f"(stages at {[s.at for s in later]} freeze or unfreeze): its wrapper cannot be rebuilt.\n"
+                "HINT: use strategy='ddp' (the callback rebuilds the DDP wrapper at each boundary), or run the "
+                "staged schedule on one device (devices=1, strategy='auto'), or change what trains between fits "
+                "(xfreeze.unfreeze, then a new Trainer, which wraps the model anew)"
             )
         self.staging.prepare(pl_module)
 
@@ -72,6 +82,11 @@ class Finetuning(pl.Callback):
             raise XFreezeError(
                 f"xfreeze Finetuning drives one optimizer; configure_optimizers returned {len(trainer.optimizers)}"
             )
+        strategy = trainer.strategy
+        if _rebuilds_ddp(strategy) and isinstance(strategy.model, DistributedDataParallel):
+            # the DDP strategy wrapped the module after stage 0: each later boundary that changes what trains
+            # builds a new DDP (it registers the parameters that train then) the way the strategy built the first
+            self.staging.adopt_wrapper(strategy.model, _ddp_builder(strategy))
         optimizer = trainer.optimizers[0]
         configs = [c for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
         self.staging.attach(optimizer, configs[0].scheduler if configs else None)
@@ -98,3 +113,22 @@ class Finetuning(pl.Callback):
     def load_state_dict(self, state_dict) -> None:
         if state_dict:
             self.staging.load_state_dict(state_dict)
+
+
+def _rebuilds_ddp(strategy) -> bool:
+    """Lightning's DDP strategies (ddp, ddp_spawn, ddp_fork, ddp_notebook: one class in Lightning 2.x) build their
+    wrapper in ``_setup_model``, which the callback calls again at a boundary."""
+    return isinstance(strategy, pl.strategies.DDPStrategy) and callable(getattr(strategy, "_setup_model", None))
+
+
+def _ddp_builder(strategy):
+    """``plain module -> DDP`` as the strategy builds it (its device ids and DDP keyword arguments), made the live
+    model of the strategy: Lightning reads ``strategy.model`` at every forward and backward."""
+
+    def build(module):
+        wrapper = strategy._setup_model(module)
+        strategy.model = wrapper
+        strategy._register_ddp_hooks()  # the communication hooks the user configured (CUDA only), on the new one
+        return wrapper
+
+    return build
