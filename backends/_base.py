@@ -367,6 +367,11 @@ class Adapter:
         """A new gradient-syncing wrapper after a stage changed what trains (``build`` makes it), the old retired."""
         _todo(self, "rebuild_wrapper")
 
+    def sync_gradients_of(self, wrapper, params) -> None:
+        """Average the gradients of ``params`` over the ranks as the live ``wrapper`` (which never registered them,
+        and which xfreeze cannot replace) does for its own: a hook per parameter, once, the same on every rank."""
+        _todo(self, "sync_gradients_of")
+
     def world_size(self) -> int:
         """Processes in the default group (1 without one)."""
         _todo(self, "world_size")

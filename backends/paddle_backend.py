@@ -119,12 +119,17 @@ class _Distributed:
         parameters leaves them un-reduced (measured), and dropping the first one after a freeze crashes."""
         if old is None:
             return build(inner)
+        self.sync_gradients_of(old, newly_trainable)
+        return old
+
+    def sync_gradients_of(self, wrapper, params) -> None:
+        """A gradient hook per parameter averages it over the ranks (in backward order, the same on every rank);
+        the DataParallel stays as it is."""
         world = self.world_size()
-        for param in newly_trainable:
+        for param in params:
             if not getattr(param, "_xfreeze_grad_sync", False):
                 param.register_hook(_averaging_hook(world))
                 param._xfreeze_grad_sync = True
-        return old
 
     def world_size(self) -> int:
         return paddle.distributed.get_world_size() if paddle.distributed.is_initialized() else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import gc as _gc
+import weakref
 import copy
 import math
 import pickle
@@ -133,6 +134,26 @@ class _Distributed:
         if old is not None and old is not new:
             self.retire_wrapper(old)
         return new
+
+    def sync_gradients_of(self, wrapper, params) -> None:
+        """After each gradient accumulation, all-reduce and average the parameter's gradient (in backward order,
+        the same on every rank), except while ``wrapper`` skips synchronization (inside ``no_sync()``: gradient
+        accumulation; the accumulated gradient is averaged at the synchronizing step, as DDP does). The hook stops
+        when ``wrapper`` is gone or replaced (a DDP built later registers the parameter itself)."""
+        world, live = self.world_size(), weakref.ref(wrapper)
+
+        def average(param):
+            current = live()
+            if current is None or getattr(current, "_xfreeze_retired", False) or param.grad is None:
+                return
+            if getattr(current, "require_backward_grad_sync", True):
+                param.grad.mul_(1.0 / world)  # scaled before the sum, as DDP's reducer does it: the same bits
+                torch.distributed.all_reduce(param.grad)
+
+        for param in params:
+            if getattr(param, "_xfreeze_grad_sync", None) is None:
+                param.register_post_accumulate_grad_hook(average)
+                param._xfreeze_grad_sync = live
 
     def retire_wrapper(self, old) -> None:
         from .._errors import XFreezeError

@@ -225,6 +225,85 @@ def torch_lightning_ddp(rank: int, root: str) -> dict:
     return out
 
 
+def torch_hf_ddp(rank: int, root: str) -> dict:
+    """The Hugging Face Trainer on 2 processes (it wraps the model in DDP itself and holds the wrapper): a stage
+    unfreezes encoder layer 0 at epoch 1 (xfreeze keeps the DDP, averaging that layer's gradients by hooks); a
+    resumed fit from the checkpoint after the boundary; a stage plan that freezes after wrapping is refused."""
+    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2")  # as torchrun sets them
+    from test_integrations_hf import STAGES, CpuProcessGroupArgs, bert, dataset, weights
+
+    import transformers
+    import xfreeze
+    from xfreeze.integrations.transformers import Finetuning
+
+    def fit(name, stages=STAGES, resume=None):
+        model, staging = bert(), Finetuning(stages, ema=0.5)
+        args = CpuProcessGroupArgs(
+            output_dir=os.path.join(root, name),
+            num_train_epochs=3,
+            per_device_train_batch_size=4,
+            use_cpu=True,
+            ddp_backend="gloo",
+            report_to=[],
+            seed=0,
+            save_strategy="epoch",
+            logging_strategy="no",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = transformers.Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset(),
+            callbacks=[staging],
+            optimizers=staging.optimizers(model, "adamw", lr=2**-8, weight_decay=2**-8, num_training_steps=6),
+        )
+        start = weights(model)
+        error = _error(lambda: trainer.train(resume_from_checkpoint=resume))
+        return {
+            "start": start,
+            "end": weights(model),
+            "error": error,
+            "wrapper": type(trainer.model_wrapped).__name__,
+            "groups": len(trainer.optimizer.param_groups),
+            "ema": {k: v.numpy().copy() for k, v in staging.ema.state_dict()["shadow"].items()},
+        }
+
+    out = {"run": fit("run")}
+    out["resumed"] = fit("resumed", resume=os.path.join(root, "run", "checkpoint-4"))  # after the epoch-1 boundary
+    later_freeze = [xfreeze.Stage(0, freeze=["bert.embeddings"]), xfreeze.Stage(1, freeze=["bert.encoder.layer.0"])]
+    out["refused"] = fit("refused", stages=later_freeze)
+    return out
+
+
+def torch_keep_vs_rebuild(rank: int) -> dict:
+    """The same schedule two ways under DDP: StagedUnfreeze(rewrap=) rebuilds the DDP at the boundary; a training
+    framework's Staging keeps the DDP it found and averages the newly trainable block's gradients by hooks."""
+    import xfreeze
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from xfreeze.integrations._staging import Staging
+
+    stages = [xfreeze.Stage(0, freeze=["0", "1"]), xfreeze.Stage(2, unfreeze=["1"], lr=0.05)]
+
+    def sgd(model):
+        return xfreeze.optimizer(model, "sgd", lr=0.1, momentum=0.9)
+
+    rebuilt = torch_cnn()
+    xfreeze.freeze(rebuilt, "0", "1")
+    opt_a = sgd(rebuilt)
+    staged = xfreeze.StagedUnfreeze(DDP(rebuilt), opt_a, stages, unit="step", rewrap=lambda m: DDP(m))
+    _torch_steps(lambda: staged.wrapped, opt_a, rank, range(6), staged)
+
+    kept, staging = torch_cnn(), Staging(stages, unit="step", backend="torch")
+    staging.prepare(kept)  # stage 0, before the framework wraps the model
+    wrapper, opt_b = DDP(kept), sgd(kept)
+    staging.attach(opt_b)
+    for step in range(6):
+        staging.step(step)
+        _torch_steps(lambda: wrapper, opt_b, rank, [step])
+    return {"rebuilt": _torch_state(rebuilt), "kept": _torch_state(kept), "live": staging.staged.wrapped is wrapper}
+
+
 def torch_refusals(rank: int) -> dict:
     """What is refused under DDP, before anything changes, and the freeze-mask agreement check."""
     import torch
@@ -427,6 +506,46 @@ def _paddle_entry(body, out, kwargs):
     except Exception:
         _save(out, rank, {"crash": traceback.format_exc()})
         raise
+
+
+def paddle_hapi_dp(rank: int, root: str) -> dict:
+    """paddle.Model.fit on 2 processes (paddle.Model wraps the network in DataParallel and holds it): a stage
+    unfreezes blocks 3 and 4 at epoch 2 (xfreeze keeps the DataParallel and averages their gradients by hooks); a
+    resumed fit from paddle.Model.save after the boundary; stage 0 after paddle.Model(net) is refused with a hint."""
+    import paddle
+    from test_integrations_hapi import STAGES, cnn, dataset
+    from xfreeze.integrations.hapi import Finetuning
+
+    def fit(epochs, load=None, save_dir=None):
+        with paddle.utils.unique_name.guard():
+            net, staging = cnn(), Finetuning(STAGES, ema=0.5)
+            start = _paddle_state(net)
+            opt = staging.optimizer(net, "sgd", lr=0.1, momentum=0.875, weight_decay=2**-10)  # before paddle.Model
+            model = paddle.Model(net)
+            model.prepare(opt, paddle.nn.CrossEntropyLoss())
+            if load is not None:
+                model.load(load)
+            model.fit(
+                dataset(), epochs=epochs, batch_size=8, shuffle=False, verbose=0, save_dir=save_dir, callbacks=[staging]
+            )
+            return {
+                "start": start,
+                "end": _paddle_state(net),
+                "wrapper": type(model._adapter.ddp_model).__name__,
+                "ema": {k: np.array(v.numpy(), copy=True) for k, v in staging.ema.state_dict()["shadow"].items()},
+            }
+
+    def wrong_order():
+        with paddle.utils.unique_name.guard():
+            net = cnn()
+            model = paddle.Model(net)  # wraps the network in DataParallel at once
+            model.prepare(Finetuning(STAGES).optimizer(net, "sgd", lr=0.1), paddle.nn.CrossEntropyLoss())
+
+    save_dir = os.path.join(root, "ckpt")
+    out = {"run": fit(4, save_dir=save_dir)}
+    out["resumed"] = fit(1, load=os.path.join(save_dir, "2"))  # epochs 0-2 done, boundary at 2 included
+    out["wrong_order"] = _error(wrong_order)
+    return out
 
 
 def paddle_cnn(seed: int = 0):

@@ -36,6 +36,15 @@ def test_staged_unfreeze_rewraps_ddp_and_ranks_stay_identical(tmp_path):
     assert "replaced at a stage boundary" in r0["old_wrapper"]
 
 
+def test_a_kept_ddp_with_averaging_hooks_trains_bit_for_bit_like_a_rebuilt_one(tmp_path):
+    r0, r1 = W.launch_torch(W.torch_keep_vs_rebuild, tmp_path)
+    local = ("1.1.running_mean", "1.1.running_var")  # a training BatchNorm's statistics are rank-local
+    for r in (r0, r1):
+        assert r["live"]  # the framework's wrapper was adopted, not replaced
+        assert same_bits(r["rebuilt"], r["kept"])  # hooks average exactly as the DDP registered at the boundary
+    assert same_bits(*({k: v for k, v in r["kept"].items() if k not in local} for r in (r0, r1)))
+
+
 def test_ddp_refuses_changes_it_cannot_honour_before_anything_changes(tmp_path):
     r0, r1 = W.launch_torch(W.torch_refusals, tmp_path)
     for r in (r0, r1):

@@ -119,3 +119,24 @@ def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
     other = [STAGES[0], Stage(1, unfreeze=["3", "4"], lr=0.01)]
     with pytest.raises(XFreezeError, match=r"different stage plan"):
         run(other, epochs=1, load=tmp_path / "0")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fit_on_two_processes_keeps_the_data_parallel_and_averages_newly_unfrozen_gradients(tmp_path):
+    """2 processes (paddle.distributed.spawn, gloo): DistributedBatchSampler gives each rank different data."""
+    import dist_workers as W
+
+    r0, r1 = W.launch_paddle(W.paddle_hapi_dp, tmp_path, root=str(tmp_path))
+    local = ("4._mean", "4._variance")  # a training BatchNorm's statistics are rank-local
+    for key in ("run", "resumed"):
+        assert r0[key]["wrapper"] == "DataParallel"
+        assert all(np.array_equal(r0[key]["end"][k], r1[key]["end"][k]) for k in r0[key]["end"] if k not in local)
+    run = r0["run"]
+    for k in ("0.weight", "1.weight", "1._mean", "1._variance"):
+        assert np.array_equal(run["start"][k], run["end"][k]), k  # never unfrozen: bitwise fixed
+    assert not np.array_equal(run["start"]["3.weight"], run["end"]["3.weight"])  # unfrozen at epoch 2: trained
+    resumed = r0["resumed"]
+    assert all(np.array_equal(resumed["end"][k], run["end"][k]) for k in run["end"])  # resume: bitwise the run
+    assert all(np.array_equal(resumed["ema"][k], run["ema"][k]) for k in run["ema"])
+    assert "before paddle.Model(net)" in r0["wrong_order"]

@@ -61,6 +61,16 @@ def args(tmp_path, **extra):
     )
 
 
+class CpuProcessGroupArgs(transformers.TrainingArguments):
+    """transformers 4.57 resumes with torch.load(map_location=args.device), which is "cpu:<rank>" in a CPU process
+    group, and torch 2.14 rejects "cpu:0" (it fails the same without xfreeze); on GPUs args.device is "cuda:<rank>"."""
+
+    @property
+    def device(self):
+        device = super().device
+        return torch.device("cpu") if device.type == "cpu" else device
+
+
 class Rates(transformers.TrainerCallback):
     def __init__(self):
         self.seen, self.grads = {}, {}
@@ -177,3 +187,28 @@ def test_the_trainers_own_optimizer_grows_at_the_boundary(tmp_path):
     assert len(boundary) > len(first)  # the Trainer's AdamW (built after stage 0) got layer 0 as new groups
     assert boundary[len(first)] == pytest.approx(2**-10 * (1 - STEPS / (EPOCHS * STEPS)))
     assert len(trainer.optimizer.param_groups) == len(boundary)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_trainer_ddp_keeps_its_wrapper_and_averages_newly_unfrozen_gradients(tmp_path):
+    """2 ranks over gloo, torchrun's environment: the Trainer wraps the model in DDP and a DistributedSampler gives
+    each rank different data, so a newly unfrozen layer whose gradients were not averaged would differ by rank."""
+    import dist_workers as W
+
+    r0, r1 = W.launch_torch(W.torch_hf_ddp, tmp_path, root=str(tmp_path))
+    for key in ("run", "resumed"):
+        assert r0[key]["error"] is None and r1[key]["error"] is None, (r0[key]["error"], r1[key]["error"])
+        assert r0[key]["wrapper"] == "DistributedDataParallel"
+        assert all(np.array_equal(r0[key]["end"][k], r1[key]["end"][k]) for k in r0[key]["end"]), key
+    run, resumed = r0["run"], r0["resumed"]
+    layer0, emb = "bert.encoder.layer.0.attention.self.query.weight", "bert.embeddings.word_embeddings.weight"
+    assert np.array_equal(run["start"][emb], run["end"][emb])  # frozen throughout: bitwise fixed
+    assert not np.array_equal(run["start"][layer0], run["end"][layer0])  # unfrozen at epoch 1 under DDP: trained
+    assert resumed["groups"] == run["groups"]
+    assert all(np.array_equal(resumed["end"][k], run["end"][k]) for k in run["end"])  # resume: bitwise the run
+    assert all(np.array_equal(resumed["ema"][k], run["ema"][k]) for k in run["ema"])
+    refused = r0["refused"]
+    assert "stages[1] (at=1) freezes" in refused["error"] and "DistributedDataParallel" in refused["error"]
+    assert "HINT: freeze them in the first stage" in refused["error"]
+    assert all(np.array_equal(refused["start"][k], refused["end"][k]) for k in run["end"] if "layer.0" in k)

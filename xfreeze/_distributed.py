@@ -147,10 +147,18 @@ def attach(staged, rewrap) -> None:
         check_freeze_agreement(staged.model, backend=adapter.name)
 
 
-def adopt(staged, wrapper, rewrap) -> None:
-    """A training framework wrapped ``staged.model`` itself after the first stage was applied (Lightning's DDP
-    strategy): from now on ``wrapper`` is the live wrapper and ``rewrap`` rebuilds it at every boundary that changes
-    what trains. The stages still to come are checked against the wrapper first (nothing changes on a refusal)."""
+def KEEP(model):
+    """``rewrap`` value for a wrapper that a training loop holds and xfreeze cannot replace (the Hugging Face
+    Trainer's DDP, ``paddle.Model``'s DataParallel): the wrapper stays, newly trainable parameters get their gradients
+    averaged by hooks (:meth:`Adapter.sync_gradients_of`), and freezing after wrapping is refused up front."""
+    raise XFreezeError("xfreeze keeps this wrapper: it is not rebuilt")  # never called: a marker
+
+
+def adopt(staged, wrapper, rewrap=KEEP) -> None:
+    """A training framework wrapped ``staged.model`` itself after the first stage was applied: from now on
+    ``wrapper`` is the live wrapper. ``rewrap`` rebuilds it at every boundary that changes what trains (Lightning's
+    DDP strategy); :data:`KEEP` keeps it and syncs newly trainable parameters by hooks (a loop that holds its
+    wrapper). The stages still to come are checked against the wrapper first: nothing changes on a refusal."""
     adapter = staged.adapter
     if not callable(rewrap):
         raise XFreezeError(f"rewrap must be a function that wraps the model. Received: {type(rewrap).__name__}")
@@ -164,6 +172,16 @@ def adopt(staged, wrapper, rewrap) -> None:
     )
     staged.rewrap, staged.wrapped = rewrap, wrapper
     check_freeze_agreement(staged.model, backend=adapter.name)
+
+
+def follow_wrapper(staged) -> None:
+    """Adopt (with :data:`KEEP`) a gradient-syncing wrapper a training framework put around ``staged.model`` since
+    the stages were built; nothing when there is none or one was adopted already."""
+    if getattr(staged, "rewrap", None) is not None:
+        return
+    wrappers = staged.adapter.syncing_wrappers(staged.model)
+    if wrappers:
+        adopt(staged, wrappers[0], KEEP)
 
 
 @contextmanager
@@ -182,7 +200,9 @@ def stage_boundary(staged, stage):
         _rebuilding.reset(token)
     now = [e.param for e in _select.walk(adapter, staged.model) if adapter.is_trainable(e.param)]
     old = staged.wrapped if staged.wrapped is not staged.model else None
-    if {id(p) for p in now} != before and (old is not None or adapter.world_size() > 1):
+    if staged.rewrap is KEEP:
+        adapter.sync_gradients_of(old, [p for p in now if id(p) not in before])  # freezes were refused up front
+    elif {id(p) for p in now} != before and (old is not None or adapter.world_size() > 1):
         staged.wrapped = adapter.rebuild_wrapper(
             old, staged.model, staged.rewrap, [p for p in now if id(p) not in before]
         )
@@ -213,6 +233,14 @@ def _refuse_unhonoured_stages(adapter, model, stages, wrapper: str, rewrap, firs
                     f"stages[{i}] (at={stage.at}) {verb} {len(changed)} parameters ({_sample(changed)}) "
                     f"of a model wrapped in {wrapper}, which cannot follow a change of what trains "
                     f"(ranks would diverge silently, or the step would fail). " + _FIXES
+                )
+            if not target and rewrap is KEEP:
+                raise XFreezeError(
+                    f"stages[{i}] (at={stage.at}) freezes {len(changed)} parameters ({_sample(changed)}) "
+                    f"after the training framework wrapped the model in {wrapper}, which xfreeze cannot "
+                    f"rebuild from a callback: it would wait for their gradients (or crash). Nothing was "
+                    f"changed. HINT: freeze them in the first stage (applied before the framework wraps the "
+                    f"model), or leave them trainable"
                 )
             if not target and not adapter.rewrap_can_freeze:
                 raise XFreezeError(

@@ -84,10 +84,23 @@ class Staging:
             pending, self.pending = self.pending, None
             self._restore(pending)
 
+    def follow_wrapper(self) -> None:
+        """When the training loop has wrapped the model in DDP / DataParallel since :meth:`prepare` and holds that
+        wrapper (the Hugging Face and PaddleNLP Trainers, ``paddle.Model``): keep it, and give parameters a later
+        stage unfreezes an averaging hook (:data:`xfreeze._distributed.KEEP`). Call when training begins so that a
+        stage the wrapper cannot follow (a freeze after wrapping) is refused before the first step.
+
+        Raises:
+            XFreezeError: a stage still to come freezes parameters, or the ranks froze different tensors.
+        """
+        _distributed.follow_wrapper(self._need_prepared("follow_wrapper"))
+
     def step(self, position: int) -> None:
         """At the start of every epoch (or step): apply the stages that have come."""
         staged = self._need_prepared("step")
         if staged.position is None or position > staged.position:
+            if any(s.at <= position for s in staged.stages[staged.applied :]):
+                _distributed.follow_wrapper(staged)  # a wrapper built since (once; nothing without a process group)
             staged.step(position)
 
     def after_optimizer_step(self) -> None:
@@ -152,6 +165,8 @@ class Staging:
 
     def _restore(self, state: dict) -> None:
         staged = self._need_prepared("load_state_dict")
+        if state["staged"].get("applied", 0) > staged.applied:
+            _distributed.follow_wrapper(staged)  # the framework may have wrapped the model before loading state
         staged.load_state_dict(state["staged"])
         self.restored = staged.position
         if self.ema is not None:
@@ -192,6 +207,7 @@ class TrainerEvents:
             self.staging.attach(self.unwrap(optimizer), lr_scheduler)
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self.staging.follow_wrapper()  # the Trainer wrapped the model in DDP / DataParallel (several processes)
         if not self.staging.attached:  # the Trainer built its default optimizer after stage 0
             self.staging.attach(self.unwrap(optimizer), lr_scheduler)
         elif self.staging.staged.scheduler is None and lr_scheduler is not None and self.staging.staged.applied <= 1:

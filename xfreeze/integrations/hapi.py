@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import paddle
 
+from .._backend import adapter_for
+from .._errors import XFreezeError
 from .._optim import optimizer as build_optimizer
 from ._staging import Staging
 
@@ -26,8 +28,10 @@ class Finetuning(paddle.callbacks.Callback):
 
     Raises:
         XFreezeError: in :meth:`optimizer` or when ``fit`` starts: a stage pattern that matches nothing, an
-            optimizer built before stage 0 was applied (or not by xfreeze); in ``paddle.Model.load``: a checkpoint
-            from a different stage plan. All before training starts.
+            optimizer built before stage 0 was applied (or not by xfreeze), a network ``paddle.Model`` already
+            wrapped in DataParallel, on several processes a stage after the first that freezes (the DataParallel is
+            kept; parameters a stage unfreezes get their gradients averaged by hooks); in ``paddle.Model.load``: a
+            checkpoint from a different stage plan. All before training starts.
 
     Example:
         >>> import paddle
@@ -53,7 +57,22 @@ class Finetuning(paddle.callbacks.Callback):
     def optimizer(self, network, name="adamw", *, lr, **options):
         """Apply stage 0 to ``network``, then build :func:`xfreeze.optimizer` over what trains (``lr`` may be a
         ``paddle.optimizer.lr.LRScheduler``; ``lr_mult``, ``no_decay``, ``layer_decay``, optimizer classes as
-        there). Give the result to ``paddle.Model.prepare``."""
+        there). Build it before ``paddle.Model(network)``, which wraps the network in DataParallel when several
+        processes train; give the result to ``paddle.Model.prepare``.
+
+        Raises:
+            XFreezeError: ``network`` is already inside a DataParallel that syncs gradients (``paddle.Model(net)``
+                came first), a stage pattern that matches nothing. Nothing is changed then.
+        """
+        wrappers = adapter_for(network, "paddle").syncing_wrappers(network)
+        if wrappers and not self.staging.prepared:
+            raise XFreezeError(
+                f"stage 0 cannot be applied: paddle.Model(net) already wrapped the network in "
+                f"{type(wrappers[0]).__name__} ({wrappers[0]._strategy.nranks} processes), which registered every "
+                "parameter it would freeze. Nothing was changed.\nHINT: build the optimizer before "
+                "paddle.Model(net): opt = staging.optimizer(net, ...); model = paddle.Model(net); "
+                "model.prepare(opt, loss)"
+            )
         self.staging.prepare(network)
         opt = build_optimizer(network, name, lr=lr, backend="paddle", **options)
         self._attach(opt)
@@ -63,6 +82,7 @@ class Finetuning(paddle.callbacks.Callback):
         self.staging.prepare(self.model.network)
         if not self.staging.attached:
             self._attach(self.model._optimizer)
+        self.staging.follow_wrapper()  # paddle.Model wrapped the network in DataParallel (several processes)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._catch_up()

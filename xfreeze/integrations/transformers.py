@@ -31,8 +31,10 @@ class Finetuning(TrainerEvents, TrainerCallback):
 
     Raises:
         XFreezeError: when the Trainer is built: a stage pattern that matches nothing, an optimizer passed to the
-            Trainer that was built before stage 0 was applied; on ``train(resume_from_checkpoint=...)``: a
-            checkpoint from a different stage plan. All before the first training step.
+            Trainer that was built before stage 0 was applied; when ``train()`` begins on several processes (the
+            Trainer's DDP is kept: parameters a stage unfreezes get their gradients averaged by hooks) a stage after
+            the first that freezes; on ``train(resume_from_checkpoint=...)``: a checkpoint from a different stage
+            plan. All before the first training step.
 
     Example:
         >>> from xfreeze import Stage
