@@ -548,6 +548,51 @@ def paddle_hapi_dp(rank: int, root: str) -> dict:
     return out
 
 
+def paddlenlp_dp(rank: int, root: str) -> dict:
+    """PaddleNLP's Trainer on 2 processes (it wraps the model in DataParallel in train() and holds it): a stage
+    unfreezes encoder layer 0 at epoch 1 (xfreeze keeps the DataParallel and averages its gradients by hooks)."""
+    os.environ["PADDLE_RANK_IN_NODE"] = str(rank)  # as python -m paddle.distributed.launch sets it
+    import paddle
+    from paddlenlp.trainer import Trainer, TrainingArguments
+    from test_integrations_paddlenlp import LR, STAGES, dataset, ernie
+    from xfreeze.integrations.paddlenlp import Finetuning
+
+    class RankOrder(Trainer):  # a different, fixed half of the data on each rank
+        def _get_train_sampler(self):
+            return paddle.io.DistributedBatchSampler(
+                self.train_dataset, batch_size=self.args.per_device_train_batch_size, shuffle=False
+            )
+
+    with paddle.utils.unique_name.guard():
+        model, staging = ernie(), Finetuning(STAGES)
+        start = _paddle_state(model)
+        args = TrainingArguments(
+            output_dir=os.path.join(root, "run"),
+            num_train_epochs=3,
+            per_device_train_batch_size=4,
+            save_strategy="no",
+            logging_steps=1000,
+            seed=0,
+            disable_tqdm=True,
+            device="cpu",
+            report_to=[],
+        )
+        trainer = RankOrder(
+            model=model,
+            args=args,
+            train_dataset=dataset(),
+            callbacks=[staging],
+            optimizers=staging.optimizers(model, "adamw", lr=LR, weight_decay=2**-8),
+        )
+        error = _error(trainer.train)
+        return {
+            "start": start,
+            "end": _paddle_state(model),
+            "error": error,
+            "wrapper": type(trainer.model_wrapped).__name__,
+        }
+
+
 def paddle_cnn(seed: int = 0):
     import paddle
     from paddle import nn

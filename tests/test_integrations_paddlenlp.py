@@ -129,3 +129,18 @@ def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
     other = [STAGES[0], Stage(2, unfreeze=["ernie.encoder.layers.0"], lr=2**-10)]
     with pytest.raises(XFreezeError, match=r"different stage plan"):
         fit(tmp_path / "b", stages=other, resume=str(tmp_path / f"checkpoint-{STEPS}"))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_trainer_on_two_processes_keeps_the_data_parallel_and_averages_newly_unfrozen_gradients(tmp_path):
+    """2 processes (paddle.distributed.spawn, gloo), a different half of the data on each rank."""
+    import dist_workers as W
+
+    r0, r1 = W.launch_paddle(W.paddlenlp_dp, tmp_path, root=str(tmp_path))
+    assert r0["error"] is None and r1["error"] is None, (r0["error"], r1["error"])
+    assert r0["wrapper"] == "DataParallel"
+    assert all(np.array_equal(r0["end"][k], r1["end"][k]) for k in r0["end"])  # layer 0's gradients were averaged
+    emb, layer0 = "ernie.embeddings.word_embeddings.weight", "ernie.encoder.layers.0.linear1.weight"
+    assert np.array_equal(r0["start"][emb], r0["end"][emb])
+    assert not np.array_equal(r0["start"][layer0], r0["end"][layer0])

@@ -7,8 +7,10 @@ the staging state rides inside the state dict of the optimizer :meth:`Finetuning
 state-dict hooks: that instance's ``state_dict`` / ``set_state_dict`` are wrapped).
 
 PaddleNLP's default optimizer is built over ``model.parameters()``, frozen ones included, so it cannot be grown
-stage by stage; pass ``optimizers=staging.optimizers(...)``. Not covered: sharding / hybrid parallel (PaddleNLP
-refuses ``optimizers=`` there) and unified checkpoints.
+stage by stage; pass ``optimizers=staging.optimizers(...)``. On several processes the Trainer wraps the model in
+DataParallel inside ``train()`` and holds it: xfreeze keeps it and averages the gradients of parameters a later stage
+unfreezes by hooks (a later freeze is refused when training begins). Not covered: sharding / hybrid parallel
+(PaddleNLP refuses ``optimizers=`` there) and unified checkpoints.
 """
 
 from __future__ import annotations
