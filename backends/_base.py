@@ -7,6 +7,7 @@ The core (``xfreeze/``) talks to a framework only through these methods. A new f
 
 from __future__ import annotations
 
+import gc
 from typing import Any, ClassVar, NoReturn
 
 
@@ -449,3 +450,14 @@ class Adapter:
         return [
             (f"{walk.modules[mi][0]}.{local}" if walk.modules[mi][0] else local, t) for mi, local, t, _ in walk.stats
         ]
+
+
+def owners(child) -> list:
+    """Objects that hold ``child`` as a sub-module (child <- sub-module dict <- instance ``__dict__`` <- owner): how
+    an adapter finds a live DDP / DataParallel around a model it was given unwrapped (only with a process group)."""
+    level, out = [child], []
+    for _ in range(3):
+        refs = [r for c in level for r in gc.get_referrers(c)]
+        out += [r for r in refs if not isinstance(r, (dict, list, tuple))]
+        level = [r for r in refs if isinstance(r, dict)]
+    return out

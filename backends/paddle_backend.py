@@ -6,7 +6,6 @@ treats buffers: they are never listed, selected or made trainable, so both frame
 
 from __future__ import annotations
 
-import gc as _gc
 import math
 import types
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from ._base import Adapter, relock_after
+from ._base import Adapter, owners, relock_after
 from . import kinds
 from .._errors import XFreezeError
 
@@ -106,7 +105,7 @@ class _Distributed:
         if not self.world_size() > 1:
             return []
         found = [
-            o for o in _owners(layer) if isinstance(o, paddle.DataParallel) and o._layers is layer and self._syncs(o)
+            o for o in owners(layer) if isinstance(o, paddle.DataParallel) and o._layers is layer and self._syncs(o)
         ]
         return list({id(w): w for w in found}.values())
 
@@ -632,16 +631,6 @@ def _averaging_hook(world: int):
         return grad / world
 
     return average
-
-
-def _owners(child) -> list:
-    """Objects that hold ``child`` in a sub-module dict: child <- _modules dict <- instance __dict__ <- owner."""
-    level, out = [child], []
-    for _ in range(3):
-        refs = [r for c in level for r in _gc.get_referrers(c)]
-        out += [r for r in refs if not isinstance(r, (dict, list, tuple))]
-        level = [r for r in refs if isinstance(r, dict)]
-    return out
 
 
 if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):

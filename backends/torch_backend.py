@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import gc as _gc
 import weakref
 import copy
 import math
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._base import Adapter, relock_after
+from ._base import Adapter, owners, relock_after
 from . import kinds
 from .._errors import XFreezeError
 
@@ -110,7 +109,7 @@ class _Distributed:
             return []
         found = [
             o
-            for o in _owners(module)
+            for o in owners(module)
             if isinstance(o, nn.parallel.DistributedDataParallel)
             and o.module is module
             and not getattr(o, "_xfreeze_retired", False)
@@ -614,16 +613,6 @@ ADAPTER = TorchAdapter()
 
 
 # --- distributed (issue 10: DDP / FSDP / torch.compile wrappers, ranks, collectives) --------------------------------
-
-
-def _owners(child) -> list:
-    """Objects that hold ``child`` in a sub-module dict: child <- _modules dict <- instance __dict__ <- owner."""
-    level, out = [child], []
-    for _ in range(3):
-        refs = [r for c in level for r in _gc.get_referrers(c)]
-        out += [r for r in refs if not isinstance(r, (dict, list, tuple))]
-        level = [r for r in refs if isinstance(r, dict)]
-    return out
 
 
 if not hasattr(nn.SyncBatchNorm.convert_sync_batchnorm, "__wrapped__"):

@@ -1,11 +1,14 @@
-"""What rebuilding DDP at a stage boundary costs, against keeping ``find_unused_parameters=True`` on every step.
+"""What rebuilding DDP at a stage boundary costs, against keeping ``find_unused_parameters=True`` on every step, and
+what keeping a DDP that a training loop holds (Hugging Face Trainer) with per-parameter averaging hooks costs.
 
 ResNet-50 (random weights), 2 ranks on CPU over gloo, batch 2 per rank at 96x96, SGD. The backbone is frozen except
 layer4 + fc; at the boundary layer3 is unfrozen. Two ways to live through the boundary:
 
   rewrap       StagedUnfreeze(..., rewrap=lambda m: DDP(m)): one DDP rebuild at the boundary, plain DDP steps;
   find_unused  DDP(find_unused_parameters=True) around the model (which does NOT keep ranks identical after an
-               unfreeze, issue 10; timed only for its per-step cost): a graph traversal on every step.
+               unfreeze, issue 10; timed only for its per-step cost): a graph traversal on every step;
+  keep         the integrations' path when the loop holds its DDP: the DDP built at stage 0 stays, and every layer3
+               parameter gets a hook that all-reduces its gradient alone (no bucketing): per-step cost.
 
 Prints, side by side: the rebuild (one-off, ms), a plain DDP step and a find_unused step (median ms), their ratio,
 and after how many steps the rebuild has paid for itself. Timings, not a test: a couple of steps on a shared machine.
@@ -58,9 +61,22 @@ def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     result = {}
-    for way in ("rewrap", "find_unused"):
+    for way in ("rewrap", "find_unused", "keep"):
         torch.manual_seed(0)
         model = torchvision.models.resnet50()
+        stages = [xfreeze.Stage(0, freeze=["*", "!layer4", "!fc"]), xfreeze.Stage(1, unfreeze=["layer3"], lr=0.001)]
+        if way == "keep":
+            from xfreeze.integrations._staging import Staging
+
+            staging = Staging(stages, unit="step", backend="torch")
+            staging.prepare(model)  # stage 0 before the loop wraps the model
+            ddp = DDP(model)
+            opt = xfreeze.optimizer(model, "sgd", lr=0.01, momentum=0.9)
+            staging.attach(opt)
+            staging.step(1)  # adopts the DDP, unfreezes layer3 with averaging hooks
+            _steps(ddp, opt, 1, rank)  # warm-up
+            result[way] = statistics.median(_steps(ddp, opt, steps, rank))
+            continue
         keep = ("!layer4", "!fc") if way == "rewrap" else ("!layer3", "!layer4", "!fc")  # same work after it
         xfreeze.freeze(model, "*", *keep)
         opt = xfreeze.optimizer(model, "sgd", lr=0.01, momentum=0.9)
@@ -96,6 +112,7 @@ def main() -> None:
         ("DDP rebuild at the boundary (once)", r["rebuild"]),
         ("DDP step after the rebuild", r["rewrap"]),
         ("DDP(find_unused_parameters=True) step", r["find_unused"]),
+        ("kept DDP + averaging hooks step", r["keep"]),
     ]
     print("ResNet-50, 2 ranks, CPU, gloo, batch 2x96x96 per rank (layer3, layer4, fc training)")
     for name, seconds in rows:
@@ -103,6 +120,7 @@ def main() -> None:
     overhead = r["find_unused"] - r["rewrap"]
     print(f"  ratio rebuild / plain step            {r['rebuild'] / r['rewrap']:9.2f}")
     print(f"  ratio find_unused step / plain step   {r['find_unused'] / r['rewrap']:9.3f}")
+    print(f"  ratio kept+hooks step / plain step    {r['keep'] / r['rewrap']:9.3f}")
     if overhead > 0:
         print(f"  the rebuild pays for itself after     {r['rebuild'] / overhead:9.1f} steps")
     else:
