@@ -135,19 +135,30 @@ class _Distributed:
         return new
 
     def sync_gradients_of(self, wrapper, params) -> None:
-        """After each gradient accumulation, all-reduce and average the parameter's gradient (in backward order,
-        the same on every rank), except while ``wrapper`` skips synchronization (inside ``no_sync()``: gradient
-        accumulation; the accumulated gradient is averaged at the synchronizing step, as DDP does). The hook stops
-        when ``wrapper`` is gone or replaced (a DDP built later registers the parameter itself)."""
+        """After each gradient accumulation, scale the parameter's gradient by 1/world (before the sum, as DDP's
+        reducer does: the same bits) and start an asynchronous all-reduce of it, in backward order, the same on every
+        rank; the end of the backward pass waits for them all (as DDP's buckets do), so communication overlaps the
+        rest of the backward pass. Skipped while ``wrapper`` skips synchronization (inside ``no_sync()``: gradient
+        accumulation; the accumulated gradient is averaged at the synchronizing step, as DDP does). The hooks stop
+        when ``wrapper`` is gone or replaced (a DDP built later registers the parameters itself)."""
         world, live = self.world_size(), weakref.ref(wrapper)
+        pending: list = []  # this backward pass's all-reduce works
+
+        def finish():
+            works = list(pending)
+            pending.clear()
+            for work in works:
+                work.wait()
 
         def average(param):
             current = live()
             if current is None or getattr(current, "_xfreeze_retired", False) or param.grad is None:
                 return
             if getattr(current, "require_backward_grad_sync", True):
-                param.grad.mul_(1.0 / world)  # scaled before the sum, as DDP's reducer does it: the same bits
-                torch.distributed.all_reduce(param.grad)
+                param.grad.mul_(1.0 / world)
+                if not pending:  # the first one of this backward pass: wait for all of them at its end
+                    torch.autograd.Variable._execution_engine.queue_callback(finish)
+                pending.append(torch.distributed.all_reduce(param.grad, async_op=True))
 
         for param in params:
             if getattr(param, "_xfreeze_grad_sync", None) is None:

@@ -278,7 +278,9 @@ def torch_hf_ddp(rank: int, root: str) -> dict:
 
 def torch_keep_vs_rebuild(rank: int) -> dict:
     """The same schedule two ways under DDP: StagedUnfreeze(rewrap=) rebuilds the DDP at the boundary; a training
-    framework's Staging keeps the DDP it found and averages the newly trainable block's gradients by hooks."""
+    framework's Staging keeps the DDP it found and averages the newly trainable block's gradients by hooks. Every
+    step accumulates two micro-batches, the first inside ``no_sync()`` (as the HF Trainer does)."""
+    import torch
     import xfreeze
     from torch.nn.parallel import DistributedDataParallel as DDP
     from xfreeze.integrations._staging import Staging
@@ -288,11 +290,25 @@ def torch_keep_vs_rebuild(rank: int) -> dict:
     def sgd(model):
         return xfreeze.optimizer(model, "sgd", lr=0.1, momentum=0.9)
 
+    def accumulated_step(wrapper, opt, step):
+        opt.zero_grad(set_to_none=False)
+        for micro in range(2):
+            g = torch.Generator().manual_seed(1000 * rank + 10 * step + micro)  # different data on every rank
+            x, y = torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, 3, (4,), generator=g)
+            if micro == 0:
+                with wrapper.no_sync():
+                    torch.nn.functional.cross_entropy(wrapper(x), y).backward()
+            else:
+                torch.nn.functional.cross_entropy(wrapper(x), y).backward()
+        opt.step()
+
     rebuilt = torch_cnn()
     xfreeze.freeze(rebuilt, "0", "1")
     opt_a = sgd(rebuilt)
     staged = xfreeze.StagedUnfreeze(DDP(rebuilt), opt_a, stages, unit="step", rewrap=lambda m: DDP(m))
-    _torch_steps(lambda: staged.wrapped, opt_a, rank, range(6), staged)
+    for step in range(6):
+        staged.step(step)
+        accumulated_step(staged.wrapped, opt_a, step)
 
     kept, staging = torch_cnn(), Staging(stages, unit="step", backend="torch")
     staging.prepare(kept)  # stage 0, before the framework wraps the model
@@ -300,7 +316,7 @@ def torch_keep_vs_rebuild(rank: int) -> dict:
     staging.attach(opt_b)
     for step in range(6):
         staging.step(step)
-        _torch_steps(lambda: wrapper, opt_b, rank, [step])
+        accumulated_step(wrapper, opt_b, step)
     return {"rebuilt": _torch_state(rebuilt), "kept": _torch_state(kept), "live": staging.staged.wrapped is wrapper}
 
 
