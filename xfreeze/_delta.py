@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +92,7 @@ def save_delta(model, path) -> Path:
         "xfreeze_delta": VERSION,
         "trainable": json.dumps(parts["trainable"]),
         "locked_norms": json.dumps(parts["locked"]),
-        "fingerprint": json.dumps({k: _hash(state[k], k) for k in parts["frozen"]}),
+        "fingerprint": json.dumps(_hashes(state, parts["frozen"])),
     }
     return _save(delta, path, "safetensors", metadata)
 
@@ -195,11 +197,25 @@ def frozen_fingerprint(model) -> dict:
     """
     adapter = adapter_for(model)
     state = adapter.state_tensors(model)
-    return {"framework": adapter.name, "tensors": {k: _hash(state[k], k) for k in _parts(adapter, model)["frozen"]}}
+    return {"framework": adapter.name, "tensors": _hashes(state, _parts(adapter, model)["frozen"])}
 
 
-def _hash(value, key: str) -> str:
-    raw = _tensors.to_raw(value, key)
+def _hashes(state, keys: list) -> dict:
+    """``{key: sha256}`` in ``keys`` order. The bits are taken in this thread (framework calls), the hashing runs on
+    up to 8 threads (hashlib releases the GIL on large buffers): the cost of a delta save is this hashing."""
+    raws = [_tensors.to_raw(state[k], k) for k in keys]
+    total = sum(r.bits.nbytes for r in raws)
+    workers = min(8, os.cpu_count() or 1, max(1, total // _PER_THREAD))
+    if workers <= 1:
+        return {k: _digest(r) for k, r in zip(keys, raws)}
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(zip(keys, pool.map(_digest, raws)))
+
+
+_PER_THREAD = 16 << 20  # below this many bytes per thread a thread costs more than it saves
+
+
+def _digest(raw) -> str:
     digest = hashlib.sha256(f"{raw.dtype}{list(raw.shape)}".encode())
     bits = raw.bits.astype(raw.bits.dtype.newbyteorder("<"), copy=False)
     digest.update(bits.reshape(-1).view("u1").data if bits.size else b"")
@@ -286,11 +302,9 @@ def _compare(adapter, model, fingerprint: dict, framework: str) -> FrozenCheck:
     if framework != adapter.name:
         state = xfreeze.convert(state, to=framework)
     check = FrozenCheck(checked=len(fingerprint))
-    for name, digest in fingerprint.items():
-        if name not in state:
-            check.missing.append(name)
-        elif _hash(state[name], name) != digest:
-            check.drifted.append(name)
+    check.missing = [name for name in fingerprint if name not in state]
+    now = _hashes(state, [name for name in fingerprint if name in state])
+    check.drifted = [name for name, digest in now.items() if digest != fingerprint[name]]
     return check
 
 
