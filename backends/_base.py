@@ -46,6 +46,8 @@ class Adapter:
     model_zoo: ClassVar[str] = ""  # what ``build_named_model`` accepts, in words (for the CLI)
 
     WRAPPERS: ClassVar[dict] = {}  # wrapper class name -> attribute holding the wrapped module
+    rewrap_can_freeze: ClassVar[bool] = False  # a gradient-syncing wrapper can be rebuilt after a freeze
+    freeze_after_wrap_hint: ClassVar[str] = ""  # appended to the refusal of a freeze under a kept wrapper
 
     # --- structure: the model view ---------------------------------------------------------------------------
     def walk(self, model):
@@ -367,6 +369,11 @@ class Adapter:
     def rebuild_wrapper(self, old, inner, build, newly_trainable):
         """A new gradient-syncing wrapper after a stage changed what trains (``build`` makes it), the old retired."""
         _todo(self, "rebuild_wrapper")
+
+    def tolerates_missing_gradients(self, wrapper) -> bool:
+        """Whether the live ``wrapper`` keeps working when parameters it registered stop getting gradients (a
+        freeze after it was built), so that a loop's own wrapper can be kept through such a stage."""
+        _todo(self, "tolerates_missing_gradients")
 
     def sync_gradients_of(self, wrapper, params) -> None:
         """Average the gradients of ``params`` over the ranks as the live ``wrapper`` (which never registered them,

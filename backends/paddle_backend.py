@@ -121,6 +121,13 @@ class _Distributed:
         self.sync_gradients_of(old, newly_trainable)
         return old
 
+    def tolerates_missing_gradients(self, wrapper) -> bool:
+        """No: a DataParallel whose registered parameters are frozen later is the path that crashes (issue 10); not
+        relied on even with ``find_unused_parameters=True``, which is untested here."""
+        return False
+
+    freeze_after_wrap_hint = ""
+
     def sync_gradients_of(self, wrapper, params) -> None:
         """A gradient hook per parameter averages it over the ranks (in backward order, the same on every rank);
         the DataParallel stays as it is."""

@@ -134,6 +134,16 @@ class _Distributed:
             self.retire_wrapper(old)
         return new
 
+    def tolerates_missing_gradients(self, wrapper) -> bool:
+        """A DDP built with ``find_unused_parameters=True`` finds a frozen parameter unused at every step and leaves
+        its gradient alone (on every rank alike); without it the reducer waits for that gradient and fails."""
+        return bool(getattr(wrapper, "find_unused_parameters", False))
+
+    freeze_after_wrap_hint = (
+        "; or build the DDP with find_unused_parameters=True (Hugging Face Trainer: ddp_find_unused_parameters=True, "
+        "its default without gradient checkpointing), which lets registered parameters stop getting gradients"
+    )
+
     def sync_gradients_of(self, wrapper, params) -> None:
         """After each gradient accumulation, scale the parameter's gradient by 1/world (before the sum, as DDP's
         reducer does: the same bits) and start an asynchronous all-reduce of it, in backward order, the same on every

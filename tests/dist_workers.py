@@ -228,7 +228,8 @@ def torch_lightning_ddp(rank: int, root: str) -> dict:
 def torch_hf_ddp(rank: int, root: str) -> dict:
     """The Hugging Face Trainer on 2 processes (it wraps the model in DDP itself and holds the wrapper): a stage
     unfreezes encoder layer 0 at epoch 1 (xfreeze keeps the DDP, averaging that layer's gradients by hooks); a
-    resumed fit from the checkpoint after the boundary; a stage plan that freezes after wrapping is refused."""
+    resumed fit from the checkpoint after the boundary; a stage that freezes after wrapping, under the Trainer's
+    default DDP (find_unused_parameters=True: it follows) and with ddp_find_unused_parameters=False (refused)."""
     os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2")  # as torchrun sets them
     from test_integrations_hf import STAGES, CpuProcessGroupArgs, bert, dataset, weights
 
@@ -236,8 +237,15 @@ def torch_hf_ddp(rank: int, root: str) -> dict:
     import xfreeze
     from xfreeze.integrations.transformers import Finetuning
 
-    def fit(name, stages=STAGES, resume=None):
-        model, staging = bert(), Finetuning(stages, ema=0.5)
+    class Epochs(transformers.TrainerCallback):  # the weights at every epoch start (after Finetuning ran)
+        def __init__(self):
+            self.seen = {}
+
+        def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+            self.seen[round(state.epoch or 0)] = weights(model)
+
+    def fit(name, stages=STAGES, resume=None, **extra):
+        model, staging, epochs = bert(), Finetuning(stages, ema=0.5), Epochs()
         args = CpuProcessGroupArgs(
             output_dir=os.path.join(root, name),
             num_train_epochs=3,
@@ -250,12 +258,13 @@ def torch_hf_ddp(rank: int, root: str) -> dict:
             logging_strategy="no",
             disable_tqdm=True,
             dataloader_num_workers=0,
+            **extra,
         )
         trainer = transformers.Trainer(
             model=model,
             args=args,
             train_dataset=dataset(),
-            callbacks=[staging],
+            callbacks=[staging, epochs],
             optimizers=staging.optimizers(model, "adamw", lr=2**-8, weight_decay=2**-8, num_training_steps=6),
         )
         start = weights(model)
@@ -267,12 +276,14 @@ def torch_hf_ddp(rank: int, root: str) -> dict:
             "wrapper": type(trainer.model_wrapped).__name__,
             "groups": len(trainer.optimizer.param_groups),
             "ema": {k: v.numpy().copy() for k, v in staging.ema.state_dict()["shadow"].items()},
+            "epochs": epochs.seen,
         }
 
     out = {"run": fit("run")}
     out["resumed"] = fit("resumed", resume=os.path.join(root, "run", "checkpoint-4"))  # after the epoch-1 boundary
     later_freeze = [xfreeze.Stage(0, freeze=["bert.embeddings"]), xfreeze.Stage(1, freeze=["bert.encoder.layer.0"])]
-    out["refused"] = fit("refused", stages=later_freeze)
+    out["freeze_later"] = fit("freeze_later", stages=later_freeze)  # the Trainer's default DDP follows a freeze
+    out["refused"] = fit("refused", stages=later_freeze, ddp_find_unused_parameters=False)
     return out
 
 

@@ -208,7 +208,14 @@ def test_trainer_ddp_keeps_its_wrapper_and_averages_newly_unfrozen_gradients(tmp
     assert resumed["groups"] == run["groups"]
     assert all(np.array_equal(resumed["end"][k], run["end"][k]) for k in run["end"])  # resume: bitwise the run
     assert all(np.array_equal(resumed["ema"][k], run["ema"][k]) for k in run["ema"])
-    refused = r0["refused"]
+    later, later1 = r0["freeze_later"], r1["freeze_later"]  # DDP(find_unused_parameters=True): a freeze is fine
+    assert later["error"] is None and later1["error"] is None, (later["error"], later1["error"])
+    assert all(np.array_equal(later["end"][k], later1["end"][k]) for k in later["end"])
+    layer0 = [k for k in later["end"] if k.startswith("bert.encoder.layer.0.")]
+    assert not np.array_equal(later["start"][layer0[0]], later["epochs"][1][layer0[0]])  # trained in epoch 0
+    assert all(np.array_equal(later["epochs"][1][k], later["end"][k]) for k in layer0)  # frozen at 1: bitwise fixed
+    refused = r0["refused"]  # ddp_find_unused_parameters=False: the DDP would wait for layer 0's gradients
     assert "stages[1] (at=1) freezes" in refused["error"] and "DistributedDataParallel" in refused["error"]
     assert "HINT: freeze them in the first stage" in refused["error"]
+    assert "ddp_find_unused_parameters=True" in refused["error"]
     assert all(np.array_equal(refused["start"][k], refused["end"][k]) for k in run["end"] if "layer.0" in k)

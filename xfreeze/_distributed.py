@@ -167,8 +167,9 @@ def adopt(staged, wrapper, rewrap=KEEP) -> None:
             f"the {type(wrapper).__name__} given does not wrap the model these stages drive "
             f"({type(staged.model).__name__}); give the wrapper around that model"
         )
+    tolerant = rewrap is KEEP and adapter.tolerates_missing_gradients(wrapper)
     _refuse_unhonoured_stages(
-        adapter, staged.model, staged.stages, type(wrapper).__name__, rewrap, first=staged.applied
+        adapter, staged.model, staged.stages, type(wrapper).__name__, rewrap, first=staged.applied, tolerant=tolerant
     )
     staged.rewrap, staged.wrapped = rewrap, wrapper
     check_freeze_agreement(staged.model, backend=adapter.name)
@@ -209,9 +210,12 @@ def stage_boundary(staged, stage):
     check_freeze_agreement(staged.model, backend=adapter.name)
 
 
-def _refuse_unhonoured_stages(adapter, model, stages, wrapper: str, rewrap, first: int = 0) -> None:
+def _refuse_unhonoured_stages(
+    adapter, model, stages, wrapper: str, rewrap, first: int = 0, tolerant: bool = False
+) -> None:
     """Replay ``stages[first:]`` on a copy of the trainability mask; raise before training when one would change
-    trainability and the wrapper cannot follow."""
+    trainability and the wrapper cannot follow (``tolerant``: a kept wrapper that lets registered parameters stop
+    getting gradients, so freezes are fine)."""
     entries = _select.walk(adapter, model)
     trainable = {e.name: adapter.is_trainable(e.param) for e in entries}
     for i, stage in enumerate(stages[first:], start=first):
@@ -234,13 +238,13 @@ def _refuse_unhonoured_stages(adapter, model, stages, wrapper: str, rewrap, firs
                     f"of a model wrapped in {wrapper}, which cannot follow a change of what trains "
                     f"(ranks would diverge silently, or the step would fail). " + _FIXES
                 )
-            if not target and rewrap is KEEP:
+            if not target and rewrap is KEEP and not tolerant:
                 raise XFreezeError(
                     f"stages[{i}] (at={stage.at}) freezes {len(changed)} parameters ({_sample(changed)}) "
                     f"after the training framework wrapped the model in {wrapper}, which xfreeze cannot "
                     f"rebuild from a callback: it would wait for their gradients (or crash). Nothing was "
                     f"changed. HINT: freeze them in the first stage (applied before the framework wraps the "
-                    f"model), or leave them trainable"
+                    f"model), or leave them trainable{adapter.freeze_after_wrap_hint}"
                 )
             if not target and not adapter.rewrap_can_freeze:
                 raise XFreezeError(
