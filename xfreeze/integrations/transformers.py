@@ -33,8 +33,9 @@ class Finetuning(TrainerEvents, TrainerCallback):
         XFreezeError: when the Trainer is built: a stage pattern that matches nothing, an optimizer passed to the
             Trainer that was built before stage 0 was applied; when ``train()`` begins on several processes (the
             Trainer's DDP is kept: parameters a stage unfreezes get their gradients averaged by hooks) a stage after
-            the first that freezes; on ``train(resume_from_checkpoint=...)``: a checkpoint from a different stage
-            plan. All before the first training step.
+            the first that freezes, when ``ddp_find_unused_parameters=False``; on
+            ``train(resume_from_checkpoint=...)``: a checkpoint from a different stage plan. All before the first
+            training step.
 
     Example:
         >>> from xfreeze import Stage
