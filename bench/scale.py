@@ -1,4 +1,5 @@
-"""select / freeze / unfreeze / summary on models of 1k, 10k and 100k tensors, against hand-written loops.
+"""select / freeze / unfreeze / optimizer groups (with layer decay) / check / summary on models of 1k, 10k and 100k
+tensors, against hand-written loops.
 
 The models are built on torch's meta device (no memory for weights): ``blocks.N`` of (Linear, LayerNorm, Linear),
 5 tensors a block, plus a head. The reference is what users write by hand: a ``named_parameters()`` loop with
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import re
 import time
 
 import torch
@@ -66,6 +68,33 @@ def hand_unfreeze(model, last):
             p.requires_grad_(True)
 
 
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hand_groups(model, layer_decay=None):
+    """What a training script writes: decay / no-decay groups (norms and biases), optionally a rate per block."""
+    n = len(model.blocks)
+    groups: dict = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = name.endswith("bias") or ".norm." in name
+        scale = 1.0
+        if layer_decay is not None:
+            m = _BLOCK.match(name)
+            layer = int(m.group(1)) + 1 if m else (n + 1 if name.startswith("head") else 0)
+            scale = layer_decay ** (n + 1 - layer)
+        key = (no_decay, scale)
+        groups.setdefault(key, {"params": [], "weight_decay": 0.0 if no_decay else 0.01, "lr": 0.1 * scale})
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def hand_check(model, opt):
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    return [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -80,6 +109,20 @@ def main():
             ("select", lambda: hand_select(model), lambda: xfreeze.select(model, "blocks.*.norm.*")),
             ("freeze", lambda: hand_freeze(model), lambda: xfreeze.freeze(model, "*", "!head")),
             ("unfreeze", lambda: hand_unfreeze(model, last), lambda: xfreeze.unfreeze(model, f"blocks.{last}")),
+        ]
+        for op, hand, ours in cases:
+            h, x = best(hand, repeat), best(ours, repeat)
+            print(f"{size:>8} {op:>9} {h:>9.4f} {x:>10.4f} {x / h:>6.2f}")
+        xfreeze.unfreeze(model, "*")  # optimizer groups over every tensor: the largest case
+        opt = torch.optim.SGD(hand_groups(model), lr=0.1)
+        cases = [
+            ("groups", lambda: hand_groups(model), lambda: xfreeze.param_groups(model, lr=0.1, weight_decay=0.01)),
+            (
+                "layer-dec",
+                lambda: hand_groups(model, 0.9),
+                lambda: xfreeze.param_groups(model, lr=0.1, weight_decay=0.01, layer_decay=0.9),
+            ),
+            ("check", lambda: hand_check(model, opt), lambda: xfreeze.check(model, opt)),
         ]
         for op, hand, ours in cases:
             h, x = best(hand, repeat), best(ours, repeat)

@@ -82,6 +82,30 @@ def test_layer_decay_on_a_transformer_encoder_layout():
     assert by_name["heads.head.weight"] == 1.0
 
 
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_layer_decay_blocks_whose_numbers_share_a_prefix(backend):
+    """Block 1 and block 10..12 ("blocks.1." is not a prefix of "blocks.10."), a stem before and a head after."""
+    if backend == "torch":
+        import torch.nn as nn
+
+        model = nn.Module()
+        model.stem = nn.Linear(2, 2)
+        model.blocks = nn.ModuleList(nn.Sequential(nn.Linear(2, 2)) for _ in range(13))
+        model.head = nn.Linear(2, 2)
+    else:
+        import paddle.nn as nn
+
+        model = nn.Layer()
+        model.stem = nn.Linear(2, 2)
+        model.blocks = nn.LayerList([nn.Sequential(nn.Linear(2, 2)) for _ in range(13)])
+        model.head = nn.Linear(2, 2)
+    by_name = {n: g["lr"] for g in xfreeze.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["names"]}
+    assert by_name["stem.weight"] == 0.5**14
+    for k in (0, 1, 10, 12):
+        assert by_name[f"blocks.{k}.0.weight"] == 0.5 ** (13 - k), k
+    assert by_name["head.bias"] == 1.0
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_paddle_regularizers_left_by_an_earlier_optimizer_do_not_leak(name):
     """Paddle writes a dict group's float weight_decay (as L2Decay) and rate multiplier onto the parameters

@@ -170,3 +170,15 @@ def test_bart_tied_embeddings_count_once():
     s = xfreeze.summary(model, print_table=False)
     assert sum(r.parameters for r in s.rows) == s.counts.total == sum(p.numel() for p in model.parameters())
     assert sorted(r.name for r in s.rows if r.tied) == ["model.decoder.embed_tokens", "model.encoder.embed_tokens"]
+
+
+def test_a_layer_swapped_between_two_operations_is_seen_by_the_second(fw):
+    """Multi-step operations (param_groups, StagedUnfreeze, check) check the view once each; the next one again."""
+    model = fw.build(CNN)
+    before = {id(p) for g in xfreeze.param_groups(model, lr=0.1) for p in g["params"]}
+    model[8] = fw.build(Spec("mlp", (3,), classes=7))[0]  # the user swaps the head by hand
+    after = xfreeze.param_groups(model, lr=0.1)
+    held = {id(p) for g in after for p in g["params"]}
+    new = {id(p) for p in model[8].parameters()}
+    assert new <= held and not new & before
+    assert {n for g in after for n in g["names"] if n.startswith("8.")} == {"8.weight", "8.bias"}

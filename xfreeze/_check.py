@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from . import _select
+from ._view import batched
 from ._backend import adapter_for
 from ._errors import XFreezeError
 from ._table import render
@@ -111,6 +112,7 @@ class CheckReport:
     __repr__ = __str__
 
 
+@batched
 def check(model, optimizer, *, backend: str | None = None) -> CheckReport:
     """Check that ``optimizer`` is in step with what trains in ``model``.
 
@@ -188,6 +190,7 @@ class ParamTable:
     __repr__ = __str__
 
 
+@batched
 def param_table(model, optimizer, *, backend: str | None = None) -> ParamTable:
     """Per parameter: trainable or not, optimizer group, absolute learning rate and weight decay (audit layer decay).
 

@@ -74,9 +74,17 @@ def layer_map(adapter, model, names: list[str]) -> LayerMap:
             "for encoder layers (encoder.layer.N, encoder.layers.N, blocks.N) or stages (layer1..layerN). "
             "Use lr_mult patterns instead, or pass layer_decay=None"
         )
+    # the blocks are siblings ("<parent>.<prefix><n>", the last part without dots): a name's block is found by one
+    # dictionary lookup of "<parent>.<its next part>", not by trying every block (quadratic at 100k tensors)
+    index_of = {b: i for i, b in enumerate(blocks)}
+    parent = blocks[0].rpartition(".")[0]
+    lead = parent + "." if parent else ""
     ids, seen_block = {}, False
     for name in names:
-        index = next((i for i, b in enumerate(blocks) if name.startswith(b + ".")), None)
+        index = None
+        if name.startswith(lead):
+            part, dot, _ = name[len(lead) :].partition(".")
+            index = index_of.get(lead + part) if dot else None
         if index is not None:
             ids[name], seen_block = index + 1, True
         else:

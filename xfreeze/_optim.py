@@ -12,6 +12,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from . import _select
+from ._view import batched
 from ._backend import adapter_for
 from ._errors import XFreezeError, check_choice
 from ._layers import layer_map
@@ -37,6 +38,7 @@ class OptimizerConfig:
     layer_decay: float | None = None
 
 
+@batched
 def param_groups(
     model,
     *,
@@ -104,6 +106,7 @@ def param_groups(
     return _group(entries, scales, decayed, lr, weight_decay)
 
 
+@batched
 def optimizer(
     model,
     name,

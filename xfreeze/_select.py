@@ -179,25 +179,32 @@ def _suggestion_pool(names: list, paths: list, body: str, limit: int = 2000) -> 
 
 
 # --- compatibility for code written against the walk of entries (kept small; the view is the source) ----------
-@dataclass(eq=False)
 class Entry:
     """One parameter of a model, as the view names it."""
 
-    name: str
-    param: object
-    module: object
-    view: object = None
-    index: int = -1
+    __slots__ = ("name", "param", "module", "view", "index")
+
+    def __init__(self, name: str, param, module, view=None, index: int = -1):
+        self.name, self.param, self.module, self.view, self.index = name, param, module, view, index
+
+    def __repr__(self) -> str:
+        return f"Entry(name={self.name!r}, index={self.index})"
 
 
 def walk(adapter, model) -> list[Entry]:
     """Every parameter of ``model`` once (shared ones under their first name), in model order."""
     from ._view import view_of
 
+    from ._view import _gc_paused
+
     view = view_of(model, adapter.name)
-    return [
-        Entry(n, p, view.modules[mi], view, i) for i, (n, p, mi) in enumerate(zip(view.names, view.params, view.owner))
-    ]
+    if view.entries is None:  # made once per view: callers walk the same model many times in one operation
+        with _gc_paused():  # 100k small objects: the collector's passes would cost more than making them
+            view.entries = [
+                Entry(n, p, view.modules[mi], view, i)
+                for i, (n, p, mi) in enumerate(zip(view.names, view.params, view.owner))
+            ]
+    return list(view.entries)
 
 
 def resolve(adapter, model, patterns: list[Pattern], entries: list[Entry] | None = None) -> list[Entry]:

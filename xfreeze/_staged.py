@@ -10,6 +10,7 @@ from ._backend import adapter_for
 from ._errors import XFreezeError, check_choice
 from ._freeze import NORM_MODES, freeze, unfreeze
 from ._optim import DEFAULT_NO_DECAY, OptimizerConfig, param_groups
+from ._view import batched
 
 UNITS = ("epoch", "step")
 STATE_FORMAT = "xfreeze.StagedUnfreeze"
@@ -82,6 +83,7 @@ class StagedUnfreeze:
         (0, 2, 2)
     """
 
+    @batched
     def __init__(
         self, model, optimizer, stages, *, unit: str = "epoch", scheduler=None, backend: str | None = None, rewrap=None
     ):
@@ -101,6 +103,7 @@ class StagedUnfreeze:
         self.applied = 0  # how many stages have been applied
         self.position: int | None = None
 
+    @batched
     def attach(self, optimizer, scheduler=None) -> None:
         """Give the optimizer (and torch scheduler) built after the first stage was applied.
 
@@ -141,6 +144,7 @@ class StagedUnfreeze:
         """The batch size the stages in force ask for (None when no stage set one)."""
         return next((s.batch_size for s in reversed(self.stages[: self.applied]) if s.batch_size), None)
 
+    @batched
     def step(self, position: int) -> Stage | None:
         """Call at the start of every epoch (or step); applies every stage whose ``at`` has come. Returns the
         stage in force."""
@@ -162,6 +166,7 @@ class StagedUnfreeze:
             self.applied += 1
         return self.current
 
+    @batched
     def state_dict(self, *, optimizer: bool = True) -> dict:
         """A snapshot of the schedule's progress (with the stage plan and a format version) and of the optimizer
         (and scheduler) state, keyed by structured parameter names, so a fresh model, optimizer and StagedUnfreeze
@@ -181,6 +186,7 @@ class StagedUnfreeze:
             else None,
         }
 
+    @batched
     def load_state_dict(self, state: dict) -> None:
         """Re-apply the stages the saved run had reached (growing the optimizer the same way), then restore the
         optimizer and scheduler state. Load the model's weights before or after: they are not touched here.

@@ -10,6 +10,8 @@ parameter), and is detected by a cheap identity check of modules and parameters 
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import gc
 import weakref
 from contextlib import contextmanager
@@ -63,6 +65,7 @@ class ModelView:
         self.stat_keys = [_join(self.paths[mi], native) for mi, _, _, native in walk.stats]  # state-dict keys
         self.stat_tensors = [t for _, _, t, _ in walk.stats]
         self.stat_owner = [mi for mi, _, _, _ in walk.stats]
+        self.entries: list | None = None  # xfreeze._select.walk's entries, made once
 
     # --- structure ------------------------------------------------------------------------------------------
     @property
@@ -185,22 +188,50 @@ def _join(path: str, local: str) -> str:
 _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+# id(model) -> view checked in the current batch (see `batched`); None outside one
+_checked: contextvars.ContextVar[dict | None] = contextvars.ContextVar("xfreeze_views_checked", default=None)
+
+
 def view_of(model, backend: str | None = None) -> ModelView:
     """The cached view of ``model``; rebuilt when its modules or parameters changed since it was built."""
     adapter = adapter_for(model, backend)
+    checked = _checked.get()
+    if checked is not None:
+        seen = checked.get(id(model))
+        if seen is not None and seen.model is model and seen.adapter is adapter:
+            return seen  # checked earlier in this batch, and xfreeze's own steps change no structure
     try:
         cached = _cache.get(model)
     except TypeError:  # an object that cannot be weakly referenced: no caching
         cached = None
-    if cached is not None and cached.adapter is adapter and adapter.structure_token(model) == cached.token:
-        return cached
-    with _gc_paused():  # a walk allocates one small tuple per tensor: on 100k tensors the collector's passes
-        view = ModelView(model, adapter, adapter.walk(model))  # over a large heap cost more than the walk itself
-    try:
-        _cache[model] = view
-    except TypeError:
-        pass
-    return view
+    if cached is None or cached.adapter is not adapter or adapter.structure_token(model) != cached.token:
+        with _gc_paused():  # a walk allocates one small tuple per tensor: on 100k tensors the collector's passes
+            cached = ModelView(model, adapter, adapter.walk(model))  # over a large heap cost more than the walk
+        try:
+            _cache[model] = cached
+        except TypeError:
+            pass
+    if checked is not None:
+        checked[id(model)] = cached
+    return cached
+
+
+def batched(fn):
+    """Run ``fn`` as one batch: a model's view is checked against the model (its structure token, O(modules)) the
+    first time it is asked for, not at every internal step. For xfreeze operations made of many steps that change
+    trainability and optimizer groups but never the module structure (staged boundaries, group building, checks)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if _checked.get() is not None:
+            return fn(*args, **kwargs)
+        token = _checked.set({})
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _checked.reset(token)
+
+    return run
 
 
 @contextmanager
@@ -216,6 +247,9 @@ def _gc_paused():
 
 def invalidate(model) -> None:
     """Forget the cached view of ``model`` (after xfreeze itself changed its structure)."""
+    checked = _checked.get()
+    if checked is not None:
+        checked.pop(id(model), None)
     try:
         _cache.pop(model, None)
     except TypeError:
