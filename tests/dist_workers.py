@@ -232,6 +232,7 @@ def torch_hf_ddp(rank: int, root: str) -> dict:
     default DDP (find_unused_parameters=True: it follows) and with ddp_find_unused_parameters=False (refused)."""
     os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2")  # as torchrun sets them
     from test_integrations_hf import STAGES, CpuProcessGroupArgs, bert, dataset, weights
+    from test_integrations_hf import args as hf_args
 
     import transformers
     import xfreeze
@@ -246,20 +247,7 @@ def torch_hf_ddp(rank: int, root: str) -> dict:
 
     def fit(name, stages=STAGES, resume=None, **extra):
         model, staging, epochs = bert(), Finetuning(stages, ema=0.5), Epochs()
-        args = CpuProcessGroupArgs(
-            output_dir=os.path.join(root, name),
-            num_train_epochs=3,
-            per_device_train_batch_size=4,
-            use_cpu=True,
-            ddp_backend="gloo",
-            report_to=[],
-            seed=0,
-            save_strategy="epoch",
-            logging_strategy="no",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            **extra,
-        )
+        args = hf_args(os.path.join(root, name), cls=CpuProcessGroupArgs, ddp_backend="gloo", **extra)
         trainer = transformers.Trainer(
             model=model,
             args=args,

@@ -45,8 +45,8 @@ def dataset():
     ]
 
 
-def args(tmp_path, **extra):
-    return transformers.TrainingArguments(
+def args(tmp_path, cls=None, **extra):
+    return (cls or transformers.TrainingArguments)(
         output_dir=str(tmp_path),
         num_train_epochs=EPOCHS,
         per_device_train_batch_size=4,
