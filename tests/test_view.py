@@ -182,3 +182,21 @@ def test_a_layer_swapped_between_two_operations_is_seen_by_the_second(fw):
     new = {id(p) for p in model[8].parameters()}
     assert new <= held and not new & before
     assert {n for g in after for n in g["names"] if n.startswith("8.")} == {"8.weight", "8.bias"}
+
+
+def test_a_cached_view_does_not_keep_a_deleted_model_alive(fw):
+    """The view cache is keyed by the model; the view holds the model and its root module weakly, so a model the
+    user drops (a sweep, a notebook building models in a loop) is freed with its weights."""
+    import gc
+    import weakref
+
+    model = fw.build(CNN)
+    ref = weakref.ref(model)
+    xfreeze.freeze(model, "*", "!8")
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    xfreeze.check(model, opt)
+    xfreeze.summary(model, print_table=False)
+    assert view_of(model).modules[0] is model and list(view_of(model).modules)[0] is model
+    del model, opt
+    gc.collect()
+    assert ref() is None

@@ -180,12 +180,16 @@ def _suggestion_pool(names: list, paths: list, body: str, limit: int = 2000) -> 
 
 # --- compatibility for code written against the walk of entries (kept small; the view is the source) ----------
 class Entry:
-    """One parameter of a model, as the view names it."""
+    """One parameter of a model, as the view names it (its module looked up in the view: see ModelView)."""
 
-    __slots__ = ("name", "param", "module", "view", "index")
+    __slots__ = ("name", "param", "owner", "view", "index")
 
-    def __init__(self, name: str, param, module, view=None, index: int = -1):
-        self.name, self.param, self.module, self.view, self.index = name, param, module, view, index
+    def __init__(self, name: str, param, owner: int, view, index: int = -1):
+        self.name, self.param, self.owner, self.view, self.index = name, param, owner, view, index
+
+    @property
+    def module(self):
+        return self.view.modules[self.owner]
 
     def __repr__(self) -> str:
         return f"Entry(name={self.name!r}, index={self.index})"
@@ -201,8 +205,7 @@ def walk(adapter, model) -> list[Entry]:
     if view.entries is None:  # made once per view: callers walk the same model many times in one operation
         with _gc_paused():  # 100k small objects: the collector's passes would cost more than making them
             view.entries = [
-                Entry(n, p, view.modules[mi], view, i)
-                for i, (n, p, mi) in enumerate(zip(view.names, view.params, view.owner))
+                Entry(n, p, mi, view, i) for i, (n, p, mi) in enumerate(zip(view.names, view.params, view.owner))
             ]
     return list(view.entries)
 

@@ -39,10 +39,12 @@ class ModelView:
     """A cached, framework-free view of one model (see the module docstring)."""
 
     def __init__(self, model, adapter, walk: Walk):
-        self.model, self.adapter, self.inner = model, adapter, walk.inner
+        # the view is cached under the model: it holds the model (and the root module) only weakly, or the cache
+        # would keep every model it has seen alive, with its weights (a sweep or notebook building models in a loop)
+        self._model, self._inner, self.adapter = _weak(model), _weak(walk.inner), adapter
         self.wrappers, self.token = tuple(walk.wrappers), walk.token
         self.paths = [p for p, _ in walk.modules]
-        self.modules = [m for _, m in walk.modules]
+        self.modules = _Modules([m for _, m in walk.modules])
         self.module_index = {p: i for i, p in enumerate(self.paths)}
         self.registered = [(mi, local, t) for mi, local, t in walk.params]  # every registration, tied ones too
         self.params: list = []
@@ -66,6 +68,15 @@ class ModelView:
         self.stat_tensors = [t for _, _, t, _ in walk.stats]
         self.stat_owner = [mi for mi, _, _, _ in walk.stats]
         self.entries: list | None = None  # xfreeze._select.walk's entries, made once
+
+    @property
+    def model(self):
+        return self._model()
+
+    @property
+    def inner(self):
+        """The model inside its wrappers (the root of ``modules``)."""
+        return self._inner()
 
     # --- structure ------------------------------------------------------------------------------------------
     @property
@@ -179,6 +190,37 @@ class ModelView:
     def trainable(self) -> np.ndarray:
         """The live trainability of every parameter (a fresh read, never cached)."""
         return np.fromiter(self.adapter.trainable_flags(self.params), dtype=bool, count=len(self.params))
+
+
+def _weak(obj):
+    """A weak reference, or a strong one for an object that cannot be weakly referenced (it is not cached either)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+class _Modules(list):
+    """The view's modules in walk order, the first (the root: the model itself, when it is not wrapped) held weakly
+    (see :class:`ModelView`). Indexing and iteration give the module objects."""
+
+    def __init__(self, modules: list):
+        super().__init__([None, *modules[1:]] if modules else [])
+        self._root = _weak(modules[0]) if modules else None
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self._root is not None and (i == 0 or i == -len(self)):
+            return self._root()
+        return list.__getitem__(self, i)
+
+    def __iter__(self):
+        items = list.__iter__(self)
+        if self._root is not None:
+            next(items)
+            yield self._root()
+        yield from items
 
 
 def _join(path: str, local: str) -> str:
