@@ -285,7 +285,7 @@ class Adapter:
 
     # --- optimizers ------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr) -> float | None:
-        """The base rate of an LR scheduler passed as ``lr`` (Paddle), else None."""
+        """The nominal rate of an LR scheduler passed as ``lr`` (Paddle: what group multipliers scale), else None."""
         _todo(self, "scheduler_base_lr")
 
     def build_optimizer(self, config, groups, lr):
@@ -297,8 +297,14 @@ class Adapter:
         _todo(self, "optimizer_param_ids")
 
     def add_param_group(self, opt, group, scheduler=None) -> None:
-        """Grow a live optimizer by one neutral group (absolute rate), keeping LR schedulers driving it."""
+        """Grow a live optimizer by one neutral group; ``group["lr"]`` is its nominal rate and ``scheduler`` (adopted
+        by :meth:`adopt_scheduler`) drives it from now on as a group the optimizer had from the start."""
         _todo(self, "add_param_group")
+
+    def adopt_scheduler(self, opt, scheduler) -> str | None:
+        """Check that ``scheduler`` drives ``opt`` and can drive the groups :meth:`add_param_group` adds later, and
+        record what that needs (before any group is added); the reason it cannot, or None."""
+        _todo(self, "adopt_scheduler")
 
     def group_lrs(self, opt) -> list:
         """The absolute learning rate of each group, as the optimizer will apply it now."""

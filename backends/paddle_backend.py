@@ -368,7 +368,14 @@ class PaddleAdapter(_Distributed, Adapter):
 
     # --- optimizers -------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr):
-        return float(lr.base_lr) if isinstance(lr, paddle.optimizer.lr.LRScheduler) else None
+        """The nominal rate: the one the user named (OneCycleLR's peak, LinearWarmup's rate after warm-up, whose
+        ``base_lr`` is its start, often 0), as the torch adapter reads a schedule (backends/torch_schedules.py)."""
+        L = paddle.optimizer.lr
+        if isinstance(lr, L.OneCycleLR):
+            return float(lr._lr_config[1])
+        if isinstance(lr, L.LinearWarmup):
+            return float(lr.end_lr)
+        return float(lr.base_lr) if isinstance(lr, L.LRScheduler) else None
 
     def build_optimizer(self, config, groups, lr):
         O, groups = paddle.optimizer, [_group(config, g, g["lr_scale"]) for g in groups]
@@ -508,6 +515,11 @@ class PaddleAdapter(_Distributed, Adapter):
         if isinstance(opt, paddle.optimizer.AdamW):
             _no_coupled_decay([new])
         # the global LRScheduler drives every group (their learning_rate is a multiplier): nothing to extend
+
+    def adopt_scheduler(self, opt, scheduler) -> str | None:
+        if scheduler is not getattr(opt, "_learning_rate", None):
+            return f"{type(scheduler).__name__} is not the optimizer's learning rate (Paddle schedules live in it)"
+        return None
 
     def group_lrs(self, opt) -> list:
         return [opt.get_lr() * g.get("learning_rate", 1.0) for g in opt._param_groups]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._base import Adapter, owners, relock_after
-from . import kinds
+from . import kinds, torch_schedules
 from .._errors import XFreezeError
 
 _NORMS = tuple(
@@ -550,15 +550,15 @@ class TorchAdapter(_Distributed, Adapter):
 
     def add_param_group(self, opt, group, scheduler=None) -> None:
         new = _group(group)
-        if scheduler is not None:  # the new group follows the schedule from where it stands now
-            factor = opt.param_groups[0]["lr"] / scheduler.base_lrs[0]
-            new["initial_lr"], new["lr"] = group["lr"], group["lr"] * factor
         opt.add_param_group(new)
         if scheduler is not None:
-            scheduler.base_lrs.append(group["lr"])
-            scheduler._last_lr.append(new["lr"])
-            if hasattr(scheduler, "lr_lambdas"):  # LambdaLR / MultiplicativeLR keep one lambda per group
-                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+            torch_schedules.grow(scheduler, opt, opt.param_groups[-1])
+
+    def adopt_scheduler(self, opt, scheduler) -> str | None:
+        problem = torch_schedules.problem(scheduler, opt)
+        if problem is None:
+            torch_schedules.prepare(scheduler, opt)
+        return problem
 
     def group_lrs(self, opt) -> list:
         return [g["lr"] for g in opt.param_groups]

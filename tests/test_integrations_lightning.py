@@ -40,6 +40,14 @@ class Net(pl.LightningModule):
     def configure_optimizers(self):
         if self.kind == "all":  # built over every parameter, whatever stage 0 froze
             return torch.optim.SGD(self.parameters(), lr=0.1)
+        if self.kind == "onecycle":  # stepped every batch; cycles momentum too
+            opt = xfreeze.optimizer(self, "sgd", lr=0.1, momentum=0.9)
+            schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        if self.kind == "two schedulers":
+            opt = xfreeze.optimizer(self, "sgd", lr=0.1)
+            S = torch.optim.lr_scheduler
+            return [opt], [S.LinearLR(opt, 0.5, total_iters=2), S.StepLR(opt, 1)]
         opt = xfreeze.optimizer(self, "sgd", lr=0.1, momentum=0.875, weight_decay=2**-10)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
 
@@ -126,6 +134,42 @@ def test_step_unit_and_ema(tmp_path):
     assert len(rates.seen[1]) == 2
     assert len(model.trainer.optimizers[0].param_groups) > 2
     assert callback.ema.num_updates == 8
+
+
+class StepRates(pl.Callback):
+    """(lr, momentum) of every group at the start of every batch (after Finetuning ran)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append([(g["lr"], g["momentum"]) for g in trainer.optimizers[0].param_groups])
+
+
+@pytest.mark.slow
+def test_a_per_batch_one_cycle_schedule_drives_the_groups_a_step_stage_adds(tmp_path):
+    """pytorch #79888: OneCycleLR keeps per-group keys, so a group added mid-run crashed its next step. The new
+    groups follow the cycle with the stage's rate as their peak (the head's peak is 0.1, the stage's 0.01)."""
+    model, rates = net("onecycle"), StepRates()
+    callback = Finetuning([Stage(0, freeze=["backbone"]), Stage(3, unfreeze=["backbone"], lr=0.01)], unit="step")
+    start = weights(model)
+    trainer(tmp_path, [callback, rates], epochs=2).fit(model, data())  # 8 steps
+    assert [len(groups) for groups in rates.seen] == [1, 1, 1, 2, 2, 2, 2, 2]  # the backbone joins at step 3
+    for step in range(3, 8):
+        (head_lr, head_momentum), *new = rates.seen[step]
+        for lr, momentum in new:
+            assert lr == pytest.approx(head_lr * 0.1, rel=1e-12), step  # the same phase of the cycle, 1/10 the peak
+            assert momentum == pytest.approx(head_momentum, rel=1e-12), step
+    assert len({round(groups[-1][0], 12) for groups in rates.seen[3:]}) == 5  # the schedule moved the new group
+    end = weights(model)
+    assert not np.array_equal(start["backbone.0.weight"], end["backbone.0.weight"])  # trained from step 3
+
+
+def test_two_schedulers_for_the_optimizer_are_refused_before_training(tmp_path):
+    model = net("two schedulers")
+    with pytest.raises(XFreezeError, match=r"2 LR schedulers(.|\n)*HINT: combine them(.|\n)*SequentialLR"):
+        trainer(tmp_path, [Finetuning(STAGES)], epochs=1).fit(model, data())
+    assert model.trainer.global_step == 0
 
 
 @pytest.mark.slow

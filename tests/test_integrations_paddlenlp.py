@@ -123,6 +123,21 @@ def test_the_default_optimizer_over_every_parameter_is_refused(tmp_path):
         trainer.train()  # before the first step
 
 
+def test_a_trainer_schedule_beside_a_fixed_rate_optimizer_is_named(tmp_path):
+    """PaddleNLP builds its default schedule even when given an optimizer, and only an optimizer it builds uses it:
+    beside ``lr=<number>`` it changes nothing. xfreeze says so with the fix instead of growing a dead schedule."""
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, device="cpu", report_to=[]
+    )
+    model, staging = ernie(), Finetuning(STAGES)
+    optimizers = staging.optimizers(model, "adamw", lr=LR)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset(), callbacks=[staging], optimizers=optimizers)
+    with pytest.warns(UserWarning, match=r"the schedule changes nothing(.|\n)*HINT: pass the schedule as the rate"):
+        trainer.train()
+    assert staging.staging.staged.scheduler is None
+    assert optimizers[0].get_lr() == LR
+
+
 @pytest.mark.slow
 def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
     fit(tmp_path, max_steps=STEPS)

@@ -244,7 +244,7 @@ def _base_lr(adapter, lr) -> float:
     base = adapter.scheduler_base_lr(lr)
     if base is None:
         raise XFreezeError(f"lr must be a number > 0 (in Paddle, an LRScheduler too). Received: lr={lr!r}")
-    _check_positive("lr (the scheduler's base_lr)", base)
+    _check_positive("lr (the scheduler's nominal rate)", base)
     return base
 
 

@@ -95,11 +95,14 @@ class StagedUnfreeze:
         _distributed.attach(self, rewrap)  # under DDP / DataParallel: self.model plain, self.wrapped the live wrapper
         self.optimizer, self.scheduler, self.config = None, None, None
         if optimizer is not None:
-            self._check_scheduler(scheduler)
-            self.optimizer, self.scheduler, self.config = optimizer, scheduler, self._config(optimizer)
+            config = self._config(optimizer)
+            self._adopt_scheduler(optimizer, scheduler)
+            self.optimizer, self.scheduler, self.config = optimizer, scheduler, config
             _check.remember(model, optimizer)
         elif scheduler is not None:
             raise XFreezeError("scheduler= needs optimizer=: give both to StagedUnfreeze.attach")
+        else:
+            self._groups_at_attach = 0
         self.applied = 0  # how many stages have been applied
         self.position: int | None = None
 
@@ -126,8 +129,30 @@ class StagedUnfreeze:
                 f"{', ...' if len(stale) > 3 else ''}): it was built before the stage could be applied. Build it "
                 "after (xfreeze.optimizer(model, ...) holds only what trains), e.g. in configure_optimizers"
             )
+        self._adopt_scheduler(optimizer, scheduler)
         self.optimizer, self.scheduler, self.config = optimizer, scheduler, config
         _check.remember(self.model, optimizer)
+
+    @batched
+    def attach_scheduler(self, scheduler) -> None:
+        """Give the LR scheduler built after the optimizer was attached (a training loop that builds its schedule
+        over the optimizer it was handed); it must come before a stage adds a group.
+
+        Raises:
+            XFreezeError: no optimizer yet, a stage after the first already grew the optimizer, ``scheduler`` is
+                not a scheduler of that optimizer or cannot drive groups added later. Nothing is changed then.
+        """
+        if self.optimizer is None:
+            raise XFreezeError("StagedUnfreeze.attach_scheduler before attach(optimizer)")
+        if self.scheduler is not None and scheduler is not self.scheduler:
+            raise XFreezeError("StagedUnfreeze already has a scheduler; give one scheduler per optimizer")
+        if len(self.adapter.group_lrs(self.optimizer)) != self._groups_at_attach:
+            raise XFreezeError(
+                "StagedUnfreeze.attach_scheduler after a stage grew the optimizer: the scheduler was built over "
+                "fewer groups than it now has; give it with attach(optimizer, scheduler)"
+            )
+        self._adopt_scheduler(self.optimizer, scheduler)
+        self.scheduler = scheduler
 
     @property
     def plan(self) -> list:
@@ -290,6 +315,20 @@ class StagedUnfreeze:
                 f"scheduler must be a learning-rate scheduler object of the model's framework (or "
                 f"None). Received: scheduler={scheduler!r}"
             )
+
+    def _adopt_scheduler(self, optimizer, scheduler) -> None:
+        """Checked, then recorded by the adapter: a group a stage adds follows the schedule as a group the
+        optimizer had from the start, with the stage's rate as its nominal rate."""
+        groups, problem = len(self.adapter.group_lrs(optimizer)), None
+        if scheduler is not None:
+            self._check_scheduler(scheduler)
+            problem = self.adapter.adopt_scheduler(optimizer, scheduler)
+        if problem is not None:
+            raise XFreezeError(
+                f"StagedUnfreeze cannot grow this schedule: {problem}.\nHINT: give the scheduler built over this "
+                "optimizer (a built-in LRScheduler, ReduceLROnPlateau, or a SequentialLR / ChainedScheduler of them)"
+            )
+        self._groups_at_attach = groups
 
     def _apply(self, stage: Stage) -> None:
         with _distributed.stage_boundary(self, stage):  # rewrap: rebuilds the wrapper when what trains changed

@@ -84,6 +84,15 @@ class Staging:
             pending, self.pending = self.pending, None
             self._restore(pending)
 
+    def attach_scheduler(self, scheduler) -> None:
+        """The schedule a training loop built over the attached optimizer (see
+        :meth:`xfreeze.StagedUnfreeze.attach_scheduler`)."""
+        self._need_prepared("attach_scheduler").attach_scheduler(scheduler)
+
+    @property
+    def optimizer(self):
+        return self.staged.optimizer if self.staged is not None else None
+
     def follow_wrapper(self) -> None:
         """When the training loop has wrapped the model in DDP / DataParallel since :meth:`prepare` and holds that
         wrapper (the Hugging Face and PaddleNLP Trainers, ``paddle.Model``): keep it, and give parameters a later
@@ -211,7 +220,11 @@ class TrainerEvents:
         if not self.staging.attached:  # the Trainer built its default optimizer after stage 0
             self.staging.attach(self.unwrap(optimizer), lr_scheduler)
         elif self.staging.staged.scheduler is None and lr_scheduler is not None and self.staging.staged.applied <= 1:
-            self.staging.staged.scheduler = lr_scheduler  # the Trainer built the schedule over our optimizer
+            self.adopt_trainer_scheduler(lr_scheduler)
+
+    def adopt_trainer_scheduler(self, scheduler) -> None:
+        """The Trainer built its schedule after the optimizer it was given: grow that schedule at boundaries."""
+        self.staging.attach_scheduler(scheduler)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.staging.unit == "epoch":

@@ -37,7 +37,8 @@ class Finetuning(pl.Callback):
         XFreezeError: at ``setup``: a stage pattern that matches nothing, a stage after the first that freezes or
             unfreezes under a sharding strategy (FSDP, DeepSpeed: see the HINT; DDP is supported); at
             ``on_fit_start``: an optimizer built before stage 0 was applied (it holds parameters stage 0 froze),
-            more than one optimizer, ranks that froze different tensors; on resume: a checkpoint from a different
+            more than one optimizer or more than one LR scheduler for it, a scheduler that cannot drive the groups
+            a stage adds, ranks that froze different tensors; on resume: a checkpoint from a different
             stage plan. All before the first training step.
 
     Example:
@@ -88,7 +89,13 @@ class Finetuning(pl.Callback):
             # builds a new DDP (it registers the parameters that train then) the way the strategy built the first
             self.staging.adopt_wrapper(strategy.model, _ddp_builder(strategy))
         optimizer = trainer.optimizers[0]
-        configs = [c for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+        configs = [c for c in trainer.lr_scheduler_configs if getattr(c.scheduler, "optimizer", None) is optimizer]
+        if len(configs) > 1:
+            raise XFreezeError(
+                f"configure_optimizers returned {len(configs)} LR schedulers for the optimizer; xfreeze Finetuning "
+                "grows one schedule with the optimizer.\nHINT: combine them into one, e.g. "
+                "torch.optim.lr_scheduler.SequentialLR (warm-up, then decay) or ChainedScheduler"
+            )
         self.staging.attach(optimizer, configs[0].scheduler if configs else None)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

@@ -15,6 +15,8 @@ unfreezes by hooks (a later freeze is refused when training begins). Not covered
 
 from __future__ import annotations
 
+import warnings
+
 import paddle
 from paddlenlp.trainer import TrainerCallback
 
@@ -48,6 +50,19 @@ class Finetuning(TrainerEvents, TrainerCallback):
     @staticmethod
     def unwrap(optimizer):
         return getattr(optimizer, "_inner_opt", optimizer)  # fleet's HybridParallelOptimizer
+
+    def adopt_trainer_scheduler(self, scheduler) -> None:
+        # PaddleNLP builds its default schedule to be the learning rate of the optimizer it builds; beside an
+        # optimizer passed in with a fixed rate it drives nothing (PaddleNLP's behaviour, with or without xfreeze)
+        if scheduler is not getattr(self.staging.optimizer, "_learning_rate", None):
+            warnings.warn(
+                f"PaddleNLP's Trainer built a {type(scheduler).__name__} schedule, but the optimizer it was given has "
+                "a fixed rate, so the schedule changes nothing (the rate stays fixed).\nHINT: pass the schedule as "
+                "the rate: staging.optimizers(model, ..., lr=paddle.optimizer.lr.LinearWarmup(...))",
+                stacklevel=2,
+            )
+            return
+        super().adopt_trainer_scheduler(scheduler)
 
     def optimizers(self, model, name="adamw", *, lr, **options):
         """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``: stage 0 applied first, then
