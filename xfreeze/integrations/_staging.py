@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 from .. import _distributed
 from .._ema import EMA
@@ -219,8 +220,24 @@ class TrainerEvents:
         self.staging.follow_wrapper()  # the Trainer wrapped the model in DDP / DataParallel (several processes)
         if not self.staging.attached:  # the Trainer built its default optimizer after stage 0
             self.staging.attach(self.unwrap(optimizer), lr_scheduler)
+            self._warn_unresumable(args)
         elif self.staging.staged.scheduler is None and lr_scheduler is not None and self.staging.staged.applied <= 1:
             self.adopt_trainer_scheduler(lr_scheduler)
+
+    def _warn_unresumable(self, args) -> None:
+        # the Trainer loads a checkpoint's optimizer state before any callback event of train(), so its own
+        # optimizer cannot be regrown first: resuming after a boundary fails in torch ("different number of
+        # parameter groups"). Said before training, only when this run saves checkpoints and a stage grows it.
+        grows = [s.at for s in self.staging.stages[1:] if s.unfreeze]
+        saving = getattr(args, "save_strategy", "no")
+        if grows and getattr(saving, "value", saving) != "no":  # an enum in transformers 4.x
+            warnings.warn(
+                f"the Trainer built its own optimizer, which the stages at {self.staging.unit}s {grows} grow: a "
+                "checkpoint saved after a boundary cannot be resumed (the Trainer loads the optimizer state before "
+                "xfreeze can regrow it).\nHINT: build the Trainer with optimizers=staging.optimizers(model, "
+                "'adamw', lr=..., num_training_steps=...), which resumes exactly",
+                stacklevel=2,
+            )
 
     def adopt_trainer_scheduler(self, scheduler) -> None:
         """The Trainer built its schedule after the optimizer it was given: grow that schedule at boundaries."""
