@@ -139,3 +139,55 @@ def test_one_no_decay_pattern_as_a_string_carries_to_stage_groups(fw):
     StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), Stage(1, unfreeze=["3"])]).step(1)
     rows = {r.name: r for r in xfreeze.param_table(model, opt).rows}
     assert (rows["3.weight"].weight_decay, rows["3.bias"].weight_decay) == pytest.approx((0.01, 0.0))
+
+
+@pytest.mark.parametrize("given", ["class", "partial", "explicit"])
+def test_a_class_keeps_its_own_default_weight_decay(fw, given):
+    """torch.optim.AdamW / paddle.optimizer.AdamW decay by 0.01 unless told: passing the class keeps that meaning
+    (norms and biases still go to the no-decay group); a partial's value or an explicit one wins."""
+    cls = optim(fw).AdamW
+    factory, kwargs, expected = {
+        "class": (cls, {}, 0.01),
+        "partial": (functools.partial(cls, weight_decay=0.05), {}, 0.05),
+        "explicit": (cls, {"weight_decay": 0.0}, 0.0),
+    }[given]
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, factory, lr=0.1, **kwargs)
+    rows = {r.name: r for r in xfreeze.param_table(model, opt).rows}
+    assert rows["0.weight"].weight_decay == pytest.approx(expected)
+    assert (rows["0.bias"].weight_decay, rows["1.weight"].weight_decay) == (0.0, 0.0)
+    assert xfreeze.optimizer(model, "adamw", lr=0.1)._xfreeze_config.weight_decay == 0.0  # xfreeze's own names: 0
+
+
+@pytest.mark.parametrize("name", ["Lamb", "Lion", "Adan", "MADGRAD", "AdamP", "Adafactor"])
+def test_third_party_torch_optimizers_keep_absolute_group_rates(name):
+    """timm's optimizers (Lamb clips by the norm over every group, so the oracle is one grouped optimizer built by
+    hand, not one per rate) and transformers' Adafactor with absolute steps."""
+    from harness import kit
+
+    torch_kit = kit("torch")
+    if name == "Adafactor":
+        transformers = pytest.importorskip("transformers")
+        cls = functools.partial(transformers.Adafactor, scale_parameter=False, relative_step=False)
+    else:
+        cls = getattr(pytest.importorskip("timm.optim"), name)
+    a, b = model_pair(torch_kit)
+    opt = xfreeze.optimizer(a, cls, lr=2**-6, lr_mult={"8": 4}, no_decay=None)
+    head = [p for n, p in b.named_parameters() if n.startswith("8.")]
+    rest = [p for n, p in b.named_parameters() if not n.startswith("8.")]
+    hand = cls([{"params": rest, "lr": 2**-6}, {"params": head, "lr": 2**-4}], lr=2**-6)
+    for step in range(2):
+        x, y = batch(CNN, "float32", step)
+        torch_kit.train_step(a, opt, torch_kit.tensor(x), torch_kit.labels(y))
+        _two_optimizer_step(torch_kit, b, [hand], torch_kit.tensor(x), torch_kit.labels(y))
+    sa, sb = torch_kit.state(a), torch_kit.state(b)
+    for key in sa:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+
+
+def test_adafactor_with_relative_steps_is_refused_with_the_reason():
+    transformers = pytest.importorskip("transformers")
+    from harness import kit
+
+    with pytest.raises(XFreezeError, match=r"Adafactor cannot be built over xfreeze's parameter groups.*relative_step"):
+        xfreeze.optimizer(kit("torch").build(CNN), transformers.Adafactor, lr=0.1)

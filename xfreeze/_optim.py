@@ -7,6 +7,7 @@ the base ``lr``) and ``weight_decay``. The adapter turns them into the framework
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ def optimizer(
     name,
     *,
     lr,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     momentum: float = 0.0,
     nesterov: bool = False,
     betas=(0.9, 0.999),
@@ -142,7 +143,9 @@ def optimizer(
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
         name: ``"sgd"``, ``"adam"`` or ``"adamw"``; or an optimizer class / factory of the model's framework.
         lr: base learning rate (> 0); in Paddle an ``LRScheduler`` is accepted too (its ``base_lr`` is the base).
-        weight_decay, lr_mult, no_decay, layer_decay: as :func:`param_groups`.
+        weight_decay: the decay of the parameters ``no_decay`` does not match (>= 0). Default: 0 for the three
+            names; for a class or factory its own default (torch ``AdamW``: 0.01; a ``functools.partial``'s value).
+        lr_mult, no_decay, layer_decay: as :func:`param_groups`.
         momentum, nesterov: for ``sgd`` (momentum in [0, 1)).
         betas, eps: for ``adam`` / ``adamw``.
         backend: force ``"torch"`` or ``"paddle"``.
@@ -174,6 +177,8 @@ def optimizer(
     elif not callable(factory):
         raise XFreezeError(f"name must be one of {OPTIMIZERS} or an optimizer class/factory. Received: {name!r}")
     base_lr = _base_lr(adapter, lr)
+    if weight_decay is None:
+        weight_decay = _default_decay(factory)
     _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_decay)
     if nesterov and (name != "sgd" or momentum <= 0):
         raise XFreezeError("nesterov=True needs name='sgd' and momentum > 0")
@@ -208,6 +213,19 @@ def optimizer(
     opt._xfreeze_config = config
     _register(opt, model)
     return opt
+
+
+def _default_decay(factory) -> float:
+    """The weight decay an optimizer class or factory applies when not told (torch AdamW: 0.01), so that passing
+    the class keeps its meaning; 0 for xfreeze's own names and for a signature that names none."""
+    if factory is None:
+        return 0.0
+    try:
+        option = inspect.signature(factory).parameters.get("weight_decay")
+    except (TypeError, ValueError):  # a builtin or C-implemented factory without a readable signature
+        return 0.0
+    default = getattr(option, "default", None)
+    return float(default) if isinstance(default, numbers.Real) and not isinstance(default, bool) else 0.0
 
 
 def _register(opt, model) -> None:
