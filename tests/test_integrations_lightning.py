@@ -150,10 +150,10 @@ class StepRates(pl.Callback):
 def test_a_per_batch_one_cycle_schedule_drives_the_groups_a_step_stage_adds(tmp_path):
     """pytorch #79888: OneCycleLR keeps per-group keys, so a group added mid-run crashed its next step. The new
     groups follow the cycle with the stage's rate as their peak (the head's peak is 0.1, the stage's 0.01)."""
-    model, rates = net("onecycle"), StepRates()
-    callback = Finetuning([Stage(0, freeze=["backbone"]), Stage(3, unfreeze=["backbone"], lr=0.01)], unit="step")
+    stages = [Stage(0, freeze=["backbone"]), Stage(3, unfreeze=["backbone"], lr=0.01)]
+    model, rates, callback = net("onecycle"), StepRates(), Finetuning(stages, unit="step")
     start = weights(model)
-    trainer(tmp_path, [callback, rates], epochs=2).fit(model, data())  # 8 steps
+    trainer(tmp_path, [callback, rates], epochs=2, save=True).fit(model, data())  # 8 steps
     assert [len(groups) for groups in rates.seen] == [1, 1, 1, 2, 2, 2, 2, 2]  # the backbone joins at step 3
     for step in range(3, 8):
         (head_lr, head_momentum), *new = rates.seen[step]
@@ -163,6 +163,13 @@ def test_a_per_batch_one_cycle_schedule_drives_the_groups_a_step_stage_adds(tmp_
     assert len({round(groups[-1][0], 12) for groups in rates.seen[3:]}) == 5  # the schedule moved the new group
     end = weights(model)
     assert not np.array_equal(start["backbone.0.weight"], end["backbone.0.weight"])  # trained from step 3
+
+    resumed, rates2 = net("onecycle"), StepRates()  # from the end of epoch 0 (step 4, after the boundary)
+    trainer(tmp_path / "b", [Finetuning(stages, unit="step"), rates2], epochs=2).fit(
+        resumed, data(), ckpt_path=tmp_path / "epoch=0.ckpt"
+    )
+    assert rates2.seen == rates.seen[4:]  # the cycle (rates and momenta of every group) continues where it was
+    assert all(np.array_equal(v, end[k]) for k, v in weights(resumed).items())
 
 
 def test_two_schedulers_for_the_optimizer_are_refused_before_training(tmp_path):
