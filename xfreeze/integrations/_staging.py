@@ -35,7 +35,8 @@ class Staging:
         backend: force ``"torch"`` or ``"paddle"``.
 
     Raises:
-        XFreezeError: an unknown unit, a bad ``ema``, or no/invalid stages (pattern checks come at :meth:`prepare`).
+        XFreezeError: an unknown unit, a bad ``ema``, no/invalid stages, a stage with a ``batch_size`` (the
+            framework owns the data loader); pattern checks come at :meth:`prepare`.
     """
 
     def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, backend: str | None = None):
@@ -43,6 +44,13 @@ class Staging:
         stages = list(stages) if isinstance(stages, (list, tuple)) else stages
         if not isinstance(stages, list) or not stages or not all(isinstance(s, Stage) for s in stages):
             raise XFreezeError(f"stages must be a non-empty list of xfreeze.Stage. Received: stages={stages!r}")
+        sized = [f"stages[{i}].batch_size={s.batch_size}" for i, s in enumerate(stages) if s.batch_size is not None]
+        if sized:
+            raise XFreezeError(
+                f"{', '.join(sized)}: the training framework builds the data loader, so a callback cannot change its "
+                "batch size mid-fit.\nHINT: leave batch_size out of the stages and set the loader's batch size "
+                "yourself; a hand-written loop can follow it with StagedUnfreeze(...).batch_size"
+            )
         if ema is not None and (isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0 < ema < 1):
             raise XFreezeError(f"ema must be None or a decay in (0, 1). Received: ema={ema!r}")
         self.stages, self.unit, self.decay, self.backend = stages, unit, ema, backend
