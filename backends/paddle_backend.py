@@ -369,12 +369,15 @@ class PaddleAdapter(_Distributed, Adapter):
     # --- optimizers -------------------------------------------------------------------------------------------
     def scheduler_base_lr(self, lr):
         """The nominal rate: the one the user named (OneCycleLR's peak, LinearWarmup's rate after warm-up, whose
-        ``base_lr`` is its start, often 0), as the torch adapter reads a schedule (backends/torch_schedules.py)."""
+        ``base_lr`` is its start, often 0; PiecewiseDecay's first value), as the torch adapter reads a schedule
+        (backends/torch_schedules.py)."""
         L = paddle.optimizer.lr
         if isinstance(lr, L.OneCycleLR):
             return float(lr._lr_config[1])
         if isinstance(lr, L.LinearWarmup):
             return float(lr.end_lr)
+        if isinstance(lr, L.PiecewiseDecay):  # its base_lr is a placeholder (0.1); the first value is the rate
+            return float(lr.values[0])
         return float(lr.base_lr) if isinstance(lr, L.LRScheduler) else None
 
     def build_optimizer(self, config, groups, lr):

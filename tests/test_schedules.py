@@ -19,7 +19,7 @@ paddle = pytest.importorskip("paddle")
 T = torch.optim.lr_scheduler
 P = paddle.optimizer.lr
 
-BASE, STAGE_LR, AT, EPOCHS = 0.1, 0.02, 3, 9
+BASE, STAGE_LR, AT, EPOCHS = 0.2, 0.02, 3, 9  # BASE is not 0.1, PiecewiseDecay's placeholder base_lr
 STAGES = [Stage(0, freeze=["0"]), Stage(AT, unfreeze=["0"], lr=STAGE_LR)]
 
 
@@ -175,6 +175,10 @@ PAIRS = {
     "warmup+cosine": (
         lambda o: T.LambdaLR(o, warm_cosine),
         lambda: P.LinearWarmup(P.CosineAnnealingDecay(BASE, 8), 3, 0.0, BASE),  # base_lr 0: its start
+    ),
+    "piecewise": (
+        lambda o: T.MultiStepLR(o, [2, 4], 0.1),
+        lambda: P.PiecewiseDecay([2, 4], [BASE, BASE / 10, BASE / 100]),
     ),
     "onecycle": (
         lambda o: T.OneCycleLR(o, max_lr=BASE, total_steps=12, final_div_factor=BASE / 25 / 1e-4),
