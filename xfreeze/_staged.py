@@ -94,6 +94,7 @@ class StagedUnfreeze:
         self._validate()
         _distributed.attach(self, rewrap)  # under DDP / DataParallel: self.model plain, self.wrapped the live wrapper
         self.optimizer, self.scheduler, self.config = None, None, None
+        self._groups_at_attach = 0  # the optimizer's groups when its scheduler was adopted (attach_scheduler)
         if optimizer is not None:
             config = self._config(optimizer)
             self._adopt_scheduler(optimizer, scheduler)
@@ -101,8 +102,6 @@ class StagedUnfreeze:
             _check.remember(model, optimizer)
         elif scheduler is not None:
             raise XFreezeError("scheduler= needs optimizer=: give both to StagedUnfreeze.attach")
-        else:
-            self._groups_at_attach = 0
         self.applied = 0  # how many stages have been applied
         self.position: int | None = None
 
