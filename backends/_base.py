@@ -332,7 +332,8 @@ class Adapter:
         _todo(self, "build_optimizer_from")
 
     def optimizer_defaults(self, opt) -> dict | None:
-        """The base rate and weight decay of an optimizer xfreeze did not build (None when unknown)."""
+        """The base rate and weight decay (of its decayed parameters) of an optimizer xfreeze did not build (None
+        when unknown)."""
         _todo(self, "optimizer_defaults")
 
     def is_optimizer(self, obj) -> bool:

@@ -513,7 +513,12 @@ class TorchAdapter(_Distributed, Adapter):
 
     def optimizer_defaults(self, opt):
         defaults = getattr(opt, "defaults", None)
-        return defaults if isinstance(defaults, dict) and "lr" in defaults else None
+        if not isinstance(defaults, dict) or "lr" not in defaults:
+            return None
+        # the decay the optimizer gives its decayed parameters, read from its groups: the Hugging Face Trainer
+        # passes args.weight_decay in groups, so defaults hold AdamW's own 0.01 whatever the user set
+        decays = [g["weight_decay"] for g in opt.param_groups if isinstance(g.get("weight_decay"), (int, float))]
+        return {**defaults, "weight_decay": max(decays, default=defaults.get("weight_decay", 0.0))}
 
     def is_optimizer(self, obj) -> bool:
         return isinstance(obj, torch.optim.Optimizer)

@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+import xfreeze  # noqa: E402
 from xfreeze import Stage, XFreezeError  # noqa: E402
 from xfreeze.integrations.transformers import Finetuning  # noqa: E402
 
@@ -178,9 +179,9 @@ def test_the_trainers_own_optimizer_grows_at_the_boundary(tmp_path):
     rates, model = Rates(), bert()
     trainer = transformers.Trainer(
         model=model,
-        args=args(tmp_path, learning_rate=LR),
+        args=args(tmp_path, learning_rate=LR, weight_decay=2**-6),
         train_dataset=dataset(),
-        callbacks=[Finetuning(STAGES), rates],
+        callbacks=[Finetuning(STAGES, lr_mult={"bert.encoder.layer.0.output": 2}), rates],
     )
     with pytest.warns(UserWarning, match=r"cannot be resumed(.|\n)*HINT: build the Trainer with optimizers="):
         trainer.train()  # it saves every epoch: a resume after epoch 1 would fail in torch's load_state_dict
@@ -188,6 +189,19 @@ def test_the_trainers_own_optimizer_grows_at_the_boundary(tmp_path):
     assert len(boundary) > len(first)  # the Trainer's AdamW (built after stage 0) got layer 0 as new groups
     assert boundary[len(first)] == pytest.approx(2**-10 * (1 - STEPS / (EPOCHS * STEPS)))
     assert len(trainer.optimizer.param_groups) == len(boundary)
+    added = {r.name: r for r in xfreeze.param_table(model, trainer.optimizer.optimizer).rows}
+    layer0 = "bert.encoder.layer.0."
+    # the Trainer's decay (args.weight_decay, in its groups; AdamW's own default 0.01 is not it), none for norms
+    # and biases; the callback's lr_mult on top of the stage rate
+    assert added[layer0 + "attention.self.query.weight"].weight_decay == 2**-6
+    assert added[layer0 + "attention.self.query.bias"].weight_decay == 0.0
+    assert added[layer0 + "output.LayerNorm.weight"].weight_decay == 0.0
+    layer = model.bert.encoder.layer[0]
+    query, output = (  # nominal rates (the linear schedule has reached 0 by now)
+        next(g["initial_lr"] for g in trainer.optimizer.param_groups if any(p is w for p in g["params"]))
+        for w in (layer.attention.self.query.weight, layer.output.dense.weight)
+    )
+    assert (query, output) == pytest.approx((2**-10, 2**-9))
 
 
 @pytest.mark.slow

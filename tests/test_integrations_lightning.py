@@ -44,6 +44,9 @@ class Net(pl.LightningModule):
             opt = xfreeze.optimizer(self, "sgd", lr=0.1, momentum=0.9)
             schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        if self.kind == "by hand":  # what Lightning users write; the callback says how stages group the rest
+            trainable = [p for p in self.parameters() if p.requires_grad]
+            return torch.optim.SGD(trainable, lr=0.1, momentum=0.9, weight_decay=2**-10)
         if self.kind == "two schedulers":
             opt = xfreeze.optimizer(self, "sgd", lr=0.1)
             S = torch.optim.lr_scheduler
@@ -177,6 +180,36 @@ def test_two_schedulers_for_the_optimizer_are_refused_before_training(tmp_path):
     with pytest.raises(XFreezeError, match=r"2 LR schedulers(.|\n)*HINT: combine them(.|\n)*SequentialLR"):
         trainer(tmp_path, [Finetuning(STAGES)], epochs=1).fit(model, data())
     assert model.trainer.global_step == 0
+
+
+def table(module, optimizer):
+    return {r.name: (r.lr, r.weight_decay) for r in xfreeze.param_table(module, optimizer).rows}
+
+
+def test_group_options_on_the_callback_shape_what_stages_add_to_a_hand_built_optimizer(tmp_path):
+    stages = [Stage(0, freeze=["backbone"]), Stage(1, unfreeze=["backbone.3", "backbone.4"], lr=0.01)]
+    model = net("by hand")
+    callback = Finetuning(stages, lr_mult={"backbone.3": 4})  # no_decay: biases and norms, as xfreeze.optimizer
+    trainer(tmp_path, [callback], epochs=2).fit(model, data())
+    rows = table(model, model.trainer.optimizers[0])
+    assert rows["head.weight"] == pytest.approx((0.1, 2**-10))  # the hand-built group, as written
+    assert rows["head.bias"] == pytest.approx((0.1, 2**-10))
+    assert rows["backbone.3.weight"] == pytest.approx((0.04, 2**-10))  # stage rate x lr_mult, the optimizer's decay
+    assert rows["backbone.3.bias"] == pytest.approx((0.04, 0.0))  # no_decay
+    assert rows["backbone.4.weight"] == pytest.approx((0.01, 0.0))  # a norm: no decay
+
+
+def test_group_options_given_twice_or_naming_nothing_are_refused_before_training(tmp_path):
+    model = net()  # configure_optimizers uses xfreeze.optimizer, which has its own options
+    with pytest.raises(XFreezeError, match=r"group options \['lr_mult'\] were given to the callback(.|\n)*HINT"):
+        trainer(tmp_path, [Finetuning(STAGES, lr_mult={"head": 10})], epochs=1).fit(model, data())
+    assert model.trainer.global_step == 0
+    with pytest.raises(XFreezeError, match=r"haed.*matched no parameters"):
+        trainer(tmp_path, [Finetuning(STAGES, lr_mult={"haed": 10})], epochs=1).fit(net("by hand"), data())
+    with pytest.raises(XFreezeError, match=r"layer_decay must be in \(0, 1\]"):
+        Finetuning(STAGES, layer_decay=2)
+    with pytest.raises(TypeError, match="lr_mul"):
+        Finetuning(STAGES, lr_mul={"head": 10})
 
 
 @pytest.mark.slow

@@ -81,18 +81,7 @@ def param_groups(
     adapter = adapter_for(model, backend)
     _check_positive("lr", lr)
     _check_number("weight_decay", weight_decay, minimum=0.0)
-    if lr_mult is not None and not isinstance(lr_mult, dict):
-        raise XFreezeError(f"lr_mult must be a dict {{pattern: multiplier}}. Received: lr_mult={lr_mult!r}")
-    if (
-        no_decay is not None
-        and not isinstance(no_decay, str)
-        and not (isinstance(no_decay, (list, tuple)) and all(isinstance(p, str) for p in no_decay))
-    ):
-        raise XFreezeError(f"no_decay must be a pattern or a list of patterns. Received: no_decay={no_decay!r}")
-    if layer_decay is not None:
-        _check_number("layer_decay", layer_decay)
-        if not 0.0 < layer_decay <= 1.0:
-            raise XFreezeError(f"layer_decay must be in (0, 1]. Received: layer_decay={layer_decay!r}")
+    check_group_options(lr_mult, no_decay, layer_decay)
     entries = [e for e in _select.walk(adapter, model) if adapter.is_trainable(e.param)]
     if only is not None:
         wanted = set(only)
@@ -179,7 +168,7 @@ def optimizer(
     base_lr = _base_lr(adapter, lr)
     if weight_decay is None:
         weight_decay = _default_decay(factory)
-    _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_decay)
+    _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, no_decay, layer_decay)
     if nesterov and (name != "sgd" or momentum <= 0):
         raise XFreezeError("nesterov=True needs name='sgd' and momentum > 0")
     groups = param_groups(
@@ -215,6 +204,24 @@ def optimizer(
     return opt
 
 
+def check_group_options(lr_mult, no_decay, layer_decay) -> None:
+    """Types and ranges of the options that shape groups (patterns are checked against a model later)."""
+    if lr_mult is not None and not isinstance(lr_mult, dict):
+        raise XFreezeError(f"lr_mult must be a dict {{pattern: multiplier}}. Received: lr_mult={lr_mult!r}")
+    for pattern, mult in (lr_mult or {}).items():
+        _check_positive(f"lr_mult[{pattern!r}]", mult)
+    if (
+        no_decay is not None
+        and not isinstance(no_decay, str)
+        and not (isinstance(no_decay, (list, tuple)) and all(isinstance(p, str) for p in no_decay))
+    ):
+        raise XFreezeError(f"no_decay must be a pattern or a list of patterns. Received: no_decay={no_decay!r}")
+    if layer_decay is not None:
+        _check_number("layer_decay", layer_decay)
+        if not 0.0 < layer_decay <= 1.0:
+            raise XFreezeError(f"layer_decay must be in (0, 1]. Received: layer_decay={layer_decay!r}")
+
+
 def _default_decay(factory) -> float:
     """The weight decay an optimizer class or factory applies when not told (torch AdamW: 0.01), so that passing
     the class keeps its meaning; 0 for xfreeze's own names and for a signature that names none."""
@@ -234,7 +241,7 @@ def _register(opt, model) -> None:
     remember(model, opt)
 
 
-def _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_decay) -> None:
+def _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, no_decay, layer_decay) -> None:
     """Every number and type first, so that nothing is built from a bad value."""
     _check_number("weight_decay", weight_decay, minimum=0.0)
     _check_number("momentum", momentum, minimum=0.0)
@@ -249,10 +256,7 @@ def _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, layer_
     ):
         raise XFreezeError(f"betas must be two numbers in [0, 1). Received: betas={betas!r}")
     _check_number("eps", eps, minimum=0.0)
-    if lr_mult is not None and not isinstance(lr_mult, dict):
-        raise XFreezeError(f"lr_mult must be a dict {{pattern: multiplier}}. Received: lr_mult={lr_mult!r}")
-    if layer_decay is not None:
-        _check_number("layer_decay", layer_decay)
+    check_group_options(lr_mult, no_decay, layer_decay)
 
 
 def _base_lr(adapter, lr) -> float:
@@ -269,8 +273,7 @@ def _base_lr(adapter, lr) -> float:
 def _lr_scales(adapter, model, entries, lr_mult: dict, layer_decay) -> dict[str, float]:
     scales = {e.name: 1.0 for e in entries}
     all_entries = _select.walk(adapter, model)
-    for pattern, mult in lr_mult.items():
-        _check_positive(f"lr_mult[{pattern!r}]", mult)
+    for pattern, mult in lr_mult.items():  # multipliers checked by check_group_options
         hits = {e.name for e in _select.resolve(adapter, model, _select.compile_patterns([pattern]), all_entries)}
         for name in scales.keys() & hits:
             scales[name] *= float(mult)

@@ -5,6 +5,7 @@ Framework-free: the callbacks in the sibling modules only decide *when* to call 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -12,6 +13,7 @@ import warnings
 from .. import _distributed
 from .._ema import EMA
 from .._errors import XFreezeError, check_choice
+from .._optim import check_group_options, param_groups
 from .._staged import UNITS, Stage, StagedUnfreeze
 
 STATE_FORMAT = "xfreeze.integrations.Staging"
@@ -33,14 +35,21 @@ class Staging:
         unit: ``"epoch"`` or ``"step"`` (optimizer steps, the framework's global step).
         ema: ``None`` or an EMA decay in (0, 1).
         backend: force ``"torch"`` or ``"paddle"``.
+        groups: ``lr_mult`` / ``no_decay`` / ``layer_decay`` for the groups stages add to an optimizer xfreeze did
+            not build (one written by hand in ``configure_optimizers``, the Trainer's own); an optimizer built by
+            :func:`xfreeze.optimizer` carries its own, so giving them here too is refused.
 
     Raises:
         XFreezeError: an unknown unit, a bad ``ema``, no/invalid stages, a stage with a ``batch_size`` (the
             framework owns the data loader); pattern checks come at :meth:`prepare`.
     """
 
-    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, backend: str | None = None):
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, backend: str | None = None, **groups):
         check_choice("unit", unit, UNITS)
+        unknown = sorted(set(groups) - {"lr_mult", "no_decay", "layer_decay"})
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {unknown}")
+        check_group_options(groups.get("lr_mult"), groups.get("no_decay"), groups.get("layer_decay"))
         stages = list(stages) if isinstance(stages, (list, tuple)) else stages
         if not isinstance(stages, list) or not stages or not all(isinstance(s, Stage) for s in stages):
             raise XFreezeError(f"stages must be a non-empty list of xfreeze.Stage. Received: stages={stages!r}")
@@ -54,6 +63,7 @@ class Staging:
         if ema is not None and (isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0 < ema < 1):
             raise XFreezeError(f"ema must be None or a decay in (0, 1). Received: ema={ema!r}")
         self.stages, self.unit, self.decay, self.backend = stages, unit, ema, backend
+        self.groups = {k: v for k, v in groups.items() if k != "lr_mult" or v is not None}
         self.staged: StagedUnfreeze | None = None
         self.ema: EMA | None = None
         self.pending: dict | None = None  # a state loaded before the optimizer existed
@@ -71,8 +81,11 @@ class Staging:
         """Check the stages against ``model`` and apply what is due at 0 (before the optimizer is built)."""
         if self.staged is not None and self.staged.model is model:
             return
-        self.staged = StagedUnfreeze(model, None, self.stages, unit=self.unit, backend=self.backend)
-        self.staged.step(0)
+        staged = StagedUnfreeze(model, None, self.stages, unit=self.unit, backend=self.backend)
+        staged.step(0)
+        if self.groups:  # their patterns, checked against the model before training
+            param_groups(model, lr=1.0, **self.groups, backend=staged.adapter.name)
+        self.staged = staged
         if self.decay is not None:
             self.ema = EMA(model, self.decay, backend=self.backend)
 
@@ -87,11 +100,35 @@ class Staging:
         _distributed.adopt(self._need_prepared("adopt_wrapper"), wrapper, rewrap)
 
     def attach(self, optimizer, scheduler=None) -> None:
-        """Give the live optimizer (and scheduler); a state loaded earlier is applied now (groups regrown)."""
-        self._need_prepared("attach").attach(optimizer, scheduler)
+        """Give the live optimizer (and scheduler); a state loaded earlier is applied now (groups regrown).
+
+        Raises:
+            XFreezeError: as :meth:`xfreeze.StagedUnfreeze.attach`; group options given both here and to
+                :func:`xfreeze.optimizer`. Nothing is changed then.
+        """
+        staged = self._need_prepared("attach")
+        if self.groups and getattr(optimizer, "_xfreeze_config", None) is not None:
+            raise XFreezeError(
+                f"group options {sorted(self.groups)} were given to the callback, but the optimizer was built by "
+                "xfreeze.optimizer, which has its own.\nHINT: give lr_mult / no_decay / layer_decay in one place: "
+                "to xfreeze.optimizer (its groups and the ones stages add), or to the callback for an optimizer "
+                "built by hand"
+            )
+        staged.attach(optimizer, scheduler)
+        if self.groups and staged.config is not None:
+            staged.config = dataclasses.replace(staged.config, **self._config_options())
         if self.pending is not None:
             pending, self.pending = self.pending, None
             self._restore(pending)
+
+    def _config_options(self) -> dict:
+        options = dict(self.groups)
+        if "no_decay" in options:  # one pattern, not one per character; None: every group decays
+            no_decay = options["no_decay"]
+            options["no_decay"] = (no_decay,) if isinstance(no_decay, str) else tuple(no_decay or ())
+        if "lr_mult" in options:
+            options["lr_mult"] = dict(options["lr_mult"])
+        return options
 
     def attach_scheduler(self, scheduler) -> None:
         """The schedule a training loop built over the attached optimizer (see

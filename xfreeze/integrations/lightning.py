@@ -32,6 +32,9 @@ class Finetuning(pl.Callback):
         unit: ``"epoch"`` (``trainer.current_epoch``) or ``"step"`` (``trainer.global_step``).
         ema: ``None`` or a decay in (0, 1): an :class:`xfreeze.EMA` of the module, updated after every optimizer
             step, saved in checkpoints, available as ``callback.ema``.
+        lr_mult, no_decay, layer_decay: as :func:`xfreeze.param_groups`, for the groups stages add when
+            ``configure_optimizers`` builds the optimizer by hand (``torch.optim.AdamW(filter(...), ...)``); an
+            optimizer from :func:`xfreeze.optimizer` takes them there instead (both: refused at fit start).
 
     Raises:
         XFreezeError: at ``setup``: a stage pattern that matches nothing, a stage after the first that freezes or
@@ -49,8 +52,8 @@ class Finetuning(pl.Callback):
         'epoch'
     """
 
-    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None):
-        self.staging = Staging(stages, unit=unit, ema=ema, backend="torch")
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, **groups):
+        self.staging = Staging(stages, unit=unit, ema=ema, backend="torch", **groups)
         self._step_seen = 0
 
     @property

@@ -28,6 +28,8 @@ class Finetuning(TrainerEvents, TrainerCallback):
         unit: ``"epoch"`` or ``"step"`` (``state.global_step``, optimizer steps).
         ema: ``None`` or a decay in (0, 1): an :class:`xfreeze.EMA` updated after every optimizer step
             (``callback.ema``; it is saved with the optimizer state).
+        lr_mult, no_decay, layer_decay: as :func:`xfreeze.param_groups`, for the groups stages add to the
+            Trainer's own optimizer; with :meth:`optimizers` give them there.
 
     Raises:
         XFreezeError: when the Trainer is built: a stage pattern that matches nothing, an optimizer passed to the
@@ -47,8 +49,8 @@ class Finetuning(TrainerEvents, TrainerCallback):
 
     input_grads_for_checkpointing = True
 
-    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None):
-        self.staging = Staging(stages, unit=unit, ema=ema, backend="torch")
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, **groups):
+        self.staging = Staging(stages, unit=unit, ema=ema, backend="torch", **groups)
 
     @staticmethod
     def unwrap(optimizer):
