@@ -111,7 +111,8 @@ def test_paddle_lamb_with_group_decay_is_refused():
         ({"lr": float("nan")}, r"lr must be a finite number"),
         ({"lr": 0.1, "weight_decay": float("nan")}, r"weight_decay must be a finite number"),
         ({"lr": 0.1, "momentum": 5}, r"momentum must be in \[0, 1\)"),
-        ({"lr": 0.1, "betas": None}, r"betas must be two numbers in \[0, 1\)"),
+        ({"lr": 0.1, "betas": (0.9, 0.99)}, r"betas= is not an option of name='sgd' \(it takes momentum, nesterov\)"),
+        ({"lr": 0.1, "nesterov": True}, r"nesterov=True needs momentum > 0"),
         ({"lr": 0.1, "lr_mult": ["8", 10]}, r"lr_mult must be a dict"),
         ({"lr": 0.1, "nesterov": "yes"}, r"nesterov must be a bool"),
         ({"lr": 0.1, "layer_decay": float("inf")}, r"layer_decay must be a finite number"),
@@ -191,3 +192,31 @@ def test_adafactor_with_relative_steps_is_refused_with_the_reason():
 
     with pytest.raises(XFreezeError, match=r"Adafactor cannot be built over xfreeze's parameter groups.*relative_step"):
         xfreeze.optimizer(kit("torch").build(CNN), transformers.Adafactor, lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"betas": (0.9,)}, r"betas must be two numbers in \[0, 1\)"),
+        ({"eps": -1.0}, r"eps must be >= 0.0"),
+        ({"momentum": 0.9}, r"momentum= is not an option of name='adam' \(it takes betas, eps\)"),
+    ],
+)
+def test_name_options_are_checked_and_foreign_ones_refused(fw, kwargs, message):
+    with pytest.raises(XFreezeError, match=message):
+        xfreeze.optimizer(fw.build(CNN), "adam", lr=0.1, **kwargs)
+
+
+def test_options_given_with_a_class_are_passed_to_it(fw):
+    """momentum / nesterov / betas / eps with a class are the class's own options (they were silently dropped)."""
+    model = fw.build(CNN)
+    if fw.name == "torch":
+        sgd = xfreeze.optimizer(model, fw.t.optim.SGD, lr=0.1, momentum=0.9, nesterov=True)
+        assert {(g["momentum"], g["nesterov"]) for g in sgd.param_groups} == {(0.9, True)}
+        adam = xfreeze.optimizer(model, fw.t.optim.Adam, lr=0.1, betas=(0.5, 0.75), eps=1e-3)
+        assert {(g["betas"], g["eps"]) for g in adam.param_groups} == {((0.5, 0.75), 1e-3)}
+    else:
+        momentum = xfreeze.optimizer(model, fw.p.optimizer.Momentum, lr=0.1, momentum=0.9)
+        assert momentum._momentum == pytest.approx(0.9)
+        with pytest.raises(XFreezeError, match=r"Adam cannot be built over xfreeze's parameter groups.*betas"):
+            xfreeze.optimizer(model, fw.p.optimizer.Adam, lr=0.1, betas=(0.5, 0.75))  # Paddle spells it beta1

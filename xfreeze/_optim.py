@@ -7,6 +7,7 @@ the base ``lr``) and ``weight_decay``. The adapter turns them into the framework
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import numbers
@@ -103,10 +104,10 @@ def optimizer(
     *,
     lr,
     weight_decay: float | None = None,
-    momentum: float = 0.0,
-    nesterov: bool = False,
-    betas=(0.9, 0.999),
-    eps: float = 1e-8,
+    momentum: float | None = None,
+    nesterov: bool | None = None,
+    betas=None,
+    eps: float | None = None,
     lr_mult: dict | None = None,
     no_decay=DEFAULT_NO_DECAY,
     layer_decay: float | None = None,
@@ -135,8 +136,10 @@ def optimizer(
         weight_decay: the decay of the parameters ``no_decay`` does not match (>= 0). Default: 0 for the three
             names; for a class or factory its own default (torch ``AdamW``: 0.01; a ``functools.partial``'s value).
         lr_mult, no_decay, layer_decay: as :func:`param_groups`.
-        momentum, nesterov: for ``sgd`` (momentum in [0, 1)).
-        betas, eps: for ``adam`` / ``adamw``.
+        momentum, nesterov: for ``sgd`` (momentum in [0, 1); default 0 and False).
+        betas, eps: for ``adam`` / ``adamw`` (default (0.9, 0.999) and 1e-8). Given to a name that has no such
+            option, each is refused; with a class or factory, each one given is passed on as the class's own
+            keyword (``xfreeze.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9)``).
         backend: force ``"torch"`` or ``"paddle"``.
         **kwargs: options of an optimizer given as a class or factory (``alpha=0.9`` for RMSprop).
 
@@ -155,6 +158,69 @@ def optimizer(
         2
     """
     adapter = adapter_for(model, backend)
+    check_group_options(lr_mult, no_decay, layer_decay)
+    factory, config = _configure(adapter, name, lr, weight_decay, momentum, nesterov, betas, eps, no_decay, kwargs)
+    config = dataclasses.replace(config, lr_mult=dict(lr_mult) if lr_mult else None, layer_decay=layer_decay)
+    groups = param_groups(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        lr_mult=lr_mult,
+        no_decay=no_decay,
+        layer_decay=layer_decay,
+        backend=adapter.name,
+    )
+    if factory is None:
+        opt = adapter.build_optimizer(config, groups, lr)
+    else:
+        opt = adapter.build_optimizer_from(factory, config, groups, lr, config.extra)
+    opt._xfreeze_config = config
+    _register(opt, model)
+    return opt
+
+
+def check_arguments(
+    model,
+    name,
+    *,
+    lr,
+    weight_decay: float | None = None,
+    momentum: float | None = None,
+    nesterov: bool | None = None,
+    betas=None,
+    eps: float | None = None,
+    lr_mult: dict | None = None,
+    no_decay=DEFAULT_NO_DECAY,
+    layer_decay: float | None = None,
+    backend: str | None = None,
+    **kwargs,
+) -> None:
+    """What :func:`optimizer` checks that does not depend on what trains (the name, every number, the patterns), for
+    a caller that changes the model first and must not on bad input: the integrations' factories call this before
+    they apply stage 0."""
+    adapter = adapter_for(model, backend)
+    check_group_options(lr_mult, no_decay, layer_decay)
+    _configure(adapter, name, lr, weight_decay, momentum, nesterov, betas, eps, no_decay, kwargs)
+    entries = _select.walk(adapter, model)
+    patterns = [no_decay] if isinstance(no_decay, str) else list(no_decay or ())
+    for pattern in [*(lr_mult or {}), *(patterns if tuple(patterns) != DEFAULT_NO_DECAY else ())]:
+        compiled = _select.compile_patterns([pattern])
+        if not any(compiled[0].matches(e, adapter) for e in entries):
+            _select.resolve(adapter, model, compiled, entries)  # raises the no-match error with suggestions
+
+
+# the options each of xfreeze's own names takes (a class or factory takes its own, passed on)
+NAME_OPTIONS = {"sgd": ("momentum", "nesterov"), "adam": ("betas", "eps"), "adamw": ("betas", "eps")}
+NAME_DEFAULTS = {"momentum": 0.0, "nesterov": False, "betas": (0.9, 0.999), "eps": 1e-8}
+
+
+def _configure(adapter, name, lr, weight_decay, momentum, nesterov, betas, eps, no_decay, kwargs):
+    """``(factory or None, OptimizerConfig)`` once the name and every option are checked (group options aside)."""
+    given = {
+        k: v
+        for k, v in (("momentum", momentum), ("nesterov", nesterov), ("betas", betas), ("eps", eps))
+        if v is not None
+    }
     factory = None if isinstance(name, str) else name
     if factory is None:
         check_choice("name", name, OPTIMIZERS)
@@ -163,45 +229,37 @@ def optimizer(
                 f"unexpected options {sorted(kwargs)} for name={name!r}; extra options are for an "
                 "optimizer given as a class, e.g. xfreeze.optimizer(model, torch.optim.RMSprop, ...)"
             )
+        foreign = [k for k in given if k not in NAME_OPTIONS[name]]
+        if foreign:
+            raise XFreezeError(
+                f"{foreign[0]}= is not an option of name={name!r} (it takes {', '.join(NAME_OPTIONS[name])}). "
+                f"Received: {foreign[0]}={given[foreign[0]]!r}"
+            )
+        options = {**NAME_DEFAULTS, **given}
+        _check_options(options["momentum"], options["nesterov"], options["betas"], options["eps"])
+        if options["nesterov"] and options["momentum"] <= 0:
+            raise XFreezeError("nesterov=True needs momentum > 0")
     elif not callable(factory):
         raise XFreezeError(f"name must be one of {OPTIMIZERS} or an optimizer class/factory. Received: {name!r}")
+    else:
+        options, kwargs = dict(NAME_DEFAULTS), {**given, **kwargs}  # the class's own options, passed on
     base_lr = _base_lr(adapter, lr)
-    if weight_decay is None:
-        weight_decay = _default_decay(factory)
-    _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, no_decay, layer_decay)
-    if nesterov and (name != "sgd" or momentum <= 0):
-        raise XFreezeError("nesterov=True needs name='sgd' and momentum > 0")
-    groups = param_groups(
-        model,
-        lr=base_lr,
-        weight_decay=weight_decay,
-        lr_mult=lr_mult,
-        no_decay=no_decay,
-        layer_decay=layer_decay,
-        backend=adapter.name,
-    )
-    label = name if factory is None else getattr(factory, "__name__", type(factory).__name__)
+    weight_decay = _default_decay(factory) if weight_decay is None else weight_decay
+    _check_number("weight_decay", weight_decay, minimum=0.0)
     patterns = (no_decay,) if isinstance(no_decay, str) else tuple(no_decay or ())  # not one pattern per character
+    label = name if factory is None else getattr(factory, "__name__", type(factory).__name__)
     config = OptimizerConfig(
         label,
         base_lr,
         weight_decay,
-        momentum,
-        nesterov,
-        tuple(betas),
-        eps,
+        options["momentum"],
+        options["nesterov"],
+        tuple(options["betas"]),
+        options["eps"],
         patterns,
         extra=dict(kwargs),
-        lr_mult=dict(lr_mult) if lr_mult else None,
-        layer_decay=layer_decay,
     )
-    if factory is None:
-        opt = adapter.build_optimizer(config, groups, lr)
-    else:
-        opt = adapter.build_optimizer_from(factory, config, groups, lr, kwargs)
-    opt._xfreeze_config = config
-    _register(opt, model)
-    return opt
+    return factory, config
 
 
 def check_group_options(lr_mult, no_decay, layer_decay) -> None:
@@ -241,9 +299,8 @@ def _register(opt, model) -> None:
     remember(model, opt)
 
 
-def _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, no_decay, layer_decay) -> None:
-    """Every number and type first, so that nothing is built from a bad value."""
-    _check_number("weight_decay", weight_decay, minimum=0.0)
+def _check_options(momentum, nesterov, betas, eps) -> None:
+    """The options of xfreeze's own names, so that nothing is built from a bad value."""
     _check_number("momentum", momentum, minimum=0.0)
     if not momentum < 1.0:
         raise XFreezeError(f"momentum must be in [0, 1). Received: momentum={momentum!r}")
@@ -256,7 +313,6 @@ def _check_options(weight_decay, momentum, nesterov, betas, eps, lr_mult, no_dec
     ):
         raise XFreezeError(f"betas must be two numbers in [0, 1). Received: betas={betas!r}")
     _check_number("eps", eps, minimum=0.0)
-    check_group_options(lr_mult, no_decay, layer_decay)
 
 
 def _base_lr(adapter, lr) -> float:

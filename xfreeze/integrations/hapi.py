@@ -13,6 +13,7 @@ import paddle
 
 from .._backend import adapter_for
 from .._errors import XFreezeError
+from .._optim import check_arguments
 from .._optim import optimizer as build_optimizer
 from ._staging import Staging
 
@@ -73,6 +74,7 @@ class Finetuning(paddle.callbacks.Callback):
                 "paddle.Model(net): opt = staging.optimizer(net, ...); model = paddle.Model(net); "
                 "model.prepare(opt, loss)"
             )
+        check_arguments(network, name, lr=lr, backend="paddle", **options)  # all first: a bad one changes nothing
         self.staging.prepare(network)
         opt = build_optimizer(network, name, lr=lr, backend="paddle", **options)
         self._attach(opt)

@@ -20,6 +20,7 @@ import warnings
 import paddle
 from paddlenlp.trainer import TrainerCallback
 
+from .._optim import check_arguments
 from .._optim import optimizer as build_optimizer
 from ._staging import Staging, TrainerEvents
 
@@ -68,6 +69,7 @@ class Finetuning(TrainerEvents, TrainerCallback):
         """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``: stage 0 applied first, then
         :func:`xfreeze.optimizer` over what trains. ``lr`` is a number or a ``paddle.optimizer.lr.LRScheduler``
         (returned as the scheduler; PaddleNLP steps it)."""
+        check_arguments(model, name, lr=lr, backend="paddle", **options)  # all first: a bad one changes nothing
         self.staging.prepare(model)
         opt = build_optimizer(model, name, lr=lr, backend="paddle", **options)
         sched = lr if isinstance(lr, paddle.optimizer.lr.LRScheduler) else None

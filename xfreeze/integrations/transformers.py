@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
+from .._errors import XFreezeError
+from .._optim import check_arguments
 from .._optim import optimizer as build_optimizer
 from ._staging import Staging, TrainerEvents
 
@@ -66,6 +68,7 @@ class Finetuning(TrainerEvents, TrainerCallback):
         scheduler: str | None = "linear",
         num_training_steps: int | None = None,
         warmup_steps: int = 0,
+        scheduler_kwargs: dict | None = None,
         **options,
     ):
         """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``: stage 0 applied first, then
@@ -77,17 +80,38 @@ class Finetuning(TrainerEvents, TrainerCallback):
             name, lr, **options: as :func:`xfreeze.optimizer`.
             scheduler: a ``transformers.SchedulerType`` name, or ``None`` for none.
             num_training_steps, warmup_steps: for the schedule (``num_training_steps`` is required by most).
+            scheduler_kwargs: the schedule's own options (``{"num_decay_steps": 100}`` for
+                ``"warmup_stable_decay"``), as ``TrainingArguments.lr_scheduler_kwargs``.
 
         Returns:
             tuple: ``(optimizer, scheduler)``.
+
+        Raises:
+            XFreezeError: a bad optimizer argument, an unknown ``scheduler``, a schedule that needs
+                ``num_training_steps`` without it, a stage pattern that matches nothing: all before stage 0 changes
+                the model.
         """
+        import torch
         from transformers import get_scheduler
 
+        def schedule(opt):
+            return get_scheduler(
+                scheduler,
+                opt,
+                num_warmup_steps=warmup_steps,
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=scheduler_kwargs,
+            )
+
+        check_arguments(model, name, lr=lr, backend="torch", **options)  # all first: a bad one changes nothing
+        if scheduler is not None:
+            try:  # the schedule's arguments, on a stand-in optimizer
+                schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+            except (ValueError, TypeError) as exc:
+                raise XFreezeError(f"scheduler={scheduler!r} cannot be built: {exc}") from None
         self.staging.prepare(model)
         opt = build_optimizer(model, name, lr=lr, backend="torch", **options)
-        sched = None
-        if scheduler is not None:
-            sched = get_scheduler(scheduler, opt, num_warmup_steps=warmup_steps, num_training_steps=num_training_steps)
+        sched = schedule(opt) if scheduler is not None else None
         self.staging.attach(opt, sched)
         self.staging.ride_in_optimizer_state()
         return opt, sched
