@@ -350,8 +350,11 @@ def run_case(case: Case) -> dict:
     model, inputs, head = case.build()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        new = xfreeze.replace_head(model, NUM_CLASSES, head=head)  # SqueezeNet: a new 1x1-conv classifier
-        heads = _heads_of(model, new if isinstance(new, list) else [new])
+        if head.startswith("keep:"):  # a head kept as it is (PaddleNLP Llama: a causal LM, no classifier class)
+            heads = [head[5:]]
+        else:
+            new = xfreeze.replace_head(model, NUM_CLASSES, head=head)  # SqueezeNet: a new 1x1-conv classifier
+            heads = _heads_of(model, new if isinstance(new, list) else [new])
     xfreeze.freeze(model, "*")
     xfreeze.unfreeze(model, *heads)
     step = _torch_step if case.framework == "torch" else _paddle_step
