@@ -120,11 +120,12 @@ def test_trainer_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     assert later[len(first)] < boundary[len(first)]
     assert rates.grads[0] is None and rates.grads[STEPS] > 0
 
-    again = fit(tmp_path / "b", resume=str(tmp_path / f"checkpoint-{2 * STEPS}"), ema=0.5)
-    for key, value in weights(again).items():
-        assert np.array_equal(value, end[key]), key
-    shadow, expected = again.staging.ema.state_dict()["shadow"], done.staging.ema.state_dict()["shadow"]
-    assert all(np.array_equal(value.numpy(), expected[key].numpy()) for key, value in shadow.items())
+    for saved in (STEPS, 2 * STEPS):  # before the boundary (it comes live in the resumed run) and after it
+        again = fit(tmp_path / f"b{saved}", resume=str(tmp_path / f"checkpoint-{saved}"), ema=0.5)
+        for key, value in weights(again).items():
+            assert np.array_equal(value, end[key]), (saved, key)
+        shadow, expected = again.staging.ema.state_dict()["shadow"], done.staging.ema.state_dict()["shadow"]
+        assert all(np.array_equal(value.numpy(), expected[key].numpy()) for key, value in shadow.items()), saved
 
 
 class WithoutInputGrads(Finetuning):
