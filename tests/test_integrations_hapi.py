@@ -47,10 +47,22 @@ class Rates(paddle.callbacks.Callback):
         self.seen.append([opt.get_lr() * g["learning_rate"] for g in opt._param_groups])
 
 
-def run(stages=STAGES, *, epochs, load=None, save_dir=None, rates=None, ema=None, out=None):
+class StepRates(paddle.callbacks.Callback):
+    """Absolute group rates at the start of every batch (after Finetuning ran)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_begin(self, step, logs=None):
+        opt = self.model._optimizer
+        self.seen.append([opt.get_lr() * g["learning_rate"] for g in opt._param_groups])
+
+
+def run(stages=STAGES, *, epochs, load=None, save_dir=None, rates=None, ema=None, out=None, unit="epoch"):
     """One fit in a fresh name scope: a restarted process gives parameters and accumulators the same names."""
     with paddle.utils.unique_name.guard():
-        net, staging = cnn(), Finetuning(stages, ema=ema)
+        net, staging = cnn(), Finetuning(stages, ema=ema, unit=unit)
         if out is not None:
             out.append(staging)
         sched = paddle.optimizer.lr.StepDecay(learning_rate=0.1, step_size=STEPS, gamma=0.5)
@@ -94,6 +106,18 @@ def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
             assert np.array_equal(value, end[key]), (saved, key)
         shadow, expected = again[0].ema.state_dict()["shadow"], first[0].ema.state_dict()["shadow"]
         assert all(np.array_equal(v.numpy(), expected[k].numpy()) for k, v in shadow.items()), saved
+
+
+@pytest.mark.slow
+def test_step_unit_boundary_mid_epoch_and_exact_resume(tmp_path):
+    stages = [STAGES[0], Stage(6, unfreeze=["3", "4"], lr=0.01)]  # step 6: in the middle of epoch 1
+    rates = StepRates()
+    end = run(stages, epochs=3, save_dir=str(tmp_path), rates=rates, unit="step")
+    assert [len(r) for r in rates.seen] == [2] * 6 + [4] * 6  # the new groups from batch 6 on, not before
+    assert rates.seen[6][2:] == pytest.approx([0.05 * 0.1] * 2)  # 0.01 at the schedule's factor 0.5 (epoch 1)
+    resumed = run(stages, epochs=1, load=tmp_path / "1", unit="step")  # saved after epoch 1 (step 8)
+    for key, value in resumed.items():
+        assert np.array_equal(value, end[key]), key
 
 
 def test_stages_that_name_nothing_fail_before_training():

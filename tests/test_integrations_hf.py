@@ -88,8 +88,8 @@ def weights(model):
     return {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
 
 
-def fit(tmp_path, stages=STAGES, resume=None, rates=None, ema=None, callback=Finetuning, **extra):
-    model, staging = bert(), callback(stages, ema=ema)
+def fit(tmp_path, stages=STAGES, resume=None, rates=None, ema=None, callback=Finetuning, unit="epoch", **extra):
+    model, staging = bert(), callback(stages, ema=ema, unit=unit)
     trainer = transformers.Trainer(
         model=model,
         args=args(tmp_path, **extra),
@@ -126,6 +126,20 @@ def test_trainer_stages_rates_frozen_bits_and_exact_resume(tmp_path):
             assert np.array_equal(value, end[key]), (saved, key)
         shadow, expected = again.staging.ema.state_dict()["shadow"], done.staging.ema.state_dict()["shadow"]
         assert all(np.array_equal(value.numpy(), expected[key].numpy()) for key, value in shadow.items()), saved
+
+
+@pytest.mark.slow
+def test_step_unit_boundary_mid_epoch_and_exact_resume(tmp_path):
+    stages = [STAGES[0], Stage(6, unfreeze=["bert.encoder.layer.0"], lr=2**-10)]  # step 6: inside epoch 1
+    rates = Rates()
+    end = weights(fit(tmp_path, stages, rates=rates, unit="step"))
+    sizes = [len(rates.seen[step]) for step in range(EPOCHS * STEPS)]
+    assert sizes[:6] == [sizes[0]] * 6 and sizes[6:] == [sizes[6]] * 6 and sizes[6] > sizes[0]
+    factor = 1 - 6 / (EPOCHS * STEPS)
+    assert rates.seen[6][sizes[0]] == pytest.approx(2**-10 * 0.5**2 * factor)  # stage rate, layer decay, schedule
+    again = fit(tmp_path / "b", stages, resume=str(tmp_path / f"checkpoint-{2 * STEPS}"), unit="step")
+    for key, value in weights(again).items():
+        assert np.array_equal(value, end[key]), key
 
 
 class WithoutInputGrads(Finetuning):
