@@ -412,9 +412,11 @@ class PaddleAdapter(_Distributed, Adapter):
 
         label = config.name
         try:
-            accepts_decay = "weight_decay" in inspect.signature(factory).parameters
+            signature = inspect.signature(factory).parameters
         except (TypeError, ValueError):
-            accepts_decay = True
+            signature = None
+        accepts_decay = signature is None or "weight_decay" in signature
+        kwargs = _paddle_spelling(label, signature, kwargs)
         if config.weight_decay and not accepts_decay:  # Lamb: lamb_weight_decay, one rule for every parameter
             raise XFreezeError(
                 f"optimizer {label} has no per-group weight_decay, so xfreeze cannot give groups "
@@ -613,6 +615,27 @@ def _decay_of(opt, group) -> float:
         return float(group.get("regularization_coeff") or 0.0)
     decay = group.get("weight_decay", getattr(opt, "_weight_decay", None))
     return float(getattr(decay, "_coeff", decay) or 0.0)  # a float, an L2Decay or None
+
+
+# xfreeze's option names (the torch ecosystem's) -> how Paddle's optimizer classes spell them
+_SPELLINGS = {"betas": ("beta1", "beta2"), "eps": ("epsilon",), "nesterov": ("use_nesterov",)}
+
+
+def _paddle_spelling(label, signature, kwargs) -> dict:
+    """``betas=(a, b)`` -> ``beta1=a, beta2=b``, ``eps`` -> ``epsilon``, ``nesterov`` -> ``use_nesterov``, for a
+    class that takes Paddle's spelling, so one call means the same in both frameworks."""
+    out = dict(kwargs)
+    for neutral, names in _SPELLINGS.items():
+        if neutral not in out or signature is None or neutral in signature or not all(n in signature for n in names):
+            continue
+        value = out.pop(neutral)
+        if len(names) == 2:
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise XFreezeError(f"optimizer {label}: betas must be two numbers. Received: betas={value!r}")
+            out.update(zip(names, value))
+        else:
+            out[names[0]] = value
+    return out
 
 
 def _no_coupled_decay(groups) -> None:

@@ -215,8 +215,10 @@ def test_options_given_with_a_class_are_passed_to_it(fw):
         assert {(g["momentum"], g["nesterov"]) for g in sgd.param_groups} == {(0.9, True)}
         adam = xfreeze.optimizer(model, fw.t.optim.Adam, lr=0.1, betas=(0.5, 0.75), eps=1e-3)
         assert {(g["betas"], g["eps"]) for g in adam.param_groups} == {((0.5, 0.75), 1e-3)}
-    else:
-        momentum = xfreeze.optimizer(model, fw.p.optimizer.Momentum, lr=0.1, momentum=0.9)
-        assert momentum._momentum == pytest.approx(0.9)
-        with pytest.raises(XFreezeError, match=r"Adam cannot be built over xfreeze's parameter groups.*betas"):
-            xfreeze.optimizer(model, fw.p.optimizer.Adam, lr=0.1, betas=(0.5, 0.75))  # Paddle spells it beta1
+    else:  # in Paddle's own spelling: use_nesterov, beta1 / beta2, epsilon
+        momentum = xfreeze.optimizer(model, fw.p.optimizer.Momentum, lr=0.1, momentum=0.9, nesterov=True)
+        assert (momentum._momentum, momentum._use_nesterov) == (pytest.approx(0.9), True)
+        adam = xfreeze.optimizer(model, fw.p.optimizer.Adam, lr=0.1, betas=(0.5, 0.75), eps=1e-3)
+        assert (adam._beta1, adam._beta2, adam._epsilon) == (0.5, 0.75, 1e-3)
+        with pytest.raises(XFreezeError, match=r"betas must be two numbers. Received: betas=0.5"):
+            xfreeze.optimizer(model, fw.p.optimizer.Adam, lr=0.1, betas=0.5)
