@@ -20,6 +20,7 @@ DEFAULT = [
     S.hf_case("deit-teacher"),
     S.paddlenlp_case("ernie"),
     S.paddlenlp_case("gpt"),
+    S.paddlenlp_case("llama"),  # a head kept as it is (keep:lm_head): the branch a sweep-only case lost once
     S.timm_case("deit_tiny_distilled_patch16_224"),
 ]
 _default_ids = {c.id for c in DEFAULT}
