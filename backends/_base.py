@@ -67,14 +67,17 @@ class Adapter:
             params.extend((index, local, p) for local, p in own)
             stats.extend((index, neutral, t, native) for neutral, native, t in statistics)
             token.extend(id(p) for p in module._parameters.values() if p is not None)
+            token.extend(id(b) for b in module._buffers.values() if b is not None)
         return Walk(inner, wrappers, modules, params, stats, tuple(token))
 
     def structure_token(self, model) -> tuple:
-        """The identities of ``model``'s modules and parameters (equal to ``walk(model).token`` while unchanged)."""
+        """The identities of ``model``'s modules, parameters and buffers (equal to ``walk(model).token`` while
+        unchanged; torch's ``module.to(...)`` keeps parameter objects but replaces buffers)."""
         token: list = []
         for _, module in self.traverse(self.unwrap(model)[0], paths=False):
             token.append(id(module))
             token.extend(id(p) for p in module._parameters.values() if p is not None)
+            token.extend(id(b) for b in module._buffers.values() if b is not None)
         return tuple(token)
 
     def unwrap(self, model) -> tuple:
@@ -119,14 +122,25 @@ class Adapter:
             children = self._child_registry(module)
             out.extend((children, name, child) for name, child in self.children(module))
             out.extend(((module._parameters, None, len(module._parameters)), (children, None, len(children))))
+            # running statistics: torch's module.to(...) / .cuda() replace buffers with new tensors
+            out.extend((self._stat_registry(module), local, t) for _, local, t in self.module_tensors(module)[1])
         return out
 
     def _child_registry(self, module) -> dict:
         _todo(self, "_child_registry")
 
+    def _stat_registry(self, module) -> dict:
+        """Where the module registers its running statistics (torch: buffers; Paddle: parameters)."""
+        _todo(self, "_stat_registry")
+
     def like(self, value, param):
-        """``value`` (an EMA shadow) in ``param``'s layout: sharded like a DTensor parameter, or whole."""
+        """``value`` (an EMA shadow) in ``param``'s layout: sharded like a DTensor parameter, or whole; on its
+        device, in its dtype."""
         return value
+
+    def same_layout(self, value, param) -> bool:
+        """Whether ``value`` is on ``param``'s device and in its dtype (else :meth:`like` makes it so)."""
+        _todo(self, "same_layout")
 
     def module_tensors(self, module) -> tuple:
         """``([(local, parameter)], [(neutral stat name, state-dict local name, tensor)])`` of the module itself:

@@ -188,6 +188,19 @@ class PaddleAdapter(_Distributed, Adapter):
     def _child_registry(self, module) -> dict:
         return module._sub_layers
 
+    def _stat_registry(self, module) -> dict:
+        return module._parameters  # Paddle registers running statistics as parameters
+
+    def like(self, value, param):
+        if value.dtype != param.dtype:  # the model was cast (Layer.to(dtype=...), .astype) after the EMA was built
+            value = value.astype(param.dtype)
+        if str(value.place) != str(param.place):
+            value = value._copy_to(param.place, True)
+        return value
+
+    def same_layout(self, value, param) -> bool:
+        return value.dtype == param.dtype and str(value.place) == str(param.place)
+
     def module_tensors(self, module) -> tuple:
         is_norm = isinstance(module, _NORMS)
         params, stats = [], []

@@ -280,6 +280,9 @@ class TorchAdapter(_Distributed, Adapter):
     def _child_registry(self, module) -> dict:
         return module._modules
 
+    def _stat_registry(self, module) -> dict:
+        return module._buffers
+
     def like(self, value, param):
         sharded, is_sharded = hasattr(param, "device_mesh"), hasattr(value, "device_mesh")
         if sharded and not is_sharded:  # FSDP2 swapped the parameter for a DTensor after the EMA was built
@@ -288,7 +291,12 @@ class TorchAdapter(_Distributed, Adapter):
             return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
         if is_sharded and not sharded:
             return value.full_tensor()
+        if not sharded and not self.same_layout(value, param):  # the model was moved or cast (Lightning, .to())
+            return value.to(device=param.device, dtype=param.dtype)
         return value
+
+    def same_layout(self, value, param) -> bool:
+        return value.dtype == param.dtype and value.device == param.device
 
     def module_tensors(self, module) -> tuple:
         params = [(local, p) for local, p in module._parameters.items() if p is not None]

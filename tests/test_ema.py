@@ -93,3 +93,29 @@ def test_ema_agrees_across_frameworks():
     for key in shadows[0]:
         if not key.endswith("running_var"):
             np.testing.assert_allclose(shadows[1][key], shadows[0][key], rtol=0, atol=1e-7, err_msg=key)
+
+
+def test_the_ema_follows_a_model_cast_after_it_was_built(fw):
+    """Lightning converts the module (precision="bf16-true") and moves it to the device after callbacks built
+    their EMA; model.to(...) keeps the parameter objects, so only a layout probe can see it."""
+    model = fw.build(CNN, "float32")
+    fw.load(model, random_state(CNN, "float32", 0))
+    xfreeze.freeze(model, "0", "1")
+    ema = EMA(model, decay=0.5)
+    if fw.name == "torch":
+        model.to(fw.t.float64)
+    else:
+        model.to(dtype="float64")
+    opt = xfreeze.optimizer(model, "sgd", lr=2**-5)
+    before, before_stats = fw.state(model)["8.weight"], fw.state(model)["4.running_mean"]
+    x, y = batch(CNN, "float64", 0)
+    fw.train_step(model, opt, fw.tensor(x), fw.labels(y))
+    ema.update()  # failed before: a float32 shadow lerped toward a float64 parameter
+    after, s = fw.state(model), shadow(fw, ema)
+    assert str(ema.shadow["8.weight"].dtype).endswith("float64")
+    np.testing.assert_allclose(s["8.weight"], before + 0.5 * (after["8.weight"] - before), rtol=0, atol=1e-7)
+    # statistics are copied from the model's current buffers (torch's .to() replaced them: a stale reference
+    # would copy the old values of the trainable BatchNorm "4")
+    for key in ("0.weight", "1.running_mean", "4.running_mean", "4.running_var"):
+        assert np.array_equal(s[key], after[key]), key
+    assert not np.array_equal(after["4.running_mean"], before_stats)  # the step moved them: the check can fail

@@ -76,10 +76,11 @@ def net(kind="xfreeze"):
     return Net(kind)
 
 
-def trainer(tmp_path, callbacks, epochs=4, save=False):
+def trainer(tmp_path, callbacks, epochs=4, save=False, **options):
     if save:
         callbacks = callbacks + [pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)]
     return pl.Trainer(
+        **options,
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
@@ -93,7 +94,7 @@ def trainer(tmp_path, callbacks, epochs=4, save=False):
 
 
 def weights(module):
-    return {k: v.detach().clone().numpy() for k, v in module.state_dict().items()}
+    return {k: v.detach().clone().float().numpy() for k, v in module.state_dict().items()}
 
 
 @pytest.mark.slow
@@ -219,6 +220,25 @@ def test_ema_follows_optimizer_steps_under_gradient_accumulation(tmp_path):
     run.accumulate_grad_batches = 2
     run.fit(net(), data())
     assert callback.ema.num_updates == run.global_step == 2
+
+
+@pytest.mark.slow
+def test_bf16_true_precision_with_ema_and_exact_resume(tmp_path):
+    """Lightning casts the module to bfloat16 (and moves it to the device) after the callback built its EMA in
+    setup: the EMA follows (it failed at the first update before), frozen bf16 weights stay bitwise, resume is exact."""
+    model, callback = net(), Finetuning(STAGES, ema=0.5)
+    start = {k: v.to(torch.bfloat16).float().numpy() for k, v in model.state_dict().items()}
+    trainer(tmp_path, [callback], save=True, precision="bf16-true").fit(model, data())
+    end = weights(model)
+    assert model.backbone[0].weight.dtype == torch.bfloat16 and callback.ema.num_updates == 16
+    assert {str(t.dtype) for t in callback.ema.shadow.values()} >= {"torch.bfloat16"}
+    for key in ("backbone.0.weight", "backbone.1.weight", "backbone.1.running_mean"):
+        assert np.array_equal(start[key], end[key]), key
+    resumed, again = net(), Finetuning(STAGES, ema=0.5)
+    trainer(tmp_path / "b", [again], precision="bf16-true").fit(resumed, data(), ckpt_path=tmp_path / "epoch=2.ckpt")
+    assert all(np.array_equal(v, end[k]) for k, v in weights(resumed).items())
+    shadows = again.ema.state_dict()["shadow"], callback.ema.state_dict()["shadow"]
+    assert all(torch.equal(shadows[0][k], shadows[1][k]) for k in shadows[1])
 
 
 def test_stages_that_name_nothing_fail_before_training(tmp_path):

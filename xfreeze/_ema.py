@@ -87,11 +87,19 @@ class EMA:
         self.adapter.copy_into(copies, sources)
         self.num_updates += 1
 
-    def _current_plan(self) -> tuple:
+    def _follow(self) -> None:
+        """Rebind when a wrapper swapped tensors (identity check), or when the model was moved or cast since (its
+        first and last tensors probed: Lightning moves and converts the module after the callback built the EMA;
+        ``model.to(...)`` / ``.half()`` keep the parameter objects)."""
+        tensors = self._params + self._stats
+        probes = {0, len(tensors) - 1} if tensors else set()
         if not all(
             registry.get(key) is obj if key is not None else len(registry) == obj for registry, key, obj in self._slots
-        ):
+        ) or not all(self.adapter.same_layout(self.shadow[self.names[i]], tensors[i]) for i in probes):
             self._bind(view_of(self.model, self.adapter.name))
+
+    def _current_plan(self) -> tuple:
+        self._follow()
         mask = tuple(self.adapter.trainable_flags(self._params))
         if mask != self._mask:  # trainability changed (or first update): split again
             shadows = [self.shadow[n] for n in self.names]
@@ -158,6 +166,7 @@ class EMA:
             raise XFreezeError(f"EMA.load_state_dict: keys differ from the model's: {unknown[:5]}; nothing was loaded")
         values = {k: _tensors.to_backend(v, self.adapter.name, k) for k, v in state["shadow"].items()}
         self._check_like(values, "EMA.load_state_dict", "the saved average")
+        self._follow()  # the shadows in the model's current device and dtype first
         self.adapter.copy_into([self.shadow[n] for n in self.names], [values[n] for n in self.names])
         self.decay, self.warmup, self.num_updates = float(state["decay"]), state["warmup"], int(n)
 
