@@ -132,7 +132,8 @@ def optimizer(
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
         name: ``"sgd"``, ``"adam"`` or ``"adamw"``; or an optimizer class / factory of the model's framework.
-        lr: base learning rate (> 0); in Paddle an ``LRScheduler`` is accepted too (its ``base_lr`` is the base).
+        lr: base learning rate (> 0); in Paddle an ``LRScheduler`` is accepted too (its nominal rate is the base:
+            ``base_lr``, OneCycleLR's peak, LinearWarmup's rate after warm-up, PiecewiseDecay's first value).
         weight_decay: the decay of the parameters ``no_decay`` does not match (>= 0). Default: 0 for the three
             names; for a class or factory its own default (torch ``AdamW``: 0.01; a ``functools.partial``'s value).
         lr_mult, no_decay, layer_decay: as :func:`param_groups`.
