@@ -27,6 +27,8 @@ class Stage:
         unfreeze: patterns to make trainable; newly trainable parameters join the optimizer as a new group.
         lr: absolute learning rate of that new group (default: the optimizer's base rate); when the optimizer
             was built with ``lr_mult`` / ``layer_decay``, they scale it per parameter as they scale the base rate.
+            Under an LR scheduler it is the group's nominal rate (the rate the schedule scales: OneCycleLR's peak,
+            CyclicLR's base), and the schedule drives the group as one the optimizer had from the start.
         batch_size: the batch size from this stage on, for the data loader (``StagedUnfreeze.batch_size``).
         norm: ``"freeze"`` or ``"train"``, as in :func:`xfreeze.freeze`.
     """
