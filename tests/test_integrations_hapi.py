@@ -36,27 +36,21 @@ def dataset():
 
 
 class Rates(paddle.callbacks.Callback):
-    """Absolute group rates of the live optimizer at the start of every epoch (after Finetuning ran)."""
+    """Absolute group rates of the live optimizer at the start of every epoch and every batch (after Finetuning)."""
 
     def __init__(self):
         super().__init__()
-        self.seen = []
+        self.seen, self.steps = [], []
+
+    def rates(self):
+        opt = self.model._optimizer
+        return [opt.get_lr() * g["learning_rate"] for g in opt._param_groups]
 
     def on_epoch_begin(self, epoch, logs=None):
-        opt = self.model._optimizer
-        self.seen.append([opt.get_lr() * g["learning_rate"] for g in opt._param_groups])
-
-
-class StepRates(paddle.callbacks.Callback):
-    """Absolute group rates at the start of every batch (after Finetuning ran)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
+        self.seen.append(self.rates())
 
     def on_train_batch_begin(self, step, logs=None):
-        opt = self.model._optimizer
-        self.seen.append([opt.get_lr() * g["learning_rate"] for g in opt._param_groups])
+        self.steps.append(self.rates())
 
 
 def run(stages=STAGES, *, epochs, load=None, save_dir=None, rates=None, ema=None, out=None, unit="epoch"):
@@ -111,10 +105,10 @@ def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
 @pytest.mark.slow
 def test_step_unit_boundary_mid_epoch_and_exact_resume(tmp_path):
     stages = [STAGES[0], Stage(6, unfreeze=["3", "4"], lr=0.01)]  # step 6: in the middle of epoch 1
-    rates = StepRates()
+    rates = Rates()
     end = run(stages, epochs=3, save_dir=str(tmp_path), rates=rates, unit="step")
-    assert [len(r) for r in rates.seen] == [2] * 6 + [4] * 6  # the new groups from batch 6 on, not before
-    assert rates.seen[6][2:] == pytest.approx([0.05 * 0.1] * 2)  # 0.01 at the schedule's factor 0.5 (epoch 1)
+    assert [len(r) for r in rates.steps] == [2] * 6 + [4] * 6  # the new groups from batch 6 on, not before
+    assert rates.steps[6][2:] == pytest.approx([0.05 * 0.1] * 2)  # 0.01 at the schedule's factor 0.5 (epoch 1)
     resumed = run(stages, epochs=1, load=tmp_path / "1", unit="step")  # saved after epoch 1 (step 8)
     for key, value in resumed.items():
         assert np.array_equal(value, end[key]), key

@@ -185,26 +185,24 @@ def check_arguments(
     name,
     *,
     lr,
-    weight_decay: float | None = None,
-    momentum: float | None = None,
-    nesterov: bool | None = None,
-    betas=None,
-    eps: float | None = None,
     lr_mult: dict | None = None,
     no_decay=DEFAULT_NO_DECAY,
     layer_decay: float | None = None,
     backend: str | None = None,
-    **kwargs,
+    **options,
 ) -> None:
     """What :func:`optimizer` checks that does not depend on what trains (the name, every number, the patterns), for
     a caller that changes the model first and must not on bad input: the integrations' factories call this before
-    they apply stage 0."""
+    they apply stage 0. ``options``: the rest of :func:`optimizer`'s keywords."""
     adapter = adapter_for(model, backend)
     check_group_options(lr_mult, no_decay, layer_decay)
-    _configure(adapter, name, lr, weight_decay, momentum, nesterov, betas, eps, no_decay, kwargs)
+    decay, momentum, nesterov, betas, eps = (
+        options.pop(k, None) for k in ("weight_decay", "momentum", "nesterov", "betas", "eps")
+    )
+    _configure(adapter, name, lr, decay, momentum, nesterov, betas, eps, no_decay, options)
     entries = _select.walk(adapter, model)
-    patterns = [no_decay] if isinstance(no_decay, str) else list(no_decay or ())
-    for pattern in [*(lr_mult or {}), *(patterns if tuple(patterns) != DEFAULT_NO_DECAY else ())]:
+    patterns = no_decay_patterns(no_decay)
+    for pattern in [*(lr_mult or {}), *(patterns if patterns != DEFAULT_NO_DECAY else ())]:
         compiled = _select.compile_patterns([pattern])
         if not any(compiled[0].matches(e, adapter) for e in entries):
             _select.resolve(adapter, model, compiled, entries)  # raises the no-match error with suggestions
@@ -247,7 +245,7 @@ def _configure(adapter, name, lr, weight_decay, momentum, nesterov, betas, eps, 
     base_lr = _base_lr(adapter, lr)
     weight_decay = _default_decay(factory) if weight_decay is None else weight_decay
     _check_number("weight_decay", weight_decay, minimum=0.0)
-    patterns = (no_decay,) if isinstance(no_decay, str) else tuple(no_decay or ())  # not one pattern per character
+    patterns = no_decay_patterns(no_decay)
     label = name if factory is None else getattr(factory, "__name__", type(factory).__name__)
     config = OptimizerConfig(
         label,
@@ -261,6 +259,11 @@ def _configure(adapter, name, lr, weight_decay, momentum, nesterov, betas, eps, 
         extra=dict(kwargs),
     )
     return factory, config
+
+
+def no_decay_patterns(no_decay) -> tuple:
+    """``no_decay`` as a tuple of patterns: one string is one pattern (not one per character); None is none."""
+    return (no_decay,) if isinstance(no_decay, str) else tuple(no_decay or ())
 
 
 def check_group_options(lr_mult, no_decay, layer_decay) -> None:
@@ -342,13 +345,13 @@ def _lr_scales(adapter, model, entries, lr_mult: dict, layer_decay) -> dict[str,
 
 
 def _decay_flags(adapter, model, entries, no_decay) -> dict[str, bool]:
-    patterns = [no_decay] if isinstance(no_decay, str) else list(no_decay or ())
+    patterns = no_decay_patterns(no_decay)
     excluded: set[str] = set()
     all_entries = _select.walk(adapter, model)
     for pattern in patterns:
         compiled = _select.compile_patterns([pattern])
         hits = [e for e in all_entries if compiled[0].matches(e, adapter)]
-        if not hits and tuple(patterns) != DEFAULT_NO_DECAY:
+        if not hits and patterns != DEFAULT_NO_DECAY:
             _select.resolve(adapter, model, compiled, all_entries)  # raises the no-match error with suggestions
         excluded |= {e.name for e in hits if not compiled[0].negate}
     from ._kinds import warn_decayed_norms  # never decay an unrecognised norm quietly (issue 11)

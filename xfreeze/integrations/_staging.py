@@ -13,7 +13,7 @@ import warnings
 from .. import _distributed
 from .._ema import EMA
 from .._errors import XFreezeError, check_choice
-from .._optim import check_group_options, param_groups
+from .._optim import check_group_options, no_decay_patterns, param_groups
 from .._staged import UNITS, Stage, StagedUnfreeze
 
 STATE_FORMAT = "xfreeze.integrations.Staging"
@@ -63,7 +63,7 @@ class Staging:
         if ema is not None and (isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0 < ema < 1):
             raise XFreezeError(f"ema must be None or a decay in (0, 1). Received: ema={ema!r}")
         self.stages, self.unit, self.decay, self.backend = stages, unit, ema, backend
-        self.groups = {k: v for k, v in groups.items() if k != "lr_mult" or v is not None}
+        self.groups = {k: v for k, v in groups.items() if v is not None or k == "no_decay"}  # no_decay=None: none
         self.staged: StagedUnfreeze | None = None
         self.ema: EMA | None = None
         self.pending: dict | None = None  # a state loaded before the optimizer existed
@@ -123,9 +123,8 @@ class Staging:
 
     def _config_options(self) -> dict:
         options = dict(self.groups)
-        if "no_decay" in options:  # one pattern, not one per character; None: every group decays
-            no_decay = options["no_decay"]
-            options["no_decay"] = (no_decay,) if isinstance(no_decay, str) else tuple(no_decay or ())
+        if "no_decay" in options:
+            options["no_decay"] = no_decay_patterns(options["no_decay"])
         if "lr_mult" in options:
             options["lr_mult"] = dict(options["lr_mult"])
         return options
