@@ -1,9 +1,11 @@
 """Framework adapters for xfreeze, installed as ``xfreeze.backends``.
 
-This module only *describes* the adapters; importing it imports no framework. Each adapter module
-(``torch_backend``, ``paddle_backend``) is imported by :mod:`xfreeze._backend` only after a model
-has been recognised as belonging to that framework, or a backend was asked for by name.
-Adding a framework means one adapter module plus one entry here.
+This module only *describes* the frameworks; importing it imports none. Each framework has one folder with the same
+file names (``adapter.py``, ``names.py``, ``formats.py``, and the adapter's parts), and one entry in
+:data:`FRAMEWORKS`. The adapter module is imported by :mod:`xfreeze.core.dispatch` only after a model has been
+recognised as belonging to that framework, or a backend was asked for by name. Everything that lists frameworks (the
+CLI, the delta code, the test kit) reads this registry. Adding a framework means one folder plus one entry here;
+``docs/contract.md`` lists what the folder must hold.
 """
 
 from __future__ import annotations
@@ -12,18 +14,34 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class AdapterSpec:
+class FrameworkSpec:
     name: str  # the backend name users pass: backend="torch"
     module: str  # the framework's top-level module, looked up in sys.modules
     base_class: str  # dotted path of the framework's model base class
-    adapter: str  # the xfreeze adapter module, relative to this package
-    install: str  # what to run when the framework is missing
     tensor_class: str  # dotted path of the framework's tensor class
+    install: str  # what to run when the framework is missing
+    package: str  # the framework's folder, relative to this package
+
+    @property
+    def adapter(self) -> str:
+        """Module holding ``ADAPTER``, the :class:`~xfreeze.backends.contract.Adapter` instance."""
+        return self.package + ".adapter"
+
+    @property
+    def naming(self) -> str:
+        """Module holding ``NAMING``, the framework's :class:`~xfreeze.backends.naming.Naming` (pure data)."""
+        return self.package + ".names"
+
+    @property
+    def formats(self) -> str:
+        """Module holding ``FILE_FORMATS``, the framework's checkpoint files (pure data)."""
+        return self.package + ".formats"
 
 
-ADAPTERS: dict[str, AdapterSpec] = {
-    "torch": AdapterSpec("torch", "torch", "torch.nn.Module", ".torch_backend", "pip install torch", "torch.Tensor"),
-    "paddle": AdapterSpec(
-        "paddle", "paddle", "paddle.nn.Layer", ".paddle_backend", "pip install paddlepaddle", "paddle.Tensor"
+FRAMEWORKS: dict[str, FrameworkSpec] = {
+    "torch": FrameworkSpec("torch", "torch", "torch.nn.Module", "torch.Tensor", "pip install torch", ".torch"),
+    "paddle": FrameworkSpec(
+        "paddle", "paddle", "paddle.nn.Layer", "paddle.Tensor", "pip install paddlepaddle", ".paddle"
     ),
 }
+ADAPTERS = FRAMEWORKS  # the name the core has used since the first adapters

@@ -51,8 +51,8 @@ class Adapter:
 
     # --- structure: the model view ---------------------------------------------------------------------------
     def walk(self, model):
-        """A :class:`xfreeze._view.Walk` of ``model``: wrappers seen through, modules, parameters, statistics."""
-        from .._view import Walk
+        """A :class:`xfreeze.model.view.Walk` of ``model``: wrappers seen through, modules, parameters, statistics."""
+        from ..model.view import Walk
 
         inner, wrappers = self.unwrap(model)
         modules: list = []
@@ -217,7 +217,7 @@ class Adapter:
         _todo(self, "tensor_dtype")
 
     def to_raw(self, tensor):
-        """The tensor's exact bits as a :class:`xfreeze._tensors.Raw`."""
+        """The tensor's exact bits as a :class:`xfreeze.core.tensors.Raw`."""
         _todo(self, "to_raw")
 
     def from_raw(self, raw):

@@ -4,7 +4,8 @@ Each framework describes the files it writes: suffixes, the container (a zip arc
 its own files apart from structure (zip member names, a pickled magic number), and how the core reads and writes
 them (``reader``: ``"adapter"`` = the adapter's ``load_file``/``save_file``; ``"pickle"`` = the core's restricted
 unpickler and plain pickle writer). safetensors and npz are framework-free and live in the core.
-Adding a framework's file format = one entry here.
+Each framework lists its own formats in ``backends/<framework>/formats.py``; this module gathers them
+through the registry in ``backends/__init__.py``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-# torch's legacy (pre-1.6) format starts by pickling a magic number 0x1950a86a20f9469cfc6c as a LONG1 (\x8a\n)
-_TORCH_LEGACY_MAGIC = b"\x8a\n" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+import importlib
 
 
 @dataclass(frozen=True)
@@ -31,90 +31,17 @@ class FileFormat:
     pickles: int = 1  # consecutive pickles at the start of a "pickle" container (checked opcode by opcode)
 
 
-def _torch_zip(head: bytes, names) -> bool:
-    return bool(names) and any(n == "data.pkl" or n.endswith("/data.pkl") for n in names)
+def _gather() -> tuple:
+    from . import FRAMEWORKS
+
+    return tuple(
+        f
+        for spec in FRAMEWORKS.values()
+        for f in importlib.import_module(spec.formats, package=__package__).FILE_FORMATS
+    )
 
 
-def _torch_legacy(head: bytes, names) -> bool:
-    return names is None and head[2:14] == _TORCH_LEGACY_MAGIC
-
-
-_STORAGE_BYTES = {
-    "Double": 8,
-    "Float": 4,
-    "Half": 2,
-    "BFloat16": 2,
-    "Long": 8,
-    "Int": 4,
-    "Short": 2,
-    "Char": 1,
-    "Byte": 1,
-    "Bool": 1,
-    "ComplexFloat": 8,
-    "ComplexDouble": 16,
-}
-
-
-def _torch_legacy_declared_bytes(path) -> int:
-    """Bytes of storage a legacy torch file declares. torch allocates each declared storage before reading it, so
-    the core refuses a file declaring more than it holds. The pickles are read with inert stand-ins for every
-    global (nothing is imported or called), only to collect the persistent ids ("storage", type, key, device, numel).
-    """
-    import pickle
-
-    class Inert(dict):  # takes items, appends and state like whatever the real object was, and does nothing
-        def __init__(self, name=""):
-            super().__init__()
-            self.name = name
-
-        def __call__(self, *args, **kwargs):
-            return Inert()
-
-        def __setstate__(self, state):
-            pass
-
-        def append(self, item):
-            pass
-
-        def extend(self, items):
-            pass
-
-    declared = {}
-
-    class Scan(pickle.Unpickler):
-        def find_class(self, module, name):
-            return Inert(name)
-
-        def persistent_load(self, pid):
-            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[4], int):
-                kind = getattr(pid[1], "name", "").replace("Storage", "")
-                declared[str(pid[2])] = max(pid[4], 0) * _STORAGE_BYTES.get(kind, 1)
-            return Inert()
-
-    with open(path, "rb") as f:
-        for _ in range(4):  # magic number, protocol version, system info, then the object with its storages
-            Scan(f).load()
-    return sum(declared.values())
-
-
-def _paddle_pickle(head: bytes, names) -> bool:
-    return names is None and not _torch_legacy(head, names)
-
-
-FILE_FORMATS: tuple = (
-    FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "zip", _torch_zip, "adapter"),
-    FileFormat(
-        "torch",
-        "torch",
-        (".pt", ".pth", ".bin"),
-        "pickle",
-        _torch_legacy,
-        "adapter",
-        declared_bytes=_torch_legacy_declared_bytes,
-        pickles=4,
-    ),
-    FileFormat("paddle", "paddle", (".pdparams",), "pickle", _paddle_pickle, "pickle", uint16_is="bfloat16"),
-)
+FILE_FORMATS: tuple = _gather()
 
 
 def by_suffix(suffix: str) -> FileFormat | None:

@@ -54,8 +54,7 @@ class ValueRule:
     why: str = ""
 
 
-NAMINGS = {"torch": ".torch_names", "paddle": ".paddle_names"}
-
-
 def naming(framework: str) -> Naming:
-    return importlib.import_module(NAMINGS[framework], package=__package__).NAMING
+    from . import FRAMEWORKS
+
+    return importlib.import_module(FRAMEWORKS[framework].naming, package=__package__).NAMING

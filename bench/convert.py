@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 import xfreeze
-from xfreeze import _tensors
+from xfreeze.core import tensors as _tensors
 
 
 def median_time(fn, rounds: int) -> float:

@@ -127,7 +127,7 @@ def main():
         for op, hand, ours in cases:
             h, x = best(hand, repeat), best(ours, repeat)
             print(f"{size:>8} {op:>9} {h:>9.4f} {x:>10.4f} {x / h:>6.2f}")
-        from xfreeze import _view
+        from xfreeze.model import view as _view
 
         _view.invalidate(model)
         cold = best(lambda: (_view.invalidate(model), xfreeze.select(model, "head")), 1)

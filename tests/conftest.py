@@ -1,9 +1,15 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from harness import BACKENDS, kit
+# Support code (the framework kit, state hashes, hostile files, the model zoo, distributed workers) lives in one
+# place, tests/support/, importable from every test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+from harness import BACKENDS, kit  # noqa: E402
 
 # ci: deterministic (derandomized) and bounded; thorough: for longer runs (make test-thorough).
 settings.register_profile(

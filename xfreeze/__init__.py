@@ -5,22 +5,46 @@
 
 from __future__ import annotations
 
-from ._backend import get_backend, set_backend
-from ._errors import XFreezeError
-from ._freeze import FreezeReport, freeze, unfreeze
-from ._head import replace_head
-from ._checkpoint import StateDict, load_checkpoint, save_checkpoint
-from ._convert import convert
-from ._distributed import check_freeze_agreement
-from ._delta import DeltaReport, FrozenCheck, frozen_fingerprint, load_delta, save_delta, verify_frozen
-from ._ema import EMA
-from ._load import LoadReport, load_matched
-from ._optim import OptimizerConfig, optimizer, param_groups
-from ._check import CheckReport, ParamRow, ParamTable, check, param_table
-from ._staged import Stage, StagedUnfreeze
-from ._select import compile_patterns as _compile_patterns
-from ._summary import ModuleRow, Summary, summary
-from ._table import Counts
+
+def _map_backends_of_a_plain_checkout() -> None:
+    """``backends/`` sits beside ``xfreeze/`` in the repository and installs as ``xfreeze.backends`` (pyproject's
+    package-dir). An install (``pip install -e .``, what ``make`` runs) maps it; from a plain checkout on
+    ``sys.path`` nothing does, so map the sibling folder here, once."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "xfreeze.backends" in sys.modules or importlib.util.find_spec("xfreeze.backends") is not None:
+        return
+    folder = Path(__file__).resolve().parent.parent / "backends"
+    spec = importlib.util.spec_from_file_location(
+        "xfreeze.backends", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    if spec is None or spec.loader is None:  # pragma: no cover - a broken checkout
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["xfreeze.backends"] = module
+    spec.loader.exec_module(module)
+
+
+_map_backends_of_a_plain_checkout()
+
+from .core.dispatch import get_backend, set_backend
+from .core.errors import XFreezeError
+from .model.freeze import FreezeReport, freeze, unfreeze
+from .model.head import replace_head
+from .weights.files import StateDict, load_checkpoint, save_checkpoint
+from .weights.convert import convert
+from .model.guard import check_freeze_agreement
+from .weights.delta import DeltaReport, FrozenCheck, frozen_fingerprint, load_delta, save_delta, verify_frozen
+from .training.ema import EMA
+from .weights.load import LoadReport, load_matched
+from .training.optim import OptimizerConfig, optimizer, param_groups
+from .training.check import CheckReport, ParamRow, ParamTable, check, param_table
+from .training.staged import Stage, StagedUnfreeze
+from .model.select import compile_patterns as _compile_patterns
+from .model.summary import ModuleRow, Summary, summary
+from .core.table import Counts
 
 __version__ = "0.1.0"
 __all__ = [
@@ -94,8 +118,8 @@ def select(model, *patterns, backend: str | None = None) -> list[str]:
         >>> xfreeze.select(model, "*", "!1.*")
         ['0.weight', '0.bias']
     """
-    from ._select import select_mask
-    from ._view import view_of
+    from .model.select import select_mask
+    from .model.view import view_of
 
     compiled = _compile_patterns(patterns)
     view = view_of(model, backend)

@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import sys
 
-from ._errors import XFreezeError
+from .core.errors import XFreezeError
 
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # state tensors per trainable parameter (SGD: momentum)
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
 
 def _fail(message: str) -> int:
-    from ._checkpoint import plain
+    from .weights.files import plain
 
     print(f"xfreeze: error: {plain(' '.join(message.split()))}", file=sys.stderr)
     return 2
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_model(name: str, backend: str | None):
-    from ._backend import adapter_named
+    from .core.dispatch import adapter_named
 
     backend = backend or ("torch" if importlib.util.find_spec("torch") else "paddle")
     if ":" in name:
@@ -155,17 +155,21 @@ def _did_you_mean(name: str, names) -> str:
 
 
 def _plan(args) -> None:
-    import xfreeze
-    from ._backend import adapter_for
-    from ._table import human_bytes, render
+    from .core.dispatch import adapter_for
+    from .model.freeze import freeze
+    from .model.head import replace_head
+    from .model.params import param_table
+    from .model.summary import summary as summarize
+    from .training.optim import optimizer
+    from .core.table import human_bytes, render
 
     model = build_model(args.model, args.backend)
     adapter = adapter_for(model)
     if args.head is not None:
-        xfreeze.replace_head(model, args.head)
+        replace_head(model, args.head)
     if args.freeze:
-        xfreeze.freeze(model, *args.freeze, norm=args.norm)
-    summary = xfreeze.summary(model, print_table=False)
+        freeze(model, *args.freeze, norm=args.norm)
+    summary = summarize(model, print_table=False)
     states = OPTIMIZER_STATES[args.optimizer]
     element = {r.name: _element_size(adapter, model, r.name) for r in summary.rows}
     rows, totals = [], [0, 0, 0, 0]
@@ -213,10 +217,8 @@ def _plan(args) -> None:
         )
     )
     if args.params:
-        opt = xfreeze.optimizer(
-            model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay
-        )
-        print(xfreeze.param_table(model, opt))
+        opt = optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay)
+        print(param_table(model, opt))
 
 
 def _element_size(adapter, model, path: str) -> int:
@@ -226,8 +228,8 @@ def _element_size(adapter, model, path: str) -> int:
 
 
 def _inspect(args) -> None:
-    from ._checkpoint import describe, load_checkpoint
-    from ._table import human_bytes, render
+    from .weights.files import describe, load_checkpoint
+    from .core.table import human_bytes, render
 
     info = describe(load_checkpoint(args.checkpoint))
     shown = info["tensors"] if args.limit == 0 else info["tensors"][: args.limit]
@@ -244,9 +246,9 @@ def _inspect(args) -> None:
 
 
 def _convert(args) -> None:
-    from ._checkpoint import load_checkpoint, save_checkpoint
-    from ._convert import convert
-    from ._table import render
+    from .weights.files import load_checkpoint, save_checkpoint
+    from .weights.convert import convert
+    from .core.table import render
 
     state = load_checkpoint(args.input)
     if state.framework == args.to:

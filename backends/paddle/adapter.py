@@ -15,9 +15,9 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from ._base import Adapter, owners, relock_after
-from . import kinds
-from .._errors import XFreezeError
+from ..contract import Adapter, owners, relock_after
+from .. import kinds
+from ...core.errors import XFreezeError
 
 _STAT_NAMES = ("_mean", "_variance")
 _NEUTRAL_STAT = {"_mean": "running_mean", "_variance": "running_var"}
@@ -84,7 +84,7 @@ WRAPPERS = {"DataParallel": "_layers"}
 
 
 class _Distributed:
-    """Wrapper and rank facts for xfreeze._distributed; mixed into the Paddle adapter below."""
+    """Wrapper and rank facts for xfreeze.model.guard; mixed into the Paddle adapter below."""
 
     # Rebuilding paddle.DataParallel after a freeze crashes (SIGSEGV in EagerReducer::AddDistHook), and a rebuilt one
     # does not all-reduce the parameters that became trainable (measured, Paddle 3.3.1, gloo): see rebuild_wrapper.
@@ -318,7 +318,7 @@ class PaddleAdapter(_Distributed, Adapter):
             ) from None
 
     def to_raw(self, tensor):
-        from .._tensors import Raw
+        from ...core.tensors import Raw
 
         name = self.tensor_dtype(tensor)
         bits = np.require(tensor.detach().cpu().numpy(), requirements="C")  # ascontiguousarray makes 0-d 1-d

@@ -11,7 +11,7 @@
   weight is stored as the neutral one / (1 - p) so both compute the same thing in eval and in training.
 """
 
-from .naming import Naming, ValueRule
+from ..naming import Naming, ValueRule
 
 ARCH_MAPS = {
     "resnet": [],

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._base import Adapter, owners, relock_after
-from . import kinds, torch_schedules
-from .._errors import XFreezeError
+from ..contract import Adapter, owners, relock_after
+from .. import kinds
+from . import schedules as torch_schedules
+from ...core.errors import XFreezeError
 
 _NORMS = tuple(
     c
@@ -89,7 +90,7 @@ _STATS = ("running_mean", "running_var")
 
 
 class _Distributed:
-    """Wrapper and rank facts for xfreeze._distributed; a base of the torch adapter."""
+    """Wrapper and rank facts for xfreeze.model.guard; a base of the torch adapter."""
 
     rewrap_can_freeze = True  # a rebuilt DDP registers exactly the trainable parameters, whatever changed
 
@@ -176,7 +177,7 @@ class _Distributed:
                 param._xfreeze_grad_sync = live
 
     def retire_wrapper(self, old) -> None:
-        from .._errors import XFreezeError
+        from ...core.errors import XFreezeError
 
         def replaced(*args, **kwargs):
             raise XFreezeError(
@@ -393,7 +394,7 @@ class TorchAdapter(_Distributed, Adapter):
             ) from None
 
     def to_raw(self, tensor):
-        from .._tensors import Raw
+        from ...core.tensors import Raw
 
         name = self.tensor_dtype(tensor)
         t = _whole(tensor).detach().cpu().contiguous()

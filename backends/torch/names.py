@@ -1,6 +1,6 @@
 """torch's naming is the neutral one: only what has no counterpart elsewhere is described here."""
 
-from .naming import Naming, ValueRule
+from ..naming import Naming, ValueRule
 
 # torchvision Inception3's BatchNorms use eps=1e-3 (paddle.vision's and the neutral one: 1e-5): its running variance
 # is stored 0.00099 below the neutral value so that var + eps is the same number in both

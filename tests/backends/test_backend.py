@@ -113,7 +113,10 @@ def test_the_core_never_imports_a_framework():
 
     frameworks = {"torch", "torchvision", "paddle", "paddlenlp", "transformers", "timm"}
     offenders = []
-    for path in (Path(__file__).resolve().parents[1] / "xfreeze").glob("*.py"):
+    core = Path(__file__).resolve().parents[2] / "xfreeze"
+    for path in core.rglob("*.py"):
+        if "integrations" in path.parts:  # each integration imports its training framework, by design
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = (
                 [a.name for a in node.names]
@@ -133,7 +136,7 @@ def test_the_core_never_branches_on_a_backend_name():
     from xfreeze.backends import ADAPTERS
 
     offenders = []
-    for path in (Path(__file__).resolve().parents[1] / "xfreeze").glob("*.py"):
+    for path in (Path(__file__).resolve().parents[2] / "xfreeze").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Compare):
                 constants = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]

@@ -9,11 +9,12 @@ import inspect
 import numpy as np
 import pytest
 
-from xfreeze import XFreezeError, _tensors
-from xfreeze._backend import adapter_named
-from xfreeze._view import view_of
+from xfreeze import XFreezeError
+from xfreeze.core import tensors as _tensors
+from xfreeze.core.dispatch import adapter_named
+from xfreeze.model.view import view_of
 from xfreeze.backends import ADAPTERS
-from xfreeze.backends._base import Adapter
+from xfreeze.backends.contract import Adapter
 from xfreeze.backends.naming import Naming, naming
 from harness import Spec, kit
 

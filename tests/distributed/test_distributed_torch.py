@@ -186,7 +186,7 @@ def test_ddp_and_fsdp2_stage_change_on_one_gpu_nccl(tmp_path):
 @pytest.mark.parametrize("framework", ["torch", "paddle"])
 def test_rewrap_must_be_callable_and_single_process_is_untouched(framework):
     import xfreeze
-    from xfreeze._distributed import check_freeze_agreement, guard_trainability_change
+    from xfreeze.model.guard import check_freeze_agreement, guard_trainability_change
 
     model = W.torch_cnn() if framework == "torch" else W.paddle_cnn()
     xfreeze.freeze(model, "0")

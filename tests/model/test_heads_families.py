@@ -7,11 +7,11 @@ import pytest
 
 import sweep_models as S
 import xfreeze
-from xfreeze._view import view_of
+from xfreeze.model.view import view_of
 
 
 def _heads(model, head="auto"):
-    return xfreeze._head.find_heads(view_of(model), head)
+    return xfreeze.model.head.find_heads(view_of(model), head)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 import xfreeze
-from xfreeze._view import view_of
+from xfreeze.model.view import view_of
 
 TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
 
@@ -104,7 +104,9 @@ def test_type_linear_covers_conv1d_and_in_proj():
         xfreeze.select(layer, "type:linear")
     )
     # in_proj is linear for selection and conversion, never a head: only the attention's out_proj is a Linear
-    assert xfreeze._head.find_heads(view_of(torch.nn.Sequential(torch.nn.MultiheadAttention(16, 2)))) == ["0.out_proj"]
+    assert xfreeze.model.head.find_heads(view_of(torch.nn.Sequential(torch.nn.MultiheadAttention(16, 2)))) == [
+        "0.out_proj"
+    ]
 
 
 def test_type_linear_covers_paddlenlp_linear3d():

@@ -131,7 +131,7 @@ def align_running_var(runs: list[Run]) -> None:
 
 
 def _is_locked(model, name):
-    from xfreeze._backend import adapter_for
+    from xfreeze.core.dispatch import adapter_for
 
     adapter = adapter_for(model)
     return adapter.is_norm_locked(dict(adapter.named_modules(model))[name])

@@ -3,7 +3,7 @@
 import pytest
 
 import xfreeze
-from xfreeze._view import view_of
+from xfreeze.model.view import view_of
 from harness import Spec, batch, random_state
 
 CNN = Spec("cnn", (4, 3))
@@ -107,7 +107,7 @@ import os, sys, torch, torch.distributed as dist
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
 dist.init_process_group("gloo")
 import xfreeze
-from xfreeze._view import view_of
+from xfreeze.model.view import view_of
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, fully_shard
 
 def make():

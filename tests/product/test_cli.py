@@ -92,7 +92,7 @@ def test_console_script_and_help_document_every_option():
 
 
 def test_inspect_prints_key_names_and_metadata_as_data(capsys, tmp_path):
-    from xfreeze import _checkpoint
+    from xfreeze.weights import files as _checkpoint
 
     keys = ["[/x]", "[bold]b[/bold]", "\x1b[31mred\x1b[0m", "a b\u202eevil"]
     path = _checkpoint._save(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def python(code: str, cwd, **env):
@@ -51,7 +51,8 @@ def test_built_wheel_holds_backends_inside_the_package(tmp_path):
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("xfreeze-*.whl")
     files = zipfile.ZipFile(wheel).namelist()
-    assert "xfreeze/backends/torch_backend.py" in files and "xfreeze/backends/paddle_backend.py" in files
+    assert "xfreeze/backends/torch/adapter.py" in files and "xfreeze/backends/paddle/adapter.py" in files
+    assert {"xfreeze/model/view.py", "xfreeze/weights/files.py", "xfreeze/training/ema.py"} <= set(files)
     assert not [f for f in files if f.startswith("backends/")], "no top-level backends package"
 
     target = tmp_path / "site"
@@ -64,7 +65,7 @@ def test_built_wheel_holds_backends_inside_the_package(tmp_path):
     assert installed.returncode == 0, installed.stderr
     code = (
         "import xfreeze, xfreeze.backends, torch\n"
-        "from xfreeze.backends import torch_backend\n"
+        "from xfreeze.backends.torch import adapter as torch_backend\n"
         "print(xfreeze.__file__); print(xfreeze.select(torch.nn.Linear(2, 2), 'bias'))\n"
         "import importlib.util; print('top-level backends:', importlib.util.find_spec('backends'))"
     )
@@ -85,3 +86,30 @@ def test_editable_install_maps_backends_into_the_package(tmp_path):
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.splitlines()[0]) == ROOT / "backends" / "__init__.py"
     assert "top-level backends: None" in result.stdout
+
+
+def test_a_plain_checkout_imports_without_an_install(tmp_path):
+    """A copy of the repository on sys.path, with site's .pth files (the editable install's finder) not processed:
+    ``xfreeze.backends`` still resolves, to the copy's backends/ folder."""
+    import site
+    import sysconfig
+
+    for name in ("xfreeze", "backends"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    packages = sysconfig.get_paths()["purelib"]
+    code = (
+        "import sys, xfreeze, torch\n"
+        "import xfreeze.backends.torch.adapter as a\n"
+        "print(a.__file__); print(xfreeze.select(torch.nn.Linear(2, 2), 'bias'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), packages, *site.getsitepackages()])},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == str(tmp_path / "backends" / "torch" / "adapter.py")
+    assert "['bias']" in result.stdout

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 pytestmark = pytest.mark.slow
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import xfreeze
 from xfreeze import EMA, XFreezeError
-from xfreeze._view import view_of
+from xfreeze.model.view import view_of
 from harness import Spec, random_state
 
 CNN = Spec("cnn", (4, 3))

@@ -324,7 +324,7 @@ def torch_refusals(rank: int) -> dict:
     import torch
     import xfreeze
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from xfreeze._distributed import check_freeze_agreement
+    from xfreeze.model.guard import check_freeze_agreement
 
     model = torch_cnn()
     xfreeze.freeze(model, "0")
@@ -447,7 +447,7 @@ def torch_fsdp2(rank: int, path: str) -> dict:
     if ema is not None:
         shadow = ema.state_dict()["shadow"].items()  # DTensor shadows (sharded like the parameters) are gathered
         out["ema"] = {k: _full(v).detach().cpu().numpy().copy() for k, v in shadow}
-    from xfreeze.backends.torch_backend import ADAPTER
+    from xfreeze.backends.torch.adapter import ADAPTER
 
     out["sizes"] = ADAPTER.sharded_sizes(model)
     out["ema_before"] = _safe(lambda: _ema_before_sharding(rank))
@@ -664,7 +664,7 @@ def paddle_staged_rewrap(rank: int) -> dict:
 def paddle_refusals(rank: int) -> dict:
     import paddle
     import xfreeze
-    from xfreeze._distributed import check_freeze_agreement
+    from xfreeze.model.guard import check_freeze_agreement
 
     model = paddle_cnn()
     xfreeze.freeze(model, "0")
@@ -704,7 +704,7 @@ def torch_fsdp1(rank: int, path: str) -> dict:
         "select": _safe(lambda: xfreeze.select(fsdp, "1.0.*")),
         "summary": _safe(lambda: xfreeze.summary(fsdp, print_table=False).counts.trainable),
     }
-    from xfreeze.backends.torch_backend import ADAPTER
+    from xfreeze.backends.torch.adapter import ADAPTER
 
     out["sizes"] = ADAPTER.sharded_sizes(fsdp)
     opt = torch.optim.SGD([p for p in fsdp.parameters() if p.requires_grad], lr=0.1)

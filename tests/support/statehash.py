@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from xfreeze._tensors import to_raw
+from xfreeze.core.tensors import to_raw
 
 
 def state_hash(model) -> str:

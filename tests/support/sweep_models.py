@@ -373,7 +373,7 @@ def run_case(case: Case) -> dict:
 
 
 def _heads_of(model, layers) -> list[str]:
-    view = xfreeze._view.view_of(model)
+    view = xfreeze.model.view.view_of(model)
     ids = {id(layer) for layer in layers}
     return [p for p, m in zip(view.paths, view.modules) if id(m) in ids]
 

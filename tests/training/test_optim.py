@@ -7,7 +7,7 @@ import pytest
 
 import xfreeze
 from xfreeze import XFreezeError
-from xfreeze._backend import adapter_for
+from xfreeze.core.dispatch import adapter_for
 from harness import Spec, batch, random_state
 
 CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear

@@ -95,8 +95,8 @@ class TrainingRun:
         return self.fw.state(self.model)
 
     def _trainable(self):
-        from xfreeze._backend import adapter_for
-        from xfreeze._select import walk
+        from xfreeze.core.dispatch import adapter_for
+        from xfreeze.model.select import walk
 
         adapter = adapter_for(self.model)
         return {e.name for e in walk(adapter, self.model) if adapter.is_trainable(e.param)}

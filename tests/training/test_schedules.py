@@ -12,7 +12,7 @@ import pytest
 
 import xfreeze
 from xfreeze import Stage, StagedUnfreeze, XFreezeError
-from xfreeze._backend import adapter_for
+from xfreeze.core.dispatch import adapter_for
 
 torch = pytest.importorskip("torch")
 paddle = pytest.importorskip("paddle")

@@ -5,7 +5,7 @@ import pytest
 
 import xfreeze
 from xfreeze import Stage, StagedUnfreeze, XFreezeError
-from xfreeze._backend import adapter_for
+from xfreeze.core.dispatch import adapter_for
 from harness import Spec, batch, random_state
 
 CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
@@ -174,7 +174,7 @@ def test_torch_optimizer_built_by_hand_can_grow():
 
 
 def _trainability(fw, model):
-    from xfreeze._backend import adapter_for as _adapter
+    from xfreeze.core.dispatch import adapter_for as _adapter
 
     adapter = _adapter(model)
     return {n: adapter.is_trainable(p) for n, p in model.named_parameters()}

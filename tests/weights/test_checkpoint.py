@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 import xfreeze
 from xfreeze import XFreezeError
-from xfreeze._tensors import same_bits, to_backend
+from xfreeze.core.tensors import same_bits, to_backend
 from harness import Spec, kit, random_state
 
 CNN = Spec("cnn", (4, 3))
@@ -71,7 +71,7 @@ def test_round_trip_every_format_from_either_framework(fw, tmp_path, suffix):
 @pytest.mark.parametrize("suffix", [".pt", ".pdparams", ".safetensors"])
 @pytest.mark.parametrize("backend", ["torch", "paddle"])
 def test_every_dtype_round_trips_bit_for_bit(tmp_path, suffix, backend):
-    from xfreeze._backend import adapter_named
+    from xfreeze.core.dispatch import adapter_named
 
     state = {d: tensor(d, seed=i) for i, d in enumerate(DTYPES) if d in adapter_named(backend).DTYPES}
     state = {k: to_backend(v, backend, k) for k, v in state.items()}
@@ -196,7 +196,7 @@ def test_framework_argument_and_metadata(tmp_path):
         xfreeze.load_checkpoint(tmp_path / "x.pt", framework="tf")
     with pytest.raises(XFreezeError, match=r"Received: format='onnx'"):
         xfreeze.save_checkpoint({"w": np.ones(1)}, tmp_path / "w.pt", format="onnx")
-    from xfreeze import _checkpoint
+    from xfreeze.weights import files as _checkpoint
 
     state = _checkpoint.StateDict({"bn._mean": np.zeros(2, "float32")}, framework="paddle")
     path = _checkpoint._save(state, tmp_path / "w.safetensors", None, {"framework": "torch"})
@@ -272,7 +272,7 @@ def test_a_killed_save_leaves_the_old_file_and_the_next_save_removes_its_temp(tm
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import os, signal, numpy as np, xfreeze
-        from xfreeze import _checkpoint
+        from xfreeze.weights import files as _checkpoint
         def write(f):
             f.write(b"half a file"); f.flush(); os.kill(os.getpid(), signal.SIGKILL)
         _checkpoint._atomic_write(_checkpoint.Path({str(path)!r}), write)

@@ -14,7 +14,7 @@ import hostile_files
 from harness import Spec
 from statehash import state_hash
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def forward(framework, model, x, mask=None):
 
 def randomize_statistics(framework, model, seed=0):
     """Fresh models have mean 0 / variance 1 statistics, which would hide a mix-up of mean and variance."""
-    from xfreeze._backend import adapter_for
+    from xfreeze.core.dispatch import adapter_for
 
     adapter, rng = adapter_for(model), np.random.default_rng(seed)
     for name, tensor in adapter.named_statistics(model):

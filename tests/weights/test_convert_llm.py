@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import xfreeze
-from xfreeze._convert import guess_framework
-from xfreeze._tensors import to_raw
+from xfreeze.weights.convert import guess_framework
+from xfreeze.core.tensors import to_raw
 
 CONFIG = dict(
     vocab_size=64,

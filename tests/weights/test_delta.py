@@ -6,7 +6,7 @@ import pytest
 
 import xfreeze
 from xfreeze import XFreezeError
-from xfreeze._tensors import same_bits
+from xfreeze.core.tensors import same_bits
 from harness import Spec, kit, random_state
 from statehash import state_hash
 
@@ -124,7 +124,7 @@ def test_not_a_delta(fw, tmp_path):
 
 
 def test_live_norm_statistics_travel_and_the_norm_plan_is_applied(fw, tmp_path):
-    from xfreeze._backend import adapter_for
+    from xfreeze.core.dispatch import adapter_for
 
     head = head_name(fw)
     m = fw.build(CNN)
@@ -147,7 +147,7 @@ def test_live_norm_statistics_travel_and_the_norm_plan_is_applied(fw, tmp_path):
 
 
 def test_fingerprint_hashed_on_threads_is_the_same_in_the_same_order(fw, monkeypatch):
-    from xfreeze import _delta
+    from xfreeze.weights import delta as _delta
 
     m = fw.build(CNN)
     fw.load(m, random_state(CNN, "float32", 1))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import xfreeze
-from xfreeze import _tensors
-from xfreeze._view import view_of
+from xfreeze.core import tensors as _tensors
+from xfreeze.model.view import view_of
 from harness import Spec, kit
 
 CNN = Spec("cnn", (4, 3))

@@ -18,7 +18,7 @@ def built(fw, spec=CNN, seed=0, dtype="float32"):
 
 
 def state(fw, m):
-    from xfreeze._backend import adapter_for
+    from xfreeze.core.dispatch import adapter_for
 
     return adapter_for(m).state_tensors(m)
 

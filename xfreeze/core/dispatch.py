@@ -13,8 +13,8 @@ import os
 import sys
 from functools import reduce
 
-from ._errors import XFreezeError, check_choice
-from .backends import ADAPTERS
+from .errors import XFreezeError, check_choice
+from ..backends import ADAPTERS
 
 ENV_VAR = "XFREEZE_BACKEND"
 _forced: str | None = None
@@ -130,4 +130,4 @@ def _is_subclass(cls: type, spec, dotted: str | None = None) -> bool:
 
 
 def _load(name: str):
-    return importlib.import_module(ADAPTERS[name].adapter, package=__package__ + ".backends").ADAPTER
+    return importlib.import_module(ADAPTERS[name].adapter, package="xfreeze.backends").ADAPTER

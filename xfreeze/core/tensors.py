@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._backend import adapter_named, tensor_backend
-from ._errors import XFreezeError
+from .dispatch import adapter_named, tensor_backend
+from .errors import XFreezeError
 
 # dtypes numpy cannot hold, and the unsigned integer type of the same width that carries their bits
 BIT_CARRIERS = {

@@ -10,11 +10,11 @@ import math
 import numbers
 import warnings
 
-from .. import _distributed
-from .._ema import EMA
-from .._errors import XFreezeError, check_choice
-from .._optim import check_group_options, no_decay_patterns, param_groups
-from .._staged import UNITS, Stage, StagedUnfreeze
+from ..training import rewrap as _distributed
+from ..training.ema import EMA
+from ..core.errors import XFreezeError, check_choice
+from ..training.optim import check_group_options, no_decay_patterns, param_groups
+from ..training.staged import UNITS, Stage, StagedUnfreeze
 
 STATE_FORMAT = "xfreeze.integrations.Staging"
 STATE_VERSION = 1
@@ -141,7 +141,7 @@ class Staging:
     def follow_wrapper(self) -> None:
         """When the training loop has wrapped the model in DDP / DataParallel since :meth:`prepare` and holds that
         wrapper (the Hugging Face and PaddleNLP Trainers, ``paddle.Model``): keep it, and give parameters a later
-        stage unfreezes an averaging hook (:data:`xfreeze._distributed.KEEP`). Call when training begins so that a
+        stage unfreezes an averaging hook (:data:`xfreeze.training.rewrap.KEEP`). Call when training begins so that a
         stage the wrapper cannot follow (a freeze after wrapping) is refused before the first step.
 
         Raises:

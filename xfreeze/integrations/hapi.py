@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import paddle
 
-from .._backend import adapter_for
-from .._errors import XFreezeError
-from .._optim import check_arguments
-from .._optim import optimizer as build_optimizer
+from ..core.dispatch import adapter_for
+from ..core.errors import XFreezeError
+from ..training.optim import check_arguments
+from ..training.optim import optimizer as build_optimizer
 from ._staging import Staging
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from torch.nn.parallel import DistributedDataParallel
 
-from .._errors import XFreezeError
+from ..core.errors import XFreezeError
 from ._staging import Staging
 
 

@@ -20,8 +20,8 @@ import warnings
 import paddle
 from paddlenlp.trainer import TrainerCallback
 
-from .._optim import check_arguments
-from .._optim import optimizer as build_optimizer
+from ..training.optim import check_arguments
+from ..training.optim import optimizer as build_optimizer
 from ._staging import Staging, TrainerEvents
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from .._errors import XFreezeError
-from .._optim import check_arguments
-from .._optim import optimizer as build_optimizer
+from ..core.errors import XFreezeError
+from ..training.optim import check_arguments
+from ..training.optim import optimizer as build_optimizer
 from ._staging import Staging, TrainerEvents
 
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _select
-from ._distributed import guard_trainability_change
-from ._errors import XFreezeError, check_choice
-from ._table import Counts, counts, render
-from ._tensors import FLOAT_DTYPES
-from ._view import view_of
+from . import select as _select
+from .guard import guard_trainability_change
+from .live import warn_if_out_of_step
+from ..core.errors import XFreezeError, check_choice
+from ..core.table import Counts, counts, render
+from ..core.tensors import FLOAT_DTYPES
+from .view import view_of
 
 NORM_MODES = ("freeze", "train")
 
@@ -124,9 +125,7 @@ def unfreeze(model, *patterns, backend: str | None = None) -> FreezeReport:
         ['1.weight', '1.bias']
     """
     report = _set_trainable(model, patterns, True, "freeze", backend)
-    from ._check import warn_if_out_of_step  # issue 12: warn when the live optimizer lacks what now trains
-
-    warn_if_out_of_step(model, report.changed, backend)
+    warn_if_out_of_step(model, report.changed, backend)  # issue 12: the live optimizer lacks what now trains
     return report
 
 

@@ -20,7 +20,7 @@ import fnmatch
 import numbers
 import warnings
 
-from ._errors import XFreezeError, check_choice
+from ..core.errors import XFreezeError, check_choice
 
 # Where classifiers live: torchvision / paddle.vision ResNet (fc), VGG and MobileNet (classifier.N), ViT (heads.head),
 # timm (head, head.fc, classif), transformers / PaddleNLP ...ForSequenceClassification (classifier), causal LMs with a
@@ -91,7 +91,7 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
         >>> xfreeze.replace_head(model, 10, head="2").out_features
         10
     """
-    from ._view import invalidate, view_of
+    from .view import invalidate, view_of
 
     view = view_of(model, backend)
     adapter = view.adapter
@@ -124,14 +124,14 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
 
 def find_head(adapter, model, head="auto") -> str:
     """The dotted name of the classifier layer ``replace_head`` would replace (the first one, when several)."""
-    from ._view import view_of
+    from .view import view_of
 
     return find_heads(view_of(model, adapter.name), head)[0]
 
 
 def find_heads(view, head="auto") -> list[str]:
     """Every head ``replace_head`` would replace, in model order; raises listing candidates when it cannot tell."""
-    from .backends.kinds import replaceable_linear
+    from ..backends.kinds import replaceable_linear
 
     linears = [
         p for p, m, k in zip(view.paths, view.modules, view.kinds) if p and k == "linear" and replaceable_linear(m)

@@ -23,7 +23,7 @@ def unrecognised_norm_like(view) -> list[str]:
 
 def warn_decayed_norms(adapter, model, excluded: set) -> None:
     """Warn (with a HINT) when norm-like parameters nothing recognises would get weight decay."""
-    from ._view import view_of
+    from .view import view_of
 
     view = view_of(model, adapter.name)
     decayed = [n for n in unrecognised_norm_like(view) if n not in excluded]

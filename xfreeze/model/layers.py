@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ._errors import XFreezeError
-from ._view import view_of
+from ..core.errors import XFreezeError
+from .view import view_of
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._errors import XFreezeError
+from ..core.errors import XFreezeError
 
 KINDS = ("norm", "linear", "conv", "embedding")
 
@@ -61,7 +61,7 @@ class Pattern:
 
 
 def model_name(adapter, model) -> str:
-    from ._view import view_of
+    from .view import view_of
 
     return view_of(model, adapter.name).label
 
@@ -197,9 +197,9 @@ class Entry:
 
 def walk(adapter, model) -> list[Entry]:
     """Every parameter of ``model`` once (shared ones under their first name), in model order."""
-    from ._view import view_of
+    from .view import view_of
 
-    from ._view import _gc_paused
+    from .view import _gc_paused
 
     view = view_of(model, adapter.name)
     if view.entries is None:  # made once per view: callers walk the same model many times in one operation
@@ -212,7 +212,7 @@ def walk(adapter, model) -> list[Entry]:
 
 def resolve(adapter, model, patterns: list[Pattern], entries: list[Entry] | None = None) -> list[Entry]:
     """The entries (default: every parameter) the patterns select; raises for a pattern matching nothing."""
-    from ._view import view_of
+    from .view import view_of
 
     view = view_of(model, adapter.name)
     all_entries = walk(adapter, model)

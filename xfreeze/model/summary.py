@@ -11,8 +11,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ._table import Counts, counts, render
-from ._view import view_of
+from .params import param_table
+from ..core.table import Counts, counts, render
+from .view import view_of
 
 MAX_ROWS = 60  # longer tables collapse repeated blocks
 
@@ -120,8 +121,6 @@ def summary(model, *, print_table: bool = True, optimizer=None, backend: str | N
             f"{int(view.local_numels.sum()):,} of {int(view.numels.sum()):,} parameters"
         )
     if optimizer is not None:
-        from ._check import param_table
-
         result.params = param_table(model, optimizer, backend=backend)
     if print_table:
         print(result)

@@ -20,7 +20,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._backend import adapter_for
+from ..core.dispatch import adapter_for
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ModelView:
         self.stat_keys = [_join(self.paths[mi], native) for mi, _, _, native in walk.stats]  # state-dict keys
         self.stat_tensors = [t for _, _, t, _ in walk.stats]
         self.stat_owner = [mi for mi, _, _, _ in walk.stats]
-        self.entries: list | None = None  # xfreeze._select.walk's entries, made once
+        self.entries: list | None = None  # xfreeze.model.select.walk's entries, made once
 
     @property
     def model(self):

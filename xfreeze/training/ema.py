@@ -5,9 +5,9 @@ from __future__ import annotations
 import numbers
 
 
-from . import _tensors
-from ._errors import XFreezeError
-from ._view import view_of
+from ..core import tensors as _tensors
+from ..core.errors import XFreezeError
+from ..model.view import view_of
 
 STATE_VERSION = 1
 

@@ -13,11 +13,11 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from . import _select
-from ._view import batched
-from ._backend import adapter_for
-from ._errors import XFreezeError, check_choice
-from ._layers import layer_map
+from ..model import select as _select
+from ..model.view import batched
+from ..core.dispatch import adapter_for
+from ..core.errors import XFreezeError, check_choice
+from ..model.layers import layer_map
 
 DEFAULT_NO_DECAY = ("*.bias", "type:norm")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -298,7 +298,7 @@ def _default_decay(factory) -> float:
 
 
 def _register(opt, model) -> None:
-    from ._check import remember
+    from .check import remember
 
     remember(model, opt)
 
@@ -354,7 +354,7 @@ def _decay_flags(adapter, model, entries, no_decay) -> dict[str, bool]:
         if not hits and patterns != DEFAULT_NO_DECAY:
             _select.resolve(adapter, model, compiled, all_entries)  # raises the no-match error with suggestions
         excluded |= {e.name for e in hits if not compiled[0].negate}
-    from ._kinds import warn_decayed_norms  # never decay an unrecognised norm quietly (issue 11)
+    from ..model.kinds import warn_decayed_norms  # never decay an unrecognised norm quietly (issue 11)
 
     warn_decayed_norms(adapter, model, excluded)
     return {e.name: e.name not in excluded for e in entries}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from . import _check, _distributed, _select
-from ._backend import adapter_for
-from ._errors import XFreezeError, check_choice
-from ._freeze import NORM_MODES, freeze, unfreeze
-from ._optim import DEFAULT_NO_DECAY, OptimizerConfig, param_groups
-from ._view import batched
+from . import check as _check
+from . import rewrap as _distributed
+from ..model import select as _select
+from ..core.dispatch import adapter_for
+from ..core.errors import XFreezeError, check_choice
+from ..model.freeze import NORM_MODES, freeze, unfreeze
+from .optim import DEFAULT_NO_DECAY, OptimizerConfig, param_groups
+from ..model.view import batched
 
 UNITS = ("epoch", "step")
 STATE_FORMAT = "xfreeze.StagedUnfreeze"

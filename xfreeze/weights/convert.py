@@ -24,12 +24,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._backend import installed
-from ._checkpoint import StateDict, as_state_dict
-from ._errors import XFreezeError, check_choice
-from . import _tensors
-from .backends import ADAPTERS
-from .backends.naming import Naming, naming
+from ..core.dispatch import installed
+from .files import StateDict, as_state_dict
+from ..core.errors import XFreezeError, check_choice
+from ..core import tensors as _tensors
+from ..backends import ADAPTERS
+from ..backends.naming import Naming, naming
 
 FRAMEWORKS = tuple(ADAPTERS)
 
@@ -246,7 +246,7 @@ def _aligned(state, names: dict, src: Naming, dst: Naming, model):
 def alignment_difference(state, model, source: str | None = None) -> str | None:
     """Why ``state`` does not pair module by module with ``model`` (None when it does): the first difference."""
     state = state if isinstance(state, StateDict) else as_state_dict(dict(state))
-    from ._view import view_of
+    from ..model.view import view_of
 
     to = view_of(model).adapter.name
     src, dst = naming(_source_framework(state, to, source)), naming(to)
@@ -257,7 +257,7 @@ def alignment_difference(state, model, source: str | None = None) -> str | None:
 
 def _module_pairs(state, names: dict, src: Naming, dst: Naming, model):
     """[((source path, keys), (target path, leaves))] in module order, or a sentence naming the first difference."""
-    from ._view import view_of
+    from ..model.view import view_of
 
     view = view_of(model)
     info = view.key_info()
@@ -332,6 +332,6 @@ def _revalue(key, new, value, rules, notes):
 
 def _target_info(model) -> dict:
     """Target key -> (module kind, embedding padding index), from the model's view."""
-    from ._view import view_of
+    from ..model.view import view_of
 
     return view_of(model).key_info()

@@ -21,10 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _tensors
-from ._backend import adapter_for
-from ._checkpoint import StateDict, _save, load_checkpoint
-from ._errors import XFreezeError
+from ..model.freeze import freeze, unfreeze
+from .convert import convert
+from .load import load_matched
+from ..core import tensors as _tensors
+from ..core.dispatch import adapter_for
+from .files import StateDict, _save, load_checkpoint
+from ..core.errors import XFreezeError
 
 VERSION = "1"
 SHOWN = 5  # differing tensors named in an error
@@ -120,8 +123,6 @@ def load_delta(model, path) -> DeltaReport:
         >>> xfreeze.load_delta(model, path).loaded
         ['1.weight', '1.bias']
     """
-    import xfreeze
-
     adapter = adapter_for(model)
     delta, plan = _read_delta(path)
     names = _name_map(adapter, model, delta.framework)  # delta name -> model name
@@ -131,7 +132,7 @@ def load_delta(model, path) -> DeltaReport:
             f"delta {str(path)!r} does not fit this base: {check}; the delta was saved on another "
             "base (or the base's frozen tensors changed). Nothing was changed"
         )
-    incoming = xfreeze.convert(delta, to=adapter.name, model=model) if delta.framework != adapter.name else delta
+    incoming = convert(delta, to=adapter.name, model=model) if delta.framework != adapter.name else delta
     state = adapter.state_tensors(model)
     trainable = [_mapped(names, n, path) for n in plan["trainable"]]
     locked = {_mapped(names, n, path).rpartition(".")[0] for n in plan["locked_norms"]}
@@ -141,10 +142,10 @@ def load_delta(model, path) -> DeltaReport:
             f"delta {str(path)!r} holds tensors this model has no place for (name or shape): "
             f"{bad[:SHOWN]}. Nothing was changed"
         )
-    _apply_plan(xfreeze, adapter, model, trainable, locked)
+    _apply_plan(adapter, model, trainable, locked)
     report = DeltaReport(delta.framework, trainable=trainable, locked_norms=sorted(locked), verified=check.checked)
     if incoming:
-        loaded = xfreeze.load_matched(model, StateDict(dict(incoming), framework=adapter.name))
+        loaded = load_matched(model, StateDict(dict(incoming), framework=adapter.name))
         report.loaded = loaded.loaded
     return report
 
@@ -272,12 +273,10 @@ def _read_delta(path):
 
 def _name_map(adapter, model, framework: str) -> dict:
     """Delta (``framework``) name -> model name, through the same conversion loading uses."""
-    import xfreeze
-
     state = adapter.state_tensors(model)
     if framework == adapter.name:
         return {k: k for k in state}
-    out = xfreeze.convert(StateDict(state, framework=adapter.name), to=framework)
+    out = convert(StateDict(state, framework=adapter.name), to=framework)
     dropped = {k for k, note in out.notes if note.startswith("dropped")}
     kept = [k for k in state if k not in dropped]
     if len(kept) != len(out):
@@ -296,11 +295,9 @@ def _mapped(names: dict, name: str, path) -> str:
 
 def _compare(adapter, model, fingerprint: dict, framework: str) -> FrozenCheck:
     """Hash the model's tensors named in ``fingerprint`` in ``framework``'s names and layout (converted if needed)."""
-    import xfreeze
-
     state = StateDict(adapter.state_tensors(model), framework=adapter.name)
     if framework != adapter.name:
-        state = xfreeze.convert(state, to=framework)
+        state = convert(state, to=framework)
     check = FrozenCheck(checked=len(fingerprint))
     check.missing = [name for name in fingerprint if name not in state]
     now = _hashes(state, [name for name in fingerprint if name in state])
@@ -308,10 +305,10 @@ def _compare(adapter, model, fingerprint: dict, framework: str) -> FrozenCheck:
     return check
 
 
-def _apply_plan(xfreeze, adapter, model, trainable: list, locked: set) -> None:
-    xfreeze.freeze(model, "*")
+def _apply_plan(adapter, model, trainable: list, locked: set) -> None:
+    freeze(model, "*")
     if trainable:
-        xfreeze.unfreeze(model, *[f"re:{re.escape(n)}" for n in trainable])
+        unfreeze(model, *[f"re:{re.escape(n)}" for n in trainable])
     training = adapter.module_training(model)
     for path, module in adapter.named_modules(model):
         if not adapter.norm_statistics(module):

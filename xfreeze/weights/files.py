@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _tensors
-from ._backend import adapter_named, installed
-from ._table import escape, plain  # noqa: F401  (re-exported: the CLI uses them)
-from ._errors import XFreezeError, check_choice
-from .backends import ADAPTERS, formats
+from ..core import tensors as _tensors
+from ..core.dispatch import adapter_named, installed
+from ..core.table import escape, plain  # noqa: F401  (re-exported: the CLI uses them)
+from ..core.errors import XFreezeError, check_choice
+from ..backends import ADAPTERS, formats
 
 FORMATS = {
     ".safetensors": "safetensors",
@@ -184,7 +184,7 @@ def save_checkpoint(obj, path, *, format: str | None = None, rank: int | None = 
         'w.pt'
     """
     if rank is not None:
-        from ._distributed import save_on_rank
+        from .ranks import save_on_rank
 
         save_on_rank(obj, rank, lambda state: _save(state, path, format))
         return Path(path)
@@ -299,7 +299,7 @@ def describe(state: StateDict) -> dict:
 
 
 def to_numpy(value, key="") -> np.ndarray:
-    """Kept for callers of the earlier API: :func:`xfreeze._tensors.to_numpy`."""
+    """Kept for callers of the earlier API: :func:`xfreeze.core.tensors.to_numpy`."""
     return _tensors.to_numpy(value, key)
 
 
@@ -813,7 +813,7 @@ def _decide_framework(state: StateDict, framework, meta: dict, spec) -> str | No
     Metadata that disagrees with the names, or names no framework, is reported in ``notes`` and not used."""
     if framework is not None:
         return framework
-    from ._convert import guess_framework
+    from .convert import guess_framework
 
     by_names = guess_framework(list(state))
     said = meta.get("framework") if isinstance(meta, dict) else None
@@ -828,7 +828,7 @@ def _decide_framework(state: StateDict, framework, meta: dict, spec) -> str | No
 
 
 def _model_state(model) -> dict:
-    from ._backend import adapter_for
+    from ..core.dispatch import adapter_for
 
     adapter = adapter_for(model)
     return StateDict(adapter.state_tensors(model), framework=adapter.name)

@@ -7,15 +7,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _distributed, _select, _tensors
-from ._backend import adapter_for
-from ._checkpoint import StateDict, as_state_dict, load_checkpoint
-from ._convert import convert
-from ._errors import XFreezeError, check_choice
-from ._table import render
-from ._view import view_of
-from .backends import ADAPTERS
-from .backends.naming import naming
+from . import ranks as _distributed
+from ..model import select as _select
+from ..core import tensors as _tensors
+from ..core.dispatch import adapter_for
+from .files import StateDict, as_state_dict, load_checkpoint
+from .convert import convert
+from ..core.errors import XFreezeError, check_choice
+from ..core.table import render
+from ..model.view import view_of
+from ..backends import ADAPTERS
+from ..backends.naming import naming
 
 
 @dataclass
@@ -147,7 +149,7 @@ def load_matched(
 def _check_converted(report, converted, targets, model, source, origin, allow_partial: bool) -> None:
     """A conversion placing fewer than half of the model's keys is refused (unless allowed); differences warned."""
     import warnings
-    from ._convert import alignment_difference
+    from .convert import alignment_difference
 
     placed = sum(1 for key in converted if key in targets)
     differences = list(getattr(converted, "differences", []))

@@ -1,0 +1,2 @@
+"""The model layer: one cached view of a model, selection by pattern, freeze/unfreeze with norm locks, heads,
+summaries, layer ids and the distributed freeze guard. Imports only :mod:`xfreeze.core`."""

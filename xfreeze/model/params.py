@@ -1,0 +1,93 @@
+"""The per-parameter table of a model against its optimizer: group, absolute learning rate and weight decay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import select as _select
+from .view import batched
+from ..core.dispatch import adapter_for
+from ..core.errors import XFreezeError
+from ..core.table import render
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    """One parameter in the optimizer: its group, absolute learning rate and weight decay (None: in no group)."""
+
+    name: str
+    trainable: bool
+    group: int | None
+    lr: float | None
+    weight_decay: float | None
+
+
+@dataclass
+class ParamTable:
+    """What :func:`param_table` shows, as data."""
+
+    model: str
+    rows: list[ParamRow] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def fmt(value):
+            return "-" if value is None else f"{value:.6g}"
+
+        rows = [
+            [
+                r.name,
+                "yes" if r.trainable else "no",
+                "-" if r.group is None else r.group,
+                fmt(r.lr),
+                fmt(r.weight_decay),
+            ]
+            for r in self.rows
+        ]
+        return render(
+            f"xfreeze.param_table: {self.model}", ["parameter", "trains", "group", "lr", "weight decay"], rows
+        )
+
+    __repr__ = __str__
+
+
+@batched
+def param_table(model, optimizer, *, backend: str | None = None) -> ParamTable:
+    """Per parameter: trainable or not, optimizer group, absolute learning rate and weight decay (audit layer decay).
+
+    Args:
+        model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
+        optimizer: its optimizer (rates are read from it as they are now, schedules included).
+        backend: force ``"torch"`` or ``"paddle"``.
+
+    Returns:
+        ParamTable: one :class:`ParamRow` per parameter, in model order; prints as a table.
+
+    Raises:
+        XFreezeError: ``optimizer`` is not an optimizer of the model's framework.
+
+    Example:
+        >>> import torch, xfreeze
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> opt = xfreeze.optimizer(model, "adamw", lr=0.1, weight_decay=0.01, lr_mult={"1": 10})
+        >>> [(r.name, r.group, r.lr, r.weight_decay) for r in xfreeze.param_table(model, opt).rows][2]
+        ('1.weight', 2, 1.0, 0.01)
+    """
+    adapter = adapter_for(model, backend)
+    _check_optimizer(adapter, optimizer)
+    where: dict[int, tuple] = {}
+    for index, (ids, lr, decay) in enumerate(adapter.group_rows(optimizer)):
+        for pid in ids:
+            where.setdefault(pid, (index, float(lr), float(decay)))
+    rows = [
+        ParamRow(e.name, adapter.is_trainable(e.param), *where.get(id(e.param), (None, None, None)))
+        for e in _select.walk(adapter, model)
+    ]
+    return ParamTable(_select.model_name(adapter, model), rows)
+
+
+def _check_optimizer(adapter, optimizer) -> None:
+    if not adapter.is_optimizer(optimizer):
+        raise XFreezeError(
+            f"optimizer must be an optimizer of the model's framework ({adapter.name}). "
+            f"Received: {type(optimizer).__name__}"
+        )
