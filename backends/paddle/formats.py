@@ -7,10 +7,20 @@ from ..formats import FileFormat
 from ..torch.formats import _torch_legacy
 
 
-def _paddle_pickle(head: bytes, names) -> bool:
-    return names is None and not _torch_legacy(head, names)
+def _paddle_pickle(head: bytes, protocol) -> bool:
+    return not _torch_legacy(head, protocol)
 
 
 FILE_FORMATS: tuple = (
-    FileFormat("paddle", "paddle", (".pdparams",), "pickle", _paddle_pickle, "pickle", uint16_is="bfloat16"),
+    FileFormat(
+        "paddle",
+        (".pdparams",),
+        "pickle",
+        _paddle_pickle,
+        read="pickle",
+        write="pickle",
+        framework="paddle",
+        label="Paddle",
+        uint16_is="bfloat16",
+    ),
 )

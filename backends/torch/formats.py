@@ -3,18 +3,20 @@ importing this module imports no framework."""
 
 from __future__ import annotations
 
+import pickle
+
 from ..formats import FileFormat
 
 # torch's legacy (pre-1.6) format starts by pickling a magic number 0x1950a86a20f9469cfc6c as a LONG1 (\x8a\n)
 _TORCH_LEGACY_MAGIC = b"\x8a\n" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
-def _torch_zip(head: bytes, names) -> bool:
+def _torch_zip(head: bytes, names: list) -> bool:
     return bool(names) and any(n == "data.pkl" or n.endswith("/data.pkl") for n in names)
 
 
-def _torch_legacy(head: bytes, names) -> bool:
-    return names is None and head[2:14] == _TORCH_LEGACY_MAGIC
+def _torch_legacy(head: bytes, protocol) -> bool:
+    return head[2:14] == _TORCH_LEGACY_MAGIC
 
 
 _STORAGE_BYTES = {
@@ -38,7 +40,6 @@ def _torch_legacy_declared_bytes(path) -> int:
     the core refuses a file declaring more than it holds. The pickles are read with inert stand-ins for every
     global (nothing is imported or called), only to collect the persistent ids ("storage", type, key, device, numel).
     """
-    import pickle
 
     class Inert(dict):  # takes items, appends and state like whatever the real object was, and does nothing
         def __init__(self, name=""):
@@ -76,14 +77,24 @@ def _torch_legacy_declared_bytes(path) -> int:
 
 
 FILE_FORMATS: tuple = (
-    FileFormat("torch", "torch", (".pt", ".pth", ".bin"), "zip", _torch_zip, "adapter"),
     FileFormat(
         "torch",
+        (".pt", ".pth", ".bin"),
+        "zip",
+        _torch_zip,
+        read="adapter",
+        write="adapter",
+        framework="torch",
+        missing="a torch checkpoint (no data.pkl)",
+    ),
+    FileFormat(
         "torch",
         (".pt", ".pth", ".bin"),
         "pickle",
         _torch_legacy,
-        "adapter",
+        read="adapter",
+        write=None,  # torch.save writes the zip archive
+        framework="torch",
         declared_bytes=_torch_legacy_declared_bytes,
         pickles=4,
     ),

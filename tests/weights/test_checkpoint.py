@@ -1,6 +1,7 @@
 """Checkpoint files: structural format detection, every real file readable, native dtypes bit for bit, saves that
 keep mode / links / no stale temps, and clear errors."""
 
+import json
 import os
 import pickle
 import signal
@@ -8,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import numpy as np
 import pytest
@@ -15,7 +17,10 @@ from hypothesis import given, settings, strategies as st
 
 import xfreeze
 from xfreeze import XFreezeError
+from xfreeze.backends.formats import FileFormat
 from xfreeze.core.tensors import same_bits, to_backend
+from xfreeze.weights import files as _checkpoint, formats
+from xfreeze.weights.statedict import StateDict
 from harness import Spec, kit, random_state
 
 CNN = Spec("cnn", (4, 3))
@@ -185,7 +190,8 @@ def test_property_load_of_save_is_the_identity(tmp_path_factory, backend, suffix
 
 def test_format_is_detected_from_content_not_suffix(tmp_path):
     state = {"fc.weight": np.arange(6, dtype="float32").reshape(2, 3)}
-    for fmt in ("torch", "paddle", "safetensors", "npz"):
+    assert set(formats.NAMES) >= {"torch", "paddle", "safetensors", "npz"}
+    for fmt in formats.NAMES:
         path = xfreeze.save_checkpoint(state, tmp_path / f"{fmt}.weights", format=fmt)
         loaded = xfreeze.load_checkpoint(path)
         assert loaded.format == fmt and same_bits(loaded["fc.weight"], state["fc.weight"])
@@ -196,9 +202,7 @@ def test_framework_argument_and_metadata(tmp_path):
         xfreeze.load_checkpoint(tmp_path / "x.pt", framework="tf")
     with pytest.raises(XFreezeError, match=r"Received: format='onnx'"):
         xfreeze.save_checkpoint({"w": np.ones(1)}, tmp_path / "w.pt", format="onnx")
-    from xfreeze.weights import files as _checkpoint
-
-    state = _checkpoint.StateDict({"bn._mean": np.zeros(2, "float32")}, framework="paddle")
+    state = StateDict({"bn._mean": np.zeros(2, "float32")}, framework="paddle")
     path = _checkpoint._save(state, tmp_path / "w.safetensors", None, {"framework": "torch"})
     loaded = xfreeze.load_checkpoint(path)
     assert loaded.framework == "paddle"  # the key names are the file's own structure
@@ -356,3 +360,33 @@ def test_numpy_checkpoints_import_no_framework(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
+
+
+def test_a_format_is_one_registry_entry(tmp_path, monkeypatch):
+    """A new format (here: a zip holding one JSON file) is an entry with sniff / read / write; load, save and
+    detection pick it up, and the refusal for an unknown zip archive names it."""
+
+    def read(path, size, fmt):
+        with zipfile.ZipFile(path) as archive:
+            return {k: np.asarray(v, "float32") for k, v in json.loads(archive.read("w.json")).items()}, {}
+
+    def write(state, fmt, framework, metadata):
+        text = json.dumps({k: np.asarray(v).tolist() for k, v in state.items()})
+
+        def to(f):
+            with zipfile.ZipFile(f, "w") as archive:
+                archive.writestr("w.json", text)
+
+        return to
+
+    sniff = lambda head, names: names == ["w.json"]  # noqa: E731
+    listing = FileFormat("listing", (".lst",), "zip", sniff, read, write, missing="a listing (no w.json)")
+    monkeypatch.setattr(formats, "REGISTRY", formats.REGISTRY + (listing,))
+    monkeypatch.setattr(formats, "SUFFIXES", {**formats.SUFFIXES, ".lst": "listing"})
+    path = xfreeze.save_checkpoint({"fc.weight": np.ones((2, 3), "float32")}, tmp_path / "w.lst")
+    loaded = xfreeze.load_checkpoint(path)
+    assert loaded.format == "listing" and loaded["fc.weight"].tolist() == [[1.0] * 3] * 2
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "hi")
+    with pytest.raises(XFreezeError, match=r"nor an npz \(members not all \.npy\) nor a listing \(no w\.json\)"):
+        xfreeze.load_checkpoint(tmp_path / "other.zip")

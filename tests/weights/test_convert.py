@@ -52,12 +52,15 @@ def forward(framework, model, x, mask=None):
 def randomize_statistics(framework, model, seed=0):
     """Fresh models have mean 0 / variance 1 statistics, which would hide a mix-up of mean and variance."""
     from xfreeze.core.dispatch import adapter_for
+    from xfreeze.core.tensors import Raw
+    from xfreeze.model.view import view_of
 
-    adapter, rng = adapter_for(model), np.random.default_rng(seed)
-    for name, tensor in adapter.named_statistics(model):
+    adapter, view, rng = adapter_for(model), view_of(model), np.random.default_rng(seed)
+    for name, tensor in zip(view.stat_names, view.stat_tensors):
         shape = tuple(tensor.shape)
         value = rng.uniform(0.5, 1.5, shape) if name.endswith("running_var") else rng.normal(0, 0.1, shape)
-        adapter.assign(tensor, value.astype("float32"))
+        native = adapter.as_native(adapter.from_raw(Raw(value.astype("float32"), "float32")), tensor)
+        adapter.load_tensors([tensor], [native])
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import xfreeze
-from xfreeze.weights.convert import guess_framework
+from xfreeze.weights.statedict import guess_framework
 from xfreeze.core.tensors import to_raw
 
 CONFIG = dict(

@@ -24,12 +24,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..core.dispatch import installed
-from .files import StateDict, as_state_dict
-from ..core.errors import XFreezeError, check_choice
-from ..core import tensors as _tensors
 from ..backends import ADAPTERS
 from ..backends.naming import Naming, naming
+from ..core import tensors as _tensors
+from ..core.dispatch import installed
+from ..core.errors import XFreezeError, check_choice
+from ..model.view import view_of
+from .statedict import StateDict, as_state_dict, guess_framework
 
 FRAMEWORKS = tuple(ADAPTERS)
 
@@ -106,12 +107,6 @@ def convert_archs() -> tuple:
     return tuple(sorted(names))
 
 
-def guess_framework(keys) -> str | None:
-    """Whose naming ``keys`` follow, from names only one framework uses; None when they do not tell."""
-    hits = {fw for fw in FRAMEWORKS if any(_signal(fw).search(k) for k in keys)}
-    return hits.pop() if len(hits) == 1 else None
-
-
 def rename(key: str, src: Naming, dst: Naming, arch: str) -> str | None:
     """``key`` of ``src``'s naming in ``dst``'s, through the neutral naming; None when ``dst`` has no counterpart."""
     head, _, leaf = key.rpartition(".")
@@ -137,12 +132,6 @@ def _source_framework(state: StateDict, to: str, source) -> str:
             return others[0]
         raise XFreezeError(f"cannot tell which framework the state dict comes from; pass source=one of {others}")
     return origin
-
-
-@lru_cache(maxsize=None)
-def _signal(framework: str) -> re.Pattern:
-    signals = naming(framework).key_signals
-    return re.compile("|".join(f"(?:{s})" for s in signals) if signals else r"(?!x)x")
 
 
 @lru_cache(maxsize=None)
@@ -246,8 +235,6 @@ def _aligned(state, names: dict, src: Naming, dst: Naming, model):
 def alignment_difference(state, model, source: str | None = None) -> str | None:
     """Why ``state`` does not pair module by module with ``model`` (None when it does): the first difference."""
     state = state if isinstance(state, StateDict) else as_state_dict(dict(state))
-    from ..model.view import view_of
-
     to = view_of(model).adapter.name
     src, dst = naming(_source_framework(state, to, source)), naming(to)
     names = {key: rename(key, src, dst, "resnet") for key in state}
@@ -257,8 +244,6 @@ def alignment_difference(state, model, source: str | None = None) -> str | None:
 
 def _module_pairs(state, names: dict, src: Naming, dst: Naming, model):
     """[((source path, keys), (target path, leaves))] in module order, or a sentence naming the first difference."""
-    from ..model.view import view_of
-
     view = view_of(model)
     info = view.key_info()
     shapes = dict(zip(view.names, view.shapes))
@@ -332,6 +317,4 @@ def _revalue(key, new, value, rules, notes):
 
 def _target_info(model) -> dict:
     """Target key -> (module kind, embedding padding index), from the model's view."""
-    from ..model.view import view_of
-
     return view_of(model).key_info()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,8 +12,9 @@ from . import ranks as _distributed
 from ..model import select as _select
 from ..core import tensors as _tensors
 from ..core.dispatch import adapter_for
-from .files import StateDict, as_state_dict, load_checkpoint
-from .convert import convert
+from .files import load_checkpoint
+from .convert import alignment_difference, convert
+from .statedict import StateDict, as_state_dict
 from ..core.errors import XFreezeError, check_choice
 from ..core.table import render
 from ..model.view import view_of
@@ -148,9 +150,6 @@ def load_matched(
 
 def _check_converted(report, converted, targets, model, source, origin, allow_partial: bool) -> None:
     """A conversion placing fewer than half of the model's keys is refused (unless allowed); differences warned."""
-    import warnings
-    from .convert import alignment_difference
-
     placed = sum(1 for key in converted if key in targets)
     differences = list(getattr(converted, "differences", []))
     if not allow_partial and 2 * placed < len(targets):

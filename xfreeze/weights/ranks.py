@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..backends import ADAPTERS
+from ..core.dispatch import adapter_for, adapter_named, tensor_backend
 from ..core.errors import XFreezeError
 
 
@@ -42,13 +44,10 @@ def load_tensors(adapter, model, targets: dict, plan: dict) -> None:
 
 
 def _adapter_of(obj):
-    from ..core.dispatch import adapter_for, adapter_named, tensor_backend
-    from ..backends import ADAPTERS
-
     if not isinstance(obj, dict):
         adapter = adapter_for(obj)
     else:
-        names = {tensor_backend(v) for v in obj.values()} - {None}
+        names = {n for n in (tensor_backend(v) for v in obj.values()) if n is not None}
         names = names or {n for n, spec in ADAPTERS.items() if spec.module in sys.modules}
         adapters = [adapter_named(n) for n in sorted(names)]
         adapter = next((a for a in adapters if a.world_size() > 1), None)
