@@ -1,59 +1,139 @@
-"""The adapter contract: every method an adapter implements, one real framework difference each.
+"""The adapter contract: what a framework must provide, and what every adapter gets for free.
 
-The core (``xfreeze/``) talks to a framework only through these methods. A new framework = one module subclassing
-:class:`Adapter`, one :class:`~xfreeze.backends.naming.Naming`, one entry in ``xfreeze.backends.ADAPTERS``, and
-``tests/test_conformance.py`` passing for it. Methods that raise ``NotImplementedError`` here must be provided.
+The core (``xfreeze/``) talks to a framework only through :class:`Adapter`. A new framework is one folder
+(``backends/<framework>/``: ``adapter.py`` with ``ADAPTER``, ``names.py``, ``formats.py``) and one entry in
+``backends/__init__.py``; ``tests/backends/test_conformance.py`` checks it. The abstract methods are the whole
+required part. Everything else has a default: the model walk, norm locks and tensor sizes here (written against the
+abstract methods and torch / Paddle's public module API: ``training``, ``register_forward_pre_hook``), and the
+optional groups in ``backends/defaults.py`` (distributed training as one process, growing optimizers and
+schedulers, the framework's own files, named models). ``docs/contract.md`` goes through every method.
 """
 
 from __future__ import annotations
 
-import gc
-from typing import Any, ClassVar, NoReturn
+import abc
+import math
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+
+from . import kinds
+from ..core.tensors import BIT_CARRIERS
+from .defaults import NamedModels, OptimizerExtras, OwnFiles, SingleProcess, missing
+from .defaults import Module, Optimizer, Raw, Registries, Tensor, Walk, keep_eval, owners, relock_after
+
+__all__ = ["Adapter", "Module", "Optimizer", "Raw", "Registries", "Tensor", "Walk", "keep_eval", "owners"]
+__all__ += ["relock_after", "abstract_methods"]
 
 
-def keep_eval(module, args):
-    """Forward pre-hook of a locked norm layer: it runs as in eval mode whatever ``model.train()`` said."""
-    module.training = False
+class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, abc.ABC):
+    """Base of every adapter: each abstract method is one real framework difference; everything else is a default
+    that an adapter overrides where its framework does better (a fused kernel, a distributed wrapper, a scheduler
+    that grows)."""
 
+    name: ClassVar[str] = ""  # the backend name users pass: backend="torch"
+    DTYPES: ClassVar[dict[str, Any]] = {}  # neutral dtype name -> framework dtype (what this build supports)
+    KINDS: ClassVar[tuple[tuple[str, tuple[type, ...]], ...]] = ()  # (kind, the framework's classes of that kind)
+    WRAPPERS: ClassVar[dict[str, str]] = {}  # wrapper class name -> attribute holding the wrapped module
 
-def relock_after(adapter, convert):
-    """Wrap a framework's ``convert_sync_batchnorm``: it builds new norm modules and drops their forward pre-hooks,
-    so the norms that were locked are locked again, by path (a frozen BatchNorm stays frozen, and a locked
-    SyncBatchNorm never syncs in forward)."""
+    # ============================== required: one real framework difference each ==============================
+    # --- structure -------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def registries(self, module: Module) -> Registries:
+        """The live dicts in which ``module`` registers its own parameters, buffers, children, running statistics
+        and forward pre-hooks (the model walk, stale-view checks and norm locks read only these)."""
 
-    def convert_sync_batchnorm(module, *args, **kwargs):
-        locked = {path for path, m in adapter.traverse(module) if adapter.is_norm_locked(m)}
-        out = convert(module, *args, **kwargs)
-        for path, m in adapter.traverse(out):
-            if path in locked and not adapter.is_norm_locked(m):
-                adapter.lock_norm(m)
-        return out
+    @abc.abstractmethod
+    def module_tensors(self, module: Module) -> tuple[list[tuple[str, Tensor]], list[tuple[str, str, Tensor]]]:
+        """``([(local, parameter)], [(neutral stat name, state-dict local name, tensor)])`` of the module itself:
+        its parameters, and its norm running statistics (torch buffers; Paddle's ``_mean``/``_variance``)."""
 
-    convert_sync_batchnorm.__wrapped__ = convert  # type: ignore[attr-defined]
-    convert_sync_batchnorm.__doc__ = convert.__doc__
-    return convert_sync_batchnorm
+    # --- trainability ----------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def is_trainable(self, param: Tensor) -> bool:
+        """Whether the parameter trains (``requires_grad`` / ``not stop_gradient``)."""
 
+    @abc.abstractmethod
+    def set_trainable(self, param: Tensor, trainable: bool) -> None:
+        """Make the parameter trainable or frozen (no gradient is computed for a frozen one)."""
 
-def _todo(self, what: str) -> NoReturn:
-    raise NotImplementedError(f"{type(self).__name__} does not implement {what}, which every xfreeze adapter must")
+    @abc.abstractmethod
+    def drop_grad(self, param: Tensor) -> None:
+        """Release the gradient (None, not zeros: a zeroed gradient still feeds momentum and weight decay)."""
 
+    # --- heads -----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def linear_features(self, module: Module) -> tuple[int, int, bool]:
+        """``(in_features, out_features, has_bias)`` of a Linear layer."""
 
-class Adapter:
-    """Base of every adapter. Subclasses override one small method per real framework difference."""
+    @abc.abstractmethod
+    def new_linear(self, like: Module, out_features: int, init: str) -> Module:
+        """A new Linear with ``like``'s input size, bias setting, device and dtype, initialized by ``init`` (one of
+        ``xfreeze.model.head.INITS``; biases at zero, ``"default"`` keeps the framework's own initialization)."""
 
-    name: ClassVar[str] = ""
-    DTYPES: ClassVar[dict] = {}  # neutral dtype name -> framework dtype (what this build supports)
-    model_zoo: ClassVar[str] = ""  # what ``build_named_model`` accepts, in words (for the CLI)
+    # --- native tensors --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def tensor_dtype(self, tensor: Tensor) -> str:
+        """The neutral dtype name (``"bfloat16"``); an ``XFreezeError`` for a dtype ``DTYPES`` lacks."""
 
-    WRAPPERS: ClassVar[dict] = {}  # wrapper class name -> attribute holding the wrapped module
-    rewrap_can_freeze: ClassVar[bool] = False  # a gradient-syncing wrapper can be rebuilt after a freeze
-    freeze_after_wrap_hint: ClassVar[str] = ""  # appended to the refusal of a freeze under a kept wrapper
+    @abc.abstractmethod
+    def to_raw(self, tensor: Tensor) -> Raw:
+        """The tensor's exact bits (the whole tensor, also when it is sharded) as a :class:`Raw`."""
 
-    # --- structure: the model view ---------------------------------------------------------------------------
-    def walk(self, model):
-        """A :class:`xfreeze.model.view.Walk` of ``model``: wrappers seen through, modules, parameters, statistics."""
-        from ..model.view import Walk
+    @abc.abstractmethod
+    def from_raw(self, raw: Raw) -> Tensor:
+        """A new tensor of this framework with exactly ``raw``'s bits and dtype."""
 
+    @abc.abstractmethod
+    def cast(self, tensor: Tensor, dtype: str) -> Tensor:
+        """A copy of the tensor converted (numerically) to the neutral dtype ``dtype``."""
+
+    @abc.abstractmethod
+    def transpose(self, tensor: Tensor) -> Tensor:
+        """A contiguous transpose of a 2-D tensor."""
+
+    @abc.abstractmethod
+    def clone(self, tensor: Tensor) -> Tensor:
+        """A detached copy, on the tensor's device."""
+
+    @abc.abstractmethod
+    def copy_into(self, targets: list[Tensor], sources: list[Tensor]) -> None:
+        """Copy each source into its target in place (same shapes and dtypes), without autograd."""
+
+    @abc.abstractmethod
+    def same_layout(self, value: Tensor, param: Tensor) -> bool:
+        """Whether ``value`` is on ``param``'s device and in its dtype (else :meth:`like` makes it so)."""
+
+    @abc.abstractmethod
+    def as_native(self, value: Tensor, like: Tensor) -> Tensor:
+        """``value`` (a tensor of this framework) on ``like``'s device and in its dtype."""
+
+    @abc.abstractmethod
+    def state_tensors(self, model: Module) -> dict[str, Tensor]:
+        """``{key: tensor}`` of the (unwrapped) model's state dict: live tensors, not copies."""
+
+    # --- optimizers ------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build_optimizer(self, config: Any, groups: list[dict[str, Any]], lr: Any) -> Optimizer:
+        """The framework's SGD / Adam / AdamW (``config.name``) over neutral groups (``params``, ``names``, ``lr``
+        absolute, ``lr_scale``, ``weight_decay``), each group keeping its own absolute rate and decay."""
+
+    @abc.abstractmethod
+    def is_optimizer(self, obj: Any) -> bool:
+        """Whether ``obj`` is an optimizer of this framework."""
+
+    @abc.abstractmethod
+    def group_rows(self, opt: Optimizer) -> list[tuple[list[int], float, float]]:
+        """``(parameter ids, absolute lr now, weight decay)`` per optimizer group."""
+
+    @abc.abstractmethod
+    def has_optimizer_state(self, opt: Optimizer, param: Tensor) -> bool:
+        """Whether the optimizer holds state (momentum, moments) for ``param``."""
+
+    # ============================== defaults, written against the methods above ===============================
+    # --- structure: the model walk the view is built from ------------------------------------------------------
+    def walk(self, model: Module) -> Walk:
+        """A :class:`Walk` of ``model``: wrappers seen through, modules, parameters, statistics."""
         inner, wrappers = self.unwrap(model)
         modules: list = []
         params: list = []
@@ -62,25 +142,29 @@ class Adapter:
         for path, module in self.traverse(inner):
             index = len(modules)
             modules.append((path, module))
-            token.append(id(module))
             own, statistics = self.module_tensors(module)
             params.extend((index, local, p) for local, p in own)
             stats.extend((index, neutral, t, native) for neutral, native, t in statistics)
-            token.extend(id(p) for p in module._parameters.values() if p is not None)
-            token.extend(id(b) for b in module._buffers.values() if b is not None)
+            token += self._identities(module)
         return Walk(inner, wrappers, modules, params, stats, tuple(token))
 
-    def structure_token(self, model) -> tuple:
+    def structure_token(self, model: Module) -> tuple[int, ...]:
         """The identities of ``model``'s modules, parameters and buffers (equal to ``walk(model).token`` while
         unchanged; torch's ``module.to(...)`` keeps parameter objects but replaces buffers)."""
         token: list = []
         for _, module in self.traverse(self.unwrap(model)[0], paths=False):
-            token.append(id(module))
-            token.extend(id(p) for p in module._parameters.values() if p is not None)
-            token.extend(id(b) for b in module._buffers.values() if b is not None)
+            token += self._identities(module)
         return tuple(token)
 
-    def unwrap(self, model) -> tuple:
+    def _identities(self, module: Module) -> list[int]:
+        params, buffers = self.registries(module)[:2]
+        return [
+            id(module),
+            *[id(p) for p in params.values() if p is not None],
+            *[id(b) for b in buffers.values() if b is not None],
+        ]
+
+    def unwrap(self, model: Module) -> tuple[Module, list[str]]:
         """The model inside any wrappers (``WRAPPERS``), and the wrappers' class names, outermost first."""
         wrappers = []
         inner = self._inner_of(model)
@@ -89,403 +173,182 @@ class Adapter:
             model, inner = inner, self._inner_of(inner)
         return model, wrappers
 
-    def traverse(self, root, paths: bool = True):
+    def traverse(self, root: Module, paths: bool = True) -> Iterator[tuple[str, Module]]:
         """``(path, module)`` in the framework's named-modules order (pre-order, shared modules once), a wrapper
         replaced by its inner module under the wrapper's own path (its attribute never reaches a name)."""
-        seen, stack = set(), [("", root)]
+        seen, stack, wrappers, children = set(), [("", root)], self.WRAPPERS, self.children  # hot: every view check
         while stack:
             path, module = stack.pop()
-            inner = self._inner_of(module)
-            while inner is not None:
-                module, inner = inner, self._inner_of(inner)
+            attr = wrappers.get(type(module).__name__)
+            while attr is not None and getattr(module, attr, None) is not None:
+                module = getattr(module, attr)
+                attr = wrappers.get(type(module).__name__)
             if id(module) in seen:
                 continue
             seen.add(id(module))
             yield path, module
-            for name, child in reversed(self.children(module)):
-                stack.append(((f"{path}.{name}" if path else name) if paths else "", child))
+            if paths:
+                stack += [(f"{path}.{name}" if path else name, child) for name, child in reversed(children(module))]
+            else:
+                stack += [("", child) for _, child in reversed(children(module))]
 
-    def _inner_of(self, module):
+    def _inner_of(self, module: Module) -> Module | None:
         attr = self.WRAPPERS.get(type(module).__name__)
         return getattr(module, attr, None) if attr else None
 
-    def children(self, module) -> list:
+    def children(self, module: Module) -> list[tuple[str, Module]]:
         """``[(name, child)]``: the module's direct submodules, in registration order."""
-        _todo(self, "children")
+        return [(name, child) for name, child in self.registries(module).children.items() if child is not None]
 
-    def registrations(self, view) -> list:
+    def registrations(self, view: Any) -> list[tuple[dict, str | None, Any]]:
         """``(registry dict, key, object)`` for every parameter and submodule of the view, and ``(registry, None,
         size)`` for every registry: re-checking them (microseconds) tells that a wrapper or the user swapped, added
         or removed a tensor or module since the view was built."""
-        out = [(view.modules[mi]._parameters, local, p) for mi, local, p in view.registered]
+        out: list = [(self.registries(view.modules[mi]).parameters, local, p) for mi, local, p in view.registered]
         for module in view.modules:
-            children = self._child_registry(module)
+            registries = self.registries(module)
+            params, children = registries.parameters, registries.children
             out.extend((children, name, child) for name, child in self.children(module))
-            out.extend(((module._parameters, None, len(module._parameters)), (children, None, len(children))))
+            out.extend(((params, None, len(params)), (children, None, len(children))))
             # running statistics: torch's module.to(...) / .cuda() replace buffers with new tensors
-            out.extend((self._stat_registry(module), local, t) for _, local, t in self.module_tensors(module)[1])
+            out.extend((registries.statistics, local, t) for _, local, t in self.module_tensors(module)[1])
         return out
 
-    def _child_registry(self, module) -> dict:
-        _todo(self, "_child_registry")
+    def module_kind(self, module: Module) -> str | None:
+        """``"norm"``, ``"linear"``, ``"conv"``, ``"embedding"`` or None: ``KINDS`` first, then the third-party
+        registry and the structural norm rule of ``backends/kinds.py``."""
+        own = next((kind for kind, classes in self.KINDS if isinstance(module, classes)), None)
+        return own or kinds.module_kind(module, self.children(module), self.module_tensors(module)[0])
 
-    def _stat_registry(self, module) -> dict:
-        """Where the module registers its running statistics (torch: buffers; Paddle: parameters)."""
-        _todo(self, "_stat_registry")
-
-    def like(self, value, param):
-        """``value`` (an EMA shadow) in ``param``'s layout: sharded like a DTensor parameter, or whole; on its
-        device, in its dtype."""
-        return value
-
-    def same_layout(self, value, param) -> bool:
-        """Whether ``value`` is on ``param``'s device and in its dtype (else :meth:`like` makes it so)."""
-        _todo(self, "same_layout")
-
-    def module_tensors(self, module) -> tuple:
-        """``([(local, parameter)], [(neutral stat name, state-dict local name, tensor)])`` of the module itself:
-        its parameters, and its norm running statistics (torch buffers; Paddle's ``_mean``/``_variance``)."""
-        _todo(self, "module_tensors")
-
-    def module_kind(self, module) -> str | None:
-        """``"norm"``, ``"linear"``, ``"conv"``, ``"embedding"`` or None."""
-        _todo(self, "module_kind")
-
-    def class_names(self, module) -> list[str]:
+    def class_names(self, module: Module) -> list[str]:
         """Names of the module's classes, most derived first (for ``type:`` patterns)."""
         return [cls.__name__ for cls in type(module).__mro__]
 
-    def state_keys(self, view) -> list[str]:
+    def state_keys(self, view: Any) -> list[str]:
         """State-dict keys beyond parameters and statistics (other persistent buffers)."""
         return []
 
-    def padding_idx(self, module) -> int | None:
+    def padding_idx(self, module: Module) -> int | None:
         """An Embedding's padding row, else None."""
         return None
 
-    def module_training(self, module) -> bool:
+    def module_training(self, module: Module) -> bool:
         """Whether the module is in training mode."""
         return bool(module.training)
 
-    # --- trainability ----------------------------------------------------------------------------------------
-    def trainable_flags(self, params) -> list[bool]:
+    # --- trainability and norm locks ---------------------------------------------------------------------------
+    def trainable_flags(self, params: list[Tensor]) -> list[bool]:
         """Live trainability of each parameter."""
         return [self.is_trainable(p) for p in params]
 
-    def is_trainable(self, param) -> bool:
-        """Whether the parameter trains (``requires_grad`` / ``not stop_gradient``)."""
-        _todo(self, "is_trainable")
-
-    def set_trainable(self, param, trainable: bool) -> None:
-        """Make the parameter trainable or frozen (no gradient is computed for a frozen one)."""
-        _todo(self, "set_trainable")
-
-    def drop_grad(self, param) -> None:
-        """Release the gradient (None, not zeros: a zeroed gradient still feeds momentum and weight decay)."""
-        _todo(self, "drop_grad")
-
-    def apply_trainable(self, params, trainable: bool) -> None:
+    def apply_trainable(self, params: list[Tensor], trainable: bool) -> None:
         """A freeze plan's flags for many parameters at once; frozen ones also lose their gradient."""
         for p in params:
             self.set_trainable(p, trainable)
             if not trainable:
                 self.drop_grad(p)
 
-    def sync_grads(self, module) -> None:
+    def sync_grads(self, module: Module) -> None:
         """Called after the trainability of ``module``'s own parameters changed (most frameworks: nothing)."""
 
-    def lock_norm(self, module) -> None:
+    def lock_norm(self, module: Module) -> None:
         """Keep a norm layer's statistics fixed: it runs in eval mode on every forward, even after train()."""
         if not self.is_norm_locked(module):
             module.register_forward_pre_hook(keep_eval)
         module.training = False  # visible at once, not only from the next forward
 
-    def unlock_norm(self, module, training: bool) -> None:
+    def unlock_norm(self, module: Module, training: bool) -> None:
         """Release a lock: the norm layer follows ``training`` (and later ``model.train()``) again."""
-        hooks = module._forward_pre_hooks
+        hooks = self.registries(module).hooks
         for key in [k for k, hook in hooks.items() if hook is keep_eval]:
             del hooks[key]
         module.training = training
 
-    def is_norm_locked(self, module) -> bool:
+    def is_norm_locked(self, module: Module) -> bool:
         """Whether :meth:`lock_norm` holds the layer."""
-        return any(hook is keep_eval for hook in module._forward_pre_hooks.values())
+        return any(hook is keep_eval for hook in self.registries(module).hooks.values())
 
-    # --- native tensors --------------------------------------------------------------------------------------
-    def tensor_dtype(self, tensor) -> str:
-        """The neutral dtype name (``"bfloat16"``)."""
-        _todo(self, "tensor_dtype")
+    # --- tensors -----------------------------------------------------------------------------------------------
+    def full_shape(self, tensor: Tensor) -> tuple[int, ...]:
+        """The tensor's logical shape (the whole tensor, also when it is sharded)."""
+        return tuple(tensor.shape)
 
-    def to_raw(self, tensor):
-        """The tensor's exact bits as a :class:`xfreeze.core.tensors.Raw`."""
-        _todo(self, "to_raw")
+    def numel(self, tensor: Tensor) -> int:
+        """Elements of the whole (logical) tensor."""
+        return math.prod(self.full_shape(tensor))
 
-    def from_raw(self, raw):
-        """A new tensor of this framework with exactly ``raw``'s bits and dtype."""
-        _todo(self, "from_raw")
+    def element_size(self, tensor: Tensor) -> int:
+        """Bytes per element."""
+        name = self.tensor_dtype(tensor)
+        return np.dtype(BIT_CARRIERS.get(name, name)).itemsize
 
-    def cast(self, tensor, dtype: str):
-        """A copy of the tensor converted (numerically) to the neutral dtype ``dtype``."""
-        _todo(self, "cast")
+    def nbytes(self, tensor: Tensor) -> int:
+        """Bytes of the whole (logical) tensor."""
+        return self.numel(tensor) * self.element_size(tensor)
 
-    def transpose(self, tensor):
-        """A contiguous transpose of a 2-D tensor."""
-        _todo(self, "transpose")
-
-    def row_nonzero(self, tensor, index: int) -> bool:
+    def row_nonzero(self, tensor: Tensor, index: int) -> bool:
         """Whether row ``index`` holds any non-zero value (indexing and ``any`` read alike in torch and Paddle)."""
         return bool((tensor[index] != 0).any())
 
-    def zero_row(self, tensor, index: int):
+    def zero_row(self, tensor: Tensor, index: int) -> Tensor:
         """A copy of the tensor with row ``index`` set to zero."""
         out = self.clone(tensor)
         out[index] = 0
         return out
 
-    def numel(self, tensor) -> int:
-        """Elements of the whole (logical) tensor."""
-        _todo(self, "numel")
-
-    def nbytes(self, tensor) -> int:
-        """Bytes of the whole (logical) tensor."""
-        _todo(self, "nbytes")
-
-    def element_size(self, tensor) -> int:
-        """Bytes per element."""
-        return int(tensor.element_size())
-
-    def full_shape(self, tensor) -> tuple:
-        """The tensor's logical shape (the whole tensor, also when it is sharded)."""
-        return tuple(tensor.shape)
-
-    def clone(self, tensor):
-        """A detached copy."""
-        _todo(self, "clone")
-
-    # --- weights ---------------------------------------------------------------------------------------------
-    def state_tensors(self, model) -> dict:
-        """``{key: tensor}`` of the (unwrapped) model's state dict, live tensors."""
-        _todo(self, "state_tensors")
-
-    def as_native(self, value, like):
-        """``value`` (a tensor of this framework) on ``like``'s device and dtype."""
-        _todo(self, "as_native")
-
-    def load_tensors(self, targets: list, values: list) -> None:
+    def load_tensors(self, targets: list[Tensor], values: list[Tensor]) -> None:
         """Copy ``values`` (this framework's tensors, same shapes and dtypes) into ``targets``, without autograd."""
-        _todo(self, "load_tensors")
+        self.copy_into(list(targets), list(values))
 
-    def linear_features(self, module) -> tuple:
-        """``(in_features, out_features, has_bias)`` of a Linear layer."""
-        _todo(self, "linear_features")
+    def like(self, value: Tensor, param: Tensor) -> Tensor:
+        """``value`` (an EMA shadow) in ``param``'s layout: on its device, in its dtype (sharded like it, where a
+        framework shards parameters)."""
+        return value if self.same_layout(value, param) else self.as_native(value, param)
 
-    def conv_head_features(self, module) -> tuple | None:
+    def ema_update(self, averages: list[Tensor], values: list[Tensor], weight: float) -> None:
+        """``a += weight * (v - a)`` for each pair (a lerp: exactly ``a`` when ``v == a``); one plain expression per
+        tensor here, a fused kernel where the framework has one."""
+        self.copy_into(list(averages), [a + (v - a) * weight for a, v in zip(averages, values)])
+
+    # --- heads -------------------------------------------------------------------------------------------------
+    def conv_head_features(self, module: Module) -> tuple[int, int] | None:
         """``(in_channels, out_channels)`` of a 1x1, ungrouped 2-D convolution (a conv classifier such as
-        SqueezeNet's), else None."""
-        _todo(self, "conv_head_features")
-
-    def new_conv_head(self, like, out_channels: int, init: str):
-        """A new 1x1 convolution with ``like``'s input channels, bias setting, device and dtype."""
-        _todo(self, "new_conv_head")
-
-    def update_label_count(self, model, n: int) -> None:
-        """After a head replacement: the model's own record of its class count follows (transformers
-        ``config.num_labels`` / ``id2label``, PaddleNLP and timm ``num_classes``)."""
-        _todo(self, "update_label_count")
-
-    def new_linear(self, like, out_features: int, init: str):
-        """A new Linear with ``like``'s input size, bias setting, device and dtype."""
-        _todo(self, "new_linear")
-
-    # --- optimizers ------------------------------------------------------------------------------------------
-    def scheduler_base_lr(self, lr) -> float | None:
-        """The nominal rate of an LR scheduler passed as ``lr`` (Paddle: what group multipliers scale), else None."""
-        _todo(self, "scheduler_base_lr")
-
-    def build_optimizer(self, config, groups, lr):
-        """The framework's optimizer over neutral groups with absolute rates (``config`` says which)."""
-        _todo(self, "build_optimizer")
-
-    def optimizer_param_ids(self, opt) -> set:
-        """``id()`` of every parameter an optimizer holds."""
-        _todo(self, "optimizer_param_ids")
-
-    def add_param_group(self, opt, group, scheduler=None) -> None:
-        """Grow a live optimizer by one neutral group; ``group["lr"]`` is its nominal rate and ``scheduler`` (adopted
-        by :meth:`adopt_scheduler`) drives it from now on as a group the optimizer had from the start."""
-        _todo(self, "add_param_group")
-
-    def adopt_scheduler(self, opt, scheduler) -> str | None:
-        """Check that ``scheduler`` drives ``opt`` and can drive the groups :meth:`add_param_group` adds later, and
-        record what that needs (before any group is added); the reason it cannot, or None."""
-        _todo(self, "adopt_scheduler")
-
-    def group_lrs(self, opt) -> list:
-        """The absolute learning rate of each group, as the optimizer will apply it now."""
-        _todo(self, "group_lrs")
-
-    def optimizer_state(self, opt, model) -> dict:
-        """A snapshot of the optimizer's state keyed by structured parameter names."""
-        _todo(self, "optimizer_state")
-
-    def load_optimizer_state(self, opt, model, state) -> None:
-        """Restore :meth:`optimizer_state` into an optimizer over a fresh model."""
-        _todo(self, "load_optimizer_state")
-
-    def scheduler_state(self, scheduler) -> dict:
-        """A snapshot of an LR scheduler's state."""
-        _todo(self, "scheduler_state")
-
-    def load_scheduler_state(self, scheduler, state) -> None:
-        """Restore :meth:`scheduler_state`."""
-        _todo(self, "load_scheduler_state")
-
-    def build_optimizer_from(self, factory, config, groups, lr, kwargs):
-        """Any optimizer class or factory of the framework over neutral groups, keeping absolute group rates;
-        an ``XFreezeError`` for one whose group semantics xfreeze cannot guarantee."""
-        _todo(self, "build_optimizer_from")
-
-    def optimizer_defaults(self, opt) -> dict | None:
-        """The base rate and weight decay (of its decayed parameters) of an optimizer xfreeze did not build (None
-        when unknown)."""
-        _todo(self, "optimizer_defaults")
-
-    def is_optimizer(self, obj) -> bool:
-        """Whether ``obj`` is an optimizer of this framework."""
-        _todo(self, "is_optimizer")
-
-    def is_scheduler(self, obj) -> bool:
-        """Whether ``obj`` is an LR scheduler of this framework."""
-        _todo(self, "is_scheduler")
-
-    def group_rows(self, opt) -> list:
-        """``(parameter ids, absolute lr, weight decay)`` per optimizer group."""
-        _todo(self, "group_rows")
-
-    def has_optimizer_state(self, opt, param) -> bool:
-        """Whether the optimizer holds state (momentum, moments) for ``param``."""
-        _todo(self, "has_optimizer_state")
-
-    def optimizer_state_problem(self, opt, model, state) -> str | None:
-        """What makes a saved optimizer state unfit for ``opt`` (checked before anything changes), else None."""
-        _todo(self, "optimizer_state_problem")
-
-    def saved_param_count(self, state) -> int:
-        """How many parameters a saved optimizer state covers."""
-        _todo(self, "saved_param_count")
-
-    def register_state_hooks(self, opt, save, load) -> None:
-        """Let xfreeze add to what ``opt``'s own state dict saves (``save``) and read it back first (``load``)."""
-        _todo(self, "register_state_hooks")
-
-    # --- distributed (DDP / FSDP / Paddle DataParallel) ------------------------------------------------------
-    def syncing_wrappers(self, model) -> list:
-        """The wrappers that all-reduce ``model``'s gradients (around it, or ``model`` itself)."""
-        _todo(self, "syncing_wrappers")
-
-    def unwrap_all(self, model):
-        """The model inside every wrapper, distributed ones included."""
-        _todo(self, "unwrap_all")
-
-    def rebuild_wrapper(self, old, inner, build, newly_trainable):
-        """A new gradient-syncing wrapper after a stage changed what trains (``build`` makes it), the old retired."""
-        _todo(self, "rebuild_wrapper")
-
-    def tolerates_missing_gradients(self, wrapper) -> bool:
-        """Whether the live ``wrapper`` keeps working when parameters it registered stop getting gradients (a
-        freeze after it was built), so that a loop's own wrapper can be kept through such a stage."""
-        _todo(self, "tolerates_missing_gradients")
-
-    def sync_gradients_of(self, wrapper, params) -> None:
-        """Average the gradients of ``params`` over the ranks as the live ``wrapper`` (which never registered them,
-        and which xfreeze cannot replace) does for its own: a hook per parameter, once, the same on every rank."""
-        _todo(self, "sync_gradients_of")
-
-    def world_size(self) -> int:
-        """Processes in the default group (1 without one)."""
-        _todo(self, "world_size")
-
-    def rank(self) -> int:
-        """This process's rank (0 without a group)."""
-        _todo(self, "rank")
-
-    def all_reduce_max(self, values: list) -> list:
-        """Element-wise maximum of a list of integers over all ranks."""
-        _todo(self, "all_reduce_max")
-
-    def all_gather_object(self, obj) -> list:
-        """``obj`` from every rank."""
-        _todo(self, "all_gather_object")
-
-    def barrier(self) -> None:
-        """Wait for every rank."""
-        _todo(self, "barrier")
-
-    def sharding(self, model):
-        """``"fsdp1"``, ``"fsdp2"`` or None."""
-        _todo(self, "sharding")
-
-    def full_state(self, model) -> dict:
-        """The whole state dict of a (possibly sharded) model, gathered (every rank calls it)."""
-        _todo(self, "full_state")
-
-    def load_full_state(self, model, state: dict) -> None:
-        """Load a whole state dict into a (possibly sharded) model."""
-        _todo(self, "load_full_state")
-
-    def local_numel(self, param) -> int:
-        """Elements of ``param`` held by this rank."""
-        _todo(self, "local_numel")
-
-    def sharded_sizes(self, model) -> dict:
-        """``{name: (full elements, elements on this rank)}`` of a sharded model's parameters; empty otherwise."""
-        _todo(self, "sharded_sizes")
-
-    # --- EMA (an EMA plan: lists of tensors, fused where the framework can) -----------------------------------
-    def ema_update(self, averages: list, values: list, weight: float) -> None:
-        """``a += weight * (v - a)`` for each pair (a lerp: exactly ``a`` when ``v == a``)."""
-        _todo(self, "ema_update")
-
-    def copy_into(self, targets: list, sources: list) -> None:
-        """Copy each source into its target, without autograd."""
-        _todo(self, "copy_into")
-
-    # --- named models (the command line) ---------------------------------------------------------------------
-    def model_names(self) -> list:
-        """Names :meth:`build_named_model` accepts (the command line lists them)."""
-        return []
-
-    def build_named_model(self, name: str) -> Any:
-        """A model of the framework's zoo by name, with random weights; None when unknown."""
+        SqueezeNet's), else None (the default: no conv classifiers)."""
         return None
 
-    # --- compatibility: module-level walks (kept for code that predates the view) -----------------------------
-    def named_modules(self, model):
-        """``[(path, module)]`` of the inner model, wrappers seen through."""
-        return self.walk(model).modules
+    def new_conv_head(self, like: Module, out_channels: int, init: str) -> Module:
+        """A new 1x1 convolution with ``like``'s input channels, bias setting, device and dtype."""
+        missing(self, "new_conv_head", "replace_head on a convolutional classifier")
 
-    def direct_parameters(self, module) -> list:
-        """``[(local name, parameter)]`` of the module itself (norm statistics excluded)."""
-        _todo(self, "direct_parameters")
+    def update_label_count(self, model: Module, n: int) -> None:
+        """After a head replacement: the model's own record of its class count follows (transformers / PaddleNLP
+        ``config.num_labels``, whose setter remakes ``id2label``; timm / paddle.vision ``num_classes``)."""
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "num_labels"):
+            config.num_labels = n
+        for attr in ("num_labels", "num_classes"):
+            if isinstance(getattr(model, attr, None), int) and not isinstance(getattr(model, attr), bool):
+                setattr(model, attr, n)
 
-    def norm_statistics(self, module) -> list:
-        """``[(neutral local name, tensor)]``: the module's norm running statistics."""
-        _todo(self, "norm_statistics")
+    # --- optimizers --------------------------------------------------------------------------------------------
+    def optimizer_param_ids(self, opt: Optimizer) -> set[int]:
+        """``id()`` of every parameter an optimizer holds."""
+        return {i for ids, _, _ in self.group_rows(opt) for i in ids}
 
-    def named_statistics(self, model) -> list:
-        """Every norm layer's running statistics under neutral names (``bn1.running_mean``), in model order."""
-        walk = self.walk(model)
-        return [
-            (f"{walk.modules[mi][0]}.{local}" if walk.modules[mi][0] else local, t) for mi, local, t, _ in walk.stats
-        ]
+    def group_lrs(self, opt: Optimizer) -> list[float]:
+        """The absolute learning rate of each group, as the optimizer will apply it now."""
+        return [lr for _, lr, _ in self.group_rows(opt)]
+
+    # --- distributed: what the single-process defaults need of the structure ----------------------------------
+    def unwrap_all(self, model: Module) -> Module:
+        """The model inside every wrapper, distributed ones included."""
+        return self.unwrap(model)[0]
+
+    def full_state(self, model: Module) -> dict[str, Tensor]:
+        """The whole state dict of a (possibly sharded) model, gathered (every rank calls it)."""
+        return dict(self.state_tensors(model))
 
 
-def owners(child) -> list:
-    """Objects that hold ``child`` as a sub-module (child <- sub-module dict <- instance ``__dict__`` <- owner): how
-    an adapter finds a live DDP / DataParallel around a model it was given unwrapped (only with a process group)."""
-    level, out = [child], []
-    for _ in range(3):
-        refs = [r for c in level for r in gc.get_referrers(c)]
-        out += [r for r in refs if not isinstance(r, (dict, list, tuple))]
-        level = [r for r in refs if isinstance(r, dict)]
-    return out
+def abstract_methods(cls: type = Adapter) -> list[str]:
+    """The methods a subclass of ``cls`` must still write (what ``docs/contract.md`` lists)."""
+    return sorted(getattr(cls, "__abstractmethods__", ()))

@@ -1,8 +1,8 @@
 """Kinds of third-party module classes the frameworks do not know: a registry plus one structural rule for norms.
 
 Imports no framework: classes are looked up by (module path prefix, class name) over the class's MRO, so a
-subclass of a registered class is recognised too. Each adapter's ``module_kind`` asks its framework's own classes
-first and this file after.
+subclass of a registered class is recognised too. ``Adapter.module_kind`` (backends/contract.py) asks the
+framework's own classes (the adapter's ``KINDS``) first and this file after.
 
 The registry (``REGISTRY``):
   * norms: the RMSNorm family (any class named ``*RMSNorm`` / ``*RmsNorm`` in transformers, PaddleNLP,

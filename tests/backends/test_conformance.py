@@ -1,10 +1,11 @@
-"""The adapter contract: every adapter implements every method of backends/_base.Adapter, and behaves the same.
+"""The adapter contract: every registered adapter implements the ABC of backends/contract.py, and behaves the same.
 
-Adding a framework = one adapter module + one Naming + one entry in xfreeze.backends.ADAPTERS, and this file
-passing for it (it runs once per entry of ADAPTERS; a framework that cannot be imported fails, it is not skipped).
+Adding a framework = one folder under backends/ plus one entry in backends/__init__.py (FRAMEWORKS), and this file
+passing for it (it runs once per entry; a framework that cannot be imported fails, it is not skipped).
 """
 
-import inspect
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,31 +14,111 @@ from xfreeze import XFreezeError
 from xfreeze.core import tensors as _tensors
 from xfreeze.core.dispatch import adapter_named
 from xfreeze.model.view import view_of
-from xfreeze.backends import ADAPTERS
-from xfreeze.backends.contract import Adapter
+from xfreeze.backends import FRAMEWORKS
+from xfreeze.backends.contract import Adapter, Registries, abstract_methods
 from xfreeze.backends.naming import Naming, naming
 from harness import Spec, kit
 
+ROOT = Path(__file__).resolve().parents[2]
 CNN = Spec("cnn", (4, 3))
+MOST_ABSTRACT = 30  # the issue's goal: a third framework writes well under half of the 63 methods required before
+FILES = {"__init__.py", "adapter.py", "model.py", "tensors.py", "optim.py", "distributed.py", "names.py", "formats.py"}
 
 
-@pytest.fixture(params=sorted(ADAPTERS))
+@pytest.fixture(params=sorted(FRAMEWORKS))
 def name(request):
     return request.param
 
 
-def test_every_contract_method_is_implemented(name):
+def test_every_adapter_implements_the_abstract_contract(name):
     adapter = adapter_named(name)
     assert isinstance(adapter, Adapter) and adapter.name == name
-    required = [m for m, f in vars(Adapter).items() if callable(f) and "_todo(self" in inspect.getsource(f)]
-    missing = [m for m in required if getattr(type(adapter), m) is getattr(Adapter, m)]
-    assert not missing, f"{name} adapter lacks {missing}"
-    assert len(required) > 25
+    assert not type(adapter).__abstractmethods__, f"{name} adapter lacks {sorted(type(adapter).__abstractmethods__)}"
+    assert adapter.DTYPES and {"float32", "float16", "bfloat16", "int64", "bool"} <= set(adapter.DTYPES)
+    assert all(isinstance(k, str) and isinstance(v, tuple) for k, v in adapter.KINDS)
+
+
+def test_each_framework_folder_has_the_same_files(name):
+    folder = ROOT / "backends" / FRAMEWORKS[name].package.strip(".")
+    assert {p.name for p in folder.glob("*.py")} == FILES
+
+
+def test_the_contract_is_short():
+    required = abstract_methods()
+    assert len(required) <= MOST_ABSTRACT, f"{len(required)} abstract methods: {required}"
+    with pytest.raises(TypeError, match="abstract"):
+        Adapter()  # type: ignore[abstract]
 
 
 def test_the_contract_documents_every_method():
-    public = [m for m, f in vars(Adapter).items() if callable(f) and not m.startswith("_")]
+    public = [m for m in dir(Adapter) if not m.startswith("_") and callable(getattr(Adapter, m))]
     assert len(public) > 40 and not [m for m in public if not getattr(Adapter, m).__doc__]
+    documented = (ROOT / "docs" / "contract.md").read_text()
+    assert not [m for m in abstract_methods() if f"`{m}(" not in documented], "docs/contract.md lists each one"
+
+
+def _adapter_attributes() -> dict:
+    """``{attribute: [where]}`` for every attribute the core reads on an adapter: on names holding one
+    (``adapter.x``, ``self.adapter.x``, ``view.adapter.x``) and on calls returning one (``adapter_named(n).x``)."""
+
+    def holds_adapter(node) -> bool:
+        if isinstance(node, ast.Name):
+            return "adapter" in node.id
+        if isinstance(node, ast.Attribute):
+            return "adapter" in node.attr
+        if isinstance(node, ast.Call):
+            return holds_adapter(node.func)
+        return False
+
+    found: dict = {}
+    for path in (ROOT / "xfreeze").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and holds_adapter(node.value):
+                found.setdefault(node.attr, []).append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_every_adapter_attribute_the_core_uses_is_declared():
+    used = _adapter_attributes()
+    assert {"state_tensors", "load_file", "save_file", "world_size", "walk"} <= set(used)  # the scan sees them
+    undeclared = {attr: where for attr, where in used.items() if not hasattr(Adapter, attr)}
+    assert not undeclared, f"the core uses adapter attributes the contract does not declare: {undeclared}"
+
+
+def _stub(self, *args, **kwargs):
+    return None
+
+
+# a framework that writes only the abstract methods (their bodies do not matter here)
+_Minimal = type("_Minimal", (Adapter,), {"name": "minimal", **{m: _stub for m in abstract_methods()}})
+
+
+def test_a_framework_that_writes_only_the_abstract_methods_gets_single_process_defaults():
+    adapter = _Minimal()
+    assert (adapter.world_size(), adapter.rank(), adapter.sharding(object())) == (1, 0, None)
+    assert adapter.all_reduce_max([3, 1]) == [3, 1] and adapter.all_gather_object("x") == ["x"]
+    assert adapter.syncing_wrappers(object()) == [] and adapter.sharded_sizes(object()) == {}
+    assert adapter.rebuild_wrapper(None, "inner", lambda m: f"wrapped {m}", []) == "wrapped inner"
+    assert adapter.barrier() is None and not adapter.tolerates_missing_gradients(object())
+    assert adapter.model_names() == [] and adapter.build_named_model("resnet18") is None
+    assert not adapter.is_scheduler(object()) and "adopt_scheduler" in adapter.adopt_scheduler(None, None)
+    with pytest.raises(NotImplementedError, match=r"_Minimal.add_param_group is not implemented.*StagedUnfreeze"):
+        adapter.add_param_group(None, {})
+    with pytest.raises(NotImplementedError, match=r"_Minimal.load_file is not implemented"):
+        adapter.load_file("model.bin")
+
+
+def test_registries_are_the_live_dicts(name):
+    adapter, model = adapter_named(name), kit(name).build(CNN)
+    bn = view_of(model).modules[view_of(model).module_index["1"]]
+    registries = adapter.registries(bn)
+    assert isinstance(registries, Registries)
+    assert {"weight", "bias"} <= set(registries.parameters) and not registries.children
+    assert {n for _, n, _ in adapter.module_tensors(bn)[1]} <= set(registries.statistics)
+    adapter.lock_norm(bn)
+    assert len(registries.hooks) == 1
+    adapter.unlock_norm(bn, training=True)
+    assert not registries.hooks
 
 
 def test_each_framework_describes_its_naming_once(name):

@@ -1,0 +1,235 @@
+"""The adapter contract's shared pieces: the types it speaks in, and the optional groups with their defaults.
+
+:class:`~xfreeze.backends.contract.Adapter` mixes these in. Each group here stands alone (it calls nothing an
+adapter must write), so a framework gets it for free and overrides what it can do better: distributed training
+(:class:`SingleProcess`: one process, no wrapper, no sharding), growing optimizers and schedulers
+(:class:`OptimizerExtras`), the framework's own checkpoint files (:class:`OwnFiles`) and named models for the
+command line (:class:`NamedModels`). An optional method that has no sensible default raises ``NotImplementedError``
+naming itself and the feature that needs it.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, NamedTuple, NoReturn
+
+from ..core.tensors import Raw
+
+__all__ = ["Raw"]
+
+# Native framework objects: the core never looks inside them, so the contract types them as Any.
+Module = Any  # a model or layer: torch.nn.Module, paddle.nn.Layer
+Tensor = Any  # a tensor or parameter of the framework
+Optimizer = Any  # torch.optim.Optimizer, paddle.optimizer.Optimizer
+Scheduler = Any  # an LR scheduler of the framework
+
+
+class Registries(NamedTuple):
+    """Where a module registers what it owns: the framework's own dicts, live (so a swap is seen)."""
+
+    parameters: dict[str, Any]  # its own parameters (Paddle: norm statistics too)
+    buffers: dict[str, Any]  # its own buffers
+    children: dict[str, Any]  # its direct submodules, in registration order
+    statistics: dict[str, Any]  # where its running statistics sit (torch: buffers; Paddle: parameters)
+    hooks: dict[Any, Callable]  # its forward pre-hooks (a locked norm holds :func:`keep_eval` there)
+
+
+@dataclass
+class Walk:
+    """What an adapter's ``walk(model)`` returns: raw structure, in model order (parents before children)."""
+
+    inner: Module  # the model inside any wrappers
+    wrappers: list[str]  # wrapper class names, outermost first
+    modules: list[tuple[str, Module]]  # [(clean path, module)], root "" first, wrapper modules left out
+    params: list[tuple[int, str, Tensor]]  # [(module index, local name, tensor)], every registration (tied repeat)
+    stats: list[tuple[int, str, Tensor, str]]  # [(module index, neutral name, tensor, state-dict local name)]
+    token: tuple[int, ...]  # identity of modules and parameters, to tell a stale view
+
+
+def keep_eval(module: Module, args: Any) -> None:
+    """Forward pre-hook of a locked norm layer: it runs as in eval mode whatever ``model.train()`` said."""
+    module.training = False
+
+
+def relock_after(adapter: Any, convert: Callable) -> Callable:
+    """Wrap a framework's ``convert_sync_batchnorm``: it builds new norm modules and drops their forward pre-hooks,
+    so the norms that were locked are locked again, by path (a frozen BatchNorm stays frozen, and a locked
+    SyncBatchNorm never syncs in forward)."""
+
+    def convert_sync_batchnorm(module, *args, **kwargs):
+        locked = {path for path, m in adapter.traverse(module) if adapter.is_norm_locked(m)}
+        out = convert(module, *args, **kwargs)
+        for path, m in adapter.traverse(out):
+            if path in locked and not adapter.is_norm_locked(m):
+                adapter.lock_norm(m)
+        return out
+
+    convert_sync_batchnorm.__wrapped__ = convert  # type: ignore[attr-defined]
+    convert_sync_batchnorm.__doc__ = convert.__doc__
+    return convert_sync_batchnorm
+
+
+def owners(child: Any) -> list:
+    """Objects that hold ``child`` as a sub-module (child <- sub-module dict <- instance ``__dict__`` <- owner): how
+    an adapter finds a live DDP / DataParallel around a model it was given unwrapped (only with a process group)."""
+    level, out = [child], []
+    for _ in range(3):
+        refs = [r for c in level for r in gc.get_referrers(c)]
+        out += [r for r in refs if not isinstance(r, (dict, list, tuple))]
+        level = [r for r in refs if isinstance(r, dict)]
+    return out
+
+
+def missing(adapter: object, method: str, feature: str) -> NoReturn:
+    """The error of an optional method a framework has not written, naming what needs it."""
+    raise NotImplementedError(
+        f"{type(adapter).__name__}.{method} is not implemented, and {feature} needs it: override {method} in the "
+        "framework's adapter (docs/contract.md says what it must do)"
+    )
+
+
+class SingleProcess:
+    """Distributed training (DDP / FSDP / Paddle DataParallel): the defaults describe one process, no wrapper that
+    syncs gradients and no sharding, so a framework without distributed support writes none of this."""
+
+    rewrap_can_freeze: ClassVar[bool] = False  # a gradient-syncing wrapper can be rebuilt after a freeze
+    freeze_after_wrap_hint: ClassVar[str] = ""  # appended to the refusal of a freeze under a kept wrapper
+
+    def world_size(self) -> int:
+        """Processes in the default group (1 without one)."""
+        return 1
+
+    def rank(self) -> int:
+        """This process's rank (0 without a group)."""
+        return 0
+
+    def all_reduce_max(self, values: list[int]) -> list[int]:
+        """Element-wise maximum of a list of integers over all ranks."""
+        return list(values)
+
+    def all_gather_object(self, obj: Any) -> list:
+        """``obj`` from every rank."""
+        return [obj]
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+    def syncing_wrappers(self, model: Module) -> list:
+        """The wrappers that all-reduce ``model``'s gradients (around it, or ``model`` itself)."""
+        return []
+
+    def rebuild_wrapper(self, old: Module | None, inner: Module, build: Callable, newly_trainable: list) -> Module:
+        """A new gradient-syncing wrapper after a stage changed what trains (``build`` makes it), the old retired."""
+        return build(inner)
+
+    def tolerates_missing_gradients(self, wrapper: Module) -> bool:
+        """Whether the live ``wrapper`` keeps working when parameters it registered stop getting gradients (a
+        freeze after it was built), so that a loop's own wrapper can be kept through such a stage."""
+        return False
+
+    def sync_gradients_of(self, wrapper: Module, params: list[Tensor]) -> None:
+        """Average the gradients of ``params`` over the ranks as the live ``wrapper`` (which never registered them,
+        and which xfreeze cannot replace) does for its own: a hook per parameter, once, the same on every rank."""
+        if self.world_size() > 1:
+            missing(self, "sync_gradients_of", "a stage that unfreezes under a kept gradient-syncing wrapper")
+
+    def sharding(self, model: Module) -> str | None:
+        """``"fsdp1"``, ``"fsdp2"`` or None (not sharded)."""
+        return None
+
+    def load_full_state(self, model: Module, state: dict[str, Tensor]) -> None:
+        """Load a whole state dict into a sharded model (every rank calls it; only for :meth:`sharding` models)."""
+        missing(self, "load_full_state", "loading weights into a sharded model")
+
+    def sharded_sizes(self, model: Module) -> dict[str, tuple[int, int]]:
+        """``{name: (full elements, elements on this rank)}`` of a sharded model's parameters; empty otherwise."""
+        return {}
+
+
+class OptimizerExtras:
+    """What growing optimizers (``StagedUnfreeze``), LR schedulers, optimizers xfreeze did not build and
+    optimizer checkpoints need, beyond the required ``build_optimizer`` / ``group_rows``."""
+
+    def build_optimizer_from(self, factory: Callable, config: Any, groups: list[dict], lr: Any, kwargs: dict) -> Any:
+        """Any optimizer class or factory of the framework over neutral groups, keeping absolute group rates;
+        an ``XFreezeError`` for one whose group semantics xfreeze cannot guarantee."""
+        missing(self, "build_optimizer_from", "xfreeze.optimizer(model, <an optimizer class>)")
+
+    def optimizer_defaults(self, opt: Optimizer) -> dict | None:
+        """The base rate and weight decay (of its decayed parameters) of an optimizer xfreeze did not build (None
+        when unknown: such an optimizer cannot grow)."""
+        return None
+
+    def add_param_group(self, opt: Optimizer, group: dict, scheduler: Any = None) -> None:
+        """Grow a live optimizer by one neutral group; ``group["lr"]`` is its nominal rate and ``scheduler`` (adopted
+        by :meth:`adopt_scheduler`) drives it from now on as a group the optimizer had from the start."""
+        missing(self, "add_param_group", "StagedUnfreeze (a stage adds the parameters it unfreezes)")
+
+    def scheduler_base_lr(self, lr: Any) -> float | None:
+        """The nominal rate of an LR scheduler passed as ``lr`` (Paddle: what group multipliers scale), else None."""
+        return None
+
+    def is_scheduler(self, obj: Any) -> bool:
+        """Whether ``obj`` is an LR scheduler of this framework (False: schedulers are not supported)."""
+        return False
+
+    def adopt_scheduler(self, opt: Optimizer, scheduler: Any) -> str | None:
+        """Check that ``scheduler`` drives ``opt`` and can drive the groups :meth:`add_param_group` adds later, and
+        record what that needs (before any group is added); the reason it cannot, or None."""
+        return f"the {type(self).__name__} adapter does not implement adopt_scheduler, so no scheduler can grow"
+
+    def scheduler_state(self, scheduler: Any) -> dict:
+        """A snapshot of an LR scheduler's state."""
+        missing(self, "scheduler_state", "StagedUnfreeze.state_dict() with a scheduler")
+
+    def load_scheduler_state(self, scheduler: Any, state: dict) -> None:
+        """Restore :meth:`scheduler_state`."""
+        missing(self, "load_scheduler_state", "StagedUnfreeze.load_state_dict() with a scheduler")
+
+    def optimizer_state(self, opt: Optimizer, model: Module) -> dict:
+        """A snapshot of the optimizer's state keyed by structured parameter names."""
+        missing(self, "optimizer_state", "StagedUnfreeze.state_dict() with an optimizer")
+
+    def load_optimizer_state(self, opt: Optimizer, model: Module, state: dict) -> None:
+        """Restore :meth:`optimizer_state` into an optimizer over a fresh model."""
+        missing(self, "load_optimizer_state", "StagedUnfreeze.load_state_dict() with an optimizer")
+
+    def optimizer_state_problem(self, opt: Optimizer, model: Module, state: Any) -> str | None:
+        """What makes a saved optimizer state unfit for ``opt`` (checked before anything changes), else None."""
+        return None
+
+    def saved_param_count(self, state: Any) -> int | None:
+        """How many parameters a saved optimizer state covers (None: the state does not say)."""
+        return None
+
+    def register_state_hooks(self, opt: Optimizer, save: Callable, load: Callable) -> None:
+        """Let xfreeze add to what ``opt``'s own state dict saves (``save``) and read it back first (``load``)."""
+        missing(self, "register_state_hooks", "the training-loop integrations' checkpoints of a staged run")
+
+
+class OwnFiles:
+    """The framework's own checkpoint files, for a ``FileFormat`` with ``reader="adapter"`` in its ``formats.py``
+    (torch's zip archive); a framework whose files the core reads itself (Paddle's pickle) writes neither."""
+
+    def load_file(self, path: Any) -> dict[str, Tensor]:
+        """``{key: tensor}`` of a file in the framework's own format, loaded without running code from it."""
+        missing(self, "load_file", "reading a checkpoint of a format whose reader is 'adapter'")
+
+    def save_file(self, tensors: dict[str, Tensor], f: Any) -> None:
+        """Write ``{key: tensor}`` (this framework's tensors) to the open binary file ``f`` in its own format."""
+        missing(self, "save_file", "writing a checkpoint of a format whose reader is 'adapter'")
+
+
+class NamedModels:
+    """Models by name for the command line (``xfreeze plan resnet18``); none by default."""
+
+    model_zoo: ClassVar[str] = ""  # what ``build_named_model`` accepts, in words
+
+    def model_names(self) -> list[str]:
+        """Names :meth:`build_named_model` accepts (the command line lists them)."""
+        return []
+
+    def build_named_model(self, name: str) -> Module | None:
+        """A model of the framework's zoo by name, with random weights; None when unknown."""
+        return None

@@ -1,0 +1,113 @@
+"""Paddle tensors: the dtype table, exact bits, state dicts and EMA kernels. Paddle's own ``.pdparams`` files are
+a pickle the core reads and writes itself (``formats.py``: ``reader="pickle"``), so no ``load_file`` here."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import paddle
+
+from ..contract import Adapter, Module, Raw, Tensor
+from ...core.errors import XFreezeError
+
+# neutral dtype name -> Paddle dtype, for the dtypes this Paddle build has (fp8 since 2.6)
+DTYPES = {
+    name: getattr(paddle, name)
+    for name in (
+        "float64",
+        "float32",
+        "float16",
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
+        "complex64",
+        "complex128",
+    )
+    if hasattr(paddle, name)
+}
+_NAMES = {str(dtype): name for name, dtype in DTYPES.items()}
+# Tensor.numpy() gives bf16 as its uint16 bits and fp8 as its int8 bits; the carriers xfreeze uses are unsigned
+_BIT_CARRIERS = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8}
+
+
+class PaddleTensors(Adapter):
+    """Native Paddle tensors, state dicts and EMA updates."""
+
+    DTYPES = DTYPES
+
+    def tensor_dtype(self, tensor: Tensor) -> str:
+        try:
+            return _NAMES[str(tensor.dtype)]
+        except KeyError:
+            raise XFreezeError(
+                f"Paddle dtype {tensor.dtype} is not supported by xfreeze (supported: {', '.join(DTYPES)})"
+            ) from None
+
+    def to_raw(self, tensor: Tensor) -> Raw:
+        name = self.tensor_dtype(tensor)
+        bits = np.require(tensor.detach().cpu().numpy(), requirements="C")  # ascontiguousarray makes 0-d 1-d
+        if name in _BIT_CARRIERS:
+            bits = bits.view(_BIT_CARRIERS[name])
+        return Raw(bits, name)
+
+    def from_raw(self, raw: Raw) -> Tensor:
+        if raw.dtype in _BIT_CARRIERS:  # a uint16 array becomes bfloat16 by itself; view keeps the bits either way
+            carrier = paddle.to_tensor(raw.bits.view(np.int8) if raw.bits.itemsize == 1 else raw.bits)
+            return paddle.view(carrier, DTYPES[raw.dtype])
+        return paddle.to_tensor(raw.bits)
+
+    def cast(self, tensor: Tensor, dtype: str) -> Tensor:
+        return tensor.astype(DTYPES[dtype])
+
+    def transpose(self, tensor: Tensor) -> Tensor:
+        return paddle.transpose(tensor, [1, 0]).contiguous()
+
+    def element_size(self, tensor: Tensor) -> int:
+        return tensor.element_size()
+
+    def clone(self, tensor: Tensor) -> Tensor:
+        return tensor.detach().clone()
+
+    def same_layout(self, value: Tensor, param: Tensor) -> bool:
+        return value.dtype == param.dtype and str(value.place) == str(param.place)
+
+    def like(self, value: Tensor, param: Tensor) -> Tensor:
+        if value.dtype != param.dtype:  # the model was cast (Layer.to(dtype=...), .astype) after the EMA was built
+            value = value.astype(param.dtype)
+        if str(value.place) != str(param.place):
+            value = value._copy_to(param.place, True)
+        return value
+
+    def as_native(self, value: Tensor, like: Tensor) -> Tensor:
+        return value.astype(like.dtype) if value.dtype != like.dtype else value
+
+    # --- state dicts -------------------------------------------------------------------------------------------
+    def state_tensors(self, model: Module) -> dict[str, Tensor]:
+        return dict(self.unwrap(model)[0].state_dict())
+
+    def load_tensors(self, targets: list[Tensor], values: list[Tensor]) -> None:
+        with paddle.no_grad():
+            for target, value in zip(targets, values):
+                target.set_value(value)
+
+    # --- EMA ---------------------------------------------------------------------------------------------------
+    def ema_update(self, averages: list[Tensor], values: list[Tensor], weight: float) -> None:
+        with paddle.no_grad():  # Paddle has no foreach kernels: an in-place lerp per tensor, e exactly e when m == e
+            for average, value in zip(averages, values):
+                if average.dtype in (paddle.float32, paddle.float64):
+                    average.lerp_(value, weight)
+                else:  # Paddle 3.3's CPU lerp has float32/64 kernels only: lerp in float32, round once (as torch does)
+                    wide = average.astype("float32")
+                    wide.lerp_(value.astype("float32"), weight)
+                    paddle.assign(wide.astype(average.dtype), output=average)
+
+    def copy_into(self, targets: list[Tensor], sources: list[Tensor]) -> None:
+        with paddle.no_grad():
+            for target, source in zip(targets, sources):
+                paddle.assign(source, output=target)
