@@ -43,6 +43,8 @@ from .training.optim import OptimizerConfig, optimizer, param_groups
 from .training.check import CheckReport, ParamRow, ParamTable, check, param_table
 from .training.staged import Stage, StagedUnfreeze
 from .model.select import compile_patterns as _compile_patterns
+from .model.select import select_mask as _select_mask
+from .model.view import view_of as _view_of
 from .model.summary import ModuleRow, Summary, summary
 from .core.table import Counts
 
@@ -118,9 +120,6 @@ def select(model, *patterns, backend: str | None = None) -> list[str]:
         >>> xfreeze.select(model, "*", "!1.*")
         ['0.weight', '0.bias']
     """
-    from .model.select import select_mask
-    from .model.view import view_of
-
     compiled = _compile_patterns(patterns)
-    view = view_of(model, backend)
-    return [name for name, hit in zip(view.names, select_mask(view, compiled)) if hit]
+    view = _view_of(model, backend)
+    return [name for name, hit in zip(view.names, _select_mask(view, compiled)) if hit]

@@ -6,11 +6,23 @@ Errors are one line on stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import importlib
-import importlib.util
 import sys
 
+from .backends import FRAMEWORKS
+from .core.dispatch import adapter_for, adapter_named, installed
 from .core.errors import XFreezeError
+from .core.table import human_bytes, plain, render
+from .model.freeze import freeze
+from .model.head import replace_head
+from .model.params import param_table
+from .model.summary import summary as summarize
+from .model.view import view_of
+from .training.optim import optimizer
+from .weights.convert import convert
+from .weights.files import describe, load_checkpoint, save_checkpoint
 
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # state tensors per trainable parameter (SGD: momentum)
 
@@ -28,8 +40,6 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into `head`
         return 0
     except OSError as exc:  # disk full, read-only file system, permission: one line, never a traceback
-        import errno
-
         code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         where = f" {exc.filename!r}" if exc.filename else ""
         return _fail(f"cannot access{where}: {exc.strerror or exc} ({code})")
@@ -39,8 +49,6 @@ def main(argv=None) -> int:
 
 
 def _fail(message: str) -> int:
-    from .weights.files import plain
-
     print(f"xfreeze: error: {plain(' '.join(message.split()))}", file=sys.stderr)
     return 2
 
@@ -67,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="PATTERN",
-        help="patterns to freeze, e.g. '*' '!layer4' '!fc' (see the README's selector language)",
+        help="patterns to freeze, e.g. '*' '!layer4' '!fc' (see docs/guide/selecting.md)",
     )
     plan.add_argument(
         "--norm",
@@ -84,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument(
         "--backend",
-        choices=["torch", "paddle"],
-        help="framework to build the model in (default: torch if installed, else paddle)",
+        choices=list(FRAMEWORKS),
+        help=f"framework to build the model in (default: the first installed of {', '.join(FRAMEWORKS)})",
     )
     # issue 12: the per-parameter audit of optimizer groups, absolute learning rates and weight decay
     plan.add_argument(
@@ -107,29 +115,26 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--limit", type=int, default=40, help="show at most this many keys (default 40; 0: all)")
     inspect.set_defaults(run=_inspect)
 
-    convert = sub.add_parser(
+    conversion = sub.add_parser(
         "convert",
         help="convert a checkpoint between torch and Paddle",
         description="Convert a checkpoint's names and layouts to the other framework and print what was done.",
     )
-    convert.add_argument("input", help="checkpoint to read")
-    convert.add_argument(
+    conversion.add_argument("input", help="checkpoint to read")
+    conversion.add_argument(
         "output", help="file to write; its suffix picks the format (.pdparams, .pt, .safetensors, .npz)"
     )
-    convert.add_argument("--to", required=True, choices=["paddle", "torch"], help="target framework")
-    convert.add_argument(
+    conversion.add_argument("--to", required=True, choices=list(FRAMEWORKS), help="target framework")
+    conversion.add_argument(
         "--arch",
         help="target architecture (resnet18 ... resnet152, or a torchvision / "
         "paddle.vision name): layouts are then decided from that model, not guessed",
     )
-    convert.set_defaults(run=_convert)
+    conversion.set_defaults(run=_convert)
     return parser
 
 
 def build_model(name: str, backend: str | None):
-    from .core.dispatch import adapter_named
-
-    backend = backend or ("torch" if importlib.util.find_spec("torch") else "paddle")
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
@@ -137,6 +142,7 @@ def build_model(name: str, backend: str | None):
         except (ImportError, AttributeError) as exc:
             raise XFreezeError(f"cannot load {name!r}: {exc}") from None
         return factory()
+    backend = backend or _default_backend()
     adapter = adapter_named(backend)
     model = adapter.build_named_model(name)
     if model is None:
@@ -147,22 +153,23 @@ def build_model(name: str, backend: str | None):
     return model
 
 
-def _did_you_mean(name: str, names) -> str:
-    import difflib
+def _default_backend() -> str:
+    """The first framework of the registry that is installed."""
+    found = next((name for name in FRAMEWORKS if installed(name)), None)
+    if found is None:
+        raise XFreezeError(
+            "no framework is installed to build the model in: "
+            + "; ".join(f"{name}: {spec.install}" for name, spec in FRAMEWORKS.items())
+        )
+    return found
 
+
+def _did_you_mean(name: str, names) -> str:
     close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
     return f". Did you mean {' or '.join(map(repr, close))}?" if close else "."
 
 
 def _plan(args) -> None:
-    from .core.dispatch import adapter_for
-    from .model.freeze import freeze
-    from .model.head import replace_head
-    from .model.params import param_table
-    from .model.summary import summary as summarize
-    from .training.optim import optimizer
-    from .core.table import human_bytes, render
-
     model = build_model(args.model, args.backend)
     adapter = adapter_for(model)
     if args.head is not None:
@@ -171,7 +178,8 @@ def _plan(args) -> None:
         freeze(model, *args.freeze, norm=args.norm)
     summary = summarize(model, print_table=False)
     states = OPTIMIZER_STATES[args.optimizer]
-    element = {r.name: _element_size(adapter, model, r.name) for r in summary.rows}
+    view = view_of(model, adapter.name)
+    element = {r.name: _element_size(view, r.name) for r in summary.rows}
     rows, totals = [], [0, 0, 0, 0]
     for r in summary.rows:
         size = element[r.name]
@@ -221,16 +229,13 @@ def _plan(args) -> None:
         print(param_table(model, opt))
 
 
-def _element_size(adapter, model, path: str) -> int:
-    modules = dict(adapter.named_modules(model))
-    params = adapter.direct_parameters(modules[path])
-    return (adapter.nbytes(params[0][1]) // max(adapter.numel(params[0][1]), 1)) if params else 0
+def _element_size(view, path: str) -> int:
+    """Bytes per element of the module's first own parameter (0 when it owns none)."""
+    own = view.direct(view.module_index[path])
+    return int(view.nbytes[own[0]] // max(int(view.numels[own[0]]), 1)) if own else 0
 
 
 def _inspect(args) -> None:
-    from .weights.files import describe, load_checkpoint
-    from .core.table import human_bytes, render
-
     info = describe(load_checkpoint(args.checkpoint))
     shown = info["tensors"] if args.limit == 0 else info["tensors"][: args.limit]
     # key names and metadata are data, never markup or terminal escapes: render() escapes every cell and line
@@ -246,10 +251,6 @@ def _inspect(args) -> None:
 
 
 def _convert(args) -> None:
-    from .weights.files import load_checkpoint, save_checkpoint
-    from .weights.convert import convert
-    from .core.table import render
-
     state = load_checkpoint(args.input)
     if state.framework == args.to:
         raise XFreezeError(f"{args.input} already holds {args.to} names; nothing to convert")

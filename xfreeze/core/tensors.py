@@ -158,4 +158,7 @@ def zero_row(value, index: int):
 
 
 def _adapter_of(value):
-    return adapter_named(tensor_backend(value))
+    name = tensor_backend(value)
+    if name is None:
+        raise XFreezeError(f"{type(value).__name__} is not a tensor of a supported framework or a numpy array")
+    return adapter_named(name)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextvars
 import hashlib
 
-from . import select as _select
+from .view import view_of
+from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError
 
 _rebuilding: contextvars.ContextVar[bool] = contextvars.ContextVar("xfreeze_rebuilding", default=False)
@@ -82,8 +83,6 @@ def check_freeze_agreement(model, *, backend: str | None = None) -> None:
         >>> import torch
         >>> check_freeze_agreement(torch.nn.Linear(2, 2))  # one process: nothing to compare
     """
-    from ..core.dispatch import adapter_for
-
     adapter = adapter_for(model, backend)
     if adapter.world_size() <= 1:
         return
@@ -102,12 +101,12 @@ def check_freeze_agreement(model, *, backend: str | None = None) -> None:
 
 def freeze_mask(adapter, model) -> list[str]:
     """``name=T|F`` per parameter and ``path=locked`` per locked norm layer, in model order."""
-    inner = adapter.unwrap_all(model)
-    mask = [f"{e.name}={'T' if adapter.is_trainable(e.param) else 'F'}" for e in _select.walk(adapter, inner)]
+    view = view_of(adapter.unwrap_all(model), adapter.name)
+    mask = [f"{name}={'T' if trains else 'F'}" for name, trains in zip(view.names, view.trainable())]
     return mask + [
-        f"{path or '(root)'}=locked"
-        for path, m in adapter.named_modules(inner)
-        if adapter.norm_statistics(m) and adapter.is_norm_locked(m)
+        f"{view.paths[mi] or '(root)'}=locked"
+        for mi in sorted(view.stat_modules)
+        if adapter.is_norm_locked(view.modules[mi])
     ]
 
 
@@ -124,14 +123,12 @@ def _model_and_adapter(view):
     model = getattr(view, "model", view)
     adapter = getattr(view, "adapter", None)
     if adapter is None:
-        from ..core.dispatch import adapter_for
-
         adapter = adapter_for(model)
     return model, adapter
 
 
 def _name(adapter, model) -> str:
-    return _select.model_name(adapter, model)
+    return view_of(model, adapter.name).label
 
 
 def _sample(names: list[str], n: int = 3) -> str:

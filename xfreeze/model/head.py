@@ -20,6 +20,8 @@ import fnmatch
 import numbers
 import warnings
 
+from .view import invalidate, view_of
+from ..backends.kinds import replaceable_linear
 from ..core.errors import XFreezeError, check_choice
 
 # Where classifiers live: torchvision / paddle.vision ResNet (fc), VGG and MobileNet (classifier.N), ViT (heads.head),
@@ -91,8 +93,6 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
         >>> xfreeze.replace_head(model, 10, head="2").out_features
         10
     """
-    from .view import invalidate, view_of
-
     view = view_of(model, backend)
     adapter = view.adapter
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
@@ -122,17 +122,8 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
     return new[0] if len(new) == 1 else new
 
 
-def find_head(adapter, model, head="auto") -> str:
-    """The dotted name of the classifier layer ``replace_head`` would replace (the first one, when several)."""
-    from .view import view_of
-
-    return find_heads(view_of(model, adapter.name), head)[0]
-
-
 def find_heads(view, head="auto") -> list[str]:
     """Every head ``replace_head`` would replace, in model order; raises listing candidates when it cannot tell."""
-    from ..backends.kinds import replaceable_linear
-
     linears = [
         p for p, m, k in zip(view.paths, view.modules, view.kinds) if p and k == "linear" and replaceable_linear(m)
     ]

@@ -21,11 +21,8 @@ def unrecognised_norm_like(view) -> list[str]:
     return out
 
 
-def warn_decayed_norms(adapter, model, excluded: set) -> None:
-    """Warn (with a HINT) when norm-like parameters nothing recognises would get weight decay."""
-    from .view import view_of
-
-    view = view_of(model, adapter.name)
+def warn_decayed_norms(view, excluded: set) -> None:
+    """Warn (with a HINT) when norm-like parameters of ``view`` that nothing recognises would get weight decay."""
     decayed = [n for n in unrecognised_norm_like(view) if n not in excluded]
     if decayed:
         shown = ", ".join(decayed[:6]) + (f" and {len(decayed) - 6} more" if len(decayed) > 6 else "")

@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 
 from ..core.errors import XFreezeError
-from .view import view_of
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
@@ -31,8 +30,8 @@ class LayerMap:
         return decay ** (self.num_layers + 1 - self.ids[name])
 
 
-def find_blocks(adapter, model) -> list[str]:
-    view = view_of(model, adapter.name)
+def find_blocks(view) -> list[str]:
+    """Module paths of the model's repeated blocks, in order (empty when it has none)."""
     children: dict[int, list[int]] = {}
     for i, parent in enumerate(view.parent.tolist()):
         if parent >= 0:
@@ -66,11 +65,12 @@ def _holds_params(view) -> list:
     return holds
 
 
-def layer_map(adapter, model, names: list[str]) -> LayerMap:
-    blocks = find_blocks(adapter, model)
+def layer_map(view) -> LayerMap:
+    """The layer index of every parameter of ``view``; raises when the model has no repeated blocks."""
+    blocks = find_blocks(view)
     if not blocks:
         raise XFreezeError(
-            f"layer_decay found no repeated blocks in {view_of(model, adapter.name).label}: it looks "
+            f"layer_decay found no repeated blocks in {view.label}: it looks "
             "for encoder layers (encoder.layer.N, encoder.layers.N, blocks.N) or stages (layer1..layerN). "
             "Use lr_mult patterns instead, or pass layer_decay=None"
         )
@@ -80,7 +80,7 @@ def layer_map(adapter, model, names: list[str]) -> LayerMap:
     parent = blocks[0].rpartition(".")[0]
     lead = parent + "." if parent else ""
     ids, seen_block = {}, False
-    for name in names:
+    for name in view.names:
         index = None
         if name.startswith(lead):
             part, dot, _ = name[len(lead) :].partition(".")

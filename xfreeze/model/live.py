@@ -7,8 +7,7 @@ import contextlib
 import warnings
 import weakref
 
-from . import select as _select
-from ..core.dispatch import adapter_for
+from .view import view_of
 
 _live: dict[int, tuple] = {}  # id(model) -> (weakref to model, weakref to optimizer)
 _quiet = [0]
@@ -47,10 +46,9 @@ def warn_if_out_of_step(model, changed: list[str], backend: str | None = None) -
     opt = live_optimizer(model)
     if opt is None or _quiet[0] or not changed:
         return
-    adapter = adapter_for(model, backend)
-    held = adapter.optimizer_param_ids(opt)
-    params = {e.name: e.param for e in _select.walk(adapter, model)}
-    missing = [n for n in changed if n in params and id(params[n]) not in held]
+    view = view_of(model, backend)
+    held = view.adapter.optimizer_param_ids(opt)
+    missing = [n for n in changed if n in view.index and id(view.params[view.index[n]]) not in held]
     if missing:
         warnings.warn(
             f"{len(missing)} parameters were made trainable but are in no group of the model's optimizer "

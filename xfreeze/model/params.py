@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import select as _select
-from .view import batched
-from ..core.dispatch import adapter_for
+from .view import batched, view_of
 from ..core.errors import XFreezeError
 from ..core.table import render
 
@@ -72,17 +70,18 @@ def param_table(model, optimizer, *, backend: str | None = None) -> ParamTable:
         >>> [(r.name, r.group, r.lr, r.weight_decay) for r in xfreeze.param_table(model, opt).rows][2]
         ('1.weight', 2, 1.0, 0.01)
     """
-    adapter = adapter_for(model, backend)
+    view = view_of(model, backend)
+    adapter = view.adapter
     _check_optimizer(adapter, optimizer)
     where: dict[int, tuple] = {}
     for index, (ids, lr, decay) in enumerate(adapter.group_rows(optimizer)):
         for pid in ids:
             where.setdefault(pid, (index, float(lr), float(decay)))
     rows = [
-        ParamRow(e.name, adapter.is_trainable(e.param), *where.get(id(e.param), (None, None, None)))
-        for e in _select.walk(adapter, model)
+        ParamRow(name, bool(trains), *where.get(id(param), (None, None, None)))
+        for name, param, trains in zip(view.names, view.params, view.trainable())
     ]
-    return ParamTable(_select.model_name(adapter, model), rows)
+    return ParamTable(view.label, rows)
 
 
 def _check_optimizer(adapter, optimizer) -> None:

@@ -38,12 +38,15 @@ class Pattern:
         match = regex.fullmatch if self.kind == "re" else regex.match
         return np.fromiter((match(n) is not None for n in names), dtype=bool, count=len(names))
 
-    def matches(self, entry, adapter=None) -> bool:
-        """Whether the pattern selects one parameter entry (from :func:`walk`); one mask per view, cached."""
-        cache = entry.view.__dict__.setdefault("_pattern_masks", {})
+    def hits(self, view) -> np.ndarray:
+        """Which of the view's parameters the pattern matches (its ``!`` aside): by name, or by a module holding
+        them. Made once per view and pattern (a schedule or group build asks for the same pattern many times)."""
+        cache = view.pattern_hits
         if self.text not in cache:
-            cache[self.text] = self.name_hits(entry.view.names) | self.module_hits(entry.view)[entry.view.owner_array]
-        return bool(cache[self.text][entry.index])
+            mask = self.name_hits(view.names) | self.module_hits(view)[view.owner_array]
+            mask.flags.writeable = False  # shared by every caller
+            cache[self.text] = mask
+        return cache[self.text]
 
     def module_hits(self, view) -> np.ndarray:
         """Modules covered by the pattern: matched themselves or inside a matched module."""
@@ -58,12 +61,6 @@ class Pattern:
             if not covered[i] and parent[i] >= 0 and covered[parent[i]]:
                 covered[i] = True
         return covered
-
-
-def model_name(adapter, model) -> str:
-    from .view import view_of
-
-    return view_of(model, adapter.name).label
 
 
 def compile_patterns(patterns) -> list[Pattern]:
@@ -132,6 +129,12 @@ def select_mask(
     return chosen
 
 
+def select_indices(view, patterns) -> np.ndarray:
+    """Indices of the view's parameters that ``patterns`` (strings, compiled here) select, in model order; raises
+    for a pattern that matches nothing, with the closest real names."""
+    return np.flatnonzero(select_mask(view, compile_patterns(patterns)))
+
+
 def module_mask(view, patterns: list[Pattern]) -> np.ndarray:
     """The modules the patterns select as a whole (no error when none)."""
     chosen = np.full(len(view.paths), bool(patterns and patterns[0].negate))
@@ -176,49 +179,3 @@ def _suggestion_pool(names: list, paths: list, body: str, limit: int = 2000) -> 
     near = [c for c in pool if c.split(".")[0] == first]
     by_shape = {re.sub(r"\d+", "0", c): c for c in pool}
     return (near[: limit // 2] + list(by_shape.values()))[:limit]
-
-
-# --- compatibility for code written against the walk of entries (kept small; the view is the source) ----------
-class Entry:
-    """One parameter of a model, as the view names it (its module looked up in the view: see ModelView)."""
-
-    __slots__ = ("name", "param", "owner", "view", "index")
-
-    def __init__(self, name: str, param, owner: int, view, index: int = -1):
-        self.name, self.param, self.owner, self.view, self.index = name, param, owner, view, index
-
-    @property
-    def module(self):
-        return self.view.modules[self.owner]
-
-    def __repr__(self) -> str:
-        return f"Entry(name={self.name!r}, index={self.index})"
-
-
-def walk(adapter, model) -> list[Entry]:
-    """Every parameter of ``model`` once (shared ones under their first name), in model order."""
-    from .view import view_of
-
-    from .view import _gc_paused
-
-    view = view_of(model, adapter.name)
-    if view.entries is None:  # made once per view: callers walk the same model many times in one operation
-        with _gc_paused():  # 100k small objects: the collector's passes would cost more than making them
-            view.entries = [
-                Entry(n, p, mi, view, i) for i, (n, p, mi) in enumerate(zip(view.names, view.params, view.owner))
-            ]
-    return list(view.entries)
-
-
-def resolve(adapter, model, patterns: list[Pattern], entries: list[Entry] | None = None) -> list[Entry]:
-    """The entries (default: every parameter) the patterns select; raises for a pattern matching nothing."""
-    from .view import view_of
-
-    view = view_of(model, adapter.name)
-    all_entries = walk(adapter, model)
-    mask = select_mask(view, patterns)
-    chosen = [e for e, hit in zip(all_entries, mask) if hit]
-    if entries is not None:
-        keep = {e.name for e in entries}
-        chosen = [e for e in chosen if e.name in keep]
-    return chosen

@@ -15,24 +15,12 @@ import functools
 import gc
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
+from ..backends.defaults import Walk
 from ..core.dispatch import adapter_for
-
-
-@dataclass
-class Walk:
-    """What an adapter's ``walk(model)`` returns: raw structure, in model order (parents before children)."""
-
-    inner: object  # the model inside any wrappers
-    wrappers: list  # wrapper class names, outermost first
-    modules: list  # [(clean path, module)], root "" first, wrapper modules left out
-    params: list  # [(module index, local name, tensor)], every registration (tied ones repeat)
-    stats: list  # [(module index, neutral local name, tensor, state-dict local name)]: norm statistics
-    token: tuple  # identity of modules and parameters, to tell a stale view
 
 
 class ModelView:
@@ -67,7 +55,7 @@ class ModelView:
         self.stat_keys = [_join(self.paths[mi], native) for mi, _, _, native in walk.stats]  # state-dict keys
         self.stat_tensors = [t for _, _, t, _ in walk.stats]
         self.stat_owner = [mi for mi, _, _, _ in walk.stats]
-        self.entries: list | None = None  # xfreeze.model.select.walk's entries, made once
+        self.pattern_hits: dict = {}  # pattern text -> which parameters it matches (select.Pattern.hits)
 
     @property
     def model(self):
@@ -168,12 +156,17 @@ class ModelView:
         """Parameter indices owned directly by a module."""
         return self._by_owner.get(module_index, [])
 
+    def statistics(self, module_index: int) -> list:
+        """Indices (into ``stat_names``, ``stat_keys``, ``stat_tensors``) of a module's norm statistics."""
+        return self._stats_by_owner.get(module_index, [])
+
     @cached_property
     def _by_owner(self) -> dict:
-        out: dict = {}
-        for i, mi in enumerate(self.owner):
-            out.setdefault(mi, []).append(i)
-        return out
+        return _group_by(self.owner)
+
+    @cached_property
+    def _stats_by_owner(self) -> dict:
+        return _group_by(self.stat_owner)
 
     def key_info(self) -> dict:
         """State key -> (module kind, embedding padding index) for every parameter and statistic."""
@@ -221,6 +214,14 @@ class _Modules(list):
             next(items)
             yield self._root()
         yield from items
+
+
+def _group_by(owners: list) -> dict:
+    """Module index -> the positions in ``owners`` that belong to it, in order."""
+    out: dict = {}
+    for i, mi in enumerate(owners):
+        out.setdefault(mi, []).append(i)
+    return out
 
 
 def _join(path: str, local: str) -> str:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..model import select as _select
-from ..model.view import batched
-from ..core.dispatch import adapter_for
+from ..model.view import batched, view_of
 from ..core.table import render
 from ..model.live import live_optimizer, quiet, remember, warn_if_out_of_step  # noqa: F401  (re-exported)
 from ..model.params import ParamRow, ParamTable, _check_optimizer, param_table  # noqa: F401  (re-exported)
@@ -83,16 +81,16 @@ def check(model, optimizer, *, backend: str | None = None) -> CheckReport:
         >>> xfreeze.check(model, opt).untrained
         ['0.weight', '0.bias']
     """
-    adapter = adapter_for(model, backend)
+    view = view_of(model, backend)
+    adapter = view.adapter
     _check_optimizer(adapter, optimizer)
     held = adapter.optimizer_param_ids(optimizer)
-    report = CheckReport(_select.model_name(adapter, model))
-    for e in _select.walk(adapter, model):
-        trainable = adapter.is_trainable(e.param)
-        if trainable and id(e.param) not in held:
-            report.untrained.append(e.name)
-        elif not trainable and id(e.param) in held:
-            report.frozen_in_groups.append(e.name)
-        if not trainable and adapter.has_optimizer_state(optimizer, e.param):
-            report.stale_state.append(e.name)
+    report = CheckReport(view.label)
+    for name, param, trainable in zip(view.names, view.params, view.trainable()):
+        if trainable and id(param) not in held:
+            report.untrained.append(name)
+        elif not trainable and id(param) in held:
+            report.frozen_in_groups.append(name)
+        if not trainable and adapter.has_optimizer_state(optimizer, param):
+            report.stale_state.append(name)
     return report

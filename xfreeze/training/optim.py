@@ -13,11 +13,15 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from ..model import select as _select
-from ..model.view import batched
+import numpy as np
+
+from .check import remember
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError, check_choice
+from ..model.kinds import warn_decayed_norms
 from ..model.layers import layer_map
+from ..model.select import compile_patterns, select_mask
+from ..model.view import batched, view_of
 
 DEFAULT_NO_DECAY = ("*.bias", "type:norm")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -83,18 +87,18 @@ def param_groups(
     _check_positive("lr", lr)
     _check_number("weight_decay", weight_decay, minimum=0.0)
     check_group_options(lr_mult, no_decay, layer_decay)
-    entries = [e for e in _select.walk(adapter, model) if adapter.is_trainable(e.param)]
+    view = view_of(model, adapter.name)
+    chosen = [int(i) for i in np.flatnonzero(view.trainable())]
     if only is not None:
         wanted = set(only)
-        entries = [e for e in entries if e.name in wanted]
-    if not entries:
+        chosen = [i for i in chosen if view.names[i] in wanted]
+    if not chosen:
         raise XFreezeError(
-            f"{_select.model_name(adapter, model)} has no trainable parameters to optimize; "
-            "unfreeze some first (xfreeze.unfreeze(model, ...))"
+            f"{view.label} has no trainable parameters to optimize; unfreeze some first (xfreeze.unfreeze(model, ...))"
         )
-    scales = _lr_scales(adapter, model, entries, lr_mult or {}, layer_decay)
-    decayed = _decay_flags(adapter, model, entries, no_decay)
-    return _group(entries, scales, decayed, lr, weight_decay)
+    scales = _lr_scales(view, chosen, lr_mult or {}, layer_decay)
+    decayed = _decay_flags(view, no_decay)
+    return _group(view, chosen, scales, decayed, lr, weight_decay)
 
 
 @batched
@@ -176,7 +180,7 @@ def optimizer(
     else:
         opt = adapter.build_optimizer_from(factory, config, groups, lr, config.extra)
     opt._xfreeze_config = config
-    _register(opt, model)
+    remember(model, opt)
     return opt
 
 
@@ -200,12 +204,12 @@ def check_arguments(
         options.pop(k, None) for k in ("weight_decay", "momentum", "nesterov", "betas", "eps")
     )
     _configure(adapter, name, lr, decay, momentum, nesterov, betas, eps, no_decay, options)
-    entries = _select.walk(adapter, model)
+    view = view_of(model, adapter.name)
     patterns = no_decay_patterns(no_decay)
     for pattern in [*(lr_mult or {}), *(patterns if patterns != DEFAULT_NO_DECAY else ())]:
-        compiled = _select.compile_patterns([pattern])
-        if not any(compiled[0].matches(e, adapter) for e in entries):
-            _select.resolve(adapter, model, compiled, entries)  # raises the no-match error with suggestions
+        compiled = compile_patterns([pattern])
+        if not compiled[0].hits(view).any():
+            select_mask(view, compiled)  # raises the no-match error with suggestions
 
 
 # the options each of xfreeze's own names takes (a class or factory takes its own, passed on)
@@ -297,12 +301,6 @@ def _default_decay(factory) -> float:
     return float(default) if isinstance(default, numbers.Real) and not isinstance(default, bool) else 0.0
 
 
-def _register(opt, model) -> None:
-    from .check import remember
-
-    remember(model, opt)
-
-
 def _check_options(momentum, nesterov, betas, eps) -> None:
     """The options of xfreeze's own names, so that nothing is built from a bad value."""
     _check_number("momentum", momentum, minimum=0.0)
@@ -330,46 +328,47 @@ def _base_lr(adapter, lr) -> float:
     return base
 
 
-def _lr_scales(adapter, model, entries, lr_mult: dict, layer_decay) -> dict[str, float]:
-    scales = {e.name: 1.0 for e in entries}
-    all_entries = _select.walk(adapter, model)
+def _lr_scales(view, chosen: list, lr_mult: dict, layer_decay) -> dict[int, float]:
+    """Parameter index -> learning-rate multiplier, for the ``chosen`` parameters."""
+    scales = {i: 1.0 for i in chosen}
     for pattern, mult in lr_mult.items():  # multipliers checked by check_group_options
-        hits = {e.name for e in _select.resolve(adapter, model, _select.compile_patterns([pattern]), all_entries)}
-        for name in scales.keys() & hits:
-            scales[name] *= float(mult)
+        hits = select_mask(view, compile_patterns([pattern]))  # raises the no-match error with suggestions
+        for i in chosen:
+            if hits[i]:
+                scales[i] *= float(mult)
     if layer_decay is not None:
-        layers = layer_map(adapter, model, [e.name for e in all_entries])
-        for name in scales:
-            scales[name] *= layers.scale(name, float(layer_decay))
+        layers = layer_map(view)
+        for i in chosen:
+            scales[i] *= layers.scale(view.names[i], float(layer_decay))
     return scales
 
 
-def _decay_flags(adapter, model, entries, no_decay) -> dict[str, bool]:
+def _decay_flags(view, no_decay) -> np.ndarray:
+    """Per parameter of the view: whether it gets weight decay."""
     patterns = no_decay_patterns(no_decay)
-    excluded: set[str] = set()
-    all_entries = _select.walk(adapter, model)
+    excluded = np.zeros(len(view.names), dtype=bool)
     for pattern in patterns:
-        compiled = _select.compile_patterns([pattern])
-        hits = [e for e in all_entries if compiled[0].matches(e, adapter)]
-        if not hits and patterns != DEFAULT_NO_DECAY:
-            _select.resolve(adapter, model, compiled, all_entries)  # raises the no-match error with suggestions
-        excluded |= {e.name for e in hits if not compiled[0].negate}
-    from ..model.kinds import warn_decayed_norms  # never decay an unrecognised norm quietly (issue 11)
+        compiled = compile_patterns([pattern])
+        hits = compiled[0].hits(view)
+        if not hits.any() and patterns != DEFAULT_NO_DECAY:
+            select_mask(view, compiled)  # raises the no-match error with suggestions
+        if not compiled[0].negate:
+            excluded |= hits
+    # never decay an unrecognised norm quietly (issue 11)
+    warn_decayed_norms(view, {n for n, out in zip(view.names, excluded) if out})
+    return ~excluded
 
-    warn_decayed_norms(adapter, model, excluded)
-    return {e.name: e.name not in excluded for e in entries}
 
-
-def _group(entries, scales, decayed, lr, weight_decay) -> list[dict]:
+def _group(view, chosen: list, scales: dict, decayed, lr, weight_decay) -> list[dict]:
     groups: dict[tuple, dict] = {}
-    for e in entries:
-        wd = weight_decay if decayed[e.name] else 0.0
-        key = (scales[e.name], wd)
+    for i in chosen:
+        wd = weight_decay if decayed[i] else 0.0
+        key = (scales[i], wd)
         group = groups.setdefault(
-            key, {"params": [], "names": [], "lr": lr * scales[e.name], "lr_scale": scales[e.name], "weight_decay": wd}
+            key, {"params": [], "names": [], "lr": lr * scales[i], "lr_scale": scales[i], "weight_decay": wd}
         )
-        group["params"].append(e.param)
-        group["names"].append(e.name)
+        group["params"].append(view.params[i])
+        group["names"].append(view.names[i])
     return list(groups.values())
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from ..core.errors import XFreezeError
-from ..model import select as _select
 from ..model.guard import _FIXES, _rebuilding, _sample, check_freeze_agreement
+from ..model.select import select_indices
+from ..model.view import view_of
 
 
 def attach(staged, rewrap) -> None:
@@ -78,13 +79,13 @@ def stage_boundary(staged, stage):
         yield
         return
     adapter = staged.adapter
-    before = {id(e.param) for e in _select.walk(adapter, staged.model) if adapter.is_trainable(e.param)}
+    before = {id(p) for p in _trainable_params(staged)}
     token = _rebuilding.set(True)
     try:
         yield
     finally:
         _rebuilding.reset(token)
-    now = [e.param for e in _select.walk(adapter, staged.model) if adapter.is_trainable(e.param)]
+    now = _trainable_params(staged)
     old = staged.wrapped if staged.wrapped is not staged.model else None
     if staged.rewrap is KEEP:
         adapter.sync_gradients_of(old, [p for p in now if id(p) not in before])  # freezes were refused up front
@@ -95,47 +96,54 @@ def stage_boundary(staged, stage):
     check_freeze_agreement(staged.model, backend=adapter.name)
 
 
+def _trainable_params(staged) -> list:
+    view = view_of(staged.model, staged.adapter.name)
+    return [p for p, trains in zip(view.params, view.trainable()) if trains]
+
+
 def _refuse_unhonoured_stages(
     adapter, model, stages, wrapper: str, rewrap, first: int = 0, tolerant: bool = False
 ) -> None:
     """Replay ``stages[first:]`` on a copy of the trainability mask; raise before training when one would change
     trainability and the wrapper cannot follow (``tolerant``: a kept wrapper that lets registered parameters stop
     getting gradients, so freezes are fine)."""
-    entries = _select.walk(adapter, model)
-    trainable = {e.name: adapter.is_trainable(e.param) for e in entries}
+    view = view_of(model, adapter.name)
+    trainable = view.trainable()
     for i, stage in enumerate(stages[first:], start=first):
         for patterns, target in ((stage.freeze, False), (stage.unfreeze, True)):
             if not patterns:
                 continue
-            chosen = _select.resolve(adapter, model, _select.compile_patterns(patterns), entries)
-            keep = {
-                e.name
-                for e in chosen
-                if not target and stage.norm == "train" and adapter.module_kind(e.module) == "norm"
-            }
-            changed = [e.name for e in chosen if e.name not in keep and trainable[e.name] != target]
-            if not changed:
-                continue
-            if rewrap is None:
-                verb = "unfreezes" if target else "freezes"
-                raise XFreezeError(
-                    f"stages[{i}] (at={stage.at}) {verb} {len(changed)} parameters ({_sample(changed)}) "
-                    f"of a model wrapped in {wrapper}, which cannot follow a change of what trains "
-                    f"(ranks would diverge silently, or the step would fail). " + _FIXES
-                )
-            if not target and rewrap is KEEP and not tolerant:
-                raise XFreezeError(
-                    f"stages[{i}] (at={stage.at}) freezes {len(changed)} parameters ({_sample(changed)}) "
-                    f"after the training framework wrapped the model in {wrapper}, which xfreeze cannot "
-                    f"rebuild from a callback: it would wait for their gradients (or crash). Nothing was "
-                    f"changed. HINT: freeze them in the first stage (applied before the framework wraps the "
-                    f"model), or leave them trainable{adapter.freeze_after_wrap_hint}"
-                )
-            if not target and not adapter.rewrap_can_freeze:
-                raise XFreezeError(
-                    f"stages[{i}] (at={stage.at}) freezes {len(changed)} parameters "
-                    f"({_sample(changed)}) after {wrapper} was built: {wrapper} cannot be rebuilt "
-                    f"after a freeze (SIGSEGV in EagerReducer::AddDistHook). Freeze them before "
-                    f"wrapping (first stage at=0, applied before the wrapper), or leave them trainable"
-                )
-            trainable.update({name: target for name in changed})
+            chosen = list(select_indices(view, patterns))
+            if not target and stage.norm == "train":  # norm layers in the region keep training
+                chosen = [p for p in chosen if view.kinds[view.owner[p]] != "norm"]
+            changed = [int(p) for p in chosen if trainable[p] != target]
+            if changed:
+                names = [view.names[p] for p in changed]
+                _refuse_change(adapter, f"stages[{i}] (at={stage.at})", names, target, wrapper, rewrap, tolerant)
+                trainable[changed] = target
+
+
+def _refuse_change(adapter, where: str, changed: list, target: bool, wrapper: str, rewrap, tolerant: bool) -> None:
+    """Raise when ``wrapper`` cannot follow one stage making ``changed`` trainable (``target``) or frozen."""
+    if rewrap is None:
+        verb = "unfreezes" if target else "freezes"
+        raise XFreezeError(
+            f"{where} {verb} {len(changed)} parameters ({_sample(changed)}) "
+            f"of a model wrapped in {wrapper}, which cannot follow a change of what trains "
+            f"(ranks would diverge silently, or the step would fail). " + _FIXES
+        )
+    if not target and rewrap is KEEP and not tolerant:
+        raise XFreezeError(
+            f"{where} freezes {len(changed)} parameters ({_sample(changed)}) "
+            f"after the training framework wrapped the model in {wrapper}, which xfreeze cannot "
+            f"rebuild from a callback: it would wait for their gradients (or crash). Nothing was "
+            f"changed. HINT: freeze them in the first stage (applied before the framework wraps the "
+            f"model), or leave them trainable{adapter.freeze_after_wrap_hint}"
+        )
+    if not target and not adapter.rewrap_can_freeze:
+        raise XFreezeError(
+            f"{where} freezes {len(changed)} parameters "
+            f"({_sample(changed)}) after {wrapper} was built: {wrapper} cannot be rebuilt "
+            f"after a freeze (SIGSEGV in EagerReducer::AddDistHook). Freeze them before "
+            f"wrapping (first stage at=0, applied before the wrapper), or leave them trainable"
+        )

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from . import check as _check
 from . import rewrap as _distributed
-from ..model import select as _select
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError, check_choice
 from ..model.freeze import NORM_MODES, freeze, unfreeze
 from .optim import DEFAULT_NO_DECAY, OptimizerConfig, param_groups
-from ..model.view import batched
+from ..model.select import select_indices
+from ..model.view import batched, view_of
 
 UNITS = ("epoch", "step")
 STATE_FORMAT = "xfreeze.StagedUnfreeze"
@@ -121,11 +121,8 @@ class StagedUnfreeze:
         self._check_scheduler(scheduler)
         config = self._config(optimizer)
         held = self.adapter.optimizer_param_ids(optimizer)
-        stale = [
-            e.name
-            for e in _select.walk(self.adapter, self.model)
-            if id(e.param) in held and not self.adapter.is_trainable(e.param)
-        ]
+        view = self._view()
+        stale = [n for n, p, trains in zip(view.names, view.params, view.trainable()) if id(p) in held and not trains]
         if stale:
             raise XFreezeError(
                 f"the optimizer holds {len(stale)} parameters that stage 0 froze ({', '.join(stale[:3])}"
@@ -292,22 +289,21 @@ class StagedUnfreeze:
 
     def _held_after(self, applied: int) -> int:
         """How many parameters the optimizer will hold after the stages up to ``applied``, without applying any."""
-        entries = _select.walk(self.adapter, self.model)
+        view = self._view()
         held = self.adapter.optimizer_param_ids(self.optimizer)
-        trainable = {e.name for e in entries if self.adapter.is_trainable(e.param)}
-        ever = {e.name for e in entries if id(e.param) in held}
+        trainable = {n for n, trains in zip(view.names, view.trainable()) if trains}
+        ever = {n for n, p in zip(view.names, view.params) if id(p) in held}
         for stage in self.stages[self.applied : applied]:
             for patterns, add in ((stage.freeze, False), (stage.unfreeze, True)):
                 if not patterns:
                     continue
-                hits = _select.resolve(self.adapter, self.model, _select.compile_patterns(patterns), entries)
+                hits = select_indices(view, patterns)
                 if add:
-                    trainable |= {e.name for e in hits}
+                    trainable |= {view.names[p] for p in hits}
                 else:
+                    keep_norms = stage.norm == "train"
                     trainable -= {
-                        e.name
-                        for e in hits
-                        if not (stage.norm == "train" and self.adapter.module_kind(e.module) == "norm")
+                        view.names[p] for p in hits if not (keep_norms and view.kinds[view.owner[p]] == "norm")
                     }
             ever |= trainable
         return len(ever)
@@ -344,11 +340,8 @@ class StagedUnfreeze:
         if self.optimizer is None or config is None:  # the first stage, before the optimizer exists (see attach)
             return
         held = self.adapter.optimizer_param_ids(self.optimizer)
-        new = [
-            e.name
-            for e in _select.walk(self.adapter, self.model)
-            if self.adapter.is_trainable(e.param) and id(e.param) not in held
-        ]
+        view = self._view()
+        new = [n for n, p, trains in zip(view.names, view.params, view.trainable()) if trains and id(p) not in held]
         if new:
             groups = param_groups(
                 self.model,
@@ -403,8 +396,10 @@ class StagedUnfreeze:
                     f"stages[{i}].batch_size must be an integer >= 1. Received: batch_size={stage.batch_size!r}"
                 )
             check_choice(f"stages[{i}].norm", stage.norm, NORM_MODES)
-            entries = _select.walk(self.adapter, self.model)
             for patterns in (stage.freeze, stage.unfreeze):
                 if patterns:
-                    _select.resolve(self.adapter, self.model, _select.compile_patterns(patterns), entries)
+                    select_indices(self._view(), patterns)  # raises for a pattern matching nothing
             previous = stage
+
+    def _view(self):
+        return view_of(self.model, self.adapter.name)

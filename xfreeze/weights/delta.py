@@ -21,13 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.freeze import freeze, unfreeze
 from .convert import convert
+from .files import StateDict, _save, load_checkpoint
 from .load import load_matched
+from ..backends import FRAMEWORKS
 from ..core import tensors as _tensors
 from ..core.dispatch import adapter_for
-from .files import StateDict, _save, load_checkpoint
 from ..core.errors import XFreezeError
+from ..model.freeze import freeze, unfreeze
+from ..model.view import view_of
 
 VERSION = "1"
 SHOWN = 5  # differing tensors named in an error
@@ -232,21 +234,23 @@ def _parts(adapter, model) -> dict:
     frozen: list = []
     locked: list = []
     taken: set = set()
-    for _, module in adapter.named_modules(model):
-        for _, param in adapter.direct_parameters(module):
-            key = key_of.get(id(param))
+    view = view_of(model, adapter.name)
+    live = view.trainable()
+    for mi, module in enumerate(view.modules):
+        for i in view.direct(mi):
+            key = key_of.get(id(view.params[i]))
             if key is None or key in taken:
                 continue
             taken.add(key)
-            (trainable if adapter.is_trainable(param) else frozen).append(key)
-        stats = [key_of.get(id(t)) for _, t in adapter.norm_statistics(module)]
+            (trainable if live[i] else frozen).append(key)
+        stats = [key_of.get(id(view.stat_tensors[s])) for s in view.statistics(mi)]
         if stats and adapter.is_norm_locked(module):  # locked statistics are frozen; live ones go in the delta
             frozen += [k for k in stats if k is not None]
             locked.append(stats[0])
             taken |= set(stats)
     state = adapter.state_tensors(model)
-    live = [k for k in state if k not in taken]  # unlocked statistics and other buffers
-    return {"trainable": trainable, "frozen": frozen, "locked": locked, "delta": trainable + live}
+    rest = [k for k in state if k not in taken]  # unlocked statistics and other buffers
+    return {"trainable": trainable, "frozen": frozen, "locked": locked, "delta": trainable + rest}
 
 
 def _read_delta(path):
@@ -265,7 +269,7 @@ def _read_delta(path):
         plan = {k: json.loads(meta[k]) for k in ("trainable", "locked_norms", "fingerprint")}
     except (KeyError, ValueError) as exc:
         raise XFreezeError(f"delta {str(path)!r} has a damaged freeze plan in its metadata: {exc}") from None
-    if meta.get("framework") not in ("torch", "paddle") and delta.framework is None:
+    if meta.get("framework") not in FRAMEWORKS and delta.framework is None:
         raise XFreezeError(f"delta {str(path)!r} does not say which framework's names it uses")
     delta.framework = meta.get("framework") or delta.framework
     return delta, plan
@@ -310,9 +314,9 @@ def _apply_plan(adapter, model, trainable: list, locked: set) -> None:
     if trainable:
         unfreeze(model, *[f"re:{re.escape(n)}" for n in trainable])
     training = adapter.module_training(model)
-    for path, module in adapter.named_modules(model):
-        if not adapter.norm_statistics(module):
-            continue
+    view = view_of(model, adapter.name)
+    for mi in sorted(view.stat_modules):
+        path, module = view.paths[mi], view.modules[mi]
         if path in locked and not adapter.is_norm_locked(module):
             adapter.lock_norm(module)
         elif path not in locked and adapter.is_norm_locked(module):
