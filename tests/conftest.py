@@ -32,7 +32,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 @pytest.fixture(params=BACKENDS)
 def fw(request):
-    """The framework kit of each backend; a backend that cannot be imported fails, it is not skipped."""
+    """The kit of each framework registered in xfreeze.backends.FRAMEWORKS: backend differences live in the kit, so
+    tests do not branch on ``fw.name``. A framework without a kit, or that cannot be imported, fails: it is not
+    skipped."""
     return kit(request.param)
 
 

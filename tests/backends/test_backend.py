@@ -1,6 +1,7 @@
 """Backend selection: inferred from the model, forced by a flag, and never importing a framework needlessly."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,9 @@ import pytest
 
 import xfreeze
 from xfreeze import XFreezeError
-from harness import kit
+import harness
+from harness import BACKENDS, KITS, kit
+from xfreeze.backends import FRAMEWORKS, FrameworkSpec
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
@@ -38,7 +41,7 @@ def test_matching_flags_are_accepted(fw, monkeypatch):
 
 
 def test_a_flag_contradicting_the_model_is_an_error(fw, monkeypatch):
-    other = {"torch": "paddle", "paddle": "torch"}[fw.name]
+    other = next(name for name in BACKENDS if name != fw.name)
     model = fw.nn.Linear(2, 2)
     kit(other)  # both frameworks are installed here
     with pytest.raises(XFreezeError, match=f"backend='{other}' was requested but Linear is a"):
@@ -51,22 +54,41 @@ def test_a_flag_contradicting_the_model_is_an_error(fw, monkeypatch):
     with pytest.raises(XFreezeError, match="XFREEZE_BACKEND"):
         xfreeze.replace_head(model, 3, head="*")
     assert xfreeze.select(model, "*", backend=fw.name) == ["weight", "bias"], "backend= beats the environment"
-    assert not model.weight.stop_gradient if fw.name == "paddle" else model.weight.requires_grad
+    assert fw.is_trainable(model.weight)
 
 
 @pytest.mark.parametrize(
     "call",
-    [lambda: xfreeze.set_backend("jax"), lambda: xfreeze.select(kit("torch").nn.Linear(2, 2), "*", backend="tf")],
+    [lambda: xfreeze.set_backend("jax"), lambda: xfreeze.select(kit(BACKENDS[0]).linear(2, 2), "*", backend="tf")],
 )
 def test_unknown_backend_names(call):
-    with pytest.raises(XFreezeError, match=r"Expected one of \('torch', 'paddle'\)\. Received: backend="):
+    with pytest.raises(XFreezeError, match=re.escape(f"Expected one of {BACKENDS}. Received: backend=")):
         call()
 
 
 def test_unknown_backend_in_the_environment(monkeypatch):
     monkeypatch.setenv("XFREEZE_BACKEND", "mxnet")
     with pytest.raises(XFreezeError, match=r"Received: XFREEZE_BACKEND='mxnet'"):
-        xfreeze.select(kit("torch").nn.Linear(2, 2), "*")
+        xfreeze.select(kit(BACKENDS[0]).linear(2, 2), "*")
+
+
+def test_every_registered_framework_has_a_kit_with_the_same_surface():
+    """The test kit reads the registry: one kit class per framework, each answering the same names."""
+    assert set(KITS) == set(FRAMEWORKS)
+    surfaces = {name: {a for a in dir(type(kit(name))) if not a.startswith("_")} for name in FRAMEWORKS}
+    first = surfaces[BACKENDS[0]]
+    assert all(surface == first for surface in surfaces.values()), {n: s ^ first for n, s in surfaces.items()}
+    assert all(kit(name).name == name for name in FRAMEWORKS)
+
+
+def test_a_registered_framework_without_a_kit_or_an_install_fails_loudly(monkeypatch):
+    spec = FrameworkSpec("mxnet", "mxnet_not_installed", "m.Block", "m.NDArray", "pip install mxnet", ".mxnet")
+    monkeypatch.setitem(FRAMEWORKS, "mxnet", spec)
+    with pytest.raises(LookupError, match=r"'mxnet' is registered .* has no kit for it"):
+        kit("mxnet")
+    monkeypatch.setitem(harness.KITS, "mxnet", harness.TorchKit)
+    with pytest.raises(ImportError, match=r"mxnet_not_installed cannot be imported: pip install mxnet"):
+        kit("mxnet")
 
 
 @pytest.mark.parametrize("obj", [[1, 2], "resnet18", None, 3.0])

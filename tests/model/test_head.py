@@ -1,7 +1,5 @@
 """replace_head on real torchvision / paddle.vision models and on the ...ForSequenceClassification layout."""
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -16,26 +14,15 @@ VISION = {  # model builder -> where its classifier is
 }
 
 
-def vision(fw, name, **kwargs):
-    module = "torchvision.models" if fw.name == "torch" else "paddle.vision.models"
-    return getattr(importlib.import_module(module), name)(**kwargs)
-
-
-def linear_shape(fw, layer):
-    in_f, out_f = (layer.in_features, layer.out_features) if fw.name == "torch" else layer.weight.shape
-    return in_f, out_f
-
-
 @pytest.mark.parametrize("arch", sorted(VISION))
 def test_auto_finds_the_head_of_real_vision_models(fw, arch):
-    model = vision(fw, arch)
+    model = getattr(fw.zoo, arch)()
     xfreeze.freeze(model, "*")
     new = xfreeze.replace_head(model, 7)
-    modules = dict(model.named_modules() if fw.name == "torch" else model.named_sublayers())
-    assert modules[VISION[arch]] is new
-    assert linear_shape(fw, new)[1] == 7
+    assert dict(fw.named_modules(model))[VISION[arch]] is new
+    assert fw.linear_shape(new)[1] == 7
     assert xfreeze.select(model, VISION[arch]) == [f"{VISION[arch]}.weight", f"{VISION[arch]}.bias"]
-    assert xfreeze.summary(model, print_table=False).counts.trainable == linear_shape(fw, new)[0] * 7 + 7
+    assert xfreeze.summary(model, print_table=False).counts.trainable == fw.linear_shape(new)[0] * 7 + 7
 
 
 def test_auto_finds_torchvision_vit_head():
@@ -52,18 +39,17 @@ def sequence_classifier(fw):
     """The layout of transformers / PaddleNLP ...ForSequenceClassification: encoder (with a pooler dense layer),
     dropout, classifier."""
     nn = fw.nn
-    Module = nn.Module if fw.name == "torch" else nn.Layer
 
-    class Encoder(Module):
+    class Encoder(fw.Module):
         def __init__(self):
             super().__init__()
             self.embeddings = nn.Embedding(10, 8)
-            self.pooler = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+            self.pooler = nn.Sequential(fw.linear(8, 8), nn.Tanh())
 
-    class ErnieForSequenceClassification(Module):
+    class ErnieForSequenceClassification(fw.Module):
         def __init__(self):
             super().__init__()
-            self.ernie, self.dropout, self.classifier = Encoder(), nn.Dropout(0.1), nn.Linear(8, 2)
+            self.ernie, self.dropout, self.classifier = Encoder(), nn.Dropout(0.1), fw.linear(8, 2)
 
     return ErnieForSequenceClassification()
 
@@ -71,16 +57,11 @@ def sequence_classifier(fw):
 def test_auto_finds_sequence_classification_classifier(fw):
     model = sequence_classifier(fw)
     new = xfreeze.replace_head(model, 5)
-    assert model.classifier is new and linear_shape(fw, new) == (8, 5)
+    assert model.classifier is new and fw.linear_shape(new) == (8, 5)
 
 
 def test_new_head_keeps_dtype_device_and_bias_setting(fw):
-    nn = fw.nn
-    if fw.name == "torch":
-        model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 9, bias=False)).double()
-    else:
-        model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 9, bias_attr=False))
-        model.to(dtype="float64")
+    model = fw.cast(fw.nn.Sequential(fw.linear(4, 6), fw.linear(6, 9, bias=False)), "float64")
     new = xfreeze.replace_head(model, 3, head="1")
     assert new.bias is None
     assert "float64" in str(new.weight.dtype)
@@ -100,7 +81,7 @@ def test_init_choices(fw, init):
 
 
 def test_new_head_is_trainable_even_in_a_frozen_model(fw):
-    model = vision(fw, "resnet18")
+    model = fw.zoo.resnet18()
     xfreeze.freeze(model, "*")
     xfreeze.replace_head(model, 4)
     assert xfreeze.select(model, "fc") == ["fc.weight", "fc.bias"]
@@ -109,27 +90,24 @@ def test_new_head_is_trainable_even_in_a_frozen_model(fw):
 
 def test_head_by_pattern(fw):
     model = fw.nn.Sequential(fw.nn.Linear(4, 6), fw.nn.ReLU(), fw.nn.Linear(6, 9))
-    assert linear_shape(fw, xfreeze.replace_head(model, 2, head="[2]")) == (6, 2)
+    assert fw.linear_shape(xfreeze.replace_head(model, 2, head="[2]")) == (6, 2)
 
 
 def test_ambiguous_head_lists_the_candidates(fw):
-    nn = fw.nn
-    Module = nn.Module if fw.name == "torch" else nn.Layer
-
-    class TwoHeads(Module):
+    class TwoHeads(fw.Module):
         def __init__(self):
             super().__init__()
-            self.fc, self.classifier = nn.Linear(4, 3), nn.Linear(4, 2)
+            self.fc, self.classifier = fw.linear(4, 3), fw.linear(4, 2)
 
     model = TwoHeads()
     with pytest.raises(
         XFreezeError,
-        match=r"replace_head is ambiguous \(head='auto'\) in TwoHeads \((torch|paddle)\): "
+        match=rf"replace_head is ambiguous \(head='auto'\) in TwoHeads \({fw.name}\): "
         r"'fc', 'classifier' could each be the head\. "
         r"Pass head=NAME, one of the linear layers: fc \(4->3\), classifier \(4->2\)",
     ):
         xfreeze.replace_head(model, 5)
-    assert linear_shape(fw, model.fc) == (4, 3) and linear_shape(fw, model.classifier) == (4, 2)
+    assert fw.linear_shape(model.fc) == (4, 3) and fw.linear_shape(model.classifier) == (4, 2)
 
 
 @pytest.mark.parametrize(

@@ -14,40 +14,24 @@ TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_laye
 
 
 def _llama(fw):
-    if fw.name == "torch":
-        import transformers as T
-
-        return T.LlamaForCausalLM(T.LlamaConfig(**TEXT, num_key_value_heads=1))
-    import paddlenlp.transformers as P
-
-    return P.LlamaForCausalLM(P.LlamaConfig(**TEXT, num_key_value_heads=1))
+    text = fw.zoo.text
+    return text.LlamaForCausalLM(text.LlamaConfig(**TEXT, num_key_value_heads=1))
 
 
 def _family(fw, family):
-    if fw.name == "torch":
-        import transformers as T
-
-        build = {
-            "t5": lambda: T.T5Model(T.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)),
-            "deberta": lambda: T.DebertaModel(T.DebertaConfig(**TEXT)),
-            "mobilebert": lambda: T.MobileBertModel(
-                T.MobileBertConfig(**dict(TEXT, hidden_size=32), embedding_size=16, intra_bottleneck_size=16)
-            ),
-        }
-    else:
-        import paddlenlp.transformers as P
-
-        build = {
-            "t5": lambda: P.T5Model(
-                P.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2)
-            ),
-            "deberta": lambda: P.DebertaModel(P.DebertaConfig(**TEXT)),
-            "mobilebert": lambda: P.MobileBertModel(
-                P.MobileBertConfig(
-                    **dict(TEXT, hidden_size=32), embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16
-                )
-            ),
-        }
+    """The same configuration in transformers and PaddleNLP (options one library needs are given to both)."""
+    text = fw.zoo.text
+    build = {
+        "t5": lambda: text.T5Model(
+            text.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2)
+        ),
+        "deberta": lambda: text.DebertaModel(text.DebertaConfig(**TEXT)),
+        "mobilebert": lambda: text.MobileBertModel(
+            text.MobileBertConfig(
+                **dict(TEXT, hidden_size=32), embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16
+            )
+        ),
+    }
     return build[family]()
 
 
@@ -122,17 +106,12 @@ def test_type_linear_covers_paddlenlp_linear3d():
 
 
 def _module(fw, name, params, forward):
-    Base = fw.nn.Module if fw.name == "torch" else fw.nn.Layer
-
     def init(self):
-        Base.__init__(self)
+        fw.Module.__init__(self)
         for pname, size in params:
-            if fw.name == "torch":
-                setattr(self, pname, fw.t.nn.Parameter(fw.t.ones(size)))
-            else:
-                setattr(self, pname, self.create_parameter([size]))
+            setattr(self, pname, fw.new_parameter(self, size))
 
-    return type(name, (Base,), {"__init__": init, "forward": forward})
+    return type(name, (fw.Module,), {"__init__": init, "forward": forward})
 
 
 def _rms_forward(self, x):
@@ -158,13 +137,11 @@ def test_structural_norm_rule(fw):
 
 
 def test_unrecognised_norm_like_is_warned_not_decayed_quietly(fw):
-    Base = fw.nn.Module if fw.name == "torch" else fw.nn.Layer
-
-    class AdaptiveNorm(Base):  # a norm with a projection inside: the structural rule refuses it
+    class AdaptiveNorm(fw.Module):  # a norm with a projection inside: the structural rule refuses it
         def __init__(self):
             super().__init__()
-            self.proj = fw.nn.Linear(4, 4)
-            self.weight = fw.t.nn.Parameter(fw.t.ones(4)) if fw.name == "torch" else self.create_parameter([4])
+            self.proj = fw.linear(4, 4)
+            self.weight = fw.new_parameter(self, 4)
 
     model = fw.nn.Sequential(fw.nn.Linear(4, 4), AdaptiveNorm())
     with pytest.warns(

@@ -20,9 +20,8 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 import xfreeze
-from harness import BACKENDS, OptConfig, Spec, batch, kit, random_state
+from harness import BACKENDS, TOLERANCE, OptConfig, Spec, align_running_var, batch, kit, random_state
 
-TOLERANCE = 1e-7
 STEPS = 4
 
 specs = st.one_of(
@@ -93,7 +92,7 @@ class Run:
         fw, sc, model = self.fw, self.sc, self.model
         self.report = xfreeze.freeze(model, *sc["patterns"], norm=sc["norm"])
         state = fw.state(model)
-        locked = [n for n, _ in fw.norm_layers(model) if _is_locked(model, n)]
+        locked = [n for n, layer in fw.norm_layers(model) if _is_locked(model, layer)]
         frozen = [n for n in self.report.selected if not (sc["norm"] == "train" and _owner_is_norm(fw, model, n))]
         stats = [f"{n}.{s}" for n in locked for s in ("running_mean", "running_var")]
         self.snapshot = {n: state[n] for n in frozen + stats}
@@ -119,22 +118,10 @@ def run_all(runs: list[Run]) -> list[Run]:
     return runs
 
 
-def align_running_var(runs: list[Run]) -> None:
-    """The one by-design difference training cannot neutralize: Paddle moves ``_variance`` with the biased batch
-    variance, torch ``running_var`` with the unbiased one. A norm layer locked mid-training normalizes with it, so
-    at the freeze point every run takes the first run's running variances."""
-    reference = runs[0].final()
-    for r in runs[1:]:
-        state = r.final()
-        state.update({n: v for n, v in reference.items() if n.endswith("running_var")})
-        r.fw.load(r.model, state)
-
-
-def _is_locked(model, name):
+def _is_locked(model, layer):
     from xfreeze.core.dispatch import adapter_for
 
-    adapter = adapter_for(model)
-    return adapter.is_norm_locked(dict(adapter.named_modules(model))[name])
+    return adapter_for(model).is_norm_locked(layer)
 
 
 def _owner_is_norm(fw, model, param_name):

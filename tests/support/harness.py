@@ -13,6 +13,11 @@ Differences neutralized here (measured on torch 2.14.1 / paddlepaddle 3.3.1):
     the setting in which torch optimizers move "frozen" weights without xfreeze.
 Not neutralized, so not compared across frameworks: Paddle updates ``_variance`` with the biased batch variance
 where torch uses the unbiased one, so running variances differ by design (running means agree).
+
+Every framework registered in ``xfreeze.backends.FRAMEWORKS`` has one kit class here (``KITS``), and tests ask it
+(``fw.linear``, ``fw.Module``, ``fw.zoo.resnet18()``, ``fw.cast``, ``fw.trainable_names``, ...) instead of branching
+on ``fw.name``; where the frameworks differ by design the kit carries the difference as data (``linear_weight_axes``,
+``stat_names``, ``eps_option``). A registered framework without a kit, or one that cannot be imported, fails.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BACKENDS = ("torch", "paddle")
+from xfreeze.backends import FRAMEWORKS
+
+BACKENDS = tuple(FRAMEWORKS)  # what the library registers; every one of them needs a kit in KITS below
 # Paddle keeps learning rates, momentum, weight decay and BatchNorm epsilon as float32 attributes even for float64
 # models, which alone moves float64 results by ~1e-8 relative. The harness uses values that are exact in float32
 # (dyadic fractions), so float64 runs of the two frameworks agree to rounding (see TOLERANCE).
 BN_EPS = 2.0**-16
+TOLERANCE = 1e-7  # float64 trainable parameters, torch vs Paddle (tests/model/test_properties.py says why)
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,50 @@ class OptConfig:
     weight_decay: float = 0.0
 
 
+@dataclass(frozen=True)
+class Zoo:
+    """A framework's libraries of ready-made models, and the few names in which they differ (data, not branches).
+    ``kit.zoo.resnet18()`` builds a vision model by its builder's name; ``kit.zoo.text`` is the transformers library."""
+
+    vision_module: str  # ready-made vision models, same builder names in both frameworks
+    text_module: str  # transformer models with the Hugging Face class names
+    heads: tuple  # (vision builder, where its classifier is) where the two zoos name it differently
+    encoder_layers: str  # where a BERT/ERNIE encoder keeps its blocks
+
+    @property
+    def vision(self):
+        return importlib.import_module(self.vision_module)
+
+    @property
+    def text(self):
+        return importlib.import_module(self.text_module)
+
+    def head(self, builder: str) -> str:
+        return dict(self.heads)[builder]
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.vision, name)
+
+
 class _Kit:
-    """What both kits do the same way."""
+    """What every kit does the same way; a kit subclass holds one framework's spelling of the rest: the data below,
+    and is_trainable, clear_grad, linear, batch_norm, new_parameter, cast, named_modules, hand_optimizer,
+    group_options, optimizer_slots, cuda_available, build, tensor, labels, state, load, optimizer,
+    xfreeze_optimizer, norm_layers (tests/backends/test_backend.py checks every kit answers the same names)."""
+
+    name: str
+    nn: object  # the framework's layer module (Linear, ReLU, Sequential, functional, ...)
+    Module: type  # the model base class
+    ModuleList: type
+    zoo: Zoo
+    optim: object  # the framework's optimizer module
+    sgd_momentum: type  # the class that runs torch's SGD(momentum=...)
+    other_optimizers: tuple  # three more optimizer classes the framework ships, by their attribute names
+    eps_option: str  # the keyword an optimizer class takes its epsilon by
+    linear_weight_axes: tuple  # the layout of a Linear weight
+    stat_names: dict  # BatchNorm's running statistics: canonical name -> the framework's own
 
     def grad(self, param):
         return param.grad
@@ -89,15 +139,90 @@ class _Kit:
     def numpy(self, tensor):
         return tensor.detach().cpu().numpy()
 
+    def linear_weight_shape(self, fan_in: int, fan_out: int) -> tuple:
+        """The shape of the weight of ``Linear(fan_in, fan_out)``."""
+        return tuple({"in": fan_in, "out": fan_out}[axis] for axis in self.linear_weight_axes)
+
+    def linear_shape(self, layer) -> tuple:
+        """(in features, out features) of a Linear layer, read from its weight."""
+        axes = dict(zip(self.linear_weight_axes, layer.weight.shape))
+        return int(axes["in"]), int(axes["out"])
+
+    def trainable_names(self, model) -> list:
+        """Names of the parameters the framework itself would train (its own flag, not xfreeze's view)."""
+        return [n for n, p in model.named_parameters() if self.is_trainable(p)]
+
+    def train_step(self, model, opt, x, y) -> None:
+        self.train_steps(model, [opt], x, y)
+
+    def train_steps(self, model, opts, x, y) -> None:
+        """One cross-entropy backward, then each optimizer steps and clears its gradients (keeping the tensors)."""
+        loss = self.nn.functional.cross_entropy(model(x), y)
+        if self.is_trainable(loss):  # everything frozen: nothing to differentiate, the step still runs
+            loss.backward()
+        for opt in opts:
+            opt.step()
+            self.clear_grad(opt)
+
+    def optimizer_classes(self) -> list:
+        return [getattr(self.optim, name) for name in self.other_optimizers]
+
 
 class TorchKit(_Kit):
     name = "torch"
+    other_optimizers = ("RMSprop", "Adagrad", "NAdam")
+    eps_option = "eps"
+    linear_weight_axes = ("out", "in")
+    stat_names = {"running_mean": "running_mean", "running_var": "running_var"}
+    zoo = Zoo("torchvision.models", "transformers", (("squeezenet1_1", "classifier.1"),), "encoder.layer")
 
     def __init__(self):
         import torch
 
         self.t = torch
         self.nn = torch.nn
+        self.Module, self.ModuleList = torch.nn.Module, torch.nn.ModuleList
+        self.optim = torch.optim
+        self.sgd_momentum = torch.optim.SGD
+
+    def is_trainable(self, tensor) -> bool:
+        return tensor.requires_grad
+
+    def clear_grad(self, opt) -> None:
+        opt.zero_grad(set_to_none=False)
+
+    def linear(self, fan_in: int, fan_out: int, *, bias: bool = True):
+        return self.nn.Linear(fan_in, fan_out, bias=bias)
+
+    def batch_norm(self, features: int, *, affine: bool = True):
+        return self.nn.BatchNorm1d(features, affine=affine)
+
+    def new_parameter(self, owner, shape):
+        """A parameter of ones for ``owner`` to hold (assign it to an attribute)."""
+        return self.nn.Parameter(self.t.ones(shape))
+
+    def cast(self, model, dtype: str):
+        return model.to(dtype=getattr(self.t, dtype))
+
+    def named_modules(self, model) -> list:
+        """(name, module) pairs, the model itself first as ""."""
+        return list(model.named_modules())
+
+    def hand_optimizer(self, cls, params, lr):
+        return cls(params, lr=lr)
+
+    def group_options(self, opt, *keys) -> set:
+        """The values of ``keys`` (torch's option names) that each parameter group of ``opt`` runs with."""
+        return {tuple(g[k] for k in keys) for g in opt.param_groups}
+
+    def optimizer_slots(self, opt, model) -> dict:
+        """The optimizer's state as numpy: {(parameter name, slot): value}."""
+        return {
+            (n, slot): self.numpy(value).copy()
+            for n, p in model.named_parameters()
+            for slot, value in opt.state.get(p, {}).items()
+            if self.t.is_tensor(value)
+        }
 
     def cuda_available(self) -> bool:
         return self.t.cuda.is_available()
@@ -107,7 +232,7 @@ class TorchKit(_Kit):
         conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1)  # noqa: E731
         bn = lambda c: nn.BatchNorm2d(c, momentum=0.125, eps=BN_EPS)  # noqa: E731
         layers = build_layers(spec, nn, conv, bn, nn.AdaptiveAvgPool2d)
-        return nn.Sequential(*layers).to(device=self._device(device), dtype=getattr(self.t, dtype))
+        return self.cast(nn.Sequential(*layers).to(device=self._device(device)), dtype)
 
     def _device(self, device):
         return "cuda" if device == "gpu" else "cpu"
@@ -147,13 +272,6 @@ class TorchKit(_Kit):
         opt = xfreeze.optimizer(model, name, lr=lr, **kwargs)
         return opt, (self.t.optim.lr_scheduler.StepLR(opt, *schedule) if schedule else None)
 
-    def train_step(self, model, opt, x, y) -> None:
-        loss = self.t.nn.functional.cross_entropy(model(x), y)
-        if loss.requires_grad:  # everything frozen: nothing to differentiate, the step still runs
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=False)
-
     def labels(self, array, device="cpu"):
         return self.t.from_numpy(array.astype(np.int64)).to(self._device(device))
 
@@ -163,13 +281,76 @@ class TorchKit(_Kit):
 
 class PaddleKit(_Kit):
     name = "paddle"
-    _STATS = {"_mean": "running_mean", "_variance": "running_var"}
+    other_optimizers = ("RMSProp", "Adagrad", "Lamb")  # Paddle spells it RMSProp and has no NAdam
+    eps_option = "epsilon"  # Paddle's own keyword (and beta1 / beta2, use_nesterov)
+    linear_weight_axes = ("in", "out")  # Paddle Linear computes x @ W: its weight is [in, out], torch's [out, in]
+    stat_names = {"running_mean": "_mean", "running_var": "_variance"}  # stop_gradient Parameters, not buffers
+    # paddle.vision's SqueezeNet keeps its 1x1 conv classifier as _conv9; PaddleNLP's BERT/ERNIE encoder is an
+    # nn.TransformerEncoder, whose blocks are "layers"
+    zoo = Zoo("paddle.vision.models", "paddlenlp.transformers", (("squeezenet1_1", "_conv9"),), "encoder.layers")
+    _STATS = {own: canonical for canonical, own in stat_names.items()}
+    # Paddle keeps a class's options on the optimizer (spelled its own way), not in each group
+    _OPTIONS = {
+        "momentum": ("_momentum",),
+        "nesterov": ("_use_nesterov",),
+        "betas": ("_beta1", "_beta2"),
+        "eps": ("_epsilon",),
+    }
 
     def __init__(self):
         import paddle
 
         self.p = paddle
         self.nn = paddle.nn
+        self.Module, self.ModuleList = paddle.nn.Layer, paddle.nn.LayerList
+        self.optim = paddle.optimizer
+        self.sgd_momentum = paddle.optimizer.Momentum  # Paddle's SGD has no momentum
+
+    def is_trainable(self, tensor) -> bool:
+        return not tensor.stop_gradient
+
+    def clear_grad(self, opt) -> None:
+        opt.clear_grad()  # Paddle's default: set_to_zero=True, the grad tensor stays
+
+    def linear(self, fan_in: int, fan_out: int, *, bias: bool = True):
+        return self.nn.Linear(fan_in, fan_out, bias_attr=None if bias else False)
+
+    def batch_norm(self, features: int, *, affine: bool = True):
+        off = None if affine else False  # Paddle turns the affine parameters off one attribute at a time
+        return self.nn.BatchNorm1D(features, weight_attr=off, bias_attr=off)
+
+    def new_parameter(self, owner, shape):
+        """A parameter of ones for ``owner`` to hold (assign it to an attribute); Paddle creates it through the
+        layer."""
+        shape = [shape] if isinstance(shape, int) else list(shape)
+        return owner.create_parameter(shape, default_initializer=self.nn.initializer.Constant(1.0))
+
+    def cast(self, model, dtype: str):
+        model.to(dtype=dtype)  # in place; Paddle's Layer.to returns None
+        return model
+
+    def named_modules(self, model) -> list:
+        """(name, module) pairs, the model itself first as ""."""
+        return list(model.named_sublayers(include_self=True))
+
+    def hand_optimizer(self, cls, params, lr):
+        return cls(learning_rate=lr, parameters=params)
+
+    def group_options(self, opt, *keys) -> set:
+        """The values of ``keys`` (torch's option names) that ``opt`` runs with, read from Paddle's attributes."""
+        read = [tuple(getattr(opt, a) for a in self._OPTIONS[k]) for k in keys]
+        return {tuple(v[0] if len(v) == 1 else v for v in read)}
+
+    def optimizer_slots(self, opt, model) -> dict:
+        """The optimizer's state as numpy: {(parameter name, slot): value}. Paddle names each accumulator after
+        the parameter's auto-generated name (linear_0.w_0_moment1_0)."""
+        by_auto = {p.name: n for n, p in model.named_parameters()}
+        out = {}
+        for key, value in opt.state_dict().items():
+            auto = max((a for a in by_auto if key.startswith(a + "_")), key=len, default=None)
+            if auto is not None:
+                out[(by_auto[auto], key[len(auto) + 1 :])] = self.numpy(value).copy()
+        return out
 
     def cuda_available(self) -> bool:
         return self.p.device.is_compiled_with_cuda() and self.p.device.cuda.device_count() > 0
@@ -180,9 +361,7 @@ class PaddleKit(_Kit):
         conv = lambda i, o: nn.Conv2D(i, o, 3, padding=1)  # noqa: E731
         bn = lambda c: nn.BatchNorm2D(c, momentum=0.875, epsilon=BN_EPS)  # momentum: 1 - torch's  # noqa: E731
         layers = build_layers(spec, nn, conv, bn, nn.AdaptiveAvgPool2D)
-        model = nn.Sequential(*layers)
-        model.to(dtype=dtype)
-        return model
+        return self.cast(nn.Sequential(*layers), dtype)
 
     def tensor(self, array, device="cpu"):
         return self.p.to_tensor(np.ascontiguousarray(array), place=self._place(device))
@@ -237,13 +416,6 @@ class PaddleKit(_Kit):
         )
         return xfreeze.optimizer(model, name, lr=sched or lr, **kwargs), sched
 
-    def train_step(self, model, opt, x, y) -> None:
-        loss = self.nn.functional.cross_entropy(model(x), y)
-        if not loss.stop_gradient:
-            loss.backward()
-        opt.step()
-        opt.clear_grad()  # Paddle's default: set_to_zero=True, the grad tensor stays
-
     def labels(self, array, device="cpu"):
         return self.p.to_tensor(array.astype(np.int64), place=self._place(device))
 
@@ -251,20 +423,32 @@ class PaddleKit(_Kit):
         return [(n, m) for n, m in model.named_sublayers() if isinstance(m, self.nn.layer.norm._BatchNormBase)]
 
 
-KITS = {"torch": TorchKit, "paddle": PaddleKit}
+KITS = {"torch": TorchKit, "paddle": PaddleKit}  # adding a framework: its registry entry, one kit class, one entry
 
 
 def kit(name: str):
-    """The kit of a framework; a framework that is expected but not importable fails loudly."""
-    importlib.import_module({"torch": "torch", "paddle": "paddle"}[name])
+    """The kit of a registered framework. One that is registered but has no kit, or cannot be imported, fails
+    loudly: it is never skipped."""
+    spec = FRAMEWORKS[name]
+    if name not in KITS:
+        raise LookupError(
+            f"framework {name!r} is registered in xfreeze.backends.FRAMEWORKS but tests/support/harness.py has no "
+            f"kit for it: write a {name.capitalize()}Kit(_Kit) and add it to KITS"
+        )
+    try:
+        importlib.import_module(spec.module)
+    except ImportError as error:
+        raise ImportError(
+            f"framework {name!r} is registered but {spec.module} cannot be imported: {spec.install}"
+        ) from error
     return KITS[name]()
 
 
 def random_state(spec: Spec, dtype: str, seed: int) -> dict:
     """Canonical (torch-layout) weights for ``spec``, the same for both frameworks."""
     rng = np.random.default_rng(seed)
-    torch_kit = kit("torch")
-    shapes = {n: v.shape for n, v in torch_kit.state(torch_kit.build(spec, "float64")).items()}
+    reference = kit(BACKENDS[0])  # every kit's state() is in the canonical layout: any one gives the shapes
+    shapes = {n: v.shape for n, v in reference.state(reference.build(spec, "float64")).items()}
     out = {}
     for name, shape in shapes.items():
         if name.endswith("running_var"):
@@ -279,3 +463,15 @@ def random_state(spec: Spec, dtype: str, seed: int) -> dict:
 def batch(spec: Spec, dtype: str, seed: int, size: int = 4):
     rng = np.random.default_rng(seed)
     return rng.normal(size=spec.input_shape(size)).astype(dtype), rng.integers(0, spec.classes, size)
+
+
+def align_running_var(runs: list) -> None:
+    """The one by-design difference training cannot neutralize: Paddle moves ``_variance`` with the biased batch
+    variance, torch ``running_var`` with the unbiased one. A norm layer locked mid-training normalizes with it, so
+    at the freeze point every run (anything with ``fw``, ``model`` and ``final()``) takes the first run's running
+    variances."""
+    reference = runs[0].final()
+    for r in runs[1:]:
+        state = r.final()
+        state.update({n: v for n, v in reference.items() if n.endswith("running_var")})
+        r.fw.load(r.model, state)

@@ -1,7 +1,5 @@
 """param_groups / optimizer: trainable parameters only, absolute group rates, no-decay, layer decay, Paddle traps."""
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -61,8 +59,7 @@ def test_layer_decay_on_repeated_blocks(fw):
 
 
 def test_layer_decay_on_resnet_stages(fw):
-    module = "torchvision.models" if fw.name == "torch" else "paddle.vision.models"
-    model = importlib.import_module(module).resnet18()
+    model = fw.zoo.resnet18()
     by_name = {n: g["lr"] for g in xfreeze.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["names"]}
     assert by_name["conv1.weight"] == 0.5**5 and by_name["layer1.0.conv1.weight"] == 0.5**4
     assert by_name["layer4.1.bn2.bias"] == 0.5 and by_name["fc.weight"] == 1.0
@@ -82,23 +79,12 @@ def test_layer_decay_on_a_transformer_encoder_layout():
     assert by_name["heads.head.weight"] == 1.0
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
-def test_layer_decay_blocks_whose_numbers_share_a_prefix(backend):
+def test_layer_decay_blocks_whose_numbers_share_a_prefix(fw):
     """Block 1 and block 10..12 ("blocks.1." is not a prefix of "blocks.10."), a stem before and a head after."""
-    if backend == "torch":
-        import torch.nn as nn
-
-        model = nn.Module()
-        model.stem = nn.Linear(2, 2)
-        model.blocks = nn.ModuleList(nn.Sequential(nn.Linear(2, 2)) for _ in range(13))
-        model.head = nn.Linear(2, 2)
-    else:
-        import paddle.nn as nn
-
-        model = nn.Layer()
-        model.stem = nn.Linear(2, 2)
-        model.blocks = nn.LayerList([nn.Sequential(nn.Linear(2, 2)) for _ in range(13)])
-        model.head = nn.Linear(2, 2)
+    model = fw.Module()
+    model.stem = fw.linear(2, 2)
+    model.blocks = fw.ModuleList([fw.nn.Sequential(fw.linear(2, 2)) for _ in range(13)])
+    model.head = fw.linear(2, 2)
     by_name = {n: g["lr"] for g in xfreeze.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["names"]}
     assert by_name["stem.weight"] == 0.5**14
     for k in (0, 1, 10, 12):
@@ -184,8 +170,7 @@ def test_optimizer_trains_and_frozen_stays(fw):
     assert not np.array_equal(before["3.weight"], after["3.weight"])
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
-def test_layer_decay_on_real_ernie(backend):
+def test_layer_decay_on_real_ernie(fw):
     """transformers (encoder.layer.N) and PaddleNLP (encoder.layers.N) ERNIE: the same rates per depth."""
     config = dict(
         vocab_size=50,
@@ -196,15 +181,8 @@ def test_layer_decay_on_real_ernie(backend):
         max_position_embeddings=16,
         num_labels=2,
     )
-    if backend == "torch":
-        from transformers import ErnieConfig, ErnieForSequenceClassification
-
-        layer = "ernie.encoder.layer"
-    else:
-        from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
-
-        layer = "ernie.encoder.layers"
-    model = ErnieForSequenceClassification(ErnieConfig(**config))
+    text, layer = fw.zoo.text, f"ernie.{fw.zoo.encoder_layers}"
+    model = text.ErnieForSequenceClassification(text.ErnieConfig(**config))
     rates = {n: g["lr"] for g in xfreeze.param_groups(model, lr=1.0, layer_decay=0.5) for n in g["names"]}
     assert rates["ernie.embeddings.word_embeddings.weight"] == 0.5**4
     assert {rates[n] for n in rates if n.startswith(f"{layer}.0.")} == {0.5**3}

@@ -11,15 +11,6 @@ from xfreeze.core.dispatch import adapter_for
 from harness import Spec, batch, random_state
 
 CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
-CLASSES = {"torch": ["RMSprop", "Adagrad", "NAdam"], "paddle": ["RMSProp", "Adagrad", "Lamb"]}
-
-
-def optim(fw):
-    return fw.t.optim if fw.name == "torch" else fw.p.optimizer
-
-
-def by_hand(fw, cls, params, lr):
-    return cls(params, lr=lr) if fw.name == "torch" else cls(learning_rate=lr, parameters=params)
 
 
 def model_pair(fw):
@@ -33,37 +24,24 @@ def model_pair(fw):
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_any_optimizer_class_keeps_absolute_group_rates(fw, index):
     """One xfreeze optimizer with a x4 head group steps exactly like two hand-built optimizers at the two rates."""
-    cls = getattr(optim(fw), CLASSES[fw.name][index])
+    cls = fw.optimizer_classes()[index]
     a, b = model_pair(fw)
     opt = xfreeze.optimizer(a, cls, lr=2**-4, lr_mult={"8": 4})
     assert sorted(set(adapter_for(a).group_lrs(opt))) == pytest.approx([2**-4, 2**-2])
     head = [p for n, p in b.named_parameters() if n.startswith("8.")]
     rest = [p for n, p in b.named_parameters() if not n.startswith("8.") and adapter_for(b).is_trainable(p)]
-    hand = [by_hand(fw, cls, head, 2**-2), by_hand(fw, cls, rest, 2**-4)]
+    hand = [fw.hand_optimizer(cls, head, 2**-2), fw.hand_optimizer(cls, rest, 2**-4)]
     for step in range(2):
         x, y = batch(CNN, "float32", step)
         fw.train_step(a, opt, fw.tensor(x), fw.labels(y))
-        _two_optimizer_step(fw, b, hand, fw.tensor(x), fw.labels(y))  # one backward, two optimizers
+        fw.train_steps(b, hand, fw.tensor(x), fw.labels(y))  # one backward, two optimizers
     sa, sb = fw.state(a), fw.state(b)
     for key in sa:
         np.testing.assert_allclose(sa[key], sb[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
-def _two_optimizer_step(fw, model, opts, x, y):
-    if fw.name == "torch":
-        fw.t.nn.functional.cross_entropy(model(x), y).backward()
-        for o in opts:
-            o.step()
-            o.zero_grad(set_to_none=False)
-    else:
-        fw.nn.functional.cross_entropy(model(x), y).backward()
-        for o in opts:
-            o.step()
-            o.clear_grad()
-
-
 def test_a_class_built_optimizer_grows_at_a_stage(fw):
-    cls = getattr(optim(fw), CLASSES[fw.name][0])
+    cls = fw.optimizer_classes()[0]
     model = fw.build(CNN)
     xfreeze.freeze(model, "*", "!8")
     opt = xfreeze.optimizer(model, cls, lr=2**-4)
@@ -74,10 +52,8 @@ def test_a_class_built_optimizer_grows_at_a_stage(fw):
 
 def test_a_factory_and_class_options(fw):
     model = fw.build(CNN)
-    cls = getattr(optim(fw), CLASSES[fw.name][0])
-    opt = xfreeze.optimizer(
-        model, functools.partial(cls, epsilon=1e-5) if fw.name == "paddle" else functools.partial(cls, eps=1e-5), lr=0.1
-    )
+    cls = fw.optimizer_classes()[0]
+    opt = xfreeze.optimizer(model, functools.partial(cls, **{fw.eps_option: 1e-5}), lr=0.1)
     assert len(adapter_for(model).optimizer_param_ids(opt)) == 10
 
 
@@ -146,7 +122,7 @@ def test_one_no_decay_pattern_as_a_string_carries_to_stage_groups(fw):
 def test_a_class_keeps_its_own_default_weight_decay(fw, given):
     """torch.optim.AdamW / paddle.optimizer.AdamW decay by 0.01 unless told: passing the class keeps that meaning
     (norms and biases still go to the no-decay group); a partial's value or an explicit one wins."""
-    cls = optim(fw).AdamW
+    cls = fw.optim.AdamW
     factory, kwargs, expected = {
         "class": (cls, {}, 0.01),
         "partial": (functools.partial(cls, weight_decay=0.05), {}, 0.05),
@@ -180,7 +156,7 @@ def test_third_party_torch_optimizers_keep_absolute_group_rates(name):
     for step in range(2):
         x, y = batch(CNN, "float32", step)
         torch_kit.train_step(a, opt, torch_kit.tensor(x), torch_kit.labels(y))
-        _two_optimizer_step(torch_kit, b, [hand], torch_kit.tensor(x), torch_kit.labels(y))
+        torch_kit.train_steps(b, [hand], torch_kit.tensor(x), torch_kit.labels(y))
     sa, sb = torch_kit.state(a), torch_kit.state(b)
     for key in sa:
         np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
@@ -208,17 +184,18 @@ def test_name_options_are_checked_and_foreign_ones_refused(fw, kwargs, message):
 
 
 def test_options_given_with_a_class_are_passed_to_it(fw):
-    """momentum / nesterov / betas / eps with a class are the class's own options (they were silently dropped)."""
+    """momentum / nesterov / betas / eps with a class are the class's own options (they were silently dropped);
+    Paddle's classes get them in their own spelling (use_nesterov, beta1 / beta2, epsilon)."""
     model = fw.build(CNN)
-    if fw.name == "torch":
-        sgd = xfreeze.optimizer(model, fw.t.optim.SGD, lr=0.1, momentum=0.9, nesterov=True)
-        assert {(g["momentum"], g["nesterov"]) for g in sgd.param_groups} == {(0.9, True)}
-        adam = xfreeze.optimizer(model, fw.t.optim.Adam, lr=0.1, betas=(0.5, 0.75), eps=1e-3)
-        assert {(g["betas"], g["eps"]) for g in adam.param_groups} == {((0.5, 0.75), 1e-3)}
-    else:  # in Paddle's own spelling: use_nesterov, beta1 / beta2, epsilon
-        momentum = xfreeze.optimizer(model, fw.p.optimizer.Momentum, lr=0.1, momentum=0.9, nesterov=True)
-        assert (momentum._momentum, momentum._use_nesterov) == (pytest.approx(0.9), True)
-        adam = xfreeze.optimizer(model, fw.p.optimizer.Adam, lr=0.1, betas=(0.5, 0.75), eps=1e-3)
-        assert (adam._beta1, adam._beta2, adam._epsilon) == (0.5, 0.75, 1e-3)
-        with pytest.raises(XFreezeError, match=r"betas must be two numbers. Received: betas=0.5"):
-            xfreeze.optimizer(model, fw.p.optimizer.Adam, lr=0.1, betas=0.5)
+    sgd = xfreeze.optimizer(model, fw.sgd_momentum, lr=0.1, momentum=0.9, nesterov=True)
+    assert fw.group_options(sgd, "momentum", "nesterov") == {(0.9, True)}
+    adam = xfreeze.optimizer(model, fw.optim.Adam, lr=0.1, betas=(0.5, 0.75), eps=1e-3)
+    assert fw.group_options(adam, "betas", "eps") == {((0.5, 0.75), 1e-3)}
+
+
+def test_paddle_betas_are_checked_before_they_are_spelled_beta1_beta2():
+    from harness import kit
+
+    paddle_kit = kit("paddle")
+    with pytest.raises(XFreezeError, match=r"betas must be two numbers. Received: betas=0.5"):
+        xfreeze.optimizer(paddle_kit.build(CNN), paddle_kit.optim.Adam, lr=0.1, betas=0.5)

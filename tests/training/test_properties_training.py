@@ -1,7 +1,7 @@
 """Property tests for training-time freezing: xfreeze.optimizer groups (lr_mult, no_decay, layer decay), random
 staged schedules with LR schedules, and EMA, run in lock-step in torch and Paddle.
 
-Same tolerances as tests/test_properties.py: frozen tensors bitwise, torch vs Paddle trainable parameters and EMA
+Same tolerances as tests/model/test_properties.py: frozen tensors bitwise, torch vs Paddle trainable parameters and EMA
 averages within atol=1e-7 in float64 (hyperparameters are dyadic, exact in Paddle's float32 attributes).
 """
 
@@ -11,8 +11,7 @@ import numpy as np
 from hypothesis import assume, given, strategies as st
 
 import xfreeze
-from harness import BACKENDS, Spec, batch, kit, random_state
-from test_properties import TOLERANCE, align_running_var
+from harness import BACKENDS, TOLERANCE, Spec, align_running_var, batch, kit, random_state
 
 STEPS = 6
 
@@ -81,7 +80,7 @@ class TrainingRun:
 
     def step(self, t):
         self.staged.step(t)
-        frozen = {n for n in xfreeze.select(self.model, "*") if n not in self._trainable()}
+        frozen = set(xfreeze.select(self.model, "*")) - set(self.fw.trainable_names(self.model))
         state = self.fw.state(self.model)
         self.frozen_since = {n: self.frozen_since.get(n, state[n]) for n in frozen}
         self.model.train()
@@ -93,13 +92,6 @@ class TrainingRun:
 
     def final(self) -> dict:
         return self.fw.state(self.model)
-
-    def _trainable(self):
-        from xfreeze.core.dispatch import adapter_for
-        from xfreeze.model.select import walk
-
-        adapter = adapter_for(self.model)
-        return {e.name for e in walk(adapter, self.model) if adapter.is_trainable(e.param)}
 
     def ema_state(self):
         import copy

@@ -52,18 +52,12 @@ def test_parameters_already_training_keep_their_state(fw):
     model, opt, sched, staged = setup(fw, "adam")
     for e in range(2):
         epoch(fw, model, opt, sched, staged, e)
-    head_state = {k: v for k, v in adapter_for(model).optimizer_state(opt, model).items() if "8" in str(k)}
+    head_state = {k: v for k, v in fw.optimizer_slots(opt, model).items() if k[0].startswith("8.")}
+    assert head_state, "the head trained two steps: Adam holds state for it"
     staged.step(2)  # adds a group
-    after = adapter_for(model).optimizer_state(opt, model)
-    if fw.name == "paddle":
-        for key, value in head_state.items():
-            assert np.array_equal(fw.numpy(value), fw.numpy(after[key])), key
-    else:
-        for index, state in opt.state_dict()["state"].items():
-            if index in head_state.get("state", {}):
-                saved = head_state["state"][index].values()
-                assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(state.values(), saved))
-    assert len(opt.state_dict()["state"] if fw.name == "torch" else after) > 0
+    after = fw.optimizer_slots(opt, model)
+    for key, value in head_state.items():
+        assert np.array_equal(value, after[key]), key
 
 
 def test_a_refrozen_parameter_stops_at_once(fw):
