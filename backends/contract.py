@@ -152,12 +152,21 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, abc.ABC):
         """The identities of ``model``'s modules, parameters and buffers (equal to ``walk(model).token`` while
         unchanged; torch's ``module.to(...)`` keeps parameter objects but replaces buffers)."""
         token: list = []
+        add, extend, tensor_dicts = token.append, token.extend, self.tensor_dicts  # hot: every view check
         for _, module in self.traverse(self.unwrap(model)[0], paths=False):
-            token += self._identities(module)
+            params, buffers = tensor_dicts(module)
+            add(id(module))
+            extend([id(p) for p in params.values() if p is not None])
+            extend([id(b) for b in buffers.values() if b is not None])
         return tuple(token)
 
+    def tensor_dicts(self, module: Module) -> tuple[dict, dict]:
+        """The parameter and buffer dicts of ``module`` (``registries(module)[:2]``; an adapter may answer it
+        directly, it runs once per module on every view check)."""
+        return self.registries(module)[:2]  # type: ignore[return-value]
+
     def _identities(self, module: Module) -> list[int]:
-        params, buffers = self.registries(module)[:2]
+        params, buffers = self.tensor_dicts(module)
         return [
             id(module),
             *[id(p) for p in params.values() if p is not None],

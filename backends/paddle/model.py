@@ -63,6 +63,9 @@ class PaddleModel(Adapter):
         params = module._parameters  # Paddle registers running statistics as parameters
         return Registries(params, module._buffers, module._sub_layers, params, module._forward_pre_hooks)
 
+    def tensor_dicts(self, module: Module) -> tuple[dict, dict]:
+        return module._parameters, module._buffers
+
     def children(self, module: Module) -> list[tuple[str, Module]]:
         return [(name, child) for name, child in module._sub_layers.items() if child is not None]  # hot: the walk
 

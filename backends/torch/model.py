@@ -57,6 +57,9 @@ class TorchModel(Adapter):
         buffers = module._buffers
         return Registries(module._parameters, buffers, module._modules, buffers, module._forward_pre_hooks)
 
+    def tensor_dicts(self, module: Module) -> tuple[dict, dict]:
+        return module._parameters, module._buffers
+
     def children(self, module: Module) -> list[tuple[str, Module]]:
         return [(name, child) for name, child in module._modules.items() if child is not None]  # hot: the walk
 
