@@ -188,7 +188,7 @@ def test_rewrap_must_be_callable_and_single_process_is_untouched(framework):
     import xfreeze
     from xfreeze.model.guard import check_freeze_agreement, guard_trainability_change
 
-    model = W.torch_cnn() if framework == "torch" else W.paddle_cnn()
+    model = getattr(W, f"{framework}_cnn")()  # dist_workers builds the same CNN in each framework
     xfreeze.freeze(model, "0")
     opt = xfreeze.optimizer(model, "sgd", lr=0.1)
     with pytest.raises(xfreeze.XFreezeError, match="rewrap must be a function that wraps the model"):

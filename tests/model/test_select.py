@@ -118,10 +118,7 @@ def test_bad_patterns_are_clear_errors(fw, patterns, message):
 
 
 def test_typo_suggests_the_closest_real_names(fw):
-    from torchvision.models import resnet18 as torch_resnet18
-    import importlib
-
-    model = torch_resnet18() if fw.name == "torch" else importlib.import_module("paddle.vision.models").resnet18()
+    model = fw.zoo.resnet18()
     with pytest.raises(
         XFreezeError,
         match=r"Pattern 'layr4.\*' matched no parameters of ResNet \((torch|paddle)\)\. "

@@ -357,8 +357,7 @@ def run_case(case: Case) -> dict:
             heads = _heads_of(model, new if isinstance(new, list) else [new])
     xfreeze.freeze(model, "*")
     xfreeze.unfreeze(model, *heads)
-    step = _torch_step if case.framework == "torch" else _paddle_step
-    before, after = step(model, inputs)
+    before, after = STEPS[case.framework](model, inputs)
     frozen = [k for k in before if not any(k == h or k.startswith(h + ".") for h in heads)]
     changed_frozen = [k for k in frozen if not np.array_equal(before[k], after[k])]
     moved_heads = [k for k in before if k not in frozen and not np.array_equal(before[k], after[k])]
@@ -404,3 +403,6 @@ def _paddle_step(model, inputs):
     opt.step()
     after = {k: np.array(v.numpy()) for k, v in model.state_dict().items()}
     return before, after
+
+
+STEPS = {"torch": _torch_step, "paddle": _paddle_step}  # one training step per framework, by name

@@ -23,13 +23,7 @@ def assert_same_outputs(actual, expected):
 
 
 def resnet(framework, arch):
-    if framework == "torch":
-        import torchvision
-
-        return getattr(torchvision.models, arch)().eval()
-    import paddle
-
-    model = getattr(paddle.vision.models, arch)()
+    model = getattr(kit(framework).zoo, arch)()
     model.eval()
     return model
 
