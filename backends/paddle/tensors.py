@@ -9,28 +9,10 @@ import paddle
 
 from ..contract import Adapter, Module, Raw, Tensor
 from ...core.errors import XFreezeError
+from ...core.tensors import DTYPE_NAMES
 
 # neutral dtype name -> Paddle dtype, for the dtypes this Paddle build has (fp8 since 2.6)
-DTYPES = {
-    name: getattr(paddle, name)
-    for name in (
-        "float64",
-        "float32",
-        "float16",
-        "bfloat16",
-        "float8_e4m3fn",
-        "float8_e5m2",
-        "int64",
-        "int32",
-        "int16",
-        "int8",
-        "uint8",
-        "bool",
-        "complex64",
-        "complex128",
-    )
-    if hasattr(paddle, name)
-}
+DTYPES = {name: getattr(paddle, name) for name in DTYPE_NAMES if hasattr(paddle, name)}
 _NAMES = {str(dtype): name for name, dtype in DTYPES.items()}
 # Tensor.numpy() gives bf16 as its uint16 bits and fp8 as its int8 bits; the carriers xfreeze uses are unsigned
 _BIT_CARRIERS = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8}

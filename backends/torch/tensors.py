@@ -11,30 +11,10 @@ import torch
 
 from ..contract import Adapter, Module, Raw, Tensor
 from ...core.errors import XFreezeError
+from ...core.tensors import DTYPE_NAMES
 
 # neutral dtype name -> torch dtype, for the dtypes this torch build has (fp8 since 2.1)
-DTYPES = {
-    name: getattr(torch, name)
-    for name in (
-        "float64",
-        "float32",
-        "float16",
-        "bfloat16",
-        "float8_e4m3fn",
-        "float8_e5m2",
-        "float8_e4m3fnuz",
-        "float8_e5m2fnuz",
-        "int64",
-        "int32",
-        "int16",
-        "int8",
-        "uint8",
-        "bool",
-        "complex64",
-        "complex128",
-    )
-    if hasattr(torch, name)
-}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES if hasattr(torch, name)}
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # dtypes numpy lacks travel as the bits of a same-width integer (view, not cast)
 _BIT_VIEWS = {

@@ -37,6 +37,8 @@ FLOAT_DTYPES = (
     "float8_e4m3fnuz",
     "float8_e5m2fnuz",
 )
+# every neutral dtype name; an adapter's DTYPES maps those its framework build has
+DTYPE_NAMES = (*FLOAT_DTYPES, "int64", "int32", "int16", "int8", "uint8", "bool", "complex64", "complex128")
 
 
 @dataclass(frozen=True)
