@@ -10,6 +10,7 @@ pytest.importorskip("accelerate")
 import xfreeze  # noqa: E402
 from xfreeze import Stage, XFreezeError  # noqa: E402
 from xfreeze.integrations.transformers import Finetuning  # noqa: E402
+from harness import tiny_text_config  # noqa: E402
 
 STAGES = [
     Stage(0, freeze=["bert.embeddings", "bert.encoder.layer.0"]),
@@ -20,17 +21,7 @@ LR, EPOCHS, STEPS = 2**-8, 3, 4  # 16 examples, batch 4: 4 steps an epoch
 
 def bert():
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = tiny_text_config(transformers.BertConfig)
     return transformers.BertForSequenceClassification(config)
 
 

@@ -11,6 +11,7 @@ from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification  
 
 from xfreeze import Stage, XFreezeError  # noqa: E402
 from xfreeze.integrations.paddlenlp import Finetuning  # noqa: E402
+from harness import tiny_text_config  # noqa: E402
 
 STAGES = [
     Stage(0, freeze=["ernie.embeddings", "ernie.encoder.layers.0"]),
@@ -21,17 +22,7 @@ LR, EPOCHS, STEPS = 2**-8, 3, 4  # 16 examples, batch 4
 
 def ernie():
     paddle.seed(0)
-    config = ErnieConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = tiny_text_config(ErnieConfig)
     return ErnieForSequenceClassification(config)
 
 

@@ -11,6 +11,7 @@ import types
 import numpy as np
 import pytest
 
+from harness import tiny_text_config
 from test_docs import PAGES, blocks_of
 
 RECIPES = ("lightning", "transformers", "hapi", "paddlenlp")  # one test below each
@@ -70,21 +71,6 @@ def test_lightning_recipe(tmp_path):
     assert len(trainer.optimizers[0].param_groups) > 2 and finetuning.ema.num_updates == 20
 
 
-def _tiny_config(config_class, **extra):
-    return config_class(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        **extra,
-    )
-
-
 def _sentences(make_ids):
     g = np.random.default_rng(0)
     return [(make_ids(g.integers(1, 40, 8)), int(g.integers(0, 2))) for _ in range(16)]
@@ -97,7 +83,7 @@ def test_transformers_recipe(tmp_path):
     pytest.importorskip("accelerate")
 
     torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(_tiny_config(transformers.BertConfig))
+    model = transformers.BertForSequenceClassification(tiny_text_config(transformers.BertConfig))
     train_ds = [
         {"input_ids": torch.tensor(ids), "attention_mask": torch.ones(8, dtype=torch.long), "labels": torch.tensor(y)}
         for ids, y in _sentences(list)
@@ -157,7 +143,7 @@ def test_paddlenlp_recipe(tmp_path):
 
     with paddle.utils.unique_name.guard():
         paddle.seed(0)
-        model = ErnieForSequenceClassification(_tiny_config(ErnieConfig))
+        model = ErnieForSequenceClassification(tiny_text_config(ErnieConfig))
         embeddings = model.ernie.embeddings.word_embeddings.weight.numpy().copy()
         args = TrainingArguments(
             output_dir=str(tmp_path),

@@ -475,3 +475,19 @@ def align_running_var(runs: list) -> None:
         state = r.final()
         state.update({n: v for n, v in reference.items() if n.endswith("running_var")})
         r.fw.load(r.model, state)
+
+
+def tiny_text_config(config_class, **extra):
+    """A BERT/ERNIE config small enough for a CPU test (either library's class: the field names are shared)."""
+    return config_class(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **extra,
+    )
