@@ -12,6 +12,7 @@ schedulers, the framework's own files, named models). ``docs/contract.md`` goes 
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from typing import Any, ClassVar, Iterator
 
@@ -139,13 +140,20 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, abc.ABC):
         params: list = []
         stats: list = []
         token: list = []
-        for path, module in self.traverse(inner):
-            index = len(modules)
+        module_tensors, tensor_dicts = self.module_tensors, self.tensor_dicts  # hot: once per module, on the first call
+        for index, (path, module) in enumerate(self.traverse(inner)):
             modules.append((path, module))
-            own, statistics = self.module_tensors(module)
-            params.extend((index, local, p) for local, p in own)
-            stats.extend((index, neutral, t, native) for neutral, native, t in statistics)
-            token += self._identities(module)
+            own, statistics = module_tensors(module)
+            if own:
+                params += [(index, local, p) for local, p in own]
+            if statistics:
+                stats += [(index, neutral, t, native) for neutral, native, t in statistics]
+            token.append(id(module))  # the same identities, in the same order, as structure_token
+            registered, buffers = tensor_dicts(module)
+            if registered:
+                token += [id(p) for p in registered.values() if p is not None]
+            if buffers:
+                token += [id(b) for b in buffers.values() if b is not None]
         return Walk(inner, wrappers, modules, params, stats, tuple(token))
 
     def structure_token(self, model: Module) -> tuple[int, ...]:
@@ -164,14 +172,6 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, abc.ABC):
         """The parameter and buffer dicts of ``module`` (``registries(module)[:2]``; an adapter may answer it
         directly, it runs once per module on every view check)."""
         return self.registries(module)[:2]  # type: ignore[return-value]
-
-    def _identities(self, module: Module) -> list[int]:
-        params, buffers = self.tensor_dicts(module)
-        return [
-            id(module),
-            *[id(p) for p in params.values() if p is not None],
-            *[id(b) for b in buffers.values() if b is not None],
-        ]
 
     def unwrap(self, model: Module) -> tuple[Module, list[str]]:
         """The model inside any wrappers (``WRAPPERS``), and the wrappers' class names, outermost first."""
@@ -356,6 +356,91 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, abc.ABC):
     def full_state(self, model: Module) -> dict[str, Tensor]:
         """The whole state dict of a (possibly sharded) model, gathered (every rank calls it)."""
         return dict(self.state_tensors(model))
+
+    # --- cached frozen prefix (FeatureCache, issue 20) ------------------------------------------------------------
+    def no_grad(self) -> Any:
+        """A context manager in which the framework records no autograd graph."""
+        missing(self, "no_grad", "FeatureCache (it fills without autograd)")
+
+    def forward_post_hook(self, module: Module, hook: Any) -> Any:
+        """Register ``hook(module, args, output)`` to run after ``module``'s forward; returns a handle with
+        ``remove()``."""
+        return module.register_forward_hook(hook)
+
+    def inputs_of(self, model: Module, module: Module, inputs: tuple, grad: bool = False) -> tuple | None:
+        """Run ``model(*inputs)`` (without autograd unless ``grad``) until ``module`` is called, and return the
+        positional arguments it got; the rest of the forward is skipped. None when ``module`` was never called."""
+        seen: list = []
+
+        def stop(_module, args):
+            seen.append(tuple(args))
+            raise _Reached
+
+        handle = module.register_forward_pre_hook(stop)
+        try:
+            with contextlib.nullcontext() if grad else self.no_grad():
+                model(*inputs)
+        except _Reached:
+            pass
+        finally:
+            handle.remove()
+        return seen[0] if seen else None
+
+    def outputs_of(self, model: Module, module: Module, inputs: tuple) -> tuple:
+        """``(module's positional arguments, module's output, model's output)`` of one whole ``model(*inputs)``
+        without autograd (``(None, None, output)`` when ``module`` was never called)."""
+        seen: list = []
+
+        def record(_module, args, out) -> None:
+            seen.append((tuple(args), out))
+
+        handle = self.forward_post_hook(module, record)
+        try:
+            with self.no_grad():
+                output = model(*inputs)
+        finally:
+            handle.remove()
+        return (*(seen[0] if seen else (None, None)), output)
+
+    def change_tokens(self, tensors: list[Tensor]) -> list:
+        """Per tensor, a cheap token that changes when it is written in place (version counter, data pointer):
+        the per-call staleness check of a FeatureCache; a full hash still runs at each pass over the data."""
+        return [id(t) for t in tensors]
+
+    def stochastic_rate(self, module: Module) -> float:
+        """The drop rate of a stochastic layer (Dropout, DropPath, StochasticDepth, DropBlock, attention dropout),
+        0.0 for a deterministic one (by class name and the rate attribute both frameworks' layers use)."""
+        names = " ".join(self.class_names(module))
+        attrs = _RATE_ATTRS if any(word in names for word in _STOCHASTIC) else ("dropout",)
+        for attr in attrs:
+            rate = getattr(module, attr, None)
+            if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+                return float(rate)
+        return 0.0
+
+    def zero_grads(self, opt: Optimizer) -> None:
+        """Release the gradients of every parameter ``opt`` steps (set them to None)."""
+        missing(self, "zero_grads", "ProbeSweep")
+
+    def unreadable(self, tensor: Tensor) -> str | None:
+        """Why a source tensor's values cannot be loaded (sparse, on the meta device: no data), else None."""
+        return None
+
+    def alias(self, tensor: Tensor) -> Tensor:
+        """A tensor sharing ``tensor``'s memory, outside autograd (a frozen tensor's entry in a saved EMA state)."""
+        return tensor.detach()
+
+    def group_nominal_lrs(self, opt: Optimizer) -> list[float]:
+        """Per group, the rate a schedule scales (the plan's rate, not today's point on the schedule)."""
+        return self.group_lrs(opt)
+
+
+class _Reached(Exception):
+    """Raised by the pre-hook of :meth:`Adapter.inputs_of` to end a forward at the module."""
+
+
+_STOCHASTIC = ("Dropout", "DropPath", "DropBlock", "StochasticDepth")
+_RATE_ATTRS = ("p", "drop_prob", "drop_rate", "rate", "dropout")
 
 
 def abstract_methods(cls: type = Adapter) -> list[str]:

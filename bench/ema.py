@@ -1,60 +1,146 @@
-"""EMA.update() on ResNet-50 against a torch._foreach_lerp_ reference and timm's ModelEmaV3 (when installed).
+"""EMA cost = trainable bytes: ``EMA.update()`` on ResNet-50 with a frozen backbone against all-trainable.
 
-Two settings: everything trainable, and a frozen backbone (only ``fc`` trains). The reference lerps every
-parameter and copies the buffers, as ModelEmaV3 does; xfreeze lerps what trains and copies the rest (frozen
-parameters and norm statistics), so it should cost at most as much (target <= 1.0x). Interleaved rounds, median;
-CPU by default, ``--device cuda`` on a GPU machine.
+Printed side by side in one run, per framework (torch's torchvision ResNet-50; Paddle's ``paddle.vision`` one when
+Paddle is installed), both models built from config:
 
-    .venv/bin/python bench/ema.py [--device cuda] [--rounds 7] [--updates 20]
+* **time**: ms per ``update()`` with everything trainable and with a frozen backbone (only ``fc`` trains, the
+  norms locked); goal: frozen / all-trainable <= 0.15x. torch also prints a hand-written ``torch._foreach_lerp_``
+  reference (lerp every parameter, copy every buffer) and timm's ``ModelEmaV3`` when installed (goal for xfreeze
+  all-trainable: <= 1.0x the reference).
+* **memory**: the bytes the EMA holds beyond the model's own tensors (shadows that share no memory with a model
+  tensor, measured from the tensors themselves) against the head's bytes + the live (unlocked) statistics' bytes;
+  goal: extra <= head + live statistics.
+
+Interleaved rounds, median; CPU by default, ``--device cuda`` on a GPU machine (Paddle then uses ``gpu``).
+
+    .venv/bin/python bench/ema.py [--device cuda] [--rounds 7] [--updates 20] [--framework torch|paddle|both]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 
-import torch
-import torchvision
-
 import xfreeze
+from xfreeze.model.view import view_of
+
+
+def torch_setup(device):
+    import torch
+    import torchvision
+
+    def build():
+        return torchvision.models.resnet50().to(device)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def pointer(t):
+        return t.untyped_storage().data_ptr()
+
+    return build, sync, pointer, f"torch {torch.__version__}"
+
+
+def paddle_setup(device):
+    import paddle
+
+    paddle.set_device("gpu" if device == "cuda" else "cpu")
+
+    def sync():
+        if device == "cuda":
+            paddle.device.synchronize()
+
+    def pointer(t):
+        return t.data_ptr()
+
+    return paddle.vision.models.resnet50, sync, pointer, f"paddle {paddle.__version__}"
 
 
 class ForeachReference:
-    """What a hand-written fused EMA does: lerp every parameter, copy every buffer."""
+    """What a hand-written fused torch EMA does: lerp every parameter, copy every buffer."""
 
     def __init__(self, model, decay):
         self.model, self.decay = model, decay
         self.params = [p.detach().clone() for p in model.parameters()]
         self.buffers = [b.detach().clone() for b in model.buffers()]
 
-    @torch.no_grad()
     def update(self):
-        torch._foreach_lerp_(self.params, [p.detach() for p in self.model.parameters()], 1.0 - self.decay)
-        torch._foreach_copy_(self.buffers, [b for b in self.model.buffers()])
+        import torch
+
+        with torch.no_grad():
+            torch._foreach_lerp_(self.params, [p.detach() for p in self.model.parameters()], 1.0 - self.decay)
+            torch._foreach_copy_(self.buffers, list(self.model.buffers()))
 
 
 def timm_ema(model, decay):
-    try:
-        from timm.utils import ModelEmaV3
-    except ImportError:
+    if importlib.util.find_spec("timm") is None:
         return None
+    from timm.utils import ModelEmaV3
+
     ema = ModelEmaV3(model, decay=decay)
     return type("TimmEma", (), {"update": lambda self: ema.update(model)})()
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(ema, updates, device) -> float:
-    sync(device)
+def timed(ema, updates, sync) -> float:
+    sync()
     start = time.perf_counter()
     for _ in range(updates):
         ema.update()
-    sync(device)
+    sync()
     return (time.perf_counter() - start) / updates
+
+
+def extra_bytes(ema, model, pointer) -> int:
+    """Bytes of the EMA's shadows that share no memory with a tensor of the model (measured, not self-reported)."""
+    view = view_of(model)
+    owned = {pointer(t) for t in list(view.params) + list(view.stat_tensors)}
+    adapter = view.adapter
+    return sum(adapter.nbytes(t) for t in ema.shadow.values() if pointer(t) not in owned)
+
+
+def expected_bytes(model) -> tuple[int, int]:
+    """(bytes of the trainable parameters, bytes of the statistics of norm layers that are not locked)."""
+    view, adapter = view_of(model), view_of(model).adapter
+    head = sum(adapter.nbytes(p) for p, on in zip(view.params, adapter.trainable_flags(view.params)) if on)
+    live = sum(
+        adapter.nbytes(t)
+        for t, mi in zip(view.stat_tensors, view.stat_owner)
+        if not adapter.is_norm_locked(view.modules[mi])
+    )
+    return head, live
+
+
+def bench(framework, args) -> None:
+    build, sync, pointer, version = (torch_setup if framework == "torch" else paddle_setup)(args.device)
+    everything, frozen = build(), build()
+    xfreeze.freeze(frozen, "*", "!fc")
+    emas = {"all trainable": xfreeze.EMA(everything, 0.999), "frozen backbone": xfreeze.EMA(frozen, 0.999)}
+    if framework == "torch":
+        emas["foreach reference (all)"] = ForeachReference(everything, 0.999)
+        timm = timm_ema(everything, 0.999)
+        if timm is not None:
+            emas["timm ModelEmaV3 (all)"] = timm
+    times: dict[str, list[float]] = {name: [] for name in emas}
+    for _ in range(args.rounds):
+        for name, ema in emas.items():
+            times[name].append(timed(ema, args.updates, sync))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    base = median["all trainable"]
+    print(f"\n{version}, ResNet-50, device {args.device}: ms per update, median of {args.rounds} rounds")
+    for name, value in median.items():
+        print(f"  {name:>24}: {value * 1e3:8.3f} ms   {value / base:5.2f}x xfreeze all-trainable")
+    ratio = median["frozen backbone"] / base
+    print(f"  frozen / all-trainable update: {ratio:.3f}x (goal <= 0.15x)")
+    held = extra_bytes(emas["frozen backbone"], frozen, pointer)
+    head, live = expected_bytes(frozen)
+    everything_held = extra_bytes(emas["all trainable"], everything, pointer)
+    print(
+        f"  EMA extra memory, frozen backbone: {held:,} B  vs head {head:,} B + live statistics {live:,} B "
+        f"= {head + live:,} B ({'ok' if held <= head + live else 'over'}); all trainable: {everything_held:,} B"
+    )
 
 
 def main():
@@ -62,25 +148,11 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--framework", choices=("torch", "paddle", "both"), default="both")
     args = parser.parse_args()
-    print(f"device: {args.device}, torch {torch.__version__}; ms per update, median of {args.rounds} rounds")
-    for setting in ("all trainable", "frozen backbone"):
-        model = torchvision.models.resnet50().to(args.device)
-        if setting == "frozen backbone":
-            xfreeze.freeze(model, "*", "!fc")
-        emas = {"foreach reference": ForeachReference(model, 0.999), "xfreeze.EMA": xfreeze.EMA(model, 0.999)}
-        timm = timm_ema(model, 0.999)
-        if timm is not None:
-            emas["timm ModelEmaV3"] = timm
-        times = {name: [] for name in emas}
-        for _ in range(args.rounds):
-            for name, ema in emas.items():
-                times[name].append(timed(ema, args.updates, args.device))
-        base = statistics.median(times["foreach reference"])
-        print(f"\n{setting}:")
-        for name, values in times.items():
-            median = statistics.median(values)
-            print(f"  {name:>18}: {median * 1e3:8.3f} ms   {median / base:5.2f}x the foreach reference")
+    for framework in ("torch", "paddle"):
+        if args.framework in (framework, "both") and importlib.util.find_spec(framework) is not None:
+            bench(framework, args)
 
 
 if __name__ == "__main__":

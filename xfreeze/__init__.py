@@ -34,7 +34,7 @@ from .core.errors import XFreezeError
 from .model.freeze import FreezeReport, freeze, unfreeze
 from .model.head import replace_head
 from .weights.files import StateDict, load_checkpoint, save_checkpoint
-from .weights.convert import convert
+from .weights.convert import convert, convert_archs
 from .model.guard import check_freeze_agreement
 from .weights.delta import DeltaReport, FrozenCheck, frozen_fingerprint, load_delta, save_delta, verify_frozen
 from .training.ema import EMA
@@ -42,6 +42,8 @@ from .weights.load import LoadReport, load_matched
 from .training.optim import OptimizerConfig, optimizer, param_groups
 from .training.check import CheckReport, ParamRow, ParamTable, check, param_table
 from .training.staged import Stage, StagedUnfreeze
+from .training.cache import FeatureCache
+from .training.probe import ProbeSweep
 from .model.select import compile_patterns as _compile_patterns
 from .model.select import select_mask as _select_mask
 from .model.view import view_of as _view_of
@@ -74,6 +76,7 @@ __all__ = [
     "save_checkpoint",
     "StateDict",
     "convert",
+    "convert_archs",
     "save_delta",
     "load_delta",
     "verify_frozen",
@@ -86,6 +89,8 @@ __all__ = [
     "ParamTable",
     "ParamRow",
     "check_freeze_agreement",
+    "FeatureCache",
+    "ProbeSweep",
 ]
 
 

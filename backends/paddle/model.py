@@ -148,6 +148,9 @@ class PaddleModel(Adapter):
         """A paddle.vision model (random weights); None if unknown."""
         return getattr(paddle.vision.models, name)() if name in self.model_names() else None
 
+    def forward_post_hook(self, module: Module, hook: Any) -> Any:
+        return module.register_forward_post_hook(hook)
+
 
 def _initialized(layer: Module, init: str, like: Module) -> Module:
     """``layer`` initialized by ``init`` (biases at zero), on ``like``'s device and in its dtype."""

@@ -204,6 +204,18 @@ class PaddleOptim(Adapter):
         opt.state_dict = saving
         opt.set_state_dict = lambda state: set_state_dict(load(dict(state)))
 
+    def zero_grads(self, opt: Optimizer) -> None:
+        opt.clear_grad(set_to_zero=False)
+
+    def group_nominal_lrs(self, opt: Optimizer) -> list[float]:
+        """The group's multiplier times the base rate: a float, or the LRScheduler's nominal rate."""
+        lr = opt._learning_rate
+        base = self.scheduler_base_lr(lr) if self.is_scheduler(lr) else float(lr)
+        groups = opt._param_groups
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        return [float(base or 0.0) * float(g.get("learning_rate", 1.0)) for g in groups]
+
 
 def _group(config, group: dict, multiplier: float) -> dict:
     """A Paddle group: learning_rate is a multiplier of the global rate; weight decay is set explicitly for every

@@ -3,6 +3,8 @@ a pickle the core reads and writes itself (``formats.py``: ``reader="pickle"``),
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 import paddle
@@ -93,3 +95,17 @@ class PaddleTensors(Adapter):
         with paddle.no_grad():
             for target, source in zip(targets, sources):
                 paddle.assign(source, output=target)
+
+    # --- cached frozen prefix (FeatureCache) -------------------------------------------------------------------
+    def no_grad(self) -> Any:
+        return paddle.no_grad()
+
+    def change_tokens(self, tensors: list[Tensor]) -> list:
+        # in-place ops bump the inplace version; set_value / set_state_dict write the same memory and bump nothing:
+        # the full check per pass catches those
+        return [(t._inplace_version(), t.data_ptr()) for t in tensors]
+
+    def unreadable(self, tensor: Tensor) -> str | None:
+        if tensor.is_sparse():
+            return f"a sparse tensor ({'COO' if tensor.is_sparse_coo() else 'CSR'})"
+        return None if tensor._is_initialized() else "a tensor with no data (not initialized)"

@@ -70,9 +70,11 @@ class TorchModel(Adapter):
         return inner, wrappers
 
     def module_tensors(self, module: Module) -> tuple[list[tuple[str, Tensor]], list[tuple[str, str, Tensor]]]:
-        params = [(local, p) for local, p in module._parameters.items() if p is not None]
-        stats = [(local, local, module._buffers[local]) for local in STATS if module._buffers.get(local) is not None]
-        return params, stats
+        registered, buffers = module._parameters, module._buffers  # hot: once per module on the first call
+        params = [(local, p) for local, p in registered.items() if p is not None] if registered else []
+        if not buffers:
+            return params, []
+        return params, [(local, local, buffers[local]) for local in STATS if buffers.get(local) is not None]
 
     def state_keys(self, view: Any) -> list[str]:
         return [

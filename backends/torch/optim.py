@@ -125,6 +125,13 @@ class TorchOptim(Adapter):
         opt.register_state_dict_post_hook(lambda o, state: save(state))
         opt.register_load_state_dict_pre_hook(lambda o, state: load(state))
 
+    def zero_grads(self, opt: Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+
+    def group_nominal_lrs(self, opt: Optimizer) -> list[float]:
+        """OneCycleLR's ``max_lr``, else the ``initial_lr`` every other scheduler scales, else the group's ``lr``."""
+        return [float(g.get("max_lr", g.get("initial_lr", g["lr"]))) for g in opt.param_groups]
+
 
 def _group(group: dict) -> dict:
     return {

@@ -119,6 +119,20 @@ class TorchTensors(Adapter):
                 else:
                     torch._foreach_copy_(group_t, group_s)
 
+    # --- cached frozen prefix (FeatureCache) -------------------------------------------------------------------
+    def no_grad(self) -> Any:
+        return torch.no_grad()
+
+    def change_tokens(self, tensors: list[Tensor]) -> list:
+        # ``_version`` counts in-place writes (copy_, load_state_dict, optimizer steps); the data pointer changes
+        # with ``.data =`` and ``module.to(...)``. ``p.data.copy_`` bypasses both: the full check per pass catches it
+        return [(t._version, t.data_ptr()) for t in tensors]
+
+    def unreadable(self, tensor: Tensor) -> str | None:
+        if tensor.layout != torch.strided:
+            return f"a sparse tensor ({tensor.layout})"
+        return "a meta tensor (no data)" if tensor.is_meta else None
+
 
 def whole(tensor: Tensor) -> Tensor:
     """The logical (whole) value of a DTensor (FSDP2: a collective, so every rank calls it), else the tensor."""

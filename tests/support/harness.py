@@ -278,6 +278,27 @@ class TorchKit(_Kit):
     def norm_layers(self, model):
         return [(n, m) for n, m in model.named_modules() if isinstance(m, self.nn.modules.batchnorm._BatchNorm)]
 
+    def conv2d(self, fan_in: int, fan_out: int, kernel: int, *, bias: bool = True, transpose: bool = False):
+        """A 2-D convolution (or transposed convolution)."""
+        cls = self.nn.ConvTranspose2d if transpose else self.nn.Conv2d
+        return cls(fan_in, fan_out, kernel, bias=bias)
+
+    def batch_norm2d(self, features: int):
+        return self.nn.BatchNorm2d(features)
+
+    def same_memory(self, a, b) -> bool:
+        """Whether two tensors share their storage (one is the other, or a view of it)."""
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+    def scale_group_lr(self, opt, index: int, factor: float) -> None:
+        """Change one optimizer group's rate by hand, as a training loop would (torch: the group's absolute lr)."""
+        opt.param_groups[index]["lr"] *= factor
+
+    def unreadable_tensors(self, array) -> dict:
+        """Tensors holding ``array``'s shape whose values a load cannot copy: sparse, and meta (no data)."""
+        dense = self.t.from_numpy(np.ascontiguousarray(array))
+        return {"sparse": dense.to_sparse(), "meta": self.t.empty(dense.shape, device="meta")}
+
 
 class PaddleKit(_Kit):
     name = "paddle"
@@ -421,6 +442,32 @@ class PaddleKit(_Kit):
 
     def norm_layers(self, model):
         return [(n, m) for n, m in model.named_sublayers() if isinstance(m, self.nn.layer.norm._BatchNormBase)]
+
+    def conv2d(self, fan_in: int, fan_out: int, kernel: int, *, bias: bool = True, transpose: bool = False):
+        """A 2-D convolution (or transposed convolution)."""
+        cls = self.nn.Conv2DTranspose if transpose else self.nn.Conv2D
+        return cls(fan_in, fan_out, kernel, bias_attr=None if bias else False)
+
+    def batch_norm2d(self, features: int):
+        return self.nn.BatchNorm2D(features)
+
+    def same_memory(self, a, b) -> bool:
+        """Whether two tensors share their storage (one is the other, or a view of it)."""
+        return a.data_ptr() == b.data_ptr()
+
+    def scale_group_lr(self, opt, index: int, factor: float) -> None:
+        """Change one optimizer group's rate by hand (Paddle: the group's multiplier of the global rate, which each
+        parameter carries in its optimize_attr)."""
+        group = opt._param_groups[index]
+        group["learning_rate"] *= factor
+        for param in group["params"]:
+            param.optimize_attr["learning_rate"] = group["learning_rate"]
+
+    def unreadable_tensors(self, array) -> dict:
+        """Tensors holding a 2-D ``array`` whose values a load cannot copy: sparse COO and CSR (Paddle has no meta
+        device)."""
+        coo = self.p.to_tensor(np.ascontiguousarray(array)).to_sparse_coo(2)
+        return {"sparse": coo, "sparse CSR": coo.to_sparse_csr()}
 
 
 KITS = {"torch": TorchKit, "paddle": PaddleKit}  # adding a framework: its registry entry, one kit class, one entry

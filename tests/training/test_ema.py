@@ -1,11 +1,15 @@
 """EMA: frozen weights and locked statistics stay bitwise equal to the model's; only what trains is averaged."""
 
+import copy
+
 import numpy as np
 import pytest
 
 import xfreeze
 from xfreeze import EMA, XFreezeError
+from xfreeze.model.view import view_of
 from harness import BACKENDS, Spec, batch, kit, random_state
+from statehash import state_hash
 
 CNN = Spec("cnn", (4, 3))
 
@@ -28,8 +32,6 @@ def trained(fw, dtype="float32", steps=4, decay=0.9, warmup=False):
 
 def shadow(fw, ema):
     """The averaged weights in the harness's canonical layout (torch's), through EMA.copy_to."""
-    import copy
-
     clone = copy.deepcopy(ema.model)
     ema.copy_to(clone)
     return fw.state(clone)
@@ -116,3 +118,119 @@ def test_the_ema_follows_a_model_cast_after_it_was_built(fw):
     for key in ("0.weight", "1.running_mean", "4.running_mean", "4.running_var"):
         assert np.array_equal(s[key], after[key]), key
     assert not np.array_equal(after["4.running_mean"], before_stats)  # the step moved them: the check can fail
+
+
+# --- EMA cost = trainable bytes (issue 20) ---------------------------------------------------------------------------
+NEW_OPTIMIZER = pytest.mark.filterwarnings("ignore:.*in no group of the model's optimizer")  # built after
+FROZEN = ("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var")  # after freeze("0", "1")
+HELD = ("3.weight", "3.bias", "4.weight", "4.bias", "8.weight", "8.bias", "4.running_mean", "4.running_var")
+
+
+def tensors_of(model) -> dict:
+    """The model's own tensors by the EMA's names (parameters, then norm statistics)."""
+    view = view_of(model)
+    return dict(zip(list(view.names) + list(view.stat_names), list(view.params) + list(view.stat_tensors)))
+
+
+def nbytes(fw, model, names) -> int:
+    state = fw.state(model)
+    return sum(state[n].nbytes for n in names)
+
+
+def step(fw, model, ema, opt, seed, dtype="float32"):
+    model.train()
+    x, y = batch(CNN, dtype, seed)
+    fw.train_step(model, opt, fw.tensor(x), fw.labels(y))
+    ema.update()
+
+
+def test_frozen_parameters_and_locked_statistics_hold_no_copy(fw):
+    model, ema, _ = trained(fw, steps=3)
+    own = tensors_of(model)
+    for name in FROZEN:  # the shadow is the model's tensor: no second copy, nothing copied per update
+        assert ema.shadow[name] is own[name], name
+        assert fw.same_memory(ema.state_dict()["shadow"][name], own[name]), name
+    for name in HELD:  # trainable parameters and the live statistics of norm "4" are the EMA's own
+        assert not fw.same_memory(ema.shadow[name], own[name]), name
+    assert ema.held_bytes == nbytes(fw, model, HELD) < nbytes(fw, model, HELD + FROZEN)
+
+
+@NEW_OPTIMIZER
+def test_a_tensor_made_trainable_gets_its_shadow_from_its_value_at_the_boundary(fw):
+    model, ema, _ = trained(fw, dtype="float64", decay=0.5)
+    xfreeze.unfreeze(model, "0", "1")
+    ema.refresh()  # the boundary: "0" and "1" get shadows of their own, copies of their values now
+    boundary = fw.state(model)
+    assert ema.held_bytes == nbytes(fw, model, HELD + FROZEN)
+    assert not fw.same_memory(ema.shadow["0.weight"], tensors_of(model)["0.weight"])
+    step(fw, model, ema, xfreeze.optimizer(model, "sgd", lr=2**-5), 9, "float64")
+    after, s = fw.state(model), shadow(fw, ema)
+    assert not np.array_equal(after["0.weight"], boundary["0.weight"])  # the step moved it: the check can fail
+    expected = boundary["0.weight"] + 0.5 * (after["0.weight"] - boundary["0.weight"])
+    np.testing.assert_allclose(s["0.weight"], expected, rtol=0, atol=1e-12)
+    assert np.array_equal(s["1.running_mean"], after["1.running_mean"]), "released statistics are copied again"
+
+
+@NEW_OPTIMIZER
+def test_without_refresh_the_next_update_starts_the_shadow_from_the_current_value(fw):
+    model, ema, _ = trained(fw, dtype="float64", decay=0.5)
+    xfreeze.unfreeze(model, "0")
+    step(fw, model, ema, xfreeze.optimizer(model, "sgd", lr=2**-5), 9, "float64")
+    own = tensors_of(model)
+    assert not fw.same_memory(ema.shadow["0.weight"], own["0.weight"])
+    assert np.array_equal(shadow(fw, ema)["0.weight"], fw.state(model)["0.weight"])
+
+
+def test_a_tensor_frozen_again_shares_the_models_tensor_and_copy_to_keeps_it(fw):
+    model, ema, _ = trained(fw)
+    xfreeze.freeze(model, "*")
+    before = fw.state(model)
+    ema.copy_to()  # the averages were dropped at the freeze: nothing to write, the frozen model stays as it is
+    assert ema.held_bytes == 0 and all(ema.shadow[n] is t for n, t in tensors_of(model).items())
+    assert all(np.array_equal(v, before[k]) for k, v in fw.state(model).items())
+    evaluation = fw.build(CNN)
+    ema.copy_to(evaluation)  # another model gets every tensor, the frozen ones from the model
+    assert all(np.array_equal(v, before[k]) for k, v in fw.state(evaluation).items())
+
+
+@NEW_OPTIMIZER
+@pytest.mark.parametrize("saved", [1, 3])  # before the boundary (step 2), and after it
+def test_resume_across_an_unfreeze_is_bitwise(fw, saved):
+    def run(model, ema, start, stop):
+        for i in range(start, stop):
+            if i == 2:
+                xfreeze.unfreeze(model, "0", "1")
+                ema.refresh()
+            step(fw, model, ema, xfreeze.optimizer(model, "sgd", lr=2**-5), i)
+
+    model, ema, _ = trained(fw, steps=0)
+    run(model, ema, 0, saved)
+    state, weights = copy.deepcopy(ema.state_dict()), fw.state(model)
+    run(model, ema, saved, 5)
+    again = fw.build(CNN)
+    fw.load(again, weights)
+    xfreeze.freeze(again, "0", "1")
+    if saved > 2:
+        xfreeze.unfreeze(again, "0", "1")
+    resumed = EMA(again, decay=0.5)
+    resumed.load_state_dict(state)
+    run(again, resumed, saved, 5)
+    expected, got = shadow(fw, ema), shadow(fw, resumed)
+    assert all(np.array_equal(got[k], v) for k, v in expected.items())
+    assert resumed.held_bytes == ema.held_bytes and resumed.num_updates == ema.num_updates == 5
+
+
+def test_an_old_state_with_copies_of_frozen_tensors_loads(fw):
+    """States saved before frozen shadows were shared hold a copy of every tensor, in the same format version."""
+    model, ema, _ = trained(fw)
+    old = {**ema.state_dict(), "shadow": {k: ema.adapter.clone(v) for k, v in ema.state_dict()["shadow"].items()}}
+    assert old["version"] == 1 and old["shadow"].keys() == tensors_of(model).keys()
+    again = fw.build(CNN)
+    fw.load(again, fw.state(model))
+    xfreeze.freeze(again, "0", "1")
+    resumed, before = EMA(again, decay=0.5), state_hash(again)
+    resumed.load_state_dict(old)
+    assert state_hash(again) == before, "loading an average never writes the model"
+    assert all(resumed.shadow[n] is t for n, t in tensors_of(again).items() if n in FROZEN)
+    assert resumed.held_bytes == ema.held_bytes and resumed.num_updates == ema.num_updates
+    assert all(np.array_equal(v, shadow(fw, ema)[k]) for k, v in shadow(fw, resumed).items())

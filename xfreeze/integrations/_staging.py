@@ -156,6 +156,8 @@ class Staging:
             if any(s.at <= position for s in staged.stages[staged.applied :]):
                 _distributed.follow_wrapper(staged)  # a wrapper built since (once; nothing without a process group)
             staged.step(position)
+            if self.ema is not None:
+                self.ema.refresh()  # a tensor a stage just released starts its average at the boundary's value
 
     def after_optimizer_step(self) -> None:
         if self.ema is not None:

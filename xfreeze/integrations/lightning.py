@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import XFreezeError
+from ..training.cache import FeatureCache
 from ._staging import Staging
 
 
@@ -142,3 +143,50 @@ def _ddp_builder(strategy):
         return wrapper
 
     return build
+
+
+class CachedPrefix(pl.Callback):
+    """Train a LightningModule's head on a :class:`xfreeze.FeatureCache` of its frozen prefix.
+
+    At ``on_train_start`` (after :class:`Finetuning` applied stage 0 and Lightning moved the module to its device)
+    the cache is built over the module, set as ``pl_module.<attribute>`` and, with ``fill=True``, filled from the
+    training data loader with a progress bar, so every epoch trains on stored features; ``training_step`` calls
+    ``self.<attribute>(x, indices)`` in place of ``self(x)``. Each epoch starts with the cache's cheap check: a stage
+    that unfreezes part of the prefix drops the cache and the module runs live from then on.
+
+    Args:
+        head: the head's module name inside the LightningModule (``"net.fc"``), or ``"auto"``.
+        size: the training set's length (the data loader yields each sample's index).
+        attribute: the module attribute the cache is set as.
+        fill: fill the cache from ``trainer.train_dataloader`` before the first epoch.
+        select: ``batch -> (inputs, indices)``; default: the batch's first and last items.
+        **options: ``storage``, ``dtype``, ``memory_limit``, ``verify_every``, ``progress`` of the cache.
+
+    Raises:
+        XFreezeError: at ``on_train_start``: what :class:`xfreeze.FeatureCache` refuses (a prefix that trains, an
+            unlocked norm, an active dropout), an index outside the cache while filling.
+
+    Example:
+        >>> from xfreeze.integrations.lightning import CachedPrefix
+        >>> callback = CachedPrefix("net.fc", size=1000)
+        >>> callback.attribute
+        'feature_cache'
+    """
+
+    def __init__(
+        self, head="auto", *, size: int, attribute: str = "feature_cache", fill: bool = True, select=None, **options
+    ):
+        self.head, self.size, self.attribute, self.fill, self.select = head, size, attribute, fill, select
+        self.options = options
+        self.cache: FeatureCache | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.cache is None or self.cache.model is not pl_module:
+            self.cache = FeatureCache(pl_module, self.head, size=self.size, backend="torch", **self.options)
+            setattr(pl_module, self.attribute, self.cache)
+        if self.fill and not self.cache.dropped:
+            self.cache.fill(trainer.train_dataloader, select=self.select)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.cache is not None:
+            self.cache.check()

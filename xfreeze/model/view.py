@@ -34,22 +34,25 @@ class ModelView:
         self.paths = [p for p, _ in walk.modules]
         self.modules = _Modules([m for _, m in walk.modules])
         self.module_index = {p: i for i, p in enumerate(self.paths)}
-        self.registered = [(mi, local, t) for mi, local, t in walk.params]  # every registration, tied ones too
-        self.params: list = []
-        self.names: list[str] = []
-        self.owner: list[int] = []
+        self.registered = list(walk.params)  # every registration, tied ones too
+        paths = self.paths
+        names = [f"{paths[mi]}.{local}" if paths[mi] else local for mi, local, _ in walk.params]
+        tensors = [t for _, _, t in walk.params]
         self.tied: dict[str, list[str]] = {}
-        first: dict[int, int] = {}
-        for mi, local, tensor in walk.params:
-            name = _join(self.paths[mi], local)
-            seen = first.get(id(tensor))
-            if seen is not None:
-                self.tied.setdefault(self.names[seen], []).append(name)
-                continue
-            first[id(tensor)] = len(self.params)
-            self.params.append(tensor)
-            self.names.append(name)
-            self.owner.append(mi)
+        if len({id(t) for t in tensors}) == len(tensors):  # nothing tied: the common case, in three list copies
+            self.params, self.names, self.owner = tensors, names, [mi for mi, _, _ in walk.params]
+        else:
+            self.params, self.names, self.owner = [], [], []
+            first: dict[int, int] = {}
+            for (mi, _, tensor), name in zip(walk.params, names):
+                seen = first.get(id(tensor))
+                if seen is not None:
+                    self.tied.setdefault(self.names[seen], []).append(name)
+                    continue
+                first[id(tensor)] = len(self.params)
+                self.params.append(tensor)
+                self.names.append(name)
+                self.owner.append(mi)
         self.index = {n: i for i, n in enumerate(self.names)}
         self.stat_names = [_join(self.paths[mi], local) for mi, local, _, _ in walk.stats]  # neutral names
         self.stat_keys = [_join(self.paths[mi], native) for mi, _, _, native in walk.stats]  # state-dict keys

@@ -1,4 +1,4 @@
-"""EMA: an exponential moving average of the weights that never moves what is frozen."""
+"""EMA: an exponential moving average of the weights that never moves what is frozen, and costs what trains."""
 
 from __future__ import annotations
 
@@ -13,16 +13,20 @@ STATE_VERSION = 1
 
 
 class EMA:
-    """Exponential moving average of a model's weights that respects freezing.
+    """Exponential moving average of a model's weights that respects freezing; its cost is the trainable bytes.
 
     ``update()`` averages only the parameters that train (``e + (1 - d) * (m - e)``, a lerp, so an unchanged
-    weight stays bit-for-bit unchanged); frozen parameters are *copied*, so they stay bitwise equal to the model's
-    (the naive ``d * e + (1 - d) * m`` drifts through float rounding even when ``e == m``). Norm statistics are
-    copied, never averaged: locked ones are then equal to the model's, and live ones already are running averages
-    of batch statistics (averaging them again only adds lag).
+    weight stays bit-for-bit unchanged). A frozen parameter, and the statistics of a locked norm layer, hold no copy:
+    their shadow *is* the model's tensor while they stay frozen / locked, so they cost no memory and no time per
+    update and are always bitwise the model's (the naive ``d * e + (1 - d) * m`` drifts through float rounding even
+    when ``e == m``). Statistics of norm layers that are not locked are copied at each update, never averaged (they
+    already are running averages of batch statistics; averaging them again only adds lag).
 
-    The trainable / frozen split is a plan computed once and recomputed only when trainability changes; each
-    update is one fused lerp and one fused copy where the framework has them (``torch._foreach_lerp_``).
+    Which tensors the EMA holds is a plan recomputed only when trainability or a lock changes. A tensor made
+    trainable gets its own shadow then, a copy of its value when the EMA sees the change (:meth:`refresh`, or the
+    next ``update`` / ``copy_to`` / ``state_dict``); a tensor frozen again drops its average, and its shadow is the
+    model's tensor again (what ``copy_to`` would have written anyway: frozen weights are the model's). Each update
+    is one fused lerp (and one fused copy of the live statistics) where the framework has them.
 
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
@@ -55,10 +59,11 @@ class EMA:
             0,
         )
         self.names = list(view.names) + list(view.stat_names)
-        self.shadow = {
-            name: self.adapter.clone(t) for name, t in zip(self.names, list(view.params) + list(view.stat_tensors))
-        }
+        self.shadow: dict = {}  # name -> its own average, or the model's tensor itself (frozen / locked)
+        self._owned: set[str] = set()  # the names whose shadow the EMA holds itself
+        self._probes: list[int] = []
         self._bind(view)
+        self._current_plan()
 
     def _bind(self, view) -> None:
         """Follow the model's current tensors (again after a wrapper such as FSDP2's fully_shard swapped them)."""
@@ -70,8 +75,14 @@ class EMA:
                 "new EMA for the new structure (EMA.copy_to can carry weights that still match)"
             )
         self._params, self._stats = list(view.params), list(view.stat_tensors)
+        norms: dict[int, int] = {}  # a norm layer's position in self._norms, by module index
+        for mi in view.stat_owner:
+            norms.setdefault(mi, len(norms))
+        self._norms = [view.modules[mi] for mi in norms]
+        self._stat_norm = [norms[mi] for mi in view.stat_owner]
         for name, tensor in zip(self.names, self._params + self._stats):
-            self.shadow[name] = self.adapter.like(self.shadow[name], tensor)
+            owned = name in self._owned
+            self.shadow[name] = self.adapter.like(self.shadow[name], tensor) if owned else tensor
         self._slots = self.adapter.registrations(view)
         self._mask: tuple | None = None
         self._plan: tuple = ()
@@ -87,37 +98,78 @@ class EMA:
         self.adapter.copy_into(copies, sources)
         self.num_updates += 1
 
+    def refresh(self) -> None:
+        """Take trainability and lock changes now: a tensor made trainable gets its own shadow, a copy of its value
+        at this moment; one frozen (a norm locked) again shares the model's tensor. ``update``, ``copy_to`` and
+        ``state_dict`` do this themselves; call it right after an ``unfreeze`` (a stage boundary) for the averages
+        to start from the values at the boundary rather than after the first step of the new stage.
+
+        Example:
+            >>> import torch, xfreeze
+            >>> model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+            >>> _ = xfreeze.freeze(model, "0")
+            >>> ema = xfreeze.EMA(model)
+            >>> _ = xfreeze.unfreeze(model, "0")
+            >>> ema.refresh(); ema.held_bytes
+            80
+        """
+        self._current_plan()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the shadows the EMA holds itself (trainable parameters, live statistics); frozen parameters
+        and locked statistics cost none. As of the last plan (:meth:`refresh` updates it)."""
+        return sum(self.adapter.nbytes(self.shadow[name]) for name in self._owned)
+
     def _follow(self) -> None:
-        """Rebind when a wrapper swapped tensors (identity check), or when the model was moved or cast since (its
-        first and last tensors probed: Lightning moves and converts the module after the callback built the EMA;
-        ``model.to(...)`` / ``.half()`` keep the parameter objects)."""
+        """Rebind when a wrapper swapped tensors (identity check), or when the model was moved or cast since (the
+        first and last shadows it holds probed: Lightning moves and converts the module after the callback built
+        the EMA; ``model.to(...)`` / ``.half()`` keep the parameter objects)."""
         tensors = self._params + self._stats
-        probes = {0, len(tensors) - 1} if tensors else set()
         if not all(
             registry.get(key) is obj if key is not None else len(registry) == obj for registry, key, obj in self._slots
-        ) or not all(self.adapter.same_layout(self.shadow[self.names[i]], tensors[i]) for i in probes):
+        ) or not all(self.adapter.same_layout(self.shadow[self.names[i]], tensors[i]) for i in self._probes):
             self._bind(view_of(self.model, self.adapter.name))
+
+    def _ownership(self) -> tuple:
+        """Per tensor, whether the EMA holds a shadow of its own: trainable parameters, statistics of unlocked norms."""
+        locked = [self.adapter.is_norm_locked(m) for m in self._norms]
+        return tuple(self.adapter.trainable_flags(self._params)) + tuple(not locked[i] for i in self._stat_norm)
 
     def _current_plan(self) -> tuple:
         self._follow()
-        mask = tuple(self.adapter.trainable_flags(self._params))
-        if mask != self._mask:  # trainability changed (or first update): split again
-            shadows = [self.shadow[n] for n in self.names]
-            n = len(self._params)
-            lerp = [i for i in range(n) if mask[i]]
-            copy = [i for i in range(n) if not mask[i]] + list(range(n, len(self.names)))
-            tensors = self._params + self._stats
-            self._plan = (
-                [shadows[i] for i in lerp],
-                [tensors[i] for i in lerp],
-                [shadows[i] for i in copy],
-                [tensors[i] for i in copy],
-            )
-            self._mask = mask
+        mask = self._ownership()
+        if mask != self._mask:  # trainability or a lock changed (or first use): hold and share again
+            self._replan(mask)
         return self._plan
+
+    def _replan(self, mask: tuple) -> None:
+        tensors = self._params + self._stats
+        for name, tensor, own in zip(self.names, tensors, mask):
+            if not own:  # frozen / locked: the model's own tensor is its shadow (the average, if any, dropped)
+                self.shadow[name] = tensor
+                self._owned.discard(name)
+            elif name not in self._owned:  # made trainable (or unlocked): its average starts from its value now
+                self.shadow[name] = self.adapter.clone(tensor)
+                self._owned.add(name)
+        n = len(self._params)
+        lerp = [i for i in range(n) if mask[i]]
+        copy = [i for i in range(n, len(tensors)) if mask[i]]
+        held = lerp + copy
+        self._probes = sorted({held[0], held[-1]}) if held else []
+        self._plan = (
+            [self.shadow[self.names[i]] for i in lerp],
+            [tensors[i] for i in lerp],
+            [self.shadow[self.names[i]] for i in copy],
+            [tensors[i] for i in copy],
+        )
+        self._mask = mask
 
     def copy_to(self, model=None) -> None:
         """Write the averaged weights into ``model`` (default: the tracked model), e.g. an evaluation copy.
+
+        Every shadow is written; into the tracked model only the ones the EMA holds (its frozen tensors already are
+        their own shadows).
 
         Raises:
             XFreezeError: ``model`` is not a model, or not the same architecture (a name, shape or dtype differs);
@@ -136,20 +188,31 @@ class EMA:
                 "the averaged model; nothing was written"
             )
         self._check_like(tensors, "EMA.copy_to", "the averaged model")
-        self.adapter.copy_into([tensors[n] for n in self.names], [self.shadow[n] for n in self.names])
+        self._current_plan()
+        pairs = [(tensors[n], self.shadow[n]) for n in self.names if tensors[n] is not self.shadow[n]]
+        self.adapter.copy_into([t for t, _ in pairs], [s for _, s in pairs])
 
     def state_dict(self) -> dict:
+        """The average, in the format every xfreeze version writes (``version`` 1, a shadow for every tensor).
+
+        The shadows the EMA holds are copied; a frozen tensor's entry is the model's own tensor (no copy, as in a
+        module's ``state_dict()``): save the dict, or deep-copy it to keep it in memory past a later unfreeze.
+        """
+        self._current_plan()
         return {
             "version": STATE_VERSION,
             "decay": self.decay,
             "warmup": self.warmup,
             "num_updates": self.num_updates,
-            "shadow": {n: self.adapter.clone(t) for n, t in self.shadow.items()},
+            "shadow": {
+                n: self.adapter.clone(t) if n in self._owned else self.adapter.alias(t) for n, t in self.shadow.items()
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a saved average. Everything is validated first (keys, shapes, dtypes, numbers); on an error
-        nothing is written."""
+        nothing is written. The entries of tensors that are frozen (locked) now are not read: the model's own
+        tensors are their shadows (a state saved by an older xfreeze, with copies of them, loads alike)."""
         if not isinstance(state, dict) or not isinstance(state.get("shadow"), dict):
             raise XFreezeError("EMA.load_state_dict expects the dict EMA.state_dict() returned (with 'shadow')")
         version = state.get("version", 1)
@@ -164,10 +227,14 @@ class EMA:
         unknown = sorted(state["shadow"].keys() ^ self.shadow.keys())
         if unknown:
             raise XFreezeError(f"EMA.load_state_dict: keys differ from the model's: {unknown[:5]}; nothing was loaded")
-        values = {k: _tensors.to_backend(v, self.adapter.name, k) for k, v in state["shadow"].items()}
-        self._check_like(values, "EMA.load_state_dict", "the saved average")
+        self._check_like(state["shadow"], "EMA.load_state_dict", "the saved average")
         self._follow()  # the shadows in the model's current device and dtype first
-        self.adapter.copy_into([self.shadow[n] for n in self.names], [values[n] for n in self.names])
+        mask = self._ownership()
+        held = [name for name, own in zip(self.names, mask) if own]
+        values = [_tensors.to_backend(state["shadow"][k], self.adapter.name, k) for k in held]
+        if mask != self._mask:
+            self._replan(mask)
+        self.adapter.copy_into([self.shadow[k] for k in held], values)
         self.decay, self.warmup, self.num_updates = float(state["decay"]), state["warmup"], int(n)
 
     def _check_like(self, tensors: dict, where: str, what: str) -> None:
