@@ -14,17 +14,19 @@ import sys
 from .backends import FRAMEWORKS
 from .core.dispatch import adapter_for, adapter_named, installed
 from .core.errors import XFreezeError
-from .core.table import human_bytes, plain, render
+from .core.table import human_bytes, plain, render, terminal_width
 from .model.freeze import freeze
 from .model.head import replace_head
 from .model.params import param_table
+from .model.summary import MAX_ROWS, collapse_groups
 from .model.summary import summary as summarize
 from .model.view import view_of
 from .training.optim import optimizer
-from .weights.convert import convert
-from .weights.files import describe, load_checkpoint, save_checkpoint
+from .weights.convert import check_fit, convert
+from .weights.files import check_writable, describe, load_checkpoint, save_checkpoint
 
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # state tensors per trainable parameter (SGD: momentum)
+PARAMS_OPTIONS = {"lr": "--lr", "weight_decay": "--weight-decay", "layer_decay": "--layer-decay"}  # need --params
 
 
 def main(argv=None) -> int:
@@ -101,9 +103,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also print, per parameter, the optimizer group, absolute learning rate and weight decay",
     )
-    plan.add_argument("--lr", type=float, default=1e-3, help="base learning rate for --params (default 1e-3)")
-    plan.add_argument("--weight-decay", type=float, default=0.0, help="weight decay for --params (default 0)")
+    plan.add_argument("--lr", type=float, help="base learning rate for --params (default 1e-3)")
+    plan.add_argument("--weight-decay", type=float, help="weight decay for --params (default 0)")
     plan.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay for --params, in (0, 1]")
+    plan.add_argument(
+        "--all",
+        action="store_true",
+        help=f"show every module (over {MAX_ROWS} rows, repeated blocks are collapsed into one row each)",
+    )
     plan.set_defaults(run=_plan)
 
     inspect = sub.add_parser(
@@ -127,8 +134,14 @@ def _parser() -> argparse.ArgumentParser:
     conversion.add_argument("--to", required=True, choices=list(FRAMEWORKS), help="target framework")
     conversion.add_argument(
         "--arch",
-        help="target architecture (resnet18 ... resnet152, or a torchvision / "
-        "paddle.vision name): layouts are then decided from that model, not guessed",
+        help="what the checkpoint is: a model name of the target framework (resnet50; torchvision / timm, "
+        "paddle.vision), module:callable, or a name map (resnet, llama, ernie); a model decides the layouts and "
+        "a checkpoint that does not fit it is refused. Python: convert(..., arch=) takes the same names",
+    )
+    conversion.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="write the conversion even when the checkpoint does not fit --arch's model",
     )
     conversion.set_defaults(run=_convert)
     return parser
@@ -165,11 +178,17 @@ def _default_backend() -> str:
 
 
 def _did_you_mean(name: str, names) -> str:
-    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(dict.fromkeys(names)), n=3, cutoff=0.6)  # timm repeats torchvision
     return f". Did you mean {' or '.join(map(repr, close))}?" if close else "."
 
 
 def _plan(args) -> None:
+    given = [flag for option, flag in PARAMS_OPTIONS.items() if getattr(args, option) is not None]
+    if given and not args.params:
+        raise XFreezeError(
+            f"{' and '.join(given)} {'sets a rate' if len(given) == 1 else 'set rates'} that only --params prints; "
+            f"add --params (or drop {' and '.join(given)})"
+        )
     model = build_model(args.model, args.backend)
     adapter = adapter_for(model)
     if args.head is not None:
@@ -179,53 +198,41 @@ def _plan(args) -> None:
     summary = summarize(model, print_table=False)
     states = OPTIMIZER_STATES[args.optimizer]
     view = view_of(model, adapter.name)
-    element = {r.name: _element_size(view, r.name) for r in summary.rows}
-    rows, totals = [], [0, 0, 0, 0]
-    for r in summary.rows:
-        size = element[r.name]
-        trainable_bytes, frozen_bytes = r.trainable * size, r.frozen * size
+    groups = collapse_groups(summary.rows) if len(summary.rows) > MAX_ROWS and not args.all else None
+    rows, totals = [], [0, 0, 0]
+    for shown, members in groups or [(r, [r]) for r in summary.rows]:
+        sizes = [_element_size(view, r.name) for r in members]
+        frozen_bytes = sum(r.frozen * size for r, size in zip(members, sizes))
+        trainable_bytes = sum(r.trainable * size for r, size in zip(members, sizes))
         rows.append(
             [
-                r.name or "(root)",
-                r.type,
-                f"{r.parameters:,}",
-                f"{r.trainable:,}",
+                shown.name or "(root)",
+                shown.type,
+                f"{shown.parameters:,}",
+                f"{shown.trainable:,}",
                 f"{frozen_bytes:,}",
                 f"{trainable_bytes:,}",
-                f"{trainable_bytes:,}",
                 f"{trainable_bytes * states:,}",
-                r.norm,
+                shown.norm,
             ]
         )
-        for i, value in enumerate((frozen_bytes, trainable_bytes, trainable_bytes, trainable_bytes * states)):
+        for i, value in enumerate((frozen_bytes, trainable_bytes, trainable_bytes * states)):
             totals[i] += value
-    footer = [
+    frozen, trainable, state = totals
+    footer = [f"{len(summary.rows)} modules, repeated blocks collapsed (--all shows every one)"] if groups else []
+    footer += [
         f"{summary.model}: {summary.counts.trainable:,} of {summary.counts.total:,} parameters train",
-        f"bytes: frozen parameters {totals[0]:,} ({human_bytes(totals[0])}); trainable parameters "
-        f"{totals[1]:,}; gradients {totals[2]:,}; {args.optimizer} state {totals[3]:,}; "
-        f"training total {sum(totals[1:]):,} ({human_bytes(sum(totals[1:]))})",
+        f"bytes: frozen parameters {frozen:,} ({human_bytes(frozen)}); trainable parameters {trainable:,}; "
+        f"gradients {trainable:,}; {args.optimizer} state {state:,}; "
+        f"training total {2 * trainable + state:,} ({human_bytes(2 * trainable + state)})",
     ]
-    print(
-        render(
-            f"xfreeze plan: {args.model} ({adapter.name})",
-            [
-                "module",
-                "type",
-                "params",
-                "trainable",
-                "frozen bytes",
-                "param bytes",
-                "grad bytes",
-                f"{args.optimizer} state bytes",
-                "norm",
-            ],
-            rows,
-            footer,
-            width=170,
-        )
-    )
+    columns = ["module", "type", "params", "trainable", "frozen bytes", "trainable bytes (= grad bytes)"]
+    columns += [f"{args.optimizer} state bytes", "norm"]
+    print(render(f"xfreeze plan: {args.model} ({adapter.name})", columns, rows, footer, width=terminal_width(170)))
     if args.params:
-        opt = optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay)
+        lr = 1e-3 if args.lr is None else args.lr
+        decay = 0.0 if args.weight_decay is None else args.weight_decay
+        opt = optimizer(model, args.optimizer, lr=lr, weight_decay=decay, layer_decay=args.layer_decay)
         print(param_table(model, opt))
 
 
@@ -251,15 +258,20 @@ def _inspect(args) -> None:
 
 
 def _convert(args) -> None:
+    check_writable(args.output)  # before reading or importing a framework: a directory, no folder, not writable
     state = load_checkpoint(args.input)
     if state.framework == args.to:
         raise XFreezeError(f"{args.input} already holds {args.to} names; nothing to convert")
-    model = build_model(args.arch, args.to) if args.arch else None
-    out = convert(state, to=args.to, model=model)  # the name map is chosen from the target model's keys
+    if args.arch and ":" in args.arch:  # module:callable: the same checks as a zoo name, on the model it returns
+        model = build_model(args.arch, args.to)
+        out = convert(state, to=args.to, model=model)
+        check_fit(out, model, args.arch, allow_partial=args.allow_partial)
+    else:  # a zoo name or a name map, spelled as convert(arch=) spells it
+        out = convert(state, to=args.to, arch=args.arch, allow_partial=args.allow_partial)
     save_checkpoint(out, args.output)
     counts: dict = {}
     for _, note in out.notes:
-        kind = note.split(":")[0].split(" to ")[0].split(" (")[0]
+        kind = _note_kind(note)
         counts[kind] = counts.get(kind, 0) + 1
     rows = [[kind, n] for kind, n in sorted(counts.items())]
     print(
@@ -270,6 +282,17 @@ def _convert(args) -> None:
             [f"{len(out)} keys written; unplaced: {len(getattr(out, 'unplaced', []))}"],
         )
     )
+
+
+NOTE_KINDS = ("renamed", "transposed", "dropped", "adjusted", "not adjusted", "not placed", "padding row", "shape")
+
+
+def _note_kind(note: str) -> str:
+    """The kind of a conversion note ("renamed to x" -> "renamed"; "shape [2] differs ..." -> "shape differs")."""
+    kind = next((k for k in NOTE_KINDS if note.startswith(k)), None)
+    if kind == "shape":
+        return "shape differs from --arch"
+    return kind or note.split(":")[0].split(" (")[0]
 
 
 if __name__ == "__main__":

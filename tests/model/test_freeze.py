@@ -1,13 +1,19 @@
 """freeze / unfreeze: trainability, dropped gradients, locked norm statistics, reports."""
 
 import copy
+import gc
 import pickle
+import sys
+import threading
+import warnings
+import weakref
 
 import numpy as np
 import pytest
 
 import xfreeze
 from xfreeze import XFreezeError
+from xfreeze.core.dispatch import adapter_for
 from harness import OptConfig, Spec, batch, kit, random_state
 
 CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
@@ -235,3 +241,116 @@ def test_data_parallel_wrappers_are_seen_through():
     assert xfreeze.replace_head(wrapped, 5, head="8") is inner[8]
     report = xfreeze.load_matched(wrapped, {"module." + k: v for k, v in build(fw).state_dict().items()}, skip=["8"])
     assert not report.missing and not report.unexpected
+
+
+# --- a tensor that no load reached, then frozen (issue 18, item 2) --------------------------------------------------
+def _partial_load(fw, model, source_spec=CNN, drop=(), reshape=()):
+    """load_matched from a source where ``reshape`` keys have a shape nothing can adapt and ``drop`` keys are absent."""
+    source_model = build(fw, source_spec)
+    source = {k: fw.numpy(v) for k, v in adapter_for(source_model).state_tensors(source_model).items()}
+    for key in reshape:
+        source[key] = np.zeros((2, 2), dtype="float32")
+    for key in drop:
+        del source[key]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the load's own warning about keys outside the head is not tested here
+        return xfreeze.load_matched(model, source, allow_partial=True)
+
+
+def _never_loaded_warnings(call) -> list:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught if "did not reach" in str(w.message)]
+
+
+def test_freezing_tensors_the_last_load_did_not_reach_warns_with_a_hint(fw):
+    model = build(fw)
+    stat = "4." + fw.stat_names["running_mean"]
+    report = _partial_load(fw, model, drop=[stat], reshape=["3.weight"])
+    assert "3.weight" in report.mismatched and stat in report.missing
+    with pytest.warns(UserWarning, match="HINT:") as caught:
+        xfreeze.freeze(model, "*", "!8")
+    (message,) = [str(w.message) for w in caught if "did not reach" in str(w.message)]
+    assert "2 tensor(s)" in message and "3.weight" in message and stat in message
+    assert "0.weight" not in message and "8.bias" not in message  # loaded, or left trainable
+    assert "now frozen at their initialisation" in message and '"!3.weight"' in message
+    assert _never_loaded_warnings(lambda: xfreeze.freeze(model, "*", "!8")) == []  # nothing newly frozen
+
+
+def test_only_tensors_this_call_freezes_are_named(fw):
+    model = build(fw)
+    _partial_load(fw, model, reshape=["3.weight", "0.weight"])
+    (message,) = _never_loaded_warnings(lambda: xfreeze.freeze(model, "0"))
+    assert "1 tensor(s)" in message and "0.weight" in message and "3.weight" not in message
+    assert _never_loaded_warnings(lambda: xfreeze.freeze(model, "3", norm="train")) != []
+
+
+def test_a_head_made_by_replace_head_after_the_load_is_not_named(fw):
+    replaced, kept = build(fw), build(fw)
+    for model in (replaced, kept):
+        report = _partial_load(fw, model, source_spec=Spec("cnn", (4, 3), classes=10))
+        assert sorted(report.mismatched) == ["8.bias", "8.weight"]
+    xfreeze.replace_head(replaced, 5)
+    assert _never_loaded_warnings(lambda: xfreeze.freeze(replaced, "*")) == []
+    (message,) = _never_loaded_warnings(lambda: xfreeze.freeze(kept, "*"))
+    assert "8.weight" in message and "8.bias" in message
+
+
+def test_no_warning_without_a_load_or_after_a_complete_one(fw):
+    fresh = build(fw)
+    assert _never_loaded_warnings(lambda: xfreeze.freeze(fresh, "*")) == []
+    model = build(fw)
+    _partial_load(fw, model, reshape=["3.weight"])
+    _partial_load(fw, model)  # a later, complete load replaces the record
+    assert _never_loaded_warnings(lambda: xfreeze.freeze(model, "*")) == []
+
+
+def test_the_load_record_keeps_neither_the_model_nor_its_tensors_alive(fw):
+    from xfreeze.model import provenance
+
+    model = build(fw)
+    provenance.record_load(model, {"3.weight": _param(model, "3.weight")})
+    assert list(provenance.untouched(model)) == ["3.weight"]
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+# --- two threads, one model --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_threads_freezing_and_unfreezing_one_model(fw):
+    """Each call locks and releases norm statistics (forward pre-hooks): without the per-model lock, two threads
+    release one norm's hook twice (KeyError) or change the hook dict another iterates. A fixed number of rounds,
+    with the interpreter switching threads as often as it can; no timing."""
+    model = fw.nn.Sequential(*[layer for _ in range(16) for layer in (fw.linear(4, 4), fw.batch_norm(4))])
+    errors: list = []
+
+    def work(patterns):
+        try:
+            for _ in range(500):
+                if errors:  # another thread failed: the test has its answer
+                    return
+                xfreeze.freeze(model, *patterns)
+                xfreeze.unfreeze(model, *patterns)
+        except Exception as exc:  # any exception is the failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in (("*",), ("1", "3", "5"), ("type:norm",))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(t.is_alive() for t in threads) and errors == []
+    assert sorted(fw.trainable_names(model)) == sorted(xfreeze.select(model, "*"))  # every thread ended on unfreeze
+    adapter = adapter_for(model)
+    assert not any(adapter.is_norm_locked(m) for _, m in fw.norm_layers(model))
+    xfreeze.freeze(model, "*")
+    assert not fw.trainable_names(model)
+    assert all(adapter.is_norm_locked(m) for _, m in fw.norm_layers(model))

@@ -128,19 +128,21 @@ def test_read_only_destination_is_one_line(capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "cannot write '/sys/w.pdparams'" in err
 
 
-def test_disk_full_is_one_line_with_exit_2(tmp_path):
-    src = xfreeze.save_checkpoint({"fc.weight": np.ones((300, 300), "float32")}, tmp_path / "w.pt")
+@pytest.mark.parametrize("source, target, to", [("w.pt", "out.pdparams", "paddle"), ("w.pdparams", "out.pt", "torch")])
+def test_disk_full_is_one_line_with_exit_2(tmp_path, source, target, to):
+    """A real file size limit (RLIMIT_FSIZE): torch.save's own RuntimeError is reported as the disk error it is."""
+    src = xfreeze.save_checkpoint({"fc.weight": np.ones((300, 300), "float32")}, tmp_path / source)
     script = (
         "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); from xfreeze.cli import main; "
-        f"sys.exit(main(['convert', {str(src)!r}, {str(tmp_path / 'out.pdparams')!r}, '--to', 'paddle']))"
+        f"sys.exit(main(['convert', {str(src)!r}, {str(tmp_path / target)!r}, '--to', {to!r}]))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     last = result.stderr.splitlines()[-1]  # (importing Paddle may warn first)
     assert last.startswith("xfreeze: error: cannot write") and "EFBIG" in last
     assert result.stderr.count("xfreeze: error") == 1 and "Traceback" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source]
 
 
 def test_inspect_a_bf16_checkpoint(capsys, tmp_path):
@@ -150,3 +152,114 @@ def test_inspect_a_bf16_checkpoint(capsys, tmp_path):
     code, out, err = run(capsys, "inspect", str(path))
     assert code == 0, err
     assert "bfloat16" in out and "1 keys; 12 bytes" in out
+
+
+# --- issue 18: output a person reads, convert that says what it refused ---------------------------------------
+def test_convert_refuses_a_file_of_another_architecture(capsys, tmp_path):
+    import torchvision
+
+    src = xfreeze.save_checkpoint(torchvision.models.resnet18(), tmp_path / "r18.pt")
+    out = tmp_path / "out.pdparams"
+    code, _, err = run(capsys, "convert", str(src), str(out), "--to", "paddle", "--arch", "resnet50")
+    assert code == 2 and "do not fit arch='resnet50'" in err and "--allow-partial" in err and err.count("\n") == 1
+    assert not out.exists()
+    code, printed, err = run(
+        capsys, "convert", str(src), str(out), "--to", "paddle", "--arch", "resnet50", "--allow-partial"
+    )
+    assert code == 0 and "shape differs from --arch" in printed and out.exists()
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("{dir}", "is a directory"),
+        ("{dir}/missing/out.pdparams", "does not exist"),
+        ("{dir}/out.weights", "cannot tell the format"),
+        ("/sys/out.pdparams", "cannot write '/sys/out.pdparams'"),
+    ],
+)
+def test_convert_checks_its_output_before_importing_a_framework(tmp_path, output, message):
+    src = xfreeze.save_checkpoint({"fc.weight": np.ones((2, 3), "float32")}, tmp_path / "w.npz")
+    script = (
+        "import sys; from xfreeze.cli import main; "
+        f"code = main(['convert', {str(src)!r}, {output.format(dir=tmp_path)!r}, '--to', 'paddle']); "
+        "print(sorted(m for m in ('torch', 'paddle') if m in sys.modules)); sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert result.stderr.startswith("xfreeze: error: ") and message in result.stderr
+    assert "unknown format" not in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv", [["plan", "resnet5"], ["convert", "{src}", "{dir}/o.pdparams", "--to", "paddle", "--arch", "resnet5"]]
+)
+def test_suggestions_name_each_model_once(capsys, tmp_path, argv):
+    src = xfreeze.save_checkpoint({"conv1.weight": np.ones((2, 3, 1, 1), "float32")}, tmp_path / "w.pt")
+    code, _, err = run(capsys, *(a.format(src=src, dir=tmp_path) for a in argv))
+    suggested = err.partition("Did you mean ")[2].strip().rstrip("?").split(" or ")
+    assert code == 2 and len(suggested) == len(set(suggested)) >= 2 and "'resnet50'" in suggested, err
+
+
+@pytest.mark.parametrize("flags", [["--lr", "0.1"], ["--weight-decay", "0.05"], ["--layer-decay", "0.7", "--lr", "1"]])
+def test_rates_without_params_are_refused(capsys, flags):
+    code, out, err = run(capsys, "plan", "resnet18", *flags)
+    assert code == 2 and out == "" and "only --params prints" in err and flags[0] in err
+
+
+def test_plan_collapses_repeated_blocks(capsys):
+    code, out, err = run(capsys, "plan", "resnet50", "--freeze", "*", "!layer4", "!fc")
+    assert code == 0, err
+    assert "layer3.1-5 (x5)" in out and "layer3.4.conv1" not in out and len(out.splitlines()) < 60
+    assert "107 modules, repeated blocks collapsed" in out
+    # the totals count every module, collapsed or not
+    assert "17,013,736 of 25,557,032 parameters train" in out and "frozen parameters 34,173,184" in out
+    code, out, _ = run(capsys, "plan", "resnet50", "--all")
+    assert code == 0 and "layer3.4.conv1" in out and "collapsed" not in out
+
+
+def first_column(table: str) -> list:
+    """The first column's cells of a rendered table, each as its list of wrapped lines."""
+    cells: list = []
+    for line in table.splitlines():
+        if not line.startswith("│"):
+            continue
+        parts = [p.strip() for p in line.strip("│").split("│")]
+        if any(parts[1:]) or not cells:
+            cells.append([parts[0]])
+        else:
+            cells[-1].append(parts[0])
+    return cells
+
+
+@pytest.mark.parametrize("columns", ["60", "80"])
+def test_narrow_terminals_wrap_names_at_dots_and_headers_between_words(capsys, monkeypatch, columns):
+    from xfreeze.core.table import render
+
+    monkeypatch.setenv("COLUMNS", columns)
+    names = ["encoder.layers.11.self_attention.query_key_value", "embeddings.word_embeddings", "head"]
+    headers = ["module", "type", "parameters", "trainable parameters", "norm"]
+    rows = [[n, "Linear", "1,234,567", "1,234,567", "locked"] for n in names]
+    table = render("title", headers, rows)
+    assert max(map(len, table.splitlines())) <= int(columns)
+    for lines, name in zip(first_column(table), names):
+        assert "".join(lines) == name and all(line.endswith((".", "_")) for line in lines[:-1]), lines
+    head = table.split("┡")[0]
+    assert all(word in head for h in headers for word in h.split()), head
+    code, out, _ = run(capsys, "plan", "resnet50", "--freeze", "*", "!fc")
+    shown = [cell for cell in first_column(out) if cell != ["module"]]
+    assert code == 0 and all(all(line.endswith((".", " ")) for line in cell[:-1]) for cell in shown), shown
+    assert all(
+        f" {word} " in out or f" {word}\n" in out or f"{word} ┃" in out for word in ("params", "trainable", "norm")
+    )
+
+
+def test_paths_too_long_or_not_paths_are_one_line_errors(capsys, tmp_path):
+    long = str(tmp_path) + ("/" + "d" * 200) * 25 + "/w.pt"
+    for argv, message in (
+        (["inspect", long], "path is too long"),
+        (["inspect", str(tmp_path / ("n" * 300 + ".pt"))], "NAME_MAX"),
+        (["convert", long, "out.pdparams", "--to", "paddle"], "path is too long"),
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and message in err and err.count("\n") == 1 and len(err) < 600, err

@@ -224,3 +224,52 @@ def generate(folder) -> dict:
 if __name__ == "__main__":
     for path in generate(sys.argv[1] if len(sys.argv) > 1 else "."):
         print(path)
+
+
+# --- hostile delta files (issue 18): a valid delta, rewritten -------------------------------------------------------
+_ST_CODES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "int64": "I64",
+    "int32": "I32",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "complex64": "C64",
+}
+
+
+def rewrite_safetensors(src, dst, *, tensors=None, drop=(), metadata=None) -> None:
+    """Copy the safetensors file ``src`` to ``dst`` with ``tensors`` (numpy arrays) replaced or added, the keys in
+    ``drop`` removed, and ``metadata`` fields replaced (a value of None removes the field). No xfreeze code runs, so
+    the result is whatever a hand-edited file can be."""
+    with open(src, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header, body = json.loads(data[8 : 8 + n]), data[8 + n :]
+    meta = header.pop("__metadata__", {})
+    entries = {
+        k: (v["dtype"], v["shape"], body[v["data_offsets"][0] : v["data_offsets"][1]]) for k, v in header.items()
+    }
+    for key in drop:
+        del entries[key]
+    for key, array in (tensors or {}).items():
+        array = np.ascontiguousarray(array)
+        entries[key] = (
+            _ST_CODES[array.dtype.name],
+            list(array.shape),
+            array.astype(array.dtype.newbyteorder("<")).tobytes(),
+        )
+    for key, value in (metadata or {}).items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    out, chunks, offset = {"__metadata__": meta}, [], 0
+    for key, (code, shape, raw) in entries.items():
+        out[key] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    with open(dst, "wb") as f:
+        f.write(_safetensors(out, b"".join(chunks)))

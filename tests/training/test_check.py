@@ -115,3 +115,85 @@ def test_importing_the_integrations_imports_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# --- issue 18: rates that differ from the plan -------------------------------------------------------------------
+
+
+def test_a_stage_parameter_left_in_an_old_group_is_reported_with_both_rates(fw):
+    """A parameter frozen by hand after StagedUnfreeze was built, then unfrozen by a stage with its own rate, stays
+    in the group the optimizer had: check names it, its rate and the stage's."""
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.5)
+    staged = StagedUnfreeze(model, opt, [Stage(0), Stage(1, unfreeze=["3"], lr=0.125)])
+    xfreeze.freeze(model, "3")  # by hand, after the stages were checked
+    staged.step(1)
+    report = xfreeze.check(model, opt)
+    assert [(d.name, d.lr, d.planned, d.source) for d in report.off_plan] == [
+        ("3.weight", 0.5, 0.125, "stages[1].lr"),
+        ("3.bias", 0.5, 0.125, "stages[1].lr"),
+    ]
+    assert not report.ok and report.untrained == []
+    text = str(report)
+    assert "at another rate than planned" in text and "3.weight at 0.5, planned 0.125 (stages[1].lr)" in text
+    assert "HINT: a parameter in a group built before its stage keeps that group's rate" in text
+
+
+def test_a_group_rate_changed_by_hand_is_reported_and_a_common_factor_is_not(fw):
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.5, lr_mult={"8": 4})  # group 0: the rest at 0.5, group 1: 8 at 2
+    for index in (0, 1):
+        fw.scale_group_lr(opt, index, 0.5)  # what a schedule does: every group alike
+    assert xfreeze.check(model, opt).ok
+    fw.scale_group_lr(opt, 1, 0.25)  # the head's x4 is lost
+    report = xfreeze.check(model, opt)
+    assert [(d.name, d.lr, d.planned, d.source) for d in report.off_plan] == [
+        ("8.weight", 0.25, 1.0, "xfreeze.optimizer"),
+        ("8.bias", 0.25, 1.0, "xfreeze.optimizer"),
+    ]
+
+
+def test_stage_groups_under_a_schedule_are_in_plan(fw):
+    model = fw.build(CNN)
+    xfreeze.freeze(model, "*", "!8")
+    opt, sched = fw.xfreeze_optimizer(model, "sgd", 0.5, (1, 0.5), lr_mult={"8": 2})
+    stages = [Stage(0, freeze=["*", "!8"]), Stage(2, unfreeze=["3"], lr=0.125)]
+    staged = StagedUnfreeze(model, opt, stages, scheduler=sched)
+    for epoch in range(4):
+        staged.step(epoch)
+        x, y = batch(CNN, "float32", epoch)
+        fw.train_step(model, opt, fw.tensor(x), fw.labels(y))
+        sched.step()
+    assert xfreeze.check(model, opt).ok
+
+
+def test_a_torch_one_cycle_schedule_that_flattens_the_group_rates_is_reported():
+    """OneCycleLR(max_lr=0.1) gives every group the same peak: the head's x10 from lr_mult is gone."""
+    from harness import kit
+
+    torch_kit = kit("torch")
+    model = torch_kit.build(CNN)
+    opt = xfreeze.optimizer(model, "adamw", lr=0.01, lr_mult={"8": 10})
+    torch_kit.t.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    assert {d.name for d in xfreeze.check(model, opt).off_plan} == {"8.weight", "8.bias"}
+    fixed = xfreeze.optimizer(model, "adamw", lr=0.01, lr_mult={"8": 10})
+    torch_kit.t.optim.lr_scheduler.OneCycleLR(fixed, max_lr=[g["lr"] for g in fixed.param_groups], total_steps=10)
+    assert xfreeze.check(model, fixed).ok
+
+
+def test_a_torch_one_cycle_schedule_grown_by_stages_is_in_plan():
+    from harness import kit
+
+    torch_kit = kit("torch")
+    model = torch_kit.build(CNN)
+    xfreeze.freeze(model, "*", "!8")
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    sched = torch_kit.t.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    staged = StagedUnfreeze(
+        model, opt, [Stage(0, freeze=["*", "!8"]), Stage(2, unfreeze=["3"], lr=0.01)], scheduler=sched
+    )
+    for step in range(4):
+        staged.step(step)
+        opt.step()
+        sched.step()
+    assert xfreeze.check(model, opt).ok

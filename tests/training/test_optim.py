@@ -7,6 +7,7 @@ import xfreeze
 from xfreeze import XFreezeError
 from xfreeze.core.dispatch import adapter_for
 from harness import Spec, batch, random_state
+from statehash import state_hash
 
 CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
 BLOCKS = Spec("blocks", (4, 5, 6, 3))  # 0.0, 1.0, 2.0 blocks, 3 head
@@ -188,3 +189,121 @@ def test_layer_decay_on_real_ernie(fw):
     assert {rates[n] for n in rates if n.startswith(f"{layer}.0.")} == {0.5**3}
     assert {rates[n] for n in rates if n.startswith(f"{layer}.2.")} == {0.5}
     assert rates["classifier.weight"] == 1.0 and rates["ernie.pooler.dense.weight"] == 1.0
+
+
+# --- issue 18: numbers of any spelling; the no-decay conventions of timm ---------------------------------------
+
+
+@pytest.mark.parametrize("lr", [1, np.int64(1), np.float32(0.25), np.float64(0.5)])
+def test_an_int_or_numpy_rate_builds_in_both_frameworks(fw, lr):
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=lr, momentum=0, weight_decay=0, lr_mult={"8": 2})
+    assert sorted(adapter_for(model).group_lrs(opt)) == pytest.approx([float(lr), 2 * float(lr)])
+    x, y = batch(CNN, "float32", 0)
+    fw.train_step(model, opt, fw.tensor(x), fw.labels(y))  # the framework took the rate as a float
+    assert xfreeze.check(model, opt).ok
+
+
+@pytest.mark.parametrize("lr", [True, np.bool_(True)])
+def test_a_bool_rate_is_refused(fw, lr):
+    model = fw.build(CNN)
+    before = state_hash(model)
+    with pytest.raises(XFreezeError, match=r"lr must be a number > 0, not a bool\. Received: lr=(np\.)?True"):
+        xfreeze.optimizer(model, "sgd", lr=lr)
+    with pytest.raises(XFreezeError, match=r"lr must be a number"):
+        xfreeze.param_groups(model, lr=lr)
+    assert state_hash(model) == before
+
+
+def _with_tokens(fw, keywords=()):
+    """A model with a ViT's pos_embed / cls_token that names them in no_weight_decay(), timm's way."""
+
+    class Tokens(fw.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos_embed = fw.new_parameter(self, (1, 3, 4))
+            self.cls_token = fw.new_parameter(self, (1, 1, 4))
+            self.proj = fw.linear(4, 4)
+
+        def no_weight_decay(self):
+            return {"pos_embed", "cls_token", "reg_token"}  # timm lists tokens a model may lack
+
+        def no_weight_decay_keywords(self):
+            return set(keywords)
+
+    return Tokens()
+
+
+def _decayed(groups) -> set:
+    return {n for g in groups if g["weight_decay"] for n in g["names"]}
+
+
+def test_the_models_own_no_weight_decay_list_is_honoured(fw):
+    model = _with_tokens(fw)
+    assert _decayed(xfreeze.param_groups(model, lr=0.1, weight_decay=0.05)) == {"proj.weight"}
+    off = xfreeze.param_groups(model, lr=0.1, weight_decay=0.05, model_no_decay=False)
+    assert _decayed(off) == {"pos_embed", "cls_token", "proj.weight"}
+
+
+def test_no_weight_decay_keywords_and_a_submodule_of_your_own_model(fw):
+    class Outer(fw.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = _with_tokens(fw, keywords={"proj.w"})
+            self.head = fw.linear(4, 2)
+
+    model = Outer()
+    assert _decayed(xfreeze.param_groups(model, lr=0.1, weight_decay=0.05)) == {"head.weight"}
+
+
+def test_groups_a_stage_adds_keep_the_models_list(fw):
+    model = _with_tokens(fw)
+    xfreeze.freeze(model, "pos_embed", "cls_token")
+    opt = xfreeze.optimizer(model, "adamw", lr=0.1, weight_decay=0.05)
+    xfreeze.StagedUnfreeze(model, opt, [xfreeze.Stage(0), xfreeze.Stage(1, unfreeze=["*"], lr=0.01)]).step(1)
+    decays = {r.name: r.weight_decay for r in xfreeze.param_table(model, opt).rows}
+    assert decays["pos_embed"] == decays["cls_token"] == 0.0 and decays["proj.weight"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("answer, message", [(None, "raised"), ([1, 2], "must return parameter names")])
+def test_a_broken_no_weight_decay_is_refused_with_the_way_out(fw, answer, message):
+    model = _with_tokens(fw)
+    type(model).no_weight_decay = (lambda self: 1 / 0) if answer is None else (lambda self: answer)
+    with pytest.raises(
+        XFreezeError, match=rf"(?s)Tokens\.no_weight_decay\(\) of Tokens .*{message}.*model_no_decay=False"
+    ):
+        xfreeze.optimizer(model, "adamw", lr=0.1, weight_decay=0.05)
+    opt = xfreeze.optimizer(model, "adamw", lr=0.1, weight_decay=0.05, model_no_decay=False)
+    assert len(adapter_for(model).optimizer_param_ids(opt)) == 4
+
+
+def test_no_decay_1d_is_timms_rule_and_off_by_default(fw):
+    model = fw.build(BLOCKS)
+    model.gamma = fw.new_parameter(model, (3,))  # a LayerScale-like gain: 1-D, neither a bias nor a norm
+    assert "gamma" in _decayed(xfreeze.param_groups(model, lr=0.1, weight_decay=0.05))
+    timm_rule = xfreeze.param_groups(model, lr=0.1, weight_decay=0.05, no_decay_1d=True)
+    assert _decayed(timm_rule) == {"0.0.weight", "1.0.weight", "2.0.weight", "3.weight"}
+    with pytest.raises(XFreezeError, match=r"no_decay_1d must be True or False\. Received: no_decay_1d='yes'"):
+        xfreeze.param_groups(model, lr=0.1, no_decay_1d="yes")
+
+
+def test_a_timm_vit_decays_what_timm_decays():
+    """timm's own param_groups_weight_decay (no_weight_decay() + 1-D rule) against xfreeze with no_decay_1d."""
+    from timm.models.vision_transformer import VisionTransformer
+    from timm.optim import param_groups_weight_decay
+
+    vit = VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3, init_values=1e-5
+    )
+    names = {id(p): n for n, p in vit.named_parameters()}
+    timm_groups = param_groups_weight_decay(vit, 0.05, no_weight_decay_list=vit.no_weight_decay())
+    timm_decayed = {names[id(p)] for g in timm_groups if g["weight_decay"] for p in g["params"]}
+    assert _decayed(xfreeze.param_groups(vit, lr=1e-3, weight_decay=0.05, no_decay_1d=True)) == timm_decayed
+    default = _decayed(xfreeze.param_groups(vit, lr=1e-3, weight_decay=0.05))
+    assert not {"pos_embed", "cls_token"} & default  # the model's list, honoured by default
+    assert default - timm_decayed == {
+        "blocks.0.ls1.gamma",
+        "blocks.0.ls2.gamma",
+        "blocks.1.ls1.gamma",
+        "blocks.1.ls2.gamma",
+    }

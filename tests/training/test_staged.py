@@ -7,6 +7,7 @@ import xfreeze
 from xfreeze import Stage, StagedUnfreeze, XFreezeError
 from xfreeze.core.dispatch import adapter_for
 from harness import Spec, batch, random_state
+from statehash import state_hash
 
 CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear
 STAGES = [
@@ -112,8 +113,6 @@ def test_resume_after_any_epoch_is_bitwise_identical(fw, name, schedule, stop):
         ),
         ([Stage(1, freeze=["0"]), Stage(1, unfreeze=["0"])], r"stages overlap"),
         ([Stage(0, freeze=["layr4"])], r"Pattern 'layr4' matched no parameters"),
-        ([Stage(0, unfreeze=["0"], lr=0)], r"stages\[0\].lr must be > 0"),
-        ([Stage(0, unfreeze=["0"], lr=-1.0)], r"stages\[0\].lr must be > 0"),
         ([Stage(-1, freeze=["0"])], r"stages\[0\].at must be an integer epoch >= 0"),
         ([Stage(0, freeze=["0"], batch_size=0)], r"batch_size must be an integer >= 1"),
         ([Stage(0, freeze=["0"], norm="bn")], r"Expected one of \('freeze', 'train'\)"),
@@ -275,3 +274,104 @@ def test_an_incomplete_paddle_optimizer_state_is_refused_before_growing():
     with pytest.raises(XFreezeError, match=r"some parameters lack accumulators that others have"):
         staged2.load_state_dict(saved)
     assert _trainability(paddle_kit, model2) == before
+
+
+# --- issue 18: a stage's rate is honoured, or the call is refused ----------------------------------------------
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("-inf"), float("nan"), 0, -1.0, "0.01", True, np.bool_(True)])
+def test_a_stage_rate_that_is_no_rate_is_refused_when_the_stage_is_built(fw, lr):
+    model = fw.build(CNN)
+    xfreeze.freeze(model, "*", "!8")
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    before = state_hash(model)
+    with pytest.raises(XFreezeError, match=r"Stage\(at=2, unfreeze=\['3'\]\)\.lr must be a finite number > 0.*lr="):
+        StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), Stage(2, unfreeze=["3"], lr=lr)])
+    assert state_hash(model) == before
+
+
+def test_a_stage_rate_changed_after_the_stage_was_built_is_refused_before_anything_changes(fw):
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    late = Stage(2, unfreeze=["3"], lr=0.01)
+    object.__setattr__(late, "lr", float("inf"))  # past the dataclass's own check
+    before = state_hash(model)
+    with pytest.raises(XFreezeError, match=r"stages\[1\]\.lr must be a finite number > 0.*Received: lr=inf"):
+        StagedUnfreeze(model, None, [Stage(0, freeze=["*", "!8"]), late])
+    with pytest.raises(XFreezeError, match=r"stages\[1\]\.lr"):
+        StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), late])
+    assert state_hash(model) == before
+
+
+@pytest.mark.parametrize("lr", [1, np.float32(0.25), np.float64(0.5), np.int64(1)])
+def test_a_stage_rate_may_be_an_int_or_a_numpy_number(fw, lr):
+    model = fw.build(CNN)
+    xfreeze.freeze(model, "*", "!8")
+    opt = xfreeze.optimizer(model, "sgd", lr=0.5)
+    StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), Stage(1, unfreeze=["3"], lr=lr)]).step(1)
+    assert adapter_for(model).group_lrs(opt)[-1] == pytest.approx(float(lr))
+    assert xfreeze.check(model, opt).ok
+
+
+def test_an_optimizer_holding_what_a_later_stage_unfreezes_at_its_own_rate_is_refused(fw):
+    """xfreeze.optimizer built before stage 0's freeze holds every parameter: stage 1's parameters would train in
+    their old group at 0.1, not at 0.01 (issue 18)."""
+    model = fw.build(CNN)
+    early = xfreeze.optimizer(model, "sgd", lr=0.1)
+    stages = [Stage(0, freeze=["*", "!8"]), Stage(1, unfreeze=["3"], lr=0.01)]
+    before = state_hash(model)
+    with pytest.raises(
+        XFreezeError,
+        match=r"(?s)already holds 2 parameters of .* that stages\[1\] unfreezes \(3\.weight, 3\.bias\).*"
+        r"at 0\.1 \(3\.weight\), not at 0\.01 \(stages\[1\]\.lr=0\.01\).*HINT: build the optimizer after",
+    ):
+        StagedUnfreeze(model, early, stages)
+    assert state_hash(model) == before and len(adapter_for(model).group_lrs(early)) == 1
+    xfreeze.freeze(model, *stages[0].freeze)  # the fix: build it after the first stage's freeze
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    StagedUnfreeze(model, opt, stages).step(1)
+    assert adapter_for(model).group_lrs(opt) == pytest.approx([0.1, 0.01])
+    assert xfreeze.check(model, opt).ok
+
+
+def test_an_optimizer_holding_what_a_stage_unfreezes_at_the_same_rate_is_accepted(fw):
+    model = fw.build(CNN)
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)  # everything, at the base rate a stage without lr gives
+    staged = StagedUnfreeze(model, opt, [Stage(0, freeze=["*", "!8"]), Stage(1, unfreeze=["3"])])
+    staged.step(1)
+    assert len(adapter_for(model).group_lrs(opt)) == 1 and xfreeze.check(model, opt).ok
+
+
+def test_a_parameter_that_trained_keeps_its_group_when_frozen_and_unfrozen_again(fw):
+    model = fw.build(CNN)
+    xfreeze.freeze(model, "*", "!8")
+    opt = xfreeze.optimizer(model, "sgd", lr=0.1)
+    stages = [Stage(0, freeze=["*", "!8"]), Stage(1, freeze=["8"]), Stage(2, unfreeze=["8", "3"], lr=0.01)]
+    StagedUnfreeze(model, opt, stages).step(2)  # 8 trained at 0.1 until stage 1: not refused, back in its group
+    rows = {r.name: r.lr for r in xfreeze.param_table(model, opt).rows}
+    assert (rows["8.weight"], rows["3.weight"]) == pytest.approx((0.1, 0.01))
+    assert xfreeze.check(model, opt).ok
+
+
+def test_a_hand_built_torch_optimizer_over_every_parameter_is_refused_with_the_fix():
+    """The issue's run: SGD(model.parameters(), lr=0.1) and a stage rate 0.01 for layer4; layer4 trained at 0.1."""
+    from harness import kit
+
+    torch_kit = kit("torch")
+    model = torch_kit.zoo.resnet18(num_classes=4)
+    opt = torch_kit.t.optim.SGD(model.parameters(), lr=0.1)
+    stages = [Stage(0, freeze=["*", "!fc"]), Stage(2, unfreeze=["layer4"], lr=0.01)]
+    before = state_hash(model)
+    with pytest.raises(
+        XFreezeError,
+        match=r"(?s)SGD already holds 15 parameters of ResNet \(torch\) that stages\[1\] unfreezes.*not at 0\.01",
+    ):
+        StagedUnfreeze(model, opt, stages)
+    assert state_hash(model) == before and len(opt.param_groups) == 1
+    xfreeze.freeze(model, *stages[0].freeze)
+    opt = torch_kit.t.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    staged = StagedUnfreeze(model, opt, stages)
+    staged.step(2)
+    rates = {r.name: r.lr for r in xfreeze.param_table(model, opt).rows}
+    assert rates["layer4.0.conv1.weight"] == pytest.approx(0.01) and rates["fc.weight"] == pytest.approx(0.1)
+    assert xfreeze.check(model, opt).ok

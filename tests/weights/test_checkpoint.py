@@ -1,9 +1,11 @@
 """Checkpoint files: structural format detection, every real file readable, native dtypes bit for bit, saves that
 keep mode / links / no stale temps, and clear errors."""
 
+import errno
 import json
 import os
 import pickle
+import re
 import signal
 import stat
 import subprocess
@@ -290,8 +292,10 @@ def test_a_killed_save_leaves_the_old_file_and_the_next_save_removes_its_temp(tm
     assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]
 
 
-def test_disk_full_is_one_clear_error_and_the_old_file_stays(tmp_path):
-    path = xfreeze.save_checkpoint({"w": np.ones(3, "float32")}, tmp_path / "w.safetensors")
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_disk_full_is_one_clear_error_and_the_old_file_stays(tmp_path, suffix):
+    """A real limit (RLIMIT_FSIZE): torch.save's zip writer turns the OSError into a RuntimeError; the cause is kept."""
+    path = xfreeze.save_checkpoint({"w": np.ones(3, "float32")}, tmp_path / f"w{suffix}")
     script = textwrap.dedent(f"""
         import resource, signal, numpy as np, xfreeze
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -308,7 +312,7 @@ def test_disk_full_is_one_clear_error_and_the_old_file_stays(tmp_path):
         and "previous file there is intact" in result.stdout
     ), result.stdout + result.stderr
     assert xfreeze.load_checkpoint(path)["w"].tolist() == [1, 1, 1]
-    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_read_only_location_is_one_clear_error():
@@ -390,3 +394,81 @@ def test_a_format_is_one_registry_entry(tmp_path, monkeypatch):
         archive.writestr("readme.txt", "hi")
     with pytest.raises(XFreezeError, match=r"nor an npz \(members not all \.npy\) nor a listing \(no w\.json\)"):
         xfreeze.load_checkpoint(tmp_path / "other.zip")
+
+
+# --- issue 18: paths that are not paths, paths too long, a full disk -------------------------------------------
+@pytest.mark.parametrize("bad", [3, None, ["w.pt"], 1.5, {"path": "w.pt"}])
+def test_a_path_that_is_not_a_path_is_refused_naming_it(tmp_path, bad):
+    with pytest.raises(
+        XFreezeError, match=rf"path must be a file path \(str or os.PathLike\), not {type(bad).__name__}"
+    ):
+        xfreeze.save_checkpoint({"w": np.ones(2)}, bad)
+    with pytest.raises(XFreezeError, match=rf"not {type(bad).__name__}\. Received: path="):
+        xfreeze.load_checkpoint(bad)
+    with pytest.raises(XFreezeError, match="path is empty"):
+        xfreeze.load_checkpoint("")
+
+
+def test_bytes_paths_are_paths(tmp_path):
+    path = xfreeze.save_checkpoint({"w": np.ones(2, "float32")}, os.fsencode(tmp_path / "w.npz"))
+    assert xfreeze.load_checkpoint(os.fsencode(path))["w"].tolist() == [1, 1]
+
+
+def test_paths_too_long_are_refused_before_touching_the_disk(fw, tmp_path):
+    deep = str(tmp_path) + ("/" + "d" * 200) * 25 + "/w.pt"
+    long_name = tmp_path / ("n" * 300 + ".pt")
+    for path, message in ((deep, r"path is too long: 5,\d\d\d bytes, .* \(PATH_MAX\)"), (long_name, r"\(NAME_MAX\)")):
+        with pytest.raises(XFreezeError, match=message) as info:
+            xfreeze.save_checkpoint(model(fw), path)
+        assert len(str(info.value)) < 500  # the path is shortened in the message
+        with pytest.raises(XFreezeError, match=message):
+            xfreeze.load_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []
+    near_the_limit = tmp_path / ("m" * 250 + ".pt")  # its temporary file needs a shorter stand-in name
+    xfreeze.save_checkpoint(model(fw), near_the_limit)
+    assert [p.name for p in tmp_path.iterdir()] == [near_the_limit.name]
+
+
+def test_a_directory_is_not_a_file_to_save_to(tmp_path):
+    with pytest.raises(XFreezeError, match=r"cannot write '.*': it is a directory; name a file inside it"):
+        xfreeze.save_checkpoint({"w": np.ones(2)}, tmp_path)
+    with pytest.raises(XFreezeError, match="is a directory"):
+        _checkpoint.check_writable(tmp_path)
+
+
+class FullDisk:
+    """An open file on a disk with ``room`` bytes left: a write past it raises ENOSPC, as the OS does."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= size
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pdparams", ".safetensors", ".npz"])
+def test_a_full_disk_is_one_error_with_the_free_space_and_leaves_nothing(fw, tmp_path, monkeypatch, suffix):
+    path = xfreeze.save_checkpoint({"w": np.ones(3, "float32")}, tmp_path / f"w{suffix}")
+    before = path.read_bytes()
+    fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: FullDisk(fdopen(fd, *a, **k), room=200))
+    with pytest.raises(XFreezeError) as info:  # torch.save alone would raise RuntimeError("unexpected pos ...")
+        xfreeze.save_checkpoint(model(fw), path)
+    message = str(info.value)
+    assert f"cannot write {str(path)!r}: No space left on device (ENOSPC); " in message
+    assert re.search(r"\(([\d,]+) bytes\) free in ", message) and "nothing was left behind" in message
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]

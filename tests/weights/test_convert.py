@@ -13,7 +13,9 @@ import pytest
 
 import xfreeze
 from xfreeze import XFreezeError
-from harness import kit
+from xfreeze.backends.naming import naming
+from xfreeze.weights.convert import convert_archs
+from harness import BACKENDS, kit
 
 OUTPUT_RTOL = 1e-5
 
@@ -165,9 +167,58 @@ def test_what_cannot_be_placed_is_reported():
     "kwargs, message",
     [
         (dict(to="jax"), r"Expected one of \('torch', 'paddle'\)"),
-        (dict(to="paddle", arch="vgg"), r"Received: arch='vgg'"),
+        (dict(to="paddle", arch="vgg"), r"unknown arch='vgg' for paddle: .*Did you mean 'vgg"),
+        (dict(to="paddle", arch=50), r"arch must be .* Received: arch=50"),
+        (dict(to="paddle", allow_partial=1), r"allow_partial must be True or False"),
     ],
 )
 def test_bad_convert_arguments(kwargs, message):
     with pytest.raises(XFreezeError, match=message):
         xfreeze.convert({"w": np.ones(2)}, **kwargs)
+
+
+def other(fw):
+    """The framework a state converted into ``fw`` comes from (data, not a branch on the name)."""
+    return next(name for name in BACKENDS if name != fw.name)
+
+
+def test_arch_is_spelled_as_on_the_command_line(fw):
+    state = resnet(other(fw), "resnet18").state_dict()
+    out = xfreeze.convert(state, to=fw.name, arch="resnet18")  # a model name, as `xfreeze convert --arch resnet18`
+    target = set(resnet(fw.name, "resnet18").state_dict())
+    own_only = naming(fw.name).own_only_leaves  # torch's num_batches_tracked: no Paddle counterpart
+    assert set(out) <= target and all(k.rpartition(".")[2] in own_only for k in target - set(out))
+    assert not any("differs" in note for _, note in out.notes)
+    assert xfreeze.convert(state, to=fw.name, arch="resnet").arch == "resnet"  # a name map still forces the map
+    assert "resnet" in convert_archs() and "llama" in convert_archs()
+
+
+@pytest.mark.slow
+def test_a_state_of_another_architecture_is_refused(fw):
+    state = resnet(other(fw), "resnet18").state_dict()
+    with pytest.raises(
+        XFreezeError, match=r"do not fit arch='resnet50' .*'layer1\.0\.conv1\.weight' is \[64, 64, 3, 3\]"
+    ):
+        xfreeze.convert(state, to=fw.name, arch="resnet50")
+    out = xfreeze.convert(state, to=fw.name, arch="resnet50", allow_partial=True)
+    assert ("layer1.0.conv1.weight", "shape [64, 64, 3, 3] differs from resnet50's [64, 64, 1, 1]") in out.notes
+
+
+def test_unknown_arch_suggests_each_name_once(fw):
+    with pytest.raises(XFreezeError, match="Did you mean") as info:
+        xfreeze.convert(
+            {"conv1.weight": np.ones((2, 3, 1, 1), "float32")}, to=fw.name, source=other(fw), arch="resnet5"
+        )
+    suggested = str(info.value).partition("Did you mean ")[2].rstrip("?").split(" or ")
+    assert len(suggested) == len(set(suggested)) >= 2 and "'resnet50'" in suggested
+
+
+def test_arch_naming_a_model_and_model_together_are_refused(fw):
+    with pytest.raises(XFreezeError, match="pass one of them"):
+        xfreeze.convert(
+            {"fc.weight": np.ones((2, 3), "float32")},
+            to=fw.name,
+            source=other(fw),
+            model=fw.linear(3, 2),
+            arch="resnet18",
+        )

@@ -1,11 +1,15 @@
 """load_matched: shape-matched loading with a full report, prefixes, rename, skip, strict, dtype casts, errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 
 import xfreeze
 from xfreeze import XFreezeError
+from xfreeze.model import provenance
 from harness import Spec, random_state
+from statehash import state_hash
 
 CNN = Spec("cnn", (4, 3))  # 0 conv, 1 bn, 3 conv, 4 bn, 8 linear (3 classes)
 CNN10 = Spec("cnn", (4, 3), classes=10)
@@ -50,7 +54,10 @@ def test_rename_by_prefix_map_and_function(fw):
     wrapped = {"backbone.body." + k: v for k, v in state(fw, source).items()}
     assert not xfreeze.load_matched(target, wrapped, rename={"backbone.body.": ""}).unexpected
     report = xfreeze.load_matched(
-        target, wrapped, rename=lambda k: k.replace("backbone.body.", "") if not k.endswith("bias") else None
+        target,
+        wrapped,
+        rename=lambda k: k.replace("backbone.body.", "") if not k.endswith("bias") else None,
+        allow_partial=True,
     )
     assert all(k.endswith("bias") for k in report.missing)
 
@@ -158,3 +165,93 @@ def test_bad_files_leave_the_model_unchanged(fw, tmp_path, case):
         xfreeze.load_matched(target, path)
     assert all(np.array_equal(v, fw.state(target)[k]) for k, v in before.items())
     assert not (tmp_path / "pwned").exists()
+
+
+# --- the partial-load policy (issue 18, item 3) ---------------------------------------------------------------------
+
+
+def test_under_half_placed_is_an_error_naming_the_counts(fw):
+    source, target = built(fw, seed=1), built(fw, seed=2)
+    subset = {k: v for k, v in state(fw, source).items() if k.startswith(("0.", "8."))}
+    before = state_hash(target)
+    with pytest.raises(
+        XFreezeError,
+        match=r"load_matched placed 4 of \d+ keys of Sequential \(\w+\) \(fewer than half\); nothing was changed\. "
+        r"Loaded 4, adapted 0, shape-mismatched 0, missing \d+\. Pass allow_partial=True",
+    ):
+        xfreeze.load_matched(target, subset)
+    assert state_hash(target) == before
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="load_matched")  # allow_partial: no warning either
+        report = xfreeze.load_matched(target, subset, allow_partial=True)
+    assert len(report.loaded) == 4 and np.array_equal(fw.state(target)["0.weight"], fw.state(source)["0.weight"])
+
+
+def test_keys_left_outside_the_head_are_a_warning_with_a_hint(fw):
+    source, target = built(fw, CNN10, seed=1), built(fw, seed=2)
+    partial = {k: v for k, v in state(fw, source).items() if k != "3.bias"}
+    with pytest.warns(UserWarning) as caught:
+        report = xfreeze.load_matched(target, partial)
+    texts = [str(w.message) for w in caught if "load_matched" in str(w.message)]
+    assert len(texts) == 1, texts
+    assert (
+        texts[0].startswith("load_matched did not fill 1 keys of Sequential")
+        and "(0 shape-mismatched, 1 missing in the source): 3.bias;" in texts[0]
+    )
+    assert "\nHINT: " in texts[0] and "allow_partial=True" in texts[0]
+    assert "8.weight" not in texts[0]  # the head's mismatch is expected, not warned
+    assert report.missing == ["3.bias"] and set(report.mismatched) == {"8.weight", "8.bias"}
+
+
+def test_a_mismatched_head_alone_is_not_warned(fw):
+    source, target = built(fw, CNN10, seed=1), built(fw, seed=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="load_matched")
+        report = xfreeze.load_matched(target, state(fw, source))
+    assert set(report.mismatched) == {"8.weight", "8.bias"}
+
+
+def test_the_load_records_what_it_did_not_reach(fw):
+    """freeze's warning (item 2) reads this: mismatched and missing keys, never the loaded or adapted ones."""
+    source, target = built(fw, CNN10, seed=1), built(fw, seed=2)
+    partial = {k: v for k, v in state(fw, source).items() if k != "3.bias"}
+    xfreeze.load_matched(target, partial, allow_partial=True)
+    targets = state(fw, target)
+    assert {k: id(v) for k, v in provenance.untouched(target).items()} == {
+        k: id(targets[k]) for k in ("8.weight", "8.bias", "3.bias")
+    }
+    xfreeze.load_matched(target, state(fw, built(fw, seed=3)))  # a whole load: nothing left untouched
+    assert provenance.untouched(target) == {}
+
+
+@pytest.mark.slow
+def test_resnet50_from_a_resnet18_state_is_refused(fw):
+    """The issue's run: 98 keys of 320 placed, silently; now an error naming the counts."""
+    target, source = fw.zoo.resnet50(), fw.zoo.resnet18()
+    before = state_hash(target)
+    with pytest.raises(XFreezeError, match=r"placed \d+ of \d+ keys of ResNet .*fewer than half.*shape-mismatched"):
+        xfreeze.load_matched(target, state(fw, source))
+    assert state_hash(target) == before
+
+
+# --- sources that cannot be copied (issue 18, bad input) -----------------------------------------------------------
+
+
+def test_sparse_and_meta_tensors_are_refused_before_any_copy(fw):
+    source, target = built(fw, seed=1), built(fw, seed=2)
+    before = state_hash(target)
+    good = state(fw, source)
+    last = [k for k, v in fw.state(source).items() if v.ndim == 2][-1]  # the keys before it would be copied first
+    for label, bad in fw.unreadable_tensors(fw.state(source)[last]).items():
+        with pytest.raises(XFreezeError, match=rf"holds a (sparse|meta) tensor.* at '{last}'.*Nothing was changed"):
+            xfreeze.load_matched(target, {**good, last: bad})
+        assert state_hash(target) == before, label
+
+
+def test_a_state_dict_object_with_a_non_tensor_value_is_refused(fw):
+    target = built(fw)
+    before = state_hash(target)
+    bad = xfreeze.StateDict({**state(fw, built(fw, seed=1)), "8.bias": [0.0, 1.0, 2.0]})
+    with pytest.raises(XFreezeError, match=r"values that are not tensors: '8.bias' \(list\)"):
+        xfreeze.load_matched(target, bad)
+    assert state_hash(target) == before

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import provenance as _provenance
 from . import select as _select
 from .guard import guard_trainability_change
 from .live import warn_if_out_of_step
@@ -15,6 +19,7 @@ from ..core.tensors import FLOAT_DTYPES
 from .view import view_of
 
 NORM_MODES = ("freeze", "train")
+SHOWN = 5  # tensors named in a warning before "and N more"
 
 
 @dataclass
@@ -132,6 +137,14 @@ def unfreeze(model, *patterns, backend: str | None = None) -> FreezeReport:
 def _set_trainable(model, patterns, trainable: bool, norm: str, backend) -> FreezeReport:
     check_choice("norm", norm, NORM_MODES)
     compiled = _select.compile_patterns(patterns)
+    with model_lock(model):  # a second thread's freeze/unfreeze of this model waits (norm hooks, grads, flags)
+        report = _apply(model, compiled, trainable, norm, backend)
+    if not trainable:
+        _warn_if_never_loaded(model, report)
+    return report
+
+
+def _apply(model, compiled, trainable: bool, norm: str, backend) -> FreezeReport:
     view = view_of(model, backend)
     adapter = view.adapter
     selected = np.flatnonzero(_select.select_mask(view, compiled))  # raises before anything changes
@@ -165,6 +178,63 @@ def _set_trainable(model, patterns, trainable: bool, norm: str, backend) -> Free
     _update_norm_locks(view, compiled, touched, report, lock=not trainable and norm == "freeze")
     report.counts = counts(view)
     return report
+
+
+# model -> its lock: freeze and unfreeze of one model from two threads run one after the other (torch's and Paddle's
+# hook and parameter dicts are plain OrderedDicts: changed by one thread while another iterates, they raise)
+_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The lock that serialises xfreeze's changes to ``model`` (reentrant: a staged schedule may nest calls).
+
+    Args:
+        model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
+
+    Returns:
+        threading.RLock: the same lock for the same model object, for as long as the model lives.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 2)
+        >>> with model_lock(model):
+        ...     pass
+    """
+    with _locks_guard:
+        try:
+            lock = _locks.get(model)
+            if lock is None:
+                lock = _locks[model] = threading.RLock()
+        except TypeError:  # an object that cannot be weakly referenced: it is refused later as "not a model"
+            lock = threading.RLock()
+    return lock
+
+
+def _warn_if_never_loaded(model, report: FreezeReport) -> None:
+    """Warn when this freeze fixed tensors that the last load left at their initialisation (issue 18, item 2)."""
+    if not (report.changed or report.norms_locked):
+        return
+    untouched = _provenance.untouched(model)  # {} at once when no load was recorded
+    if not untouched:
+        return
+    view = view_of(model)
+    fixed = {id(view.params[view.index[n]]) for n in report.changed if n in view.index}
+    for path in report.norms_locked:
+        fixed.update(id(view.stat_tensors[i]) for i in view.statistics(view.module_index[path]))
+    names = [key for key, tensor in untouched.items() if id(tensor) in fixed]
+    if not names:
+        return
+    shown = ", ".join(names[:SHOWN]) + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+    first = next((n for n in names if n in view.index), names[0])
+    warnings.warn(
+        f"xfreeze.freeze: {len(names)} tensor(s) of {report.model} that the last load did not reach (missing from "
+        f"the source or of another shape) are now frozen at their initialisation: {shown}. They will not train.\n"
+        "HINT: load them first (load_matched adapts position embeddings, input convs and larger embeddings to the "
+        f'new shape), or keep them trainable: freeze(model, ..., "!{first}")',
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _update_norm_locks(view, compiled, touched: set, report: FreezeReport, lock: bool) -> None:

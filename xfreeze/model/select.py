@@ -4,6 +4,10 @@ A pattern selects a parameter when it matches the parameter's own name or the na
 framework-neutral kind) of any module that contains it: ``layer4`` selects everything under ``layer4``.
 Each pattern is compiled once and matched once per call against the model view: once per parameter name and once
 per module path, with module matches propagated down the module tree (so the cost is linear in the model's size).
+
+Patterns are user input, so matching runs in bounded time: globs compile to Python regular expressions that cannot
+backtrack catastrophically (``fnmatch.translate``), and ``re:`` patterns run on RE2 (google-re2), whose matching is
+linear in the name's length whatever the pattern. What RE2 cannot express (backreferences, lookaround) is refused.
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
+import re2
 
 from ..core.errors import XFreezeError
 
 KINDS = ("norm", "linear", "conv", "embedding")
+MAX_NESTING = 100  # groups in a re: pattern; a name selector never needs more, and the limit keeps RE2's parse small
+MAX_LIST_DEPTH = 32  # lists of lists of patterns
+RE2_SYNTAX = "https://github.com/google/re2/wiki/Syntax"
 
 
 @dataclass(frozen=True)
@@ -26,16 +35,19 @@ class Pattern:
     negate: bool
     kind: str  # "glob" | "re" | "type"
     body: str
-    regex: re.Pattern | None = None
+    regex: re.Pattern | None = None  # globs: a Python regex (fnmatch's translation backtracks boundedly)
+    bounded: "re2.Set | None" = None  # re: patterns: an RE2 full-match set of this one pattern (linear time)
 
-    def name_hits(self, names: list) -> np.ndarray:
-        """Which of ``names`` the pattern matches by name (always False for ``type:``)."""
-        if self.kind == "type":
+    def name_hits(self, names: list, view=None) -> np.ndarray:
+        """Which of ``names`` the pattern matches by name (always False for ``type:``); ``view``: the view that
+        ``names`` belongs to, whose UTF-8 names are then encoded once."""
+        if self.bounded is not None:
+            match = getattr(self.bounded, "_set", self.bounded).Match  # the C++ set: one call per name
+            texts = _utf8(view, names)
+            return np.fromiter(map(bool, map(match, texts)), dtype=bool, count=len(texts))
+        if self.regex is None:  # type: patterns match module classes, not names
             return np.zeros(len(names), dtype=bool)
-        regex = self.regex
-        if regex is None:  # only type: patterns have none
-            return np.zeros(len(names), dtype=bool)
-        match = regex.fullmatch if self.kind == "re" else regex.match
+        match = self.regex.match
         return np.fromiter((match(n) is not None for n in names), dtype=bool, count=len(names))
 
     def hits(self, view) -> np.ndarray:
@@ -43,7 +55,7 @@ class Pattern:
         them. Made once per view and pattern (a schedule or group build asks for the same pattern many times)."""
         cache = view.pattern_hits
         if self.text not in cache:
-            mask = self.name_hits(view.names) | self.module_hits(view)[view.owner_array]
+            mask = self.name_hits(view.names, view) | self.module_hits(view)[view.owner_array]
             mask.flags.writeable = False  # shared by every caller
             cache[self.text] = mask
         return cache[self.text]
@@ -53,7 +65,7 @@ class Pattern:
         if self.kind == "type":
             own = np.fromiter((self.body in t for t in view.type_names), dtype=bool, count=len(view.paths))
         else:
-            own = self.name_hits(view.paths)
+            own = self.name_hits(view.paths, view)
             own[0] = own[0] and view.paths[0] != ""  # the root has no name to match
         covered = own.copy()
         parent = view.parent
@@ -63,25 +75,75 @@ class Pattern:
         return covered
 
 
-def compile_patterns(patterns) -> list[Pattern]:
-    flat = _flatten(patterns)
+def compile_patterns(patterns, argument: str = "patterns") -> list[Pattern]:
+    """Compile selector patterns: a string, or a list or tuple of strings (nested lists are flattened).
+
+    Args:
+        patterns: the patterns, as the caller received them.
+        argument: the caller's name for them, used in errors (``"patterns"``, ``"skip"``, ...).
+
+    Returns:
+        list[Pattern]: compiled patterns, in order.
+
+    Raises:
+        XFreezeError: no patterns, something that is not a string or a list of strings, an empty pattern, or a
+            ``re:`` pattern that is invalid or cannot be matched in bounded time.
+    """
+    flat = _flatten(patterns, argument)
     if not flat:
         raise XFreezeError(
-            'No patterns given. Pass at least one, e.g. "*" for every parameter or "backbone.*" for a submodule'
+            f'No patterns given ({argument}). Pass at least one, e.g. "*" for every parameter or "backbone.*" '
+            "for a submodule"
         )
     return [_compile(p) for p in flat]
 
 
-def _flatten(patterns) -> list[str]:
-    flat = []
-    for p in patterns:
-        if isinstance(p, (list, tuple)):
-            flat.extend(_flatten(p))
-        elif isinstance(p, str):
-            flat.append(p)
+def _flatten(patterns, argument: str) -> list[str]:
+    """The strings of ``patterns`` (a string, or lists / tuples of them nested up to MAX_LIST_DEPTH), in order;
+    iterative, so a deeply nested or self-containing list is an error, not a RecursionError."""
+    if isinstance(patterns, str):
+        return [patterns]
+    if not isinstance(patterns, (list, tuple)):
+        raise _not_patterns(argument, patterns)
+    flat: list[str] = []
+    stack = [iter(patterns)]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, str):
+            flat.append(item)
+        elif isinstance(item, (list, tuple)):
+            if len(stack) >= MAX_LIST_DEPTH:
+                raise XFreezeError(
+                    f"{argument}: lists of patterns nested more than {MAX_LIST_DEPTH} deep (or a list that contains "
+                    "itself). Pass a flat list of strings, e.g. ['*', '!head']"
+                )
+            stack.append(iter(item))
         else:
-            raise XFreezeError(f"Patterns must be strings; received {type(p).__name__} {p!r}")
+            raise _not_patterns(argument, item, inside=True)
     return flat
+
+
+_END = object()
+
+
+def _not_patterns(argument: str, value, inside: bool = False) -> XFreezeError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    where = f"in {argument}" if inside else f"as {argument}"
+    unordered = " (a set has no order, and '!' patterns depend on it: pass a list)"
+    hints: dict[type, str] = {
+        dict: " (a dict: pass its keys as a list if they are patterns)",
+        set: unordered,
+        frozenset: unordered,
+        bytes: " (bytes: decode them to a str)",
+    }
+    hint = hints.get(type(value), "")
+    return XFreezeError(
+        f"Patterns must be strings; received {type(value).__name__} {shown} {where}{hint}. Pass strings or "
+        'lists of strings, e.g. "*", "!head" or ["layer4", "fc"]; nothing was changed'
+    )
 
 
 def _compile(text: str) -> Pattern:
@@ -98,15 +160,89 @@ def _compile(text: str) -> Pattern:
         raise XFreezeError(
             f'Empty pattern {text!r}: write what to match, e.g. "fc.*", "re:layer[0-9]\\..*" or "type:norm"'
         )
-    regex = None
     if kind == "re":
-        try:
-            regex = re.compile(body)
-        except re.error as exc:
-            raise XFreezeError(f"Invalid regular expression in pattern {text!r}: {exc}") from None
-    elif kind == "glob":
-        regex = re.compile(fnmatch.translate(body))
-    return Pattern(text, negate, kind, body, regex)
+        return Pattern(text, negate, kind, body, bounded=_bounded(text, body))
+    if kind == "glob":
+        return Pattern(text, negate, kind, body, regex=re.compile(fnmatch.translate(body)))
+    return Pattern(text, negate, kind, body)
+
+
+def _options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is an XFreezeError, not a line on stderr
+    options.never_capture = True  # only "does it match" is asked: no group spans to track
+    return options
+
+
+_OPTIONS = _options()
+
+
+def _bounded(text: str, body: str) -> re2.Set:
+    """A full-match RE2 set of one pattern: matching is linear in the name's length (no backtracking)."""
+    depth = _nesting(body)
+    if depth > MAX_NESTING:
+        raise XFreezeError(
+            f"Regular expression in pattern {_short(text)} nests groups {depth} deep (at most {MAX_NESTING}). "
+            "Write it flatter, e.g. alternatives side by side: re:(layer3|layer4)\\..*"
+        )
+    try:
+        re2.compile(body, _OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise XFreezeError(
+            f"Invalid regular expression in pattern {_short(text)}: {reason}. re: patterns run on RE2, which matches "
+            "in time linear in the name whatever the pattern, so backreferences (\\1), lookaround ((?=...), "
+            f"(?<=...)) and \\Z (write \\z, or nothing: the whole name must match anyway) are not supported; "
+            f"syntax: {RE2_SYNTAX}"
+        ) from None
+    bounded = re2.Set.FullMatchSet(_OPTIONS)
+    bounded.Add(body)
+    bounded.Compile()
+    return bounded
+
+
+def _nesting(body: str) -> int:
+    """How deep the groups of a regular expression nest (escapes and character classes skipped)."""
+    depth = deepest = 0
+    i, in_class = 0, False
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 2 if body[i + 1 : i + 2] == "]" or body[i + 1 : i + 3] == "^]" else 1
+            continue
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth = max(depth - 1, 0)
+        i += 1
+    return deepest
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...") + f" ({len(text)} characters)"
+
+
+# view -> {id of its names or paths list: (the list, its names as UTF-8 bytes)}: RE2 matches bytes, and a schedule
+# asks for many patterns over the same names
+_encoded: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _utf8(view, names: list) -> list:
+    """``names`` as UTF-8 bytes; encoded once per view for its own names and module paths."""
+    if view is None or (names is not view.names and names is not view.paths):
+        return [n.encode("utf-8", "surrogatepass") for n in names]
+    cached = _encoded.setdefault(view, {})
+    entry = cached.get(id(names))
+    if entry is None or entry[0] is not names:
+        entry = cached[id(names)] = (names, [n.encode("utf-8", "surrogatepass") for n in names])
+    return entry[1]
 
 
 def select_mask(
@@ -120,7 +256,7 @@ def select_mask(
     chosen = np.full(len(names), bool(patterns and patterns[0].negate))
     for pattern in patterns:
         modules = pattern.module_hits(view)
-        hits = pattern.name_hits(names)
+        hits = pattern.name_hits(names, view)
         if len(names):
             hits |= modules[owners]
         if not hits.any() and not (allow_stat_only and _covers_stat_only(view, modules)):

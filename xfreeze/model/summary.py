@@ -137,11 +137,18 @@ def _row(view, mi: int, total: int, trained: int, tied: tuple) -> ModuleRow:
 
 def collapse(rows: list[ModuleRow]) -> list[ModuleRow]:
     """Rows with runs of identical numbered blocks (``blocks.3``, ``blocks.4``, ...) folded into one row each."""
-    out, i = [], 0
+    return [row for row, _ in collapse_groups(rows)]
+
+
+def collapse_groups(rows: list[ModuleRow]) -> list[tuple[ModuleRow, list[ModuleRow]]]:
+    """``(shown row, the rows it stands for)`` pairs: runs of identical numbered blocks fold into one row, so that
+    callers adding their own columns (the command line's bytes) can sum them over the folded rows."""
+    out: list = []
+    i = 0
     while i < len(rows):
         block = _block_of(rows[i].name)
         if block is None:
-            out.append(rows[i])
+            out.append((rows[i], [rows[i]]))
             i += 1
             continue
         prefix, number = block
@@ -160,21 +167,20 @@ def collapse(rows: list[ModuleRow]) -> list[ModuleRow]:
             run.append((_block_of(rows[j].name)[1], members))
             j = end
         if len(run) < 2:
-            out.extend(rows[i : max(j, i + 1)] if run else [rows[i]])
+            out.extend((r, [r]) for r in (rows[i : max(j, i + 1)] if run else [rows[i]]))
             i = max(j, i + 1)
             continue
         members = [r for _, m in run for r in m]
         norms = sorted({r.norm for r in members if r.norm})
-        out.append(
-            ModuleRow(
-                f"{prefix}{run[0][0]}-{run[-1][0]} (x{len(run)})",
-                f"{len(run[0][1])} modules each",
-                sum(r.parameters for r in members),
-                sum(r.trainable for r in members),
-                "/".join(norms),
-                "",
-            )
+        shown = ModuleRow(
+            f"{prefix}{run[0][0]}-{run[-1][0]} (x{len(run)})",
+            f"{len(run[0][1])} modules each",
+            sum(r.parameters for r in members),
+            sum(r.trainable for r in members),
+            "/".join(norms),
+            "",
         )
+        out.append((shown, members))
         i = j
     return out
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .check import remember
+from .check import OPTIMIZER_PLAN, record_rates, remember
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError, check_choice
 from ..model.kinds import warn_decayed_norms
 from ..model.layers import layer_map
 from ..model.select import compile_patterns, select_mask
 from ..model.view import batched, view_of
+from .conventions import decay_exclusions
 
 DEFAULT_NO_DECAY = ("*.bias", "type:norm")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -42,6 +43,8 @@ class OptimizerConfig:
     extra: dict = field(default_factory=dict)
     lr_mult: dict | None = None  # kept so that groups added later (StagedUnfreeze) are scaled alike
     layer_decay: float | None = None
+    no_decay_1d: bool = False
+    model_no_decay: bool = True
 
 
 @batched
@@ -54,6 +57,8 @@ def param_groups(
     no_decay=DEFAULT_NO_DECAY,
     layer_decay: float | None = None,
     only=None,
+    no_decay_1d: bool = False,
+    model_no_decay: bool = True,
     backend: str | None = None,
 ) -> list[dict]:
     """Parameter groups over the trainable parameters, with absolute learning rates.
@@ -67,6 +72,12 @@ def param_groups(
         layer_decay: layer-wise learning-rate decay in (0, 1]: block k of n (encoder layers, ResNet stages) trains
             at ``lr * layer_decay ** (n + 1 - k)``; stem/embeddings at ``k = 0``, the head at ``k = n + 1``.
         only: parameter names to restrict the groups to (default: every trainable parameter).
+        no_decay_1d: timm's rule: every parameter with at most one dimension (biases, norm gains, LayerScale
+            gammas) gets weight decay 0 as well (default False: ``no_decay`` alone decides).
+        model_no_decay: honour the model's own lists (timm's convention), on the model and on any submodule that
+            defines them: ``no_weight_decay()`` (parameter names relative to that module, ``fnmatch`` wildcards)
+            and ``no_weight_decay_keywords()`` (substrings) get weight decay 0 (default True; timm ViT:
+            ``pos_embed``, ``cls_token``, ``dist_token``).
         backend: force ``"torch"`` or ``"paddle"``.
 
     Returns:
@@ -75,7 +86,8 @@ def param_groups(
 
     Raises:
         XFreezeError: a non-positive ``lr``, negative ``weight_decay``, ``layer_decay`` outside (0, 1], a
-            non-positive multiplier, a pattern that matches nothing, or no trainable parameters.
+            non-positive multiplier, a pattern that matches nothing, a model whose ``no_weight_decay()`` fails or
+            returns no names, or no trainable parameters.
 
     Example:
         >>> import torch, xfreeze
@@ -87,6 +99,8 @@ def param_groups(
     _check_positive("lr", lr)
     _check_number("weight_decay", weight_decay, minimum=0.0)
     check_group_options(lr_mult, no_decay, layer_decay)
+    _check_flags(no_decay_1d=no_decay_1d, model_no_decay=model_no_decay)
+    lr, weight_decay = float(lr), float(weight_decay)  # an int or a numpy float means the same number
     view = view_of(model, adapter.name)
     chosen = [int(i) for i in np.flatnonzero(view.trainable())]
     if only is not None:
@@ -96,8 +110,8 @@ def param_groups(
         raise XFreezeError(
             f"{view.label} has no trainable parameters to optimize; unfreeze some first (xfreeze.unfreeze(model, ...))"
         )
-    scales = _lr_scales(view, chosen, lr_mult or {}, layer_decay)
-    decayed = _decay_flags(view, no_decay)
+    scales = lr_scales(view, chosen, lr_mult or {}, layer_decay)
+    decayed = _decay_flags(view, no_decay, no_decay_1d, model_no_decay)
     return _group(view, chosen, scales, decayed, lr, weight_decay)
 
 
@@ -115,6 +129,8 @@ def optimizer(
     lr_mult: dict | None = None,
     no_decay=DEFAULT_NO_DECAY,
     layer_decay: float | None = None,
+    no_decay_1d: bool = False,
+    model_no_decay: bool = True,
     backend: str | None = None,
     **kwargs,
 ):
@@ -136,11 +152,13 @@ def optimizer(
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
         name: ``"sgd"``, ``"adam"`` or ``"adamw"``; or an optimizer class / factory of the model's framework.
-        lr: base learning rate (> 0); in Paddle an ``LRScheduler`` is accepted too (its nominal rate is the base:
+        lr: base learning rate (a finite number > 0: an int or numpy float is taken as a float, a bool is
+            refused); in Paddle an ``LRScheduler`` is accepted too (its nominal rate is the base:
             ``base_lr``, OneCycleLR's peak, LinearWarmup's rate after warm-up, PiecewiseDecay's first value).
         weight_decay: the decay of the parameters ``no_decay`` does not match (>= 0). Default: 0 for the three
             names; for a class or factory its own default (torch ``AdamW``: 0.01; a ``functools.partial``'s value).
-        lr_mult, no_decay, layer_decay: as :func:`param_groups`.
+        lr_mult, no_decay, layer_decay, no_decay_1d, model_no_decay: as :func:`param_groups` (kept for the groups
+            a ``StagedUnfreeze`` adds later).
         momentum, nesterov: for ``sgd`` (momentum in [0, 1); default 0 and False).
         betas, eps: for ``adam`` / ``adamw`` (default (0.9, 0.999) and 1e-8). Given to a name that has no such
             option, each is refused; with a class or factory, each one given is passed on as the class's own
@@ -164,8 +182,15 @@ def optimizer(
     """
     adapter = adapter_for(model, backend)
     check_group_options(lr_mult, no_decay, layer_decay)
+    _check_flags(no_decay_1d=no_decay_1d, model_no_decay=model_no_decay)
     factory, config = _configure(adapter, name, lr, weight_decay, momentum, nesterov, betas, eps, no_decay, kwargs)
-    config = dataclasses.replace(config, lr_mult=dict(lr_mult) if lr_mult else None, layer_decay=layer_decay)
+    config = dataclasses.replace(
+        config,
+        lr_mult=dict(lr_mult) if lr_mult else None,
+        layer_decay=None if layer_decay is None else float(layer_decay),
+        no_decay_1d=no_decay_1d,
+        model_no_decay=model_no_decay,
+    )
     groups = param_groups(
         model,
         lr=config.lr,
@@ -173,13 +198,17 @@ def optimizer(
         lr_mult=lr_mult,
         no_decay=no_decay,
         layer_decay=layer_decay,
+        no_decay_1d=no_decay_1d,
+        model_no_decay=model_no_decay,
         backend=adapter.name,
     )
+    rate = config.lr if _is_number(lr) else lr  # Paddle refuses an int rate: hand it the float
     if factory is None:
-        opt = adapter.build_optimizer(config, groups, lr)
+        opt = adapter.build_optimizer(config, groups, rate)
     else:
-        opt = adapter.build_optimizer_from(factory, config, groups, lr, config.extra)
+        opt = adapter.build_optimizer_from(factory, config, groups, rate, config.extra)
     opt._xfreeze_config = config
+    record_rates(opt, {n: g["lr"] for g in groups for n in g["names"]}, OPTIMIZER_PLAN)
     remember(model, opt)
     return opt
 
@@ -192,6 +221,8 @@ def check_arguments(
     lr_mult: dict | None = None,
     no_decay=DEFAULT_NO_DECAY,
     layer_decay: float | None = None,
+    no_decay_1d: bool = False,
+    model_no_decay: bool = True,
     backend: str | None = None,
     **options,
 ) -> None:
@@ -200,11 +231,14 @@ def check_arguments(
     they apply stage 0. ``options``: the rest of :func:`optimizer`'s keywords."""
     adapter = adapter_for(model, backend)
     check_group_options(lr_mult, no_decay, layer_decay)
+    _check_flags(no_decay_1d=no_decay_1d, model_no_decay=model_no_decay)
     decay, momentum, nesterov, betas, eps = (
         options.pop(k, None) for k in ("weight_decay", "momentum", "nesterov", "betas", "eps")
     )
     _configure(adapter, name, lr, decay, momentum, nesterov, betas, eps, no_decay, options)
     view = view_of(model, adapter.name)
+    if model_no_decay:
+        decay_exclusions(view)  # the model's own no_weight_decay() lists must be readable
     patterns = no_decay_patterns(no_decay)
     for pattern in [*(lr_mult or {}), *(patterns if patterns != DEFAULT_NO_DECAY else ())]:
         compiled = compile_patterns([pattern])
@@ -251,14 +285,14 @@ def _configure(adapter, name, lr, weight_decay, momentum, nesterov, betas, eps, 
     _check_number("weight_decay", weight_decay, minimum=0.0)
     patterns = no_decay_patterns(no_decay)
     label = name if factory is None else getattr(factory, "__name__", type(factory).__name__)
-    config = OptimizerConfig(
+    config = OptimizerConfig(  # numbers as floats: Paddle refuses an int rate or momentum
         label,
         base_lr,
-        weight_decay,
-        options["momentum"],
+        float(weight_decay),
+        float(options["momentum"]),
         options["nesterov"],
-        tuple(options["betas"]),
-        options["eps"],
+        tuple(float(b) for b in options["betas"]),
+        float(options["eps"]),
         patterns,
         extra=dict(kwargs),
     )
@@ -317,8 +351,21 @@ def _check_options(momentum, nesterov, betas, eps) -> None:
     _check_number("eps", eps, minimum=0.0)
 
 
+def _is_number(value) -> bool:
+    """A real number that is not a bool (numpy floats and ints count; ``True`` is no learning rate)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_flags(**flags) -> None:
+    for flag, value in flags.items():
+        if not isinstance(value, bool):
+            raise XFreezeError(f"{flag} must be True or False. Received: {flag}={value!r}")
+
+
 def _base_lr(adapter, lr) -> float:
-    if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+    if isinstance(lr, (bool, np.bool_)):
+        raise XFreezeError(f"lr must be a number > 0, not a bool. Received: lr={lr!r}")
+    if _is_number(lr):
         _check_positive("lr", lr)
         return float(lr)
     base = adapter.scheduler_base_lr(lr)
@@ -328,8 +375,9 @@ def _base_lr(adapter, lr) -> float:
     return base
 
 
-def _lr_scales(view, chosen: list, lr_mult: dict, layer_decay) -> dict[int, float]:
-    """Parameter index -> learning-rate multiplier, for the ``chosen`` parameters."""
+def lr_scales(view, chosen: list, lr_mult: dict, layer_decay) -> dict[int, float]:
+    """Parameter index -> learning-rate multiplier, for the ``chosen`` parameters (what ``lr_mult`` and
+    ``layer_decay`` make of the base rate)."""
     scales = {i: 1.0 for i in chosen}
     for pattern, mult in lr_mult.items():  # multipliers checked by check_group_options
         hits = select_mask(view, compile_patterns([pattern]))  # raises the no-match error with suggestions
@@ -343,7 +391,7 @@ def _lr_scales(view, chosen: list, lr_mult: dict, layer_decay) -> dict[int, floa
     return scales
 
 
-def _decay_flags(view, no_decay) -> np.ndarray:
+def _decay_flags(view, no_decay, no_decay_1d: bool = False, model_no_decay: bool = True) -> np.ndarray:
     """Per parameter of the view: whether it gets weight decay."""
     patterns = no_decay_patterns(no_decay)
     excluded = np.zeros(len(view.names), dtype=bool)
@@ -354,6 +402,10 @@ def _decay_flags(view, no_decay) -> np.ndarray:
             select_mask(view, compiled)  # raises the no-match error with suggestions
         if not compiled[0].negate:
             excluded |= hits
+    if model_no_decay:
+        excluded |= decay_exclusions(view)
+    if no_decay_1d:
+        excluded |= np.fromiter((len(s) <= 1 for s in view.shapes), dtype=bool, count=len(view.names))
     # never decay an unrecognised norm quietly (issue 11)
     warn_decayed_norms(view, {n for n, out in zip(view.names, excluded) if out})
     return ~excluded
@@ -373,7 +425,7 @@ def _group(view, chosen: list, scales: dict, decayed, lr, weight_decay) -> list[
 
 
 def _check_number(argument: str, value, minimum: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not _is_number(value):
         raise XFreezeError(f"{argument} must be a number. Received: {argument}={value!r}")
     if not math.isfinite(value):
         raise XFreezeError(f"{argument} must be a finite number. Received: {argument}={value!r}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from . import check as _check
 from . import rewrap as _distributed
+from . import stageplan
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError, check_choice
 from ..model.freeze import NORM_MODES, freeze, unfreeze
@@ -27,10 +28,12 @@ class Stage:
         at: the epoch (or step) at which the stage starts (>= 0).
         freeze: patterns to freeze (see :func:`xfreeze.select`).
         unfreeze: patterns to make trainable; newly trainable parameters join the optimizer as a new group.
-        lr: absolute learning rate of that new group (default: the optimizer's base rate); when the optimizer
-            was built with ``lr_mult`` / ``layer_decay``, they scale it per parameter as they scale the base rate.
-            Under an LR scheduler it is the group's nominal rate (the rate the schedule scales: OneCycleLR's peak,
-            CyclicLR's base), and the schedule drives the group as one the optimizer had from the start.
+        lr: absolute learning rate of that new group, a finite number > 0 (default: the optimizer's base rate);
+            when the optimizer was built with ``lr_mult`` / ``layer_decay``, they scale it per parameter as they
+            scale the base rate. Under an LR scheduler it is the group's nominal rate (the rate the schedule scales:
+            OneCycleLR's peak, CyclicLR's base), and the schedule drives the group as one the optimizer had from the
+            start. Checked when the stage is built: ``inf``, ``nan``, 0, a negative number, a bool or a non-number
+            raise an ``XFreezeError``.
         batch_size: the batch size from this stage on, for the data loader (``StagedUnfreeze.batch_size``).
         norm: ``"freeze"`` or ``"train"``, as in :func:`xfreeze.freeze`.
     """
@@ -43,6 +46,7 @@ class Stage:
     norm: str = "freeze"
 
     def __post_init__(self):
+        stageplan.check_lr(f"Stage(at={self.at!r}, unfreeze={self.unfreeze!r}).lr", self.lr)
         for field_name in ("freeze", "unfreeze"):
             value = getattr(self, field_name)
             object.__setattr__(self, field_name, (value,) if isinstance(value, str) else tuple(value))
@@ -55,12 +59,16 @@ class StagedUnfreeze:
     optimizer join it as a new group with the stage's learning rate and the optimizer's weight-decay rules
     (``no_decay`` groups included). Parameters already training keep their optimizer state; a re-frozen parameter
     stops moving at once (its gradient is dropped). LR schedulers keep driving every group, new ones included.
-    Build the optimizer after applying the first stage's freeze, so that it holds only what trains at first: a
-    parameter the optimizer already holds keeps its group (and rate) when a stage unfreezes it.
+    Build the optimizer after applying the first stage's freeze, so that it holds only what trains at first. An
+    optimizer that already holds parameters a stage unfreezes (``torch.optim.SGD(model.parameters())`` built before
+    the first stage froze them) could not give them the stage's rate: they would train in the group they are in.
+    Such an optimizer is refused when the rates differ. A parameter that trained since the first stage and is frozen
+    and unfrozen again by later stages goes back to its own group, at that group's rate.
 
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
-        optimizer: the live optimizer (any torch optimizer; in Paddle, one built by :func:`xfreeze.optimizer`), or
+        optimizer: the live optimizer (any torch optimizer; in Paddle, one built by :func:`xfreeze.optimizer`), holding
+            none of the parameters a stage unfreezes at another rate than its group's, or
             ``None`` to apply the first stage before the optimizer exists (a training framework's callback); give
             it later with :meth:`attach`.
         stages: :class:`Stage` objects in strictly increasing ``at`` order.
@@ -72,9 +80,11 @@ class StagedUnfreeze:
             trains (optimizer state kept); train through ``staged.wrapped``. Without it such stages are refused.
 
     Raises:
-        XFreezeError: stages out of order or overlapping, a stage pattern that matches nothing, a non-positive
-            learning rate or batch size, an unknown unit or norm mode, a ``scheduler`` that is not a scheduler of
-            the model's framework: all at construction, before any training.
+        XFreezeError: stages out of order or overlapping, a stage pattern that matches nothing, a learning rate
+            that is not a finite number > 0, a non-positive batch size, an unknown unit or norm mode, a
+            ``scheduler`` that is not a scheduler of the model's framework, an optimizer that already holds
+            parameters a stage unfreezes at another rate (built before the first stage's freeze): all at
+            construction, before anything changes.
 
     Example:
         >>> import torch, xfreeze
@@ -96,17 +106,21 @@ class StagedUnfreeze:
         self.model, self.unit = model, unit
         self.stages = list(stages)
         self._validate()
+        self.applied = 0  # how many stages have been applied
+        self._trained: set[str] = set()  # what trained since the first stage (keeps its group when unfrozen again)
+        if optimizer is not None:  # checked before anything is built or changed
+            config = self._config(optimizer)
+            self._check_scheduler(scheduler)
+            stageplan.refuse_held(self._view(), self.adapter, optimizer, config, self.stages)
+        elif scheduler is not None:
+            raise XFreezeError("scheduler= needs optimizer=: give both to StagedUnfreeze.attach")
         _distributed.attach(self, rewrap)  # under DDP / DataParallel: self.model plain, self.wrapped the live wrapper
         self.optimizer, self.scheduler, self.config = None, None, None
         self._groups_at_attach = 0  # the optimizer's groups when its scheduler was adopted (attach_scheduler)
         if optimizer is not None:
-            config = self._config(optimizer)
             self._adopt_scheduler(optimizer, scheduler)
             self.optimizer, self.scheduler, self.config = optimizer, scheduler, config
             _check.remember(model, optimizer)
-        elif scheduler is not None:
-            raise XFreezeError("scheduler= needs optimizer=: give both to StagedUnfreeze.attach")
-        self.applied = 0  # how many stages have been applied
         self.position: int | None = None
 
     @batched
@@ -289,24 +303,7 @@ class StagedUnfreeze:
 
     def _held_after(self, applied: int) -> int:
         """How many parameters the optimizer will hold after the stages up to ``applied``, without applying any."""
-        view = self._view()
-        held = self.adapter.optimizer_param_ids(self.optimizer)
-        trainable = {n for n, trains in zip(view.names, view.trainable()) if trains}
-        ever = {n for n, p in zip(view.names, view.params) if id(p) in held}
-        for stage in self.stages[self.applied : applied]:
-            for patterns, add in ((stage.freeze, False), (stage.unfreeze, True)):
-                if not patterns:
-                    continue
-                hits = select_indices(view, patterns)
-                if add:
-                    trainable |= {view.names[p] for p in hits}
-                else:
-                    keep_norms = stage.norm == "train"
-                    trainable -= {
-                        view.names[p] for p in hits if not (keep_norms and view.kinds[view.owner[p]] == "norm")
-                    }
-            ever |= trainable
-        return len(ever)
+        return stageplan.held_after(self._view(), self.adapter, self.optimizer, self.stages, self.applied, applied)
 
     def _check_scheduler(self, scheduler) -> None:
         if scheduler is not None and not self.adapter.is_scheduler(scheduler):
@@ -330,31 +327,54 @@ class StagedUnfreeze:
         self._groups_at_attach = groups
 
     def _apply(self, stage: Stage) -> None:
+        before = set(self._trainable_names())
         with _distributed.stage_boundary(self, stage):  # rewrap: rebuilds the wrapper when what trains changed
             if stage.freeze:
                 freeze(self.model, *stage.freeze, norm=stage.norm, backend=self.adapter.name)
             if stage.unfreeze:
                 with _check.quiet():  # the new parameters join the optimizer just below
                     unfreeze(self.model, *stage.unfreeze, backend=self.adapter.name)
-        config = self.config
-        if self.optimizer is None or config is None:  # the first stage, before the optimizer exists (see attach)
-            return
-        held = self.adapter.optimizer_param_ids(self.optimizer)
+        after = self._trainable_names()
+        if self.optimizer is not None and self.config is not None:  # else the first stage, before the optimizer
+            self._grow(stage, self.config, after, [n for n in after if n not in before and n not in self._trained])
+        self._trained |= set(after)
+
+    def _grow(self, stage: Stage, config: OptimizerConfig, trainable: list, unfrozen: list) -> None:
+        """Trainable parameters the optimizer lacks join it as new groups at the stage's rate; the plan records that
+        rate for them and for ``unfrozen`` ones it already held (they keep their group: see stageplan)."""
         view = self._view()
-        new = [n for n, p, trains in zip(view.names, view.params, view.trainable()) if trains and id(p) not in held]
-        if new:
-            groups = param_groups(
-                self.model,
-                lr=stage.lr or config.lr,
-                weight_decay=config.weight_decay,
-                no_decay=config.no_decay,
-                lr_mult=config.lr_mult,
-                layer_decay=config.layer_decay,
-                only=new,
-                backend=self.adapter.name,
-            )
-            for group in groups:
+        held = self.adapter.optimizer_param_ids(self.optimizer)
+        new = [n for n in trainable if id(view.params[view.index[n]]) not in held]
+        if not new and not unfrozen:
+            return
+        groups = param_groups(
+            self.model,
+            lr=stage.lr or config.lr,
+            weight_decay=config.weight_decay,
+            no_decay=config.no_decay,
+            lr_mult=config.lr_mult,
+            layer_decay=config.layer_decay,
+            no_decay_1d=config.no_decay_1d,
+            model_no_decay=config.model_no_decay,
+            only=set(new) | set(unfrozen),
+            backend=self.adapter.name,
+        )
+        k = self.applied  # the index of the stage being applied
+        source = f"stages[{k}].lr" if stage.lr is not None else f"stages[{k}]: the optimizer's base rate"
+        _check.record_rates(self.optimizer, {n: g["lr"] for g in groups for n in g["names"]}, source)
+        for group in groups:
+            keep = [j for j, p in enumerate(group["params"]) if id(p) not in held]
+            if keep:
+                group = {
+                    **group,
+                    "params": [group["params"][j] for j in keep],
+                    "names": [group["names"][j] for j in keep],
+                }
                 self.adapter.add_param_group(self.optimizer, group, self.scheduler)
+
+    def _trainable_names(self) -> list:
+        view = self._view()
+        return [n for n, trains in zip(view.names, view.trainable()) if trains]
 
     def _config(self, optimizer) -> OptimizerConfig:
         config = getattr(optimizer, "_xfreeze_config", None)
@@ -385,10 +405,7 @@ class StagedUnfreeze:
                     f"stages {word}: stages[{i - 1}].at={previous.at} and stages[{i}].at={stage.at}; "
                     "give each stage its own, increasing start"
                 )
-            if stage.lr is not None and (
-                isinstance(stage.lr, bool) or not isinstance(stage.lr, numbers.Real) or not stage.lr > 0
-            ):
-                raise XFreezeError(f"stages[{i}].lr must be > 0. Received: lr={stage.lr!r}")
+            stageplan.check_lr(f"stages[{i}].lr", stage.lr)
             if stage.batch_size is not None and (
                 not isinstance(stage.batch_size, numbers.Integral) or stage.batch_size < 1
             ):

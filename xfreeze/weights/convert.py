@@ -14,11 +14,13 @@ Generic rules, from those descriptions:
   * Embedding ``padding_idx``: Paddle forces that row's output to zero, torch returns the stored row. Converting to
     torch, a non-zero padding row is zeroed so torch outputs what Paddle did; converting to Paddle it is reported.
 Values stay native tensors (a torch tensor becomes a Paddle tensor bit for bit, bf16 included); the architecture
-map is the one that places the most keys (or ``arch=``), chosen once per call.
+map is the one that places the most keys (or ``arch=``), chosen once per call. ``arch`` is spelled as the command
+line's ``--arch``: a model name of the target's zoo (then the state must fit that model) or a name map.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import lru_cache
 
@@ -27,7 +29,7 @@ import numpy as np
 from ..backends import ADAPTERS
 from ..backends.naming import Naming, naming
 from ..core import tensors as _tensors
-from ..core.dispatch import installed
+from ..core.dispatch import adapter_named, installed
 from ..core.errors import XFreezeError, check_choice
 from ..model.view import view_of
 from .statedict import StateDict, as_state_dict, guess_framework
@@ -35,7 +37,15 @@ from .statedict import StateDict, as_state_dict, guess_framework
 FRAMEWORKS = tuple(ADAPTERS)
 
 
-def convert(state, to: str, model=None, *, arch: str | None = None, source: str | None = None) -> StateDict:
+def convert(
+    state,
+    to: str,
+    model=None,
+    *,
+    arch: str | None = None,
+    source: str | None = None,
+    allow_partial: bool = False,
+) -> StateDict:
     """Convert a state dict between frameworks' names and layouts.
 
     Args:
@@ -44,15 +54,23 @@ def convert(state, to: str, model=None, *, arch: str | None = None, source: str 
         to: the target framework, ``"torch"`` or ``"paddle"``.
         model: the target model (optional but recommended): layouts are then decided from its own modules and
             keys it cannot place are listed in ``result.unplaced``.
-        arch: force an architecture map (``xfreeze.convert_archs()`` lists them); default: the one placing most keys.
+        arch: what ``state`` is, spelled as on the command line (``xfreeze convert --arch``): a model name of the
+            target framework's zoo (``"resnet50"``: torchvision, or timm, for torch; paddle.vision for Paddle), built
+            with random weights to decide the layouts, and the state must fit it (by names and shapes; refused
+            otherwise, unless ``allow_partial``); or a name map of :func:`convert_archs` (``"resnet"``, ``"llama"``,
+            ``"ernie"``), which only forces the renaming. Default: the name map that places most keys.
         source: the framework ``state`` comes from, when neither its ``framework`` attribute nor its keys tell.
+        allow_partial: with ``arch`` naming a model, convert a state that does not fit it (fewer than half of its
+            tensors place, or fewer than half of the model's keys are filled) instead of refusing it.
 
     Returns:
         StateDict: converted tensors (the target framework's own when it is installed, dtypes kept bit for bit),
-        with ``framework=to`` and ``notes`` saying what was renamed, transposed, dropped or zeroed.
+        with ``framework=to`` and ``notes`` saying what was renamed, transposed, dropped, zeroed or of another
+        shape than ``arch``'s.
 
     Raises:
-        XFreezeError: an unknown ``to``/``arch``/``source``, a state whose framework cannot be told, non-tensor
+        XFreezeError: an unknown ``to``/``arch``/``source`` (with the closest names), ``arch`` and ``model`` both
+            naming a model, a state that does not fit ``arch``, a state whose framework cannot be told, non-tensor
             values, or a dtype the target framework cannot hold (named).
 
     Example:
@@ -62,15 +80,17 @@ def convert(state, to: str, model=None, *, arch: str | None = None, source: str 
         (512, 10)
     """
     check_choice("to", to, FRAMEWORKS)
-    if arch is not None:
-        check_choice("arch", arch, convert_archs())
+    if not isinstance(allow_partial, bool):
+        raise XFreezeError(f"allow_partial must be True or False. Received: allow_partial={allow_partial!r}")
+    name_map, named = _resolve_arch(arch, to, model)
+    model = named if named is not None else model
     state = state if isinstance(state, StateDict) else as_state_dict(dict(state))
     origin = _source_framework(state, to, source)
     src, dst = naming(origin), naming(to)
     targets = _target_info(model) if model is not None else None
-    chosen = arch or _best_arch(list(state), src, dst, targets)
+    chosen = name_map or _best_arch(list(state), src, dst, targets)
     names = {key: rename(key, src, dst, chosen) for key in state}
-    if model is not None and arch is None and not set(targets or ()) <= set(names.values()):
+    if model is not None and name_map is None and not set(targets or ()) <= set(names.values()):
         names, chosen = _aligned(state, names, src, dst, model) or (names, chosen)
     out = StateDict(framework=to, format=state.format, notes=list(state.notes))
     rules = (
@@ -96,15 +116,88 @@ def convert(state, to: str, model=None, *, arch: str | None = None, source: str 
     out.unplaced = sorted(set(out) - set(targets)) if targets is not None else []
     for key in out.unplaced:
         out.notes.append((key, "not placed: the target model has no such key"))
+    if named is not None:
+        check_fit(out, named, str(arch), allow_partial=allow_partial)
     return out
 
 
 def convert_archs() -> tuple:
-    """Every architecture map some framework describes (``"resnet"`` is the plain one: same names)."""
+    """The name maps :func:`convert` knows, for ``arch=``: every architecture map some framework describes
+    (``"resnet"`` is the plain one: the same names in both frameworks). ``arch=`` also takes any model name of the
+    target framework's zoo (``"resnet50"``), as ``xfreeze convert --arch`` does.
+
+    Returns:
+        tuple: the map names, sorted.
+
+    Example:
+        >>> import xfreeze
+        >>> xfreeze.convert_archs()
+        ('ernie', 'llama', 'resnet')
+    """
     names = {"resnet"}
     for framework in FRAMEWORKS:
         names |= set(naming(framework).arch_maps)
     return tuple(sorted(names))
+
+
+def _resolve_arch(arch, to: str, model) -> tuple:
+    """(name map or None, model built from ``arch`` or None): ``arch`` is a name map or a model name of ``to``."""
+    if arch is None:
+        return None, None
+    if not isinstance(arch, str):
+        raise XFreezeError(f"arch must be a model or name-map name (a str). Received: arch={arch!r}")
+    if arch in convert_archs():
+        return arch, None
+    adapter = adapter_named(to)
+    built = adapter.build_named_model(arch)
+    if built is None:
+        names = list(dict.fromkeys([*convert_archs(), *adapter.model_names()]))  # torchvision and timm share names
+        close = difflib.get_close_matches(arch, names, n=3, cutoff=0.6)
+        raise XFreezeError(
+            f"unknown arch={arch!r} for {to}: neither {adapter.model_zoo} nor a name map of convert_archs() "
+            f"{convert_archs()}" + (f". Did you mean {' or '.join(map(repr, close))}?" if close else ".")
+        )
+    if model is not None:
+        raise XFreezeError(
+            f"arch={arch!r} names a model and model= gives one: pass one of them (or a name map as arch, "
+            f"one of {convert_archs()})"
+        )
+    return None, built
+
+
+def check_fit(out: StateDict, model, arch: str, *, allow_partial: bool = False) -> None:
+    """Refuse a converted state that is not ``arch`` (``model``): fewer than half of its tensors place in the model
+    by name and shape, or fewer than half of the model's keys are filled. Shape differences are added to the notes.
+
+    Args:
+        out: what :func:`convert` returned for ``model``.
+        model: the model of that architecture.
+        arch: how the user named it (for the message).
+        allow_partial: only note the differences, never refuse.
+
+    Raises:
+        XFreezeError: the state does not fit, naming how much placed and the first differences.
+    """
+    view = view_of(model)
+    shapes = dict(zip(view.names, view.shapes))
+    shapes.update((k, tuple(_tensors.shape_of(t))) for k, t in zip(view.stat_keys, view.stat_tensors))
+    targets = [key for key in view.key_info() if key in shapes]
+    other = [(k, tuple(_tensors.shape_of(v)), tuple(shapes[k])) for k, v in out.items() if k in shapes]
+    other = [(k, have, want) for k, have, want in other if have != want]
+    for key, have, want in other:
+        out.notes.append((key, f"shape {list(have)} differs from {arch}'s {list(want)}"))
+    placed = sum(1 for k in out if k in shapes) - len(other)
+    if allow_partial or (2 * placed >= len(targets) and 2 * placed >= len(out)):
+        return
+    examples = [f"{k!r} is {list(have)} where {arch} has {list(want)}" for k, have, want in other[:2]]
+    examples += [f"{arch} has no {k!r}" for k in sorted(set(out) - set(shapes))[:2]]
+    raise XFreezeError(
+        f"the {len(out)} tensors do not fit arch={arch!r} ({view.label}): {placed} of them place in its "
+        f"{len(targets)} keys by name and shape ({len(other)} of another shape, "
+        f"{len(set(out) - set(shapes))} names it lacks; e.g. {'; '.join(examples) or 'nothing placed'}). "
+        "Is the file another architecture? Name the right arch, or pass allow_partial=True "
+        "(xfreeze convert --allow-partial) to convert it anyway"
+    )
 
 
 def rename(key: str, src: Naming, dst: Naming, arch: str) -> str | None:

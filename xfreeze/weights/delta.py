@@ -9,62 +9,69 @@ A delta file is a safetensors file holding
 The fingerprint is framework-neutral by hashing *after conversion*: a base of another framework is first converted
 (``xfreeze.convert``: names, Linear layouts, dtypes kept bit for bit) to the delta's framework, then hashed tensor by
 tensor. So a torch delta checks and loads onto a Paddle base of the same architecture, and back.
+
+The file cannot change what it says is frozen: :func:`load_delta` refuses a file carrying a tensor its plan freezes
+or locks, a fingerprint missing any of them, a cast that changes values, or a plan that does not fit the model, all
+checked (``delta_file``, ``delta_check``) before anything is written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .convert import convert
-from .files import StateDict, _save, load_checkpoint
-from .load import load_matched
+from . import ranks as _ranks
+from .delta_check import FrozenCheck, Placement, compare, hashes, in_delta_names, parts, place, uncovered
+from .delta_file import VERSION, check_fingerprint, read_delta
+from .files import StateDict, _save
 from ..backends import FRAMEWORKS
-from ..core import tensors as _tensors
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError
-from ..model.freeze import freeze, unfreeze
+from ..core.table import render
+from ..model.live import warn_if_out_of_step
 from ..model.view import view_of
 
-VERSION = "1"
-SHOWN = 5  # differing tensors named in an error
-
-
-@dataclass
-class FrozenCheck:
-    """What :func:`verify_frozen` found. ``ok`` is True when every fingerprinted frozen tensor is unchanged."""
-
-    checked: int = 0
-    drifted: list = field(default_factory=list)
-    missing: list = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.drifted and not self.missing
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"frozen tensors: {self.checked} checked, none drifted"
-        return (
-            f"frozen tensors: {self.checked} checked; drifted {len(self.drifted)}: {self.drifted[:SHOWN]}; "
-            f"missing {len(self.missing)}: {self.missing[:SHOWN]}"
-        )
+__all__ = ["DeltaReport", "FrozenCheck", "frozen_fingerprint", "load_delta", "save_delta", "verify_frozen"]
 
 
 @dataclass
 class DeltaReport:
-    """What :func:`load_delta` did: tensors loaded, the freeze plan applied, the frozen tensors verified."""
+    """What :func:`load_delta` did; prints as a table.
+
+    Attributes:
+        framework: whose tensor names the delta uses (``"torch"`` / ``"paddle"``).
+        loaded: model keys filled from the file.
+        trainable: the parameters the plan trains (every other parameter is now frozen).
+        locked_norms: norm layers whose statistics the plan locks.
+        verified: frozen tensors whose hash matched the fingerprint.
+        cast: ``{key: (file dtype, model dtype)}``: exact widenings made (float16 -> float32, ...).
+        missing: trainable parameters the file lacks, kept at the base's values (only with ``allow_missing=True``).
+        model: the model's class and framework, e.g. ``"ResNet (paddle)"``.
+    """
 
     framework: str
     loaded: list = field(default_factory=list)
     trainable: list = field(default_factory=list)
     locked_norms: list = field(default_factory=list)
     verified: int = 0
+    cast: dict = field(default_factory=dict)
+    missing: list = field(default_factory=list)
+    model: str = ""
+
+    def __str__(self) -> str:
+        rows = [
+            ["loaded", len(self.loaded), _sample(self.loaded)],
+            ["trainable", len(self.trainable), _sample(self.trainable)],
+            ["locked norms", len(self.locked_norms), _sample(self.locked_norms)],
+            ["frozen, hash verified", self.verified, ""],
+            ["dtype cast", len(self.cast), _sample([f"{k} {a}->{b}" for k, (a, b) in self.cast.items()])],
+            ["trainable, not in file", len(self.missing), _sample(self.missing)],
+        ]
+        footer = [f"a {self.framework} delta (its tensor names are {self.framework}'s)"]
+        return render(f"xfreeze.load_delta: {self.model or 'model'}", ["result", "tensors", "examples"], rows, footer)
+
+    __repr__ = __str__
 
 
 def save_delta(model, path) -> Path:
@@ -90,32 +97,42 @@ def save_delta(model, path) -> Path:
         ['1.bias', '1.weight']
     """
     adapter = adapter_for(model)
-    parts = _parts(adapter, model)
+    split = parts(adapter, model)
     state = adapter.state_tensors(model)
-    delta = StateDict({k: state[k] for k in parts["delta"]}, framework=adapter.name)
+    delta = StateDict({k: state[k] for k in split["delta"]}, framework=adapter.name)
     metadata = {
         "xfreeze_delta": VERSION,
-        "trainable": json.dumps(parts["trainable"]),
-        "locked_norms": json.dumps(parts["locked"]),
-        "fingerprint": json.dumps(_hashes(state, parts["frozen"])),
+        "trainable": json.dumps(split["trainable"]),
+        "locked_norms": json.dumps(split["locked"]),
+        "fingerprint": json.dumps(hashes(state, split["frozen"])),
     }
     return _save(delta, path, "safetensors", metadata)
 
 
-def load_delta(model, path) -> DeltaReport:
-    """Load a delta onto ``model``: check its frozen tensors against the fingerprint, apply the freeze plan, load.
+def load_delta(model, path, *, allow_missing: bool = False) -> DeltaReport:
+    """Load a delta onto ``model``: check everything, then load its tensors and apply its freeze plan.
+
+    Checked before anything changes: the file's metadata (types, nesting), that its plan fits the model (it trains
+    parameters, it locks norm layers), that the file carries no tensor the plan freezes or locks, that every
+    frozen tensor has a hash and the base's tensors match them, that no value would change in a cast (only exact
+    widenings such as float16 -> float32 are made), and that every tensor the plan trains is in the file.
 
     Args:
         model: the base model (either framework; of another framework than the delta's, it is matched through
             ``xfreeze.convert``).
         path: a file written by :func:`save_delta`.
+        allow_missing: load a file that lacks some tensors its plan trains; they keep the base's values and are
+            listed in the report's ``missing``.
 
     Returns:
-        DeltaReport: the keys loaded, the trainable names and locked norms applied, the frozen tensors verified.
+        DeltaReport: the keys loaded, the trainable names and locked norms applied, the frozen tensors verified;
+        prints as a table.
 
     Raises:
-        XFreezeError: not a delta file, a base whose frozen tensors differ from the fingerprint (the first differing
-            tensors named), or delta tensors the model has no place for. Checked before anything changes.
+        XFreezeError: not a delta file, damaged metadata (the field named), a plan or tensors that do not fit the
+            model, tensors the plan freezes or locks, a fingerprint that misses frozen tensors (their count) or
+            that the base does not match (the first differing tensors named), a cast that changes values, or
+            trainable tensors missing. The model is left exactly as it was.
 
     Example:
         >>> import torch, tempfile, os, xfreeze
@@ -126,30 +143,21 @@ def load_delta(model, path) -> DeltaReport:
         ['1.weight', '1.bias']
     """
     adapter = adapter_for(model)
-    delta, plan = _read_delta(path)
-    names = _name_map(adapter, model, delta.framework)  # delta name -> model name
-    check = _compare(adapter, model, plan["fingerprint"], delta.framework)
-    if not check.ok:
-        raise XFreezeError(
-            f"delta {str(path)!r} does not fit this base: {check}; the delta was saved on another "
-            "base (or the base's frozen tensors changed). Nothing was changed"
-        )
-    incoming = convert(delta, to=adapter.name, model=model) if delta.framework != adapter.name else delta
-    state = adapter.state_tensors(model)
-    trainable = [_mapped(names, n, path) for n in plan["trainable"]]
-    locked = {_mapped(names, n, path).rpartition(".")[0] for n in plan["locked_norms"]}
-    bad = [k for k, v in incoming.items() if k not in state or tuple(_tensors.shape_of(v)) != tuple(state[k].shape)]
-    if bad:
-        raise XFreezeError(
-            f"delta {str(path)!r} holds tensors this model has no place for (name or shape): "
-            f"{bad[:SHOWN]}. Nothing was changed"
-        )
-    _apply_plan(adapter, model, trainable, locked)
-    report = DeltaReport(delta.framework, trainable=trainable, locked_norms=sorted(locked), verified=check.checked)
-    if incoming:
-        loaded = load_matched(model, StateDict(dict(incoming), framework=adapter.name))
-        report.loaded = loaded.loaded
-    return report
+    if not isinstance(allow_missing, bool):
+        raise XFreezeError(f"allow_missing must be True or False. Received: allow_missing={allow_missing!r}")
+    delta, plan = read_delta(path)
+    placement = place(adapter, model, delta, plan, path, allow_missing)  # every check; raises before any write
+    _apply(adapter, model, placement)
+    return DeltaReport(
+        plan.framework,
+        loaded=list(placement.values),
+        trainable=placement.trainable,
+        locked_norms=placement.locked,
+        verified=placement.verified,
+        cast=placement.cast,
+        missing=placement.missing,
+        model=view_of(model, adapter.name).label,
+    )
 
 
 def verify_frozen(model, path_or_fingerprint) -> FrozenCheck:
@@ -157,13 +165,14 @@ def verify_frozen(model, path_or_fingerprint) -> FrozenCheck:
 
     Args:
         model: the model (either framework).
-        path_or_fingerprint: a delta file, or the dict :func:`frozen_fingerprint` returned.
+        path_or_fingerprint: a delta file, or the dict :func:`frozen_fingerprint` returned. For a file, the tensors
+            its plan leaves frozen but its fingerprint does not hash are reported too (``uncovered``).
 
     Returns:
-        FrozenCheck: ``ok``, ``drifted`` and ``missing`` names, ``checked`` count. Nothing is changed.
+        FrozenCheck: ``ok``, ``drifted``, ``missing`` and ``uncovered`` names, ``checked`` count. Nothing is changed.
 
     Raises:
-        XFreezeError: not a delta file / fingerprint.
+        XFreezeError: not a delta file / fingerprint, or damaged metadata (the field named).
 
     Example:
         >>> import torch, xfreeze
@@ -173,23 +182,35 @@ def verify_frozen(model, path_or_fingerprint) -> FrozenCheck:
         >>> xfreeze.verify_frozen(model, fp).ok
         True
     """
+    adapter = adapter_for(model)
     if isinstance(path_or_fingerprint, dict):
         fp = path_or_fingerprint
-        if not isinstance(fp.get("tensors"), dict) or not isinstance(fp.get("framework"), str):
+        if not isinstance(fp.get("tensors"), dict) or fp.get("framework") not in FRAMEWORKS:
             raise XFreezeError(
                 "a fingerprint is the dict xfreeze.frozen_fingerprint(model) returns "
                 "({'framework': ..., 'tensors': {name: hash}})"
             )
-        tensors, framework = fp["tensors"], fp["framework"]
-    else:
-        delta, plan = _read_delta(path_or_fingerprint)
-        tensors, framework = plan["fingerprint"], delta.framework
-    adapter = adapter_for(model)
-    return _compare(adapter, model, tensors, framework)
+        tensors = check_fingerprint(fp["tensors"], "the fingerprint's 'tensors'")
+        state, _ = in_delta_names(adapter, model, fp["framework"])
+        return compare(tensors, state)
+    delta, plan = read_delta(path_or_fingerprint)
+    state, names = in_delta_names(adapter, model, plan.framework)
+    check = compare(plan.fingerprint, state)
+    check.uncovered = uncovered(adapter, model, plan, names)
+    return check
 
 
 def frozen_fingerprint(model) -> dict:
     """``{"framework": ..., "tensors": {name: sha256}}`` of every frozen parameter and locked statistic of ``model``.
+
+    Args:
+        model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
+
+    Returns:
+        dict: the framework whose names are used, and one hash per frozen tensor, in model order.
+
+    Raises:
+        XFreezeError: not a model.
 
     Example:
         >>> import torch, xfreeze
@@ -200,124 +221,32 @@ def frozen_fingerprint(model) -> dict:
     """
     adapter = adapter_for(model)
     state = adapter.state_tensors(model)
-    return {"framework": adapter.name, "tensors": _hashes(state, _parts(adapter, model)["frozen"])}
+    return {"framework": adapter.name, "tensors": hashes(state, parts(adapter, model)["frozen"])}
 
 
-def _hashes(state, keys: list) -> dict:
-    """``{key: sha256}`` in ``keys`` order. The bits are taken in this thread (framework calls), the hashing runs on
-    up to 8 threads (hashlib releases the GIL on large buffers): the cost of a delta save is this hashing."""
-    raws = [_tensors.to_raw(state[k], k) for k in keys]
-    total = sum(r.bits.nbytes for r in raws)
-    workers = min(8, os.cpu_count() or 1, max(1, total // _PER_THREAD))
-    if workers <= 1:
-        return {k: _digest(r) for k, r in zip(keys, raws)}
-    with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(keys, pool.map(_digest, raws)))
-
-
-_PER_THREAD = 16 << 20  # below this many bytes per thread a thread costs more than it saves
-
-
-def _digest(raw) -> str:
-    digest = hashlib.sha256(f"{raw.dtype}{list(raw.shape)}".encode())
-    bits = raw.bits.astype(raw.bits.dtype.newbyteorder("<"), copy=False)
-    digest.update(bits.reshape(-1).view("u1").data if bits.size else b"")
-    return digest.hexdigest()
-
-
-def _parts(adapter, model) -> dict:
-    """State keys split into trainable, frozen (frozen parameters + locked statistics) and delta (what is saved)."""
-    key_of: dict = {}
-    for key, tensor in adapter.state_tensors(model).items():
-        key_of.setdefault(id(tensor), key)
-    trainable: list = []
-    frozen: list = []
-    locked: list = []
-    taken: set = set()
+def _apply(adapter, model, placement: Placement) -> None:
+    """Write a checked placement: tensors first (an FSDP1 model is refused there, before any write), then the
+    trainability of every parameter, then the norm locks."""
+    _ranks.load_tensors(adapter, model, adapter.state_tensors(model), placement.values)
     view = view_of(model, adapter.name)
-    live = view.trainable()
-    for mi, module in enumerate(view.modules):
-        for i in view.direct(mi):
-            key = key_of.get(id(view.params[i]))
-            if key is None or key in taken:
-                continue
-            taken.add(key)
-            (trainable if live[i] else frozen).append(key)
-        stats = [key_of.get(id(view.stat_tensors[s])) for s in view.statistics(mi)]
-        if stats and adapter.is_norm_locked(module):  # locked statistics are frozen; live ones go in the delta
-            frozen += [k for k in stats if k is not None]
-            locked.append(stats[0])
-            taken |= set(stats)
-    state = adapter.state_tensors(model)
-    rest = [k for k in state if k not in taken]  # unlocked statistics and other buffers
-    return {"trainable": trainable, "frozen": frozen, "locked": locked, "delta": trainable + rest}
-
-
-def _read_delta(path):
-    delta = load_checkpoint(path)
-    meta = delta.metadata
-    if delta.format != "safetensors" or meta.get("xfreeze_delta") is None:
-        raise XFreezeError(
-            f"{str(path)!r} is not an xfreeze delta (no xfreeze_delta metadata); write one with "
-            "xfreeze.save_delta(model, path)"
-        )
-    if meta["xfreeze_delta"] != VERSION:
-        raise XFreezeError(
-            f"delta {str(path)!r} has format version {meta['xfreeze_delta']!r}; this xfreeze reads version {VERSION!r}"
-        )
-    try:
-        plan = {k: json.loads(meta[k]) for k in ("trainable", "locked_norms", "fingerprint")}
-    except (KeyError, ValueError) as exc:
-        raise XFreezeError(f"delta {str(path)!r} has a damaged freeze plan in its metadata: {exc}") from None
-    if meta.get("framework") not in FRAMEWORKS and delta.framework is None:
-        raise XFreezeError(f"delta {str(path)!r} does not say which framework's names it uses")
-    delta.framework = meta.get("framework") or delta.framework
-    return delta, plan
-
-
-def _name_map(adapter, model, framework: str) -> dict:
-    """Delta (``framework``) name -> model name, through the same conversion loading uses."""
-    state = adapter.state_tensors(model)
-    if framework == adapter.name:
-        return {k: k for k in state}
-    out = convert(StateDict(state, framework=adapter.name), to=framework)
-    dropped = {k for k, note in out.notes if note.startswith("dropped")}
-    kept = [k for k in state if k not in dropped]
-    if len(kept) != len(out):
-        raise XFreezeError(f"cannot match {len(kept)} model keys to {len(out)} converted names; convert by hand")
-    return dict(zip(out, kept))
-
-
-def _mapped(names: dict, name: str, path) -> str:
-    if name not in names:
-        raise XFreezeError(
-            f"delta {str(path)!r} names {name!r}, which this model lacks; it belongs to another "
-            "architecture. Nothing was changed"
-        )
-    return names[name]
-
-
-def _compare(adapter, model, fingerprint: dict, framework: str) -> FrozenCheck:
-    """Hash the model's tensors named in ``fingerprint`` in ``framework``'s names and layout (converted if needed)."""
-    state = StateDict(adapter.state_tensors(model), framework=adapter.name)
-    if framework != adapter.name:
-        state = convert(state, to=framework)
-    check = FrozenCheck(checked=len(fingerprint))
-    check.missing = [name for name in fingerprint if name not in state]
-    now = _hashes(state, [name for name in fingerprint if name in state])
-    check.drifted = [name for name, digest in now.items() if digest != fingerprint[name]]
-    return check
-
-
-def _apply_plan(adapter, model, trainable: list, locked: set) -> None:
-    freeze(model, "*")
-    if trainable:
-        unfreeze(model, *[f"re:{re.escape(n)}" for n in trainable])
-    training = adapter.module_training(model)
-    view = view_of(model, adapter.name)
+    before = view.trainable()
+    train = set(placement.trainable)
+    wanted = [name in train for name in view.names]
+    adapter.apply_trainable([p for p, t in zip(view.params, wanted) if t], True)
+    adapter.apply_trainable([p for p, t in zip(view.params, wanted) if not t], False)
+    for mi in sorted(set(view.owner)):
+        adapter.sync_grads(view.modules[mi])
+    training = adapter.module_training(view.inner)
+    locked = set(placement.locked)
     for mi in sorted(view.stat_modules):
         path, module = view.paths[mi], view.modules[mi]
         if path in locked and not adapter.is_norm_locked(module):
             adapter.lock_norm(module)
         elif path not in locked and adapter.is_norm_locked(module):
             adapter.unlock_norm(module, training)
+    warn_if_out_of_step(model, [n for n, t, b in zip(view.names, wanted, before) if t and not b], adapter.name)
+
+
+def _sample(items: list, n: int = 3) -> str:
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f", ... (+{len(items) - n})" if len(items) > n else "")

@@ -31,15 +31,17 @@ Guarantees (docs/weights.md states them for users):
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 from ..backends import ADAPTERS
 from ..backends.formats import FileFormat
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError, check_choice
-from ..core.table import escape, plain  # noqa: F401  (re-exported: the CLI uses them)
+from ..core.table import escape, human_bytes, plain  # noqa: F401  (escape, plain: re-exported, the CLI uses them)
 from . import formats
 from .ranks import save_on_rank
 from .statedict import (  # StateDict, as_state_dict, describe: re-exported (their earlier home, the CLI's import)
@@ -65,9 +67,10 @@ def load_checkpoint(path, *, framework: str | None = None) -> StateDict:
         or a framework tensor for bfloat16/float8 (numpy has no such dtype), bit for bit.
 
     Raises:
-        XFreezeError: a missing, empty, truncated, corrupt, self-referencing or oversized-declaring file, an unknown
-            format, keys that are not strings, values that are not tensors, or a pickle that asks to run code (the
-            code never runs). The message names the file and what was wrong.
+        XFreezeError: a ``path`` that is not a path (an int, None, a file object) or is too long for the system, a
+            missing, empty, truncated, corrupt, self-referencing or oversized-declaring file, an unknown format, keys
+            that are not strings, values that are not tensors, or a pickle that asks to run code (the code never
+            runs). The message names the file and what was wrong.
 
     Example:
         >>> import numpy as np, tempfile, os, xfreeze
@@ -78,13 +81,17 @@ def load_checkpoint(path, *, framework: str | None = None) -> StateDict:
     """
     if framework is not None:
         check_choice("framework", framework, tuple(ADAPTERS))
-    path = Path(path)
+    path = as_path(path)
     what = f"checkpoint {str(path)!r}"
-    if not path.exists():
-        raise XFreezeError(f"{what} does not exist")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise XFreezeError(f"{what} does not exist") from None
+    except OSError as exc:  # a folder on the way is a file, no permission, a link loop
+        raise XFreezeError(f"cannot read {what}: {exc.strerror or exc} ({_errno_name(exc)})") from None
     if path.is_dir():
         raise XFreezeError(f"{what} is a directory; pass the weights file inside it")
-    size = path.stat().st_size
+    size = info.st_size
     if size == 0:
         raise XFreezeError(f"{what} is empty (0 bytes): an interrupted save or download?")
     fmt = formats.detect(path, what)
@@ -126,9 +133,10 @@ def save_checkpoint(obj, path, *, format: str | None = None, rank: int | None = 
         Path: the path written (as given, a symlink stays a symlink).
 
     Raises:
-        XFreezeError: an unknown format, non-string keys, non-tensor values, a dtype the format cannot hold, a key
-            the format reserves (``__metadata__`` in safetensors), a folder that does not exist, or the disk full /
-            read-only / not permitted (the previous file is intact).
+        XFreezeError: a ``path`` that is not a path or is too long, a directory, an unknown format, non-string
+            keys, non-tensor values, a dtype the format cannot hold, a key the format reserves (``__metadata__`` in
+            safetensors), a folder that does not exist or is not writable, or the disk full (with the free space) /
+            read-only / not permitted. Nothing is left behind and the previous file is intact.
 
     Example:
         >>> import numpy as np, tempfile, os, xfreeze
@@ -137,17 +145,68 @@ def save_checkpoint(obj, path, *, format: str | None = None, rank: int | None = 
         'w.pt'
     """
     if rank is not None:
+        path = as_path(path)
         save_on_rank(obj, rank, lambda state: _save(state, path, format))
-        return Path(path)
+        return path
     return _save(obj, path, format)
 
 
-def _save(obj, path, format, metadata: dict | None = None) -> Path:
-    path = Path(path)
+def check_writable(path, *, format: str | None = None) -> Path:
+    """Check, before any work, that a checkpoint can be saved at ``path``: a path (not too long) that is not a
+    directory, whose suffix (or ``format``) names a format xfreeze writes, in a folder that exists and is writable.
+    Imports no framework.
+
+    Args:
+        path: where the checkpoint will be written.
+        format: ``"torch"``, ``"paddle"``, ``"safetensors"`` or ``"npz"``; default: from the suffix.
+
+    Returns:
+        Path: ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        XFreezeError: naming ``path`` and what is wrong with it.
+
+    Example:
+        >>> import tempfile, os
+        >>> check_writable(os.path.join(tempfile.mkdtemp(), "w.pdparams")).suffix
+        '.pdparams'
+    """
+    path = as_path(path)
+    _, target = _target(path, format)
+    probe = target.parent / _temp_name(target.name, f"{os.getpid()}-{os.urandom(4).hex()}")
+    try:  # access() says yes to root on a folder that refuses files (/sys): create one to know
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise XFreezeError(f"cannot write {_shown(path)}: {exc.strerror or exc} ({_errno_name(exc)})") from None
+    return path
+
+
+def _target(path: Path, format) -> tuple:
+    """(format entry, real file to replace) for saving to ``path``, after every check that needs no data."""
+    shown = _shown(path)
+    try:
+        target = Path(os.path.realpath(path))  # a symlink is written through: its target is what gets replaced
+        is_dir = target.is_dir()
+    except OSError as exc:
+        raise XFreezeError(f"cannot write {shown}: {exc.strerror or exc} ({_errno_name(exc)})") from None
+    if is_dir:
+        raise XFreezeError(
+            f"cannot write {shown}: it is a directory; name a file inside it, e.g. {_shown(path / 'w.pt')}"
+        )
     fmt = formats.for_saving(format, path)
-    target = Path(os.path.realpath(path))  # a symlink is written through: its target is what gets replaced
     if not target.parent.is_dir():
-        raise XFreezeError(f"folder {str(target.parent)!r} does not exist")
+        raise XFreezeError(f"cannot write {shown}: folder {_shown(target.parent)} does not exist")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise XFreezeError(
+            f"cannot write {shown}: folder {_shown(target.parent)} is not writable (permission or a read-only disk)"
+        )
+    return fmt, target
+
+
+def _save(obj, path, format, metadata: dict | None = None) -> Path:
+    path = as_path(path)
+    fmt, target = _target(path, format)
     state = obj if isinstance(obj, dict) else _model_state(obj)
     check_keys(state, f"state dict for {str(path)!r}")
     framework = getattr(state, "framework", None) or values_framework(state)
@@ -156,7 +215,8 @@ def _save(obj, path, format, metadata: dict | None = None) -> Path:
         _atomic_write(target, write)
     except OSError as exc:
         raise XFreezeError(
-            f"cannot write {str(path)!r}: {exc.strerror or exc} ({_errno_name(exc)}); any previous file there is intact"
+            f"cannot write {_shown(path)}: {exc.strerror or exc} ({_errno_name(exc)}){_space_left(target, exc)}; "
+            "nothing was left behind and any previous file there is intact"
         ) from None
     return path
 
@@ -164,20 +224,112 @@ def _save(obj, path, format, metadata: dict | None = None) -> Path:
 def detect_format(path) -> FileFormat:
     """The registry entry (:mod:`xfreeze.weights.formats`) whose structure the file has; an error naming the file
     otherwise. ``.name`` is the format's name."""
-    return formats.detect(Path(path), f"checkpoint {str(path)!r}")
+    path = as_path(path)
+    return formats.detect(path, f"checkpoint {str(path)!r}")
+
+
+# --- paths --------------------------------------------------------------------------------------------------
+def as_path(path, argument: str = "path") -> Path:
+    """``path`` (a str, bytes or ``os.PathLike``) as a :class:`~pathlib.Path`, checked without touching the disk:
+    an :class:`XFreezeError` naming ``argument`` for another type, an empty path, a NUL character, or a path or name
+    longer than the system allows (PATH_MAX / NAME_MAX)."""
+    text = path
+    if isinstance(path, os.PathLike):
+        try:
+            text = os.fspath(path)
+        except TypeError:
+            text = None
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not isinstance(text, str):
+        raise XFreezeError(
+            f"{argument} must be a file path (str or os.PathLike), not {type(path).__name__}. "
+            f"Received: {argument}={_clipped(repr(path))}"
+        )
+    if not text:
+        raise XFreezeError(f"{argument} is empty; name a file. Received: {argument}=''")
+    if "\x00" in text:
+        raise XFreezeError(f"{argument} contains a NUL character. Received: {argument}={_clipped(repr(text))}")
+    _check_length(text, argument)
+    return Path(text)
+
+
+def _check_length(text: str, argument: str) -> None:
+    folder = _existing_folder(text)
+    size, path_max = len(os.fsencode(text)), _limit(folder, "PC_PATH_MAX", 4096)
+    if size >= path_max:
+        raise XFreezeError(
+            f"{argument} is too long: {size:,} bytes, and this system allows at most {path_max - 1:,} (PATH_MAX). "
+            f"Received: {argument}={_clipped(repr(text))}"
+        )
+    name_max = _name_max(folder)
+    for part in Path(text).parts:
+        if len(os.fsencode(part)) > name_max:
+            raise XFreezeError(
+                f"{argument} holds a name of {len(os.fsencode(part)):,} bytes, and this system allows at most "
+                f"{name_max} (NAME_MAX): {_clipped(repr(part))}. Received: {argument}={_clipped(repr(text))}"
+            )
+
+
+def _existing_folder(text: str) -> str:
+    """The nearest folder on the way to ``text`` that exists (for the file system's limits)."""
+    folder = os.path.dirname(os.path.abspath(text))
+    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder or os.sep
+
+
+def _limit(folder: str, name: str, default: int) -> int:
+    try:
+        return int(os.pathconf(folder, name))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such limit
+        return default
+
+
+def _name_max(folder) -> int:
+    return _limit(str(folder), "PC_NAME_MAX", 255)
+
+
+def _clipped(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[:70]}...{text[-40:]} ({len(text):,} characters)"
+
+
+def _shown(path) -> str:
+    return _clipped(repr(str(path)))
+
+
+def _space_left(target: Path, exc: OSError) -> str:
+    """What the disk has left, for a write that ran out of room."""
+    if exc.errno == errno.EFBIG:
+        return " (a file size limit, e.g. ulimit -f, stopped it)"
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        return ""
+    return f"; {human_bytes(free)} ({free:,} bytes) free in {_shown(target.parent)}"
 
 
 # --- atomic writes ------------------------------------------------------------------------------------------
 def _atomic_write(target: Path, write) -> None:
     _remove_stale_temps(target)
-    tmp = target.parent / f".{target.name}.xfreeze-{os.getpid()}-{os.urandom(4).hex()}.tmp"  # threads: distinct
+    tmp = target.parent / _temp_name(target.name, f"{os.getpid()}-{os.urandom(4).hex()}")  # threads: distinct
     existing = target.stat().st_mode & 0o7777 if target.exists() else None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies, as for open()
     try:
         with os.fdopen(fd, "wb") as f:
             if existing is not None:
                 os.fchmod(f.fileno(), existing)
-            write(f)
+            sink = _RecordingFile(f)
+            try:
+                write(sink)
+            except OSError:
+                raise
+            except Exception as exc:  # torch.save reports a failed write as RuntimeError("unexpected pos ...")
+                if sink.error is not None:
+                    raise sink.error from exc
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -191,9 +343,45 @@ def _atomic_write(target: Path, write) -> None:
         os.close(dir_fd)
 
 
+class _RecordingFile:
+    """The file a format writes to, keeping the first OSError its writes raised (a full disk), so that a writer
+    that turns it into its own error (torch's zip writer: ``RuntimeError``) still reports the real cause."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data):
+        return self._recorded(self._f.write, data)
+
+    def flush(self):
+        return self._recorded(self._f.flush)
+
+    def _recorded(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _temp_stem(name: str) -> str:
+    """``name``, or for a name near NAME_MAX a shorter unique stand-in, so that the temporary name fits too."""
+    if len(name.encode()) <= 200:
+        return name
+    return name.encode()[:120].decode(errors="ignore") + "~" + hashlib.sha1(name.encode()).hexdigest()[:16]
+
+
+def _temp_name(name: str, tag: str) -> str:
+    return f".{_temp_stem(name)}.xfreeze-{tag}.tmp"
+
+
 def _remove_stale_temps(target: Path) -> None:
     """Temporary files of earlier saves to ``target`` whose process is gone (killed mid-save)."""
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.xfreeze-(\d+)-[0-9a-f]{{8}}\.tmp$")
+    pattern = re.compile(rf"^\.{re.escape(_temp_stem(target.name))}\.xfreeze-(\d+)-[0-9a-f]{{8}}\.tmp$")
     try:
         names = os.listdir(target.parent)
     except OSError:
@@ -250,6 +438,8 @@ __all__ = [
     "as_state_dict",
     "describe",
     "detect_format",
+    "check_writable",
+    "as_path",
     "escape",
     "plain",
 ]

@@ -1,4 +1,5 @@
-"""load_matched: load every key whose name and shape match, say exactly what happened, change nothing on error."""
+"""load_matched: load every key whose name and shape match (or whose shape it knows how to adapt: ``adapt.py``),
+say exactly what happened, hold partial loads to one policy (``partial.py``), change nothing on error."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import partial as _partial
 from . import ranks as _distributed
+from .adapt import Adaptations
 from ..model import select as _select
 from ..core import tensors as _tensors
-from ..core.dispatch import adapter_for
+from ..core.dispatch import adapter_for, adapter_named
 from .files import load_checkpoint
 from .convert import alignment_difference, convert
 from .statedict import StateDict, as_state_dict
 from ..core.errors import XFreezeError, check_choice
 from ..core.table import render
+from ..model.provenance import record_load
 from ..model.view import view_of
 from ..backends import ADAPTERS
 from ..backends.naming import naming
@@ -29,6 +33,8 @@ class LoadReport:
 
     Attributes:
         loaded: model keys filled from the source.
+        adapted: ``{key: (model shape, source shape, how)}``: filled from a source tensor of another shape,
+            adapted (a position grid resampled, input channels or rows added; see ``adapt=``).
         mismatched: ``{key: (model shape, source shape)}``, not loaded.
         missing: model keys the source lacks (kept as they were).
         unexpected: source keys the model lacks.
@@ -42,6 +48,7 @@ class LoadReport:
     model: str
     source_framework: str | None = None
     loaded: list = field(default_factory=list)
+    adapted: dict = field(default_factory=dict)
     mismatched: dict = field(default_factory=dict)
     missing: list = field(default_factory=list)
     unexpected: list = field(default_factory=list)
@@ -54,6 +61,11 @@ class LoadReport:
     def __str__(self) -> str:
         rows = [
             ["loaded", len(self.loaded), _sample(self.loaded)],
+            [
+                "adapted",
+                len(self.adapted),
+                _sample([f"{k} {list(a)} <- {list(b)}: {how}" for k, (a, b, how) in self.adapted.items()], 2),
+            ],
             [
                 "shape mismatch",
                 len(self.mismatched),
@@ -81,6 +93,7 @@ def load_matched(
     strict: bool = False,
     allow_empty: bool = False,
     allow_partial: bool = False,
+    adapt: bool = True,
     framework: str | None = None,
     backend: str | None = None,
 ) -> LoadReport:
@@ -93,72 +106,88 @@ def load_matched(
         rename: ``{source prefix: model prefix}`` or a function ``key -> new key`` (``None`` drops the key).
             ``module.`` (DataParallel/DDP) and ``_layers.`` (Paddle DataParallel) prefixes are removed by themselves.
         skip: xfreeze patterns of model keys not to load (e.g. ``"fc"`` to keep a new head).
-        strict: raise (with the report) instead of loading partially.
+        strict: raise (with the report) on any missing, unexpected or shape-mismatched key (adapted keys are not
+            differences: pass ``adapt=False`` as well to refuse them).
         allow_empty: accept loading zero keys (otherwise an error: the source belongs to another model).
-        allow_partial: accept a conversion from the other framework that places fewer than half of the model's
-            keys (otherwise an error saying how many it placed and where the two architectures differ).
+        allow_partial: accept a load that places (loads or adapts) fewer than half of the keys it was asked to fill,
+            and silence the warning about missing or mismatched keys outside the head (otherwise: an error naming
+            the counts, and where the architectures differ for a conversion; a warning with the counts).
+        adapt: adapt what a shape mismatch can mean (a position grid at another resolution, a first conv with
+            another number of input channels, an embedding or output layer with more rows): see
+            ``docs/weights.md``. ``False``: every shape mismatch is skipped and reported.
         framework: whose names the source uses, when it cannot be told (``"torch"`` / ``"paddle"``).
         backend: force ``"torch"`` or ``"paddle"`` for ``model``.
 
     Returns:
-        LoadReport: loaded, shape-mismatched, missing, unexpected, skipped, renamed, converted and cast keys.
+        LoadReport: loaded, adapted, shape-mismatched, missing, unexpected, skipped, renamed, converted and cast
+        keys.
 
     Raises:
-        XFreezeError: a bad source (see :func:`load_checkpoint`), non-tensor values, conflicting rename rules,
-            a ``skip`` pattern matching nothing, ``strict`` with any difference, or zero keys loaded. The model is
-            left exactly as it was.
+        XFreezeError: a bad source (see :func:`load_checkpoint`), non-tensor, sparse or meta values (named),
+            conflicting rename rules, a ``skip`` pattern matching nothing, ``strict`` with any difference, zero keys
+            loaded, or fewer than half placed (without ``allow_partial``). The model is left exactly as it was.
+
+    Warns:
+        UserWarning: keys outside the model's head left at their initial values (missing or shape-mismatched),
+            with a ``HINT:``; not with ``allow_partial=True``.
 
     Example:
-        >>> import torch, xfreeze
-        >>> old = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1000))
-        >>> new = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 10))
-        >>> report = xfreeze.load_matched(new, old.state_dict())
+        >>> import collections, torch, xfreeze
+        >>> def net(classes):
+        ...     layers = collections.OrderedDict(body=torch.nn.Linear(4, 8), fc=torch.nn.Linear(8, classes))
+        ...     return torch.nn.Sequential(layers)
+        >>> report = xfreeze.load_matched(net(10), net(1000).state_dict())  # a new head: reported, not warned
         >>> report.loaded, list(report.mismatched)
-        (['0.weight', '0.bias'], ['1.weight', '1.bias'])
+        (['body.weight', 'body.bias'], ['fc.weight', 'fc.bias'])
     """
     _check_options(rename, skip, strict, allow_empty, framework)
-    if not isinstance(allow_partial, bool):
-        raise XFreezeError(f"allow_partial must be True or False. Received: allow_partial={allow_partial!r}")
+    for argument, value in (("allow_partial", allow_partial), ("adapt", adapt)):
+        if not isinstance(value, bool):
+            raise XFreezeError(f"{argument} must be True or False. Received: {argument}={value!r}")
     view = view_of(model, backend)
     adapter = view.adapter
     state = source_state = _source_state(source)
+    _check_readable(state, view.label)
     origin = framework or state.framework
     report = LoadReport(view.label, origin, notes=list(state.notes))
     targets = adapter.state_tensors(model)
     keys = _renamed_keys(list(state), set(targets), rename, report)
     state = StateDict({keys[k]: v for k, v in state.items() if keys[k] is not None}, framework=origin)
-    if origin is not None and origin != adapter.name:
-        converted = convert(state, to=adapter.name, model=model, source=origin)
-        for key, note in converted.notes:
+    converting = origin if origin is not None and origin != adapter.name else None
+    if converting:
+        state = convert(state, to=adapter.name, model=model, source=origin)
+        for key, note in state.notes:
             report.converted.setdefault(key, []).append(note)
-        state = converted
-        _check_converted(report, converted, targets, model, source_state, origin, allow_partial or allow_empty)
     skipped = _skipped(view, list(targets), skip)
     # keys the source's framework has no counterpart for (torch's num_batches_tracked) are kept, not "missing"
-    no_counterpart = _own_only(adapter.name, targets) if origin not in (None, adapter.name) else set()
-    plan = _plan(view, targets, state, skipped, no_counterpart, report)  # validates every value before any write
+    no_counterpart = _own_only(adapter.name, targets) if converting else set()
+    adaptations = Adaptations(view) if adapt else None
+    plan = _plan(view, targets, state, skipped, no_counterpart, report, adaptations)  # validates before any write
     if strict and (report.mismatched or report.missing or report.unexpected):
         raise XFreezeError(f"strict load of {report.model} found differences; nothing was loaded:\n{report}")
+    if converting or plan:
+        differences = list(state.differences) if converting else []
+
+        def why() -> list:
+            return differences or [alignment_difference(source_state, model, origin) or "the module names did not map"]
+
+        _partial.check_placed(report, allow=allow_partial or allow_empty, converting=converting, why=why)
     if not plan and not allow_empty:
         raise XFreezeError(
             f"loaded 0 of {len(targets)} keys into {report.model}: the source looks like another "
             f"model (pass allow_empty=True if that is intended); nothing was changed.\n{report}"
         )
+    if converting:
+        _warn_differences(report, state.differences, origin)
+    left = _partial.untouched(report, targets, plan)
+    if not (allow_partial or allow_empty):
+        _partial.warn_outside_head(view, report, left)
     _distributed.load_tensors(adapter, model, targets, plan)  # FSDP2: set_model_state_dict; FSDP1: refused
+    record_load(model, left)
     return report
 
 
-def _check_converted(report, converted, targets, model, source, origin, allow_partial: bool) -> None:
-    """A conversion placing fewer than half of the model's keys is refused (unless allowed); differences warned."""
-    placed = sum(1 for key in converted if key in targets)
-    differences = list(getattr(converted, "differences", []))
-    if not allow_partial and 2 * placed < len(targets):
-        why = differences or [alignment_difference(source, model, origin) or "the module names did not map"]
-        raise XFreezeError(
-            f"converting the {origin} source placed {placed} of {len(targets)} keys of "
-            f"{report.model} (fewer than half); nothing was changed. Where they differ: "
-            f"{'; '.join(why)}. Pass allow_partial=True to load what does place."
-        )
+def _warn_differences(report, differences, origin) -> None:
     for text in differences:
         warnings.warn(
             f"{report.model} and its {origin} twin differ: {text}.\nHINT: outputs will not match the "
@@ -166,6 +195,24 @@ def _check_converted(report, converted, targets, model, source, origin, allow_pa
             UserWarning,
             stacklevel=3,
         )
+
+
+def _check_readable(state, label: str) -> None:
+    """Every value a dense tensor with data (or a numpy array of numbers), checked before anything is copied."""
+    for key, value in state.items():
+        if not _tensors.is_tensor(value):
+            raise XFreezeError(
+                f"the source for {label} has values that are not tensors: {key!r} ({type(value).__name__}); "
+                "pass the weights mapping itself (e.g. ckpt['model']). Nothing was changed"
+            )
+        backend = _tensors.backend_of(value)
+        problem = adapter_named(backend).unreadable(value) if backend is not None else None
+        if problem is not None:
+            raise XFreezeError(
+                f"the source for {label} holds {problem} at {key!r}: load_matched copies dense values only. "
+                "Pass dense tensors with data (torch: t.to_dense(), or materialize a meta model before taking its "
+                "state_dict; Paddle: t.to_dense()). Nothing was changed"
+            )
 
 
 def _check_options(rename, skip, strict, allow_empty, framework) -> None:
@@ -252,14 +299,15 @@ def _prefix_rules(rename: dict) -> list:
 def _skipped(view, keys: list, skip) -> set:
     if not skip:
         return set()
-    patterns = _select.compile_patterns([skip] if isinstance(skip, str) else list(skip))
+    patterns = _select.compile_patterns(skip, argument="skip")
     owners = np.asarray([view.module_index.get(k.rpartition(".")[0], 0) for k in keys], dtype=np.int64)
     mask = _select.select_mask(view, patterns, names=keys, owners=owners, allow_stat_only=False)
     return {k for k, hit in zip(keys, mask) if hit}
 
 
-def _plan(view, targets: dict, state: StateDict, skipped: set, ignored: set, report: LoadReport) -> dict:
-    """Model key -> a value ready to copy (this framework's tensor, the target's dtype and device)."""
+def _plan(view, targets: dict, state: StateDict, skipped: set, ignored: set, report: LoadReport, adaptations) -> dict:
+    """Model key -> a value ready to copy (this framework's tensor, the target's dtype and device); shape
+    mismatches are adapted where ``adaptations`` (None: never) knows the case."""
     adapter, plan = view.adapter, {}
     for key, tensor in targets.items():
         if key in ignored and key not in state:
@@ -279,11 +327,16 @@ def _plan(view, targets: dict, state: StateDict, skipped: set, ignored: set, rep
                 report.notes.append((key, "uint16 array read as bfloat16 bits (Paddle stores bf16 so)"))
             value = _tensors.to_backend(value, adapter.name, key)
             shape, got = tuple(adapter.full_shape(tensor)), _tensors.shape_of(value)
-            if got != shape:
+            adapted = adaptations.adapt(key, value, shape) if got != shape and adaptations is not None else None
+            if adapted is not None:
+                value = adapted[0]
+                report.adapted[key] = (shape, got, adapted[1])
+            elif got != shape:
                 report.mismatched[key] = (shape, got)
                 continue
+            else:
+                report.loaded.append(key)
             plan[key] = _cast(adapter, key, value, tensor, report)
-            report.loaded.append(key)
     report.unexpected = [k for k in state if k not in targets]
     return plan
 
