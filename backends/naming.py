@@ -36,6 +36,30 @@ class Naming:
     value_rules: tuple = ()
     # (keys that identify an architecture, how this framework's version of it computes differently from its twin)
     arch_differences: tuple = ()
+    # architecture -> regular expressions (re.search) of keys telling this framework's version of it: which map to
+    # use when several place the same keys (PaddleFormers' "model.layers.N" vs PaddleNLP's "llama.layers.N")
+    arch_signals: dict = field(default_factory=dict)
+    # architecture -> regular expressions (re.search) of Linear weights kept in the other layout than
+    # ``linear_layout`` (PaddleFormers' LMHead keeps torch's [vocab, hidden]); a given model's modules say it first
+    other_layout: dict = field(default_factory=dict)
+    # architecture -> :class:`Fusion` s: neutral Linear layers this framework keeps as one
+    fusions: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """This framework keeps the neutral Linear layers ``parts`` as the one layer ``fused``: weights and biases joined
+    along the output axis, one after the other, or, ``by_heads``, query/key/value interleaved per key-value head
+    (PaddleFormers' ``fused_qkv``: for each key-value head g, the query heads of its group, key head g, value head g;
+    the layer's output reshapes to ``[kv_heads, (heads / kv_heads + 2) * head_dim]``).
+
+    Fragments are module names as the arch map leaves them (``self_attn.qkv_proj``), matched after a dot or at the
+    start of a key. Splitting and joining are permutations of the same bits: exact in every dtype.
+    """
+
+    fused: str
+    parts: tuple
+    by_heads: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 from harness import BACKENDS, kit  # noqa: E402
 
+# The two pinned environments (issue 19): markers classic_stack / current_stack, deselection of the other stack's
+# tests, and a missing package failing a test in its own stack's environment. The hooks live in tests/support/stacks.py.
+from stacks import (  # noqa: E402, F401
+    pytest_collection_modifyitems,
+    pytest_make_collect_report_of_other_stack,
+    pytest_configure,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+    this_stack,
+)
+
+if this_stack() == "current":
+    # PaddleFormers patches paddle.Tensor methods on import unless this flag is 0: the tests see Paddle unpatched.
+    os.environ.setdefault("FLAGS_enable_paddleformers_monkey_patch", "0")
+    # torch before anything imports paddleformers: imported first, paddleformers hides torch from transformers for
+    # the whole process (transformers then builds no torch model)
+    import torch  # noqa: E402, F401
+
 # ci: deterministic (derandomized) and bounded; thorough: for longer runs (make test-thorough).
 settings.register_profile(
     "ci",

@@ -22,8 +22,11 @@ from .model.summary import MAX_ROWS, collapse_groups
 from .model.summary import summary as summarize
 from .model.view import view_of
 from .training.optim import optimizer
-from .weights.convert import check_fit, convert
+from .weights.convert import check_fit, convert, convert_archs
 from .weights.files import check_writable, describe, load_checkpoint, save_checkpoint
+from .weights.folderconvert import convert_folder
+from .weights.folders import describe_folder, is_folder, open_folder
+from .weights.paths import as_path
 
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # state tensors per trainable parameter (SGD: momentum)
 PARAMS_OPTIONS = {"lr": "--lr", "weight_decay": "--weight-decay", "layer_decay": "--layer-decay"}  # need --params
@@ -118,7 +121,10 @@ def _parser() -> argparse.ArgumentParser:
         help="format, framework, keys, shapes, dtypes and size of a checkpoint",
         description="Read a checkpoint safely (no code runs) and describe it.",
     )
-    inspect.add_argument("checkpoint", help=".pt/.pth/.bin, .pdparams, .safetensors or .npz file")
+    inspect.add_argument(
+        "checkpoint",
+        help=".pt/.pth/.bin, .pdparams, .safetensors or .npz file, or a save_pretrained folder (sharded too)",
+    )
     inspect.add_argument("--limit", type=int, default=40, help="show at most this many keys (default 40; 0: all)")
     inspect.set_defaults(run=_inspect)
 
@@ -127,9 +133,12 @@ def _parser() -> argparse.ArgumentParser:
         help="convert a checkpoint between torch and Paddle",
         description="Convert a checkpoint's names and layouts to the other framework and print what was done.",
     )
-    conversion.add_argument("input", help="checkpoint to read")
+    conversion.add_argument("input", help="checkpoint file or save_pretrained folder to read")
     conversion.add_argument(
-        "output", help="file to write; its suffix picks the format (.pdparams, .pt, .safetensors, .npz)"
+        "output",
+        help="file to write, its suffix picks the format (.pdparams, .pt, .safetensors, .npz); for a folder input, "
+        "a new folder (Paddle: model_state.pdparams for PaddleFormers/PaddleNLP; torch: model.safetensors for "
+        "transformers), shards and config.json mapped",
     )
     conversion.add_argument("--to", required=True, choices=list(FRAMEWORKS), help="target framework")
     conversion.add_argument(
@@ -243,7 +252,9 @@ def _element_size(view, path: str) -> int:
 
 
 def _inspect(args) -> None:
-    info = describe(load_checkpoint(args.checkpoint))
+    path = as_path(args.checkpoint)
+    # a folder: its safetensors headers describe it without reading tensor data
+    info = describe_folder(open_folder(path)) if is_folder(path) else describe(load_checkpoint(path))
     shown = info["tensors"] if args.limit == 0 else info["tensors"][: args.limit]
     # key names and metadata are data, never markup or terminal escapes: render() escapes every cell and line
     rows = [[k, "x".join(map(str, shape)) or "scalar", dtype] for k, shape, dtype in shown]
@@ -251,13 +262,17 @@ def _inspect(args) -> None:
         f"format: {info['format']}; framework: {info['framework'] or 'unknown'}; {info['keys']} keys; "
         f"{info['bytes']:,} bytes ({human_bytes(info['bytes'])})"
     ]
+    if "shards" in info:
+        footer.append(f"folder: {info['shards']} shard{'s' * (info['shards'] != 1)}, read through {info['entry']}")
     if len(shown) < info["keys"]:
         footer.append(f"... {info['keys'] - len(shown)} more keys (--limit 0 shows all)")
-    footer += [f"note: {note}" for key, note in info["notes"] if not key]
+    footer += [f"note: {note}" for key, note in info["notes"] if not key and not note.startswith("read through")]
     print(render(f"xfreeze inspect: {args.checkpoint}", ["key", "shape", "dtype"], rows, footer))
 
 
 def _convert(args) -> None:
+    if is_folder(args.input):
+        return _convert_folder(args)
     check_writable(args.output)  # before reading or importing a framework: a directory, no folder, not writable
     state = load_checkpoint(args.input)
     if state.framework == args.to:
@@ -269,8 +284,24 @@ def _convert(args) -> None:
     else:  # a zoo name or a name map, spelled as convert(arch=) spells it
         out = convert(state, to=args.to, arch=args.arch, allow_partial=args.allow_partial)
     save_checkpoint(out, args.output)
+    _print_conversion(args, out.notes, len(out), getattr(out, "unplaced", []))
+
+
+def _convert_folder(args) -> None:
+    """A checkpoint folder into a new folder of the other framework (config.json mapped), shard by shard."""
+    model = build_model(args.arch, args.to) if args.arch and ":" in args.arch else None
+    if args.arch and model is None and args.arch not in convert_archs():
+        raise XFreezeError(
+            f"for a checkpoint folder, --arch takes a name map of {convert_archs()} or module:callable; "
+            f"received --arch {args.arch!r}"
+        )
+    out = convert_folder(args.input, args.output, to=args.to, arch=None if model else args.arch, model=model)
+    _print_conversion(args, out["notes"], out["keys"], out["unplaced"], f"{len(out['files'])} weight files")
+
+
+def _print_conversion(args, notes: list, keys: int, unplaced: list, written: str = "") -> None:
     counts: dict = {}
-    for _, note in out.notes:
+    for _, note in notes:
         kind = _note_kind(note)
         counts[kind] = counts.get(kind, 0) + 1
     rows = [[kind, n] for kind, n in sorted(counts.items())]
@@ -279,7 +310,7 @@ def _convert(args) -> None:
             f"xfreeze convert: {args.input} -> {args.output} ({args.to})",
             ["what was done", "keys"],
             rows,
-            [f"{len(out)} keys written; unplaced: {len(getattr(out, 'unplaced', []))}"],
+            [f"{keys} keys written{' in ' + written if written else ''}; unplaced: {len(unplaced)}"],
         )
     )
 

@@ -56,7 +56,10 @@ class PaddleModel(Adapter):
     )
     # Wrappers seen through, by class name -> the attribute holding the wrapped layer (its "_layers." segment never
     # reaches a name).
-    WRAPPERS = {"DataParallel": "_layers"}
+    WRAPPERS = {
+        "DataParallel": "_layers",
+        "LoRAModel": "model",  # PaddleFormers / PaddleNLP LoRA (issue 19): its LoRALinear layers are already flat
+    }
 
     # --- structure ---------------------------------------------------------------------------------------------
     def registries(self, module: Module) -> Registries:

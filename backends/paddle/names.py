@@ -9,15 +9,25 @@
 * paddle.vision AlexNet and SqueezeNet use ``Dropout(mode="downscale_in_infer")``: at inference they multiply the
   classifier's input by 1 - p = 0.5 (InceptionV3: 0.8), where torchvision's Dropout does nothing. The next layer's
   weight is stored as the neutral one / (1 - p) so both compute the same thing in eval and in training.
+* PaddleFormers (PaddleNLP's successor for LLMs) names its decoders like transformers (``model.layers.N...``), every
+  Linear ``[in, out]`` but the ``LMHead``, which keeps ``[vocab, hidden]`` (map ``"paddleformers"``: Llama, Phi3,
+  whose fused ``qkv_proj``/``gate_up_proj`` are fused alike in transformers). ERNIE 4.5 and Gemma3 also fuse
+  ``q/k/v_proj`` into ``qkv_proj`` (interleaved per key-value head) and ``gate_proj``/``up_proj`` into
+  ``up_gate_proj`` (map ``"ernie4_5"``). These follow PaddleFormers' own HF<->Paddle rules (``_gen_aoa_config`` of
+  each model class: ``^T`` on every Linear but ``lm_head``, ``fused_qkv`` with ``num_heads`` /
+  ``num_key_value_groups``, ``fused_ffn``; Phi3's ``fused_qkv_old`` is the identity on one device).
 """
 
-from ..naming import Naming, ValueRule
+from ..kinds import FUSED_LINEARS
+from ..naming import Fusion, Naming, ValueRule
 
 ARCH_MAPS = {
     "resnet": [],
     # transformers LlamaForCausalLM <-> PaddleNLP: same modules, same rotary layout (rotate_half) and q/k order
     # (PaddleNLP's own _get_name_mappings only transposes); the base model is "llama." instead of "model."
     "llama": [("model.", "llama.")],
+    "paddleformers": [],  # transformers' names
+    "ernie4_5": [],  # transformers' names, with FUSIONS
     "ernie": [
         ("embeddings.LayerNorm.", "embeddings.layer_norm."),
         ("encoder.layer.{i}.attention.self.query.", "encoder.layers.{i}.self_attn.q_proj."),
@@ -53,6 +63,14 @@ VALUE_RULES = (
     ),
 )
 
+_LM_HEAD = (r"(^|\.)lm_head\.weight$",)  # PaddleFormers' LMHead: [vocab, hidden]
+FUSIONS = {
+    "ernie4_5": (
+        Fusion("self_attn.qkv_proj", tuple(f"self_attn.{p}" for p in FUSED_LINEARS["qkv_proj"]), by_heads=True),
+        Fusion("mlp.up_gate_proj", tuple(f"mlp.{p}" for p in FUSED_LINEARS["up_gate_proj"])),
+    )
+}
+
 NAMING = Naming(
     framework="paddle",
     stat_names={"running_mean": "_mean", "running_var": "_variance"},
@@ -62,6 +80,13 @@ NAMING = Naming(
     arch_maps=ARCH_MAPS,
     key_signals=(r"\._(mean|variance)$", r"(^|\.)encoder\.layers\.\d+\.self_attn\.q_proj\.", r"^llama\.layers\.\d+\."),
     value_rules=VALUE_RULES,
+    arch_signals={
+        "llama": r"^llama\.layers\.\d+\.",
+        "paddleformers": r"^model\.layers\.\d+\.",
+        "ernie4_5": r"^model\.layers\.\d+\.mlp\.up_gate_proj\.",  # Phi3's qkv_proj is not interleaved
+    },
+    other_layout={"paddleformers": _LM_HEAD, "ernie4_5": _LM_HEAD},
+    fusions=FUSIONS,
     arch_differences=(
         (
             ("_conv.weight", "_fc_out.weight", "_out1.weight", "_out2.weight"),

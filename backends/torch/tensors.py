@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..contract import Adapter, Module, Raw, Tensor
+from .model import peft_state
 from ...core.errors import XFreezeError
 from ...core.tensors import DTYPE_NAMES
 
@@ -89,7 +90,8 @@ class TorchTensors(Adapter):
 
     # --- state dicts and files ---------------------------------------------------------------------------------
     def state_tensors(self, model: Module) -> dict[str, Tensor]:
-        return dict(self.unwrap(model)[0].state_dict(keep_vars=True))
+        inner = self.unwrap(model)[0]
+        return peft_state(inner, dict(inner.state_dict(keep_vars=True)))  # PEFT layers under the view's names
 
     def load_file(self, path: Any) -> dict[str, Tensor]:
         try:

@@ -1,19 +1,55 @@
-"""xfreeze.integrations.lightning.Finetuning in a real Lightning Trainer (CPU, tiny CNN, generated data)."""
+"""xfreeze.integrations.lightning.Finetuning in a real Lightning Trainer (CPU, tiny CNN, generated data).
+
+Both Lightning packages: the standalone ``pytorch_lightning`` and the unified ``lightning`` (``lightning.pytorch``),
+whose classes are distinct. Most tests run on the first one installed (``pl``); those taking ``package`` run on
+each one installed, with a module and callbacks of that package (a Trainer refuses another package's module).
+"""
+
+import functools
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pl = pytest.importorskip("pytorch_lightning")
+
+
+def _installed(name):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return None
+
+
+PACKAGES = {n: m for n in ("pytorch_lightning", "lightning.pytorch") if (m := _installed(n)) is not None}
+if not PACKAGES:
+    pytest.skip("neither pytorch_lightning nor lightning is installed", allow_module_level=True)
+DEFAULT = next(iter(PACKAGES))
+pl = PACKAGES[DEFAULT]
+each_package = pytest.mark.parametrize("package", list(PACKAGES))
+# slow tests run each package in its own stack: pytorch_lightning in the classic one, the unified lightning (which
+# requires pytorch_lightning: both are installed there) in the current one
+each_package_in_its_stack = pytest.mark.parametrize(
+    "package",
+    [pytest.param(n, marks=[pytest.mark.current_stack] if n == "lightning.pytorch" else []) for n in PACKAGES],
+)
+SUPPORT = str(Path(__file__).resolve().parents[1] / "support")
 
 import xfreeze  # noqa: E402
+from statehash import state_hash  # noqa: E402
 from xfreeze import Stage, XFreezeError  # noqa: E402
 from xfreeze.integrations.lightning import Finetuning  # noqa: E402
 
 STAGES = [Stage(0, freeze=["backbone"]), Stage(2, unfreeze=["backbone.3", "backbone.4"], lr=0.01)]
 
 
-class Net(pl.LightningModule):
+class _Net:
+    """The tiny CNN's LightningModule body; :func:`kit` puts it on a package's ``LightningModule``."""
+
     def __init__(self, optimizer="xfreeze"):
         super().__init__()
         nn = torch.nn
@@ -55,7 +91,7 @@ class Net(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
 
 
-class Rates(pl.Callback):
+class _Rates:
     """The absolute group rates of the live optimizer at the start of every epoch (after Finetuning ran)."""
 
     def __init__(self):
@@ -65,21 +101,47 @@ class Rates(pl.Callback):
         self.seen[trainer.current_epoch] = [g["lr"] for g in trainer.optimizers[0].param_groups]
 
 
+class _StepRates:
+    """(lr, momentum) of every group at the start of every batch (after Finetuning ran)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append([(g["lr"], g["momentum"]) for g in trainer.optimizers[0].param_groups])
+
+
+@functools.cache
+def kit(package=DEFAULT):
+    """The module and callback classes on ``package``'s ``LightningModule`` / ``Callback``, and the package."""
+    lib = PACKAGES[package]
+    return SimpleNamespace(
+        lib=lib,
+        Net=type("Net", (_Net, lib.LightningModule), {}),
+        Rates=type("Rates", (_Rates, lib.Callback), {}),
+        StepRates=type("StepRates", (_StepRates, lib.Callback), {}),
+    )
+
+
+Net, Rates, StepRates = kit().Net, kit().Rates, kit().StepRates
+
+
 def data():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, 6, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=False)
 
 
-def net(kind="xfreeze"):
+def net(kind="xfreeze", package=DEFAULT):
     torch.manual_seed(0)
-    return Net(kind)
+    return kit(package).Net(kind)
 
 
-def trainer(tmp_path, callbacks, epochs=4, save=False, **options):
+def trainer(tmp_path, callbacks, epochs=4, save=False, package=DEFAULT, **options):
+    lib = kit(package).lib
     if save:
-        callbacks = callbacks + [pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)]
-    return pl.Trainer(
+        callbacks = callbacks + [lib.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)]
+    return lib.Trainer(
         **options,
         max_epochs=epochs,
         accelerator="cpu",
@@ -98,10 +160,11 @@ def weights(module):
 
 
 @pytest.mark.slow
-def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
-    model, rates, callback = net(), Rates(), Finetuning(STAGES, ema=0.5)
+@each_package_in_its_stack
+def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path, package):
+    model, rates, callback = net(package=package), kit(package).Rates(), Finetuning(STAGES, ema=0.5)
     start = weights(model)
-    trainer(tmp_path, [callback, rates], save=True).fit(model, data())
+    trainer(tmp_path, [callback, rates], save=True, package=package).fit(model, data())
     end = weights(model)
     # stage 0 trains the head only; stage 2 adds backbone.3/.4 in new groups at 0.01 scaled by the schedule
     assert rates.seen[0] == pytest.approx([0.1, 0.1])
@@ -119,8 +182,8 @@ def test_fit_stages_rates_frozen_bits_and_exact_resume(tmp_path):
     assert not np.array_equal(start["backbone.3.weight"], end["backbone.3.weight"])
 
     for ckpt in ("epoch=0.ckpt", "epoch=2.ckpt"):  # before and after the boundary
-        resumed, rates2, callback2 = net(), Rates(), Finetuning(STAGES, ema=0.5)
-        trainer(tmp_path / "b", [callback2, rates2]).fit(resumed, data(), ckpt_path=tmp_path / ckpt)
+        resumed, rates2, callback2 = net(package=package), kit(package).Rates(), Finetuning(STAGES, ema=0.5)
+        trainer(tmp_path / "b", [callback2, rates2], package=package).fit(resumed, data(), ckpt_path=tmp_path / ckpt)
         assert rates2.seen[3] == pytest.approx(rates.seen[3])
         for key, value in weights(resumed).items():
             assert np.array_equal(value, end[key]), (ckpt, key)
@@ -138,16 +201,6 @@ def test_step_unit_and_ema(tmp_path):
     assert len(rates.seen[1]) == 2
     assert len(model.trainer.optimizers[0].param_groups) > 2
     assert callback.ema.num_updates == 8
-
-
-class StepRates(pl.Callback):
-    """(lr, momentum) of every group at the start of every batch (after Finetuning ran)."""
-
-    def __init__(self):
-        self.seen = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.append([(g["lr"], g["momentum"]) for g in trainer.optimizers[0].param_groups])
 
 
 @pytest.mark.slow
@@ -265,11 +318,12 @@ def test_a_checkpoint_from_another_stage_plan_is_refused(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_ddp_strategy_rebuilds_the_wrapper_at_the_boundary_and_resumes_exactly(tmp_path):
+@each_package_in_its_stack
+def test_ddp_strategy_rebuilds_the_wrapper_at_the_boundary_and_resumes_exactly(tmp_path, package):
     """2 ranks over gloo, Lightning's DDP strategy (DistributedSampler: different data on each rank)."""
     import dist_workers as W
 
-    r0, r1 = W.launch_torch(W.torch_lightning_ddp, tmp_path, root=str(tmp_path))
+    r0, r1 = W.launch_torch(W.torch_lightning_ddp, tmp_path, root=str(tmp_path), package=package)
     # a training BatchNorm's running statistics are rank-local until DDP's next forward broadcasts rank 0's
     local = ("backbone.4.running_mean", "backbone.4.running_var")
     for key in ("run", "epoch=0.ckpt", "epoch=2.ckpt"):
@@ -296,23 +350,22 @@ def test_ddp_strategy_rebuilds_the_wrapper_at_the_boundary_and_resumes_exactly(t
 
 
 @pytest.mark.slow
-def test_changing_what_trains_mid_run_under_fsdp_is_refused_before_training(tmp_path):
+@each_package_in_its_stack
+def test_changing_what_trains_mid_run_under_fsdp_is_refused_before_training(tmp_path, package):
     """Run in a child process: the strategy initializes a process group (gloo) in the process it runs in."""
-    import subprocess
-    import sys
-
     code = f"""
-import sys; sys.path.insert(0, {str(__file__.rsplit("/", 1)[0])!r})
-import pytorch_lightning as pl, pytest
+import sys; sys.path[:0] = [{str(__file__.rsplit("/", 1)[0])!r}, {SUPPORT!r}]
+import importlib
 from test_integrations_lightning import STAGES, data, net
 from xfreeze import XFreezeError
 from xfreeze.integrations.lightning import Finetuning
-class CpuFSDP(pl.strategies.FSDPStrategy):  # Lightning refuses the FSDPStrategy class itself on CPU when built;
-    pass                                    # the callback refuses at setup, before FSDP would wrap anything
-trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, strategy=CpuFSDP(), logger=False,
-                     enable_progress_bar=False, enable_checkpointing=False, default_root_dir={str(tmp_path)!r},
-                     callbacks=[Finetuning(STAGES)])
-model = net()
+lib = importlib.import_module({package!r})
+class CpuFSDP(lib.strategies.FSDPStrategy):  # Lightning refuses the FSDPStrategy class itself on CPU when built;
+    pass                                     # the callback refuses at setup, before FSDP would wrap anything
+trainer = lib.Trainer(max_epochs=1, accelerator="cpu", devices=1, strategy=CpuFSDP(), logger=False,
+                      enable_progress_bar=False, enable_checkpointing=False, default_root_dir={str(tmp_path)!r},
+                      callbacks=[Finetuning(STAGES)])
+model = net(package={package!r})
 try:
     trainer.fit(model, data())
 except XFreezeError as exc:
@@ -322,3 +375,118 @@ print("UNTOUCHED", all(p.requires_grad for p in model.parameters()))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert "REFUSED True True True" in out.stdout, out.stdout[-1000:] + out.stderr[-2000:]
     assert "UNTOUCHED True" in out.stdout  # refused before stage 0 froze anything
+
+
+@each_package
+@pytest.mark.parametrize(
+    "strategy, refused",
+    [
+        ("DDPStrategy", False),
+        ("CpuDDP", False),
+        ("DeepSpeedStrategy", True),  # a DDPStrategy subclass: its engine owns the optimizer, cannot be rebuilt
+        ("XLAStrategy", True),  # a DDPStrategy subclass that builds no DDP
+        ("FSDPStrategy", True),
+        ("ModelParallelStrategy", True),
+    ],
+)
+def test_setup_refuses_each_strategy_it_cannot_rebuild_and_keeps_ddp(package, strategy, refused):
+    """The callback's ``setup`` with a strategy of each kind, of either package (built without its ``__init__``:
+    DeepSpeed and XLA are not installed here, and the check reads only the strategy's class)."""
+    strategies = kit(package).lib.strategies
+    # CpuDDP: a user's subclass that builds the wrapper as DDPStrategy does, so it is rebuilt like it
+    cls = type("CpuDDP", (strategies.DDPStrategy,), {}) if strategy == "CpuDDP" else getattr(strategies, strategy)
+    model = net(package=package)
+    before = state_hash(model)
+    callback = Finetuning(STAGES)
+    run = SimpleNamespace(strategy=object.__new__(cls))
+    if refused:
+        with pytest.raises(
+            XFreezeError, match=rf"under {cls.__name__} \(stages at \[2\](.|\n)*HINT: use strategy='ddp'"
+        ):
+            callback.setup(run, model, "fit")
+        assert state_hash(model) == before and all(p.requires_grad for p in model.parameters())
+    else:
+        callback.setup(run, model, "fit")  # stage 0 applied: the backbone frozen, the head trains
+        assert not any(p.requires_grad for p in model.backbone.parameters()) and model.head.weight.requires_grad
+    # stage 0 alone never changes what trains under a wrapper: accepted under every strategy
+    Finetuning(STAGES[:1]).setup(SimpleNamespace(strategy=object.__new__(cls)), net(package=package), "fit")
+
+
+@each_package
+def test_the_callbacks_are_callbacks_of_every_lightning_package_installed(tmp_path, package):
+    """A Trainer of either package takes them, also given alone (``callbacks=Finetuning(...)``, not a list)."""
+    from xfreeze.integrations.lightning import CachedPrefix
+
+    lib = kit(package).lib
+    for callback in (Finetuning(STAGES), CachedPrefix(size=32)):
+        assert all(isinstance(callback, other.Callback) for other in PACKAGES.values())
+        assert callback in trainer(tmp_path, callback, epochs=1, package=package).callbacks
+        assert type(callback).__mro__.count(lib.Callback) == 1
+
+
+ALONE = """
+import sys
+for name in {blocked!r}:  # as if not installed: `import` raises ModuleNotFoundError, find_spec returns None
+    sys.modules[name] = None
+sys.path[:0] = [{tests!r}, {support!r}]
+import importlib, importlib.util
+import numpy as np
+lib = importlib.import_module({package!r})
+from xfreeze import Stage
+from xfreeze.integrations.lightning import Finetuning
+import test_integrations_lightning as T
+print("OTHER", [n for n in {blocked!r} if importlib.util.find_spec(n) is not None])
+model = T.net(package={package!r})
+callback = Finetuning([Stage(0, freeze=["backbone"]), Stage(1, unfreeze=["backbone.3"])])
+start = T.weights(model)
+T.trainer({root!r}, [callback], epochs=2, package={package!r}).fit(model, T.data())
+end = T.weights(model)
+print("FIXED", all(np.array_equal(start[k], end[k]) for k in ("backbone.0.weight", "backbone.1.running_mean")))
+print("TRAINED", not np.array_equal(start["backbone.3.weight"], end["backbone.3.weight"]))
+print("LOADED", sorted({{m.split(".")[0] for m in sys.modules if m.split(".")[0] in {roots!r} and sys.modules[m]}}))
+"""
+
+
+def _alone(tmp_path, package, blocked):
+    code = ALONE.format(
+        blocked=blocked,
+        tests=str(__file__.rsplit("/", 1)[0]),
+        support=SUPPORT,
+        package=package,
+        root=str(tmp_path),
+        roots=("lightning", "pytorch_lightning", "lightning_fabric"),
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "OTHER []" in out.stdout, out.stdout[-1000:] + out.stderr[-3000:]
+    assert "FIXED True" in out.stdout and "TRAINED True" in out.stdout, out.stdout[-1000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.current_stack
+def test_the_unified_lightning_package_alone_needs_no_pytorch_lightning(tmp_path):
+    """``pip install lightning`` brings ``pytorch_lightning`` too (lightning 2.6.6 requires it), so the package is
+    blocked here as if it were absent: xfreeze imports, stages and trains with ``lightning.pytorch`` alone."""
+    stdout = _alone(tmp_path, "lightning.pytorch", ("pytorch_lightning", "lightning_fabric"))
+    assert "LOADED ['lightning']" in stdout
+
+
+@pytest.mark.slow
+def test_the_standalone_pytorch_lightning_alone_needs_no_lightning(tmp_path):
+    stdout = _alone(tmp_path, "pytorch_lightning", ("lightning",))
+    assert "LOADED ['lightning_fabric', 'pytorch_lightning']" in stdout
+
+
+@pytest.mark.slow
+def test_with_neither_package_the_import_says_what_to_install():
+    code = """
+import sys
+for name in ("lightning", "pytorch_lightning", "lightning_fabric"):
+    sys.modules[name] = None
+try:
+    import xfreeze.integrations.lightning
+except ModuleNotFoundError as exc:
+    print("REFUSED", exc.name, "HINT: pip install lightning" in str(exc))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "REFUSED lightning True" in out.stdout, out.stdout[-1000:] + out.stderr[-2000:]

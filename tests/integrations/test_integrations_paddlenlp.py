@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.classic_stack  # PaddleNLP 2.8.1: the classic environment (.venv)
 paddle = pytest.importorskip("paddle")
 pytest.importorskip("paddlenlp")
 

@@ -38,6 +38,7 @@ def test_transformers_heads(family, head):
     assert out.logits.shape[-1] == 5 and torch.isfinite(out.loss)
 
 
+@pytest.mark.classic_stack  # PaddleNLP 2.8.1 models
 @pytest.mark.parametrize("family,head", [("ernie", "classifier"), ("gpt", "score"), ("bart", "classifier.out_proj")])
 def test_paddlenlp_heads_and_num_classes(family, head):
     import paddle

@@ -35,6 +35,7 @@ def _family(fw, family):
     return build[family]()
 
 
+@pytest.mark.classic_stack("paddle")  # its Paddle model is PaddleNLP's
 def test_rmsnorm_is_a_norm_and_never_decayed(fw):
     model = _llama(fw)
     norms = xfreeze.select(model, "type:norm")
@@ -57,6 +58,7 @@ def test_transformers_rmsnorm_family(arch):
     assert len(xfreeze.select(model, "type:norm")) == 3
 
 
+@pytest.mark.classic_stack("paddle")  # its Paddle models are PaddleNLP's
 @pytest.mark.parametrize(
     "family,cls", [("t5", "T5LayerNorm"), ("deberta", "DebertaLayerNorm"), ("mobilebert", "NoNorm")]
 )
@@ -93,6 +95,7 @@ def test_type_linear_covers_conv1d_and_in_proj():
     ]
 
 
+@pytest.mark.classic_stack  # PaddleNLP 2.8.1
 def test_type_linear_covers_paddlenlp_linear3d():
     import paddle
     from paddlenlp.transformers.attention_utils import Linear3D

@@ -60,6 +60,7 @@ def _check(case):
         assert len(seen["heads"]) >= 2 and seen["warned"], (case.id, seen["heads"])
 
 
+@pytest.mark.classic_stack("paddlenlp")  # the paddlenlp-* cases
 @pytest.mark.parametrize("case", DEFAULT, ids=lambda c: c.id)
 def test_sweep_representative(case):
     _check(case)

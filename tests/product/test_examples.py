@@ -77,3 +77,14 @@ def test_weights_imagenet_fails_clearly_offline(tmp_path):
     if result.returncode == 0:
         pytest.skip("this machine is online: the ImageNet weights downloaded")
     assert "could not get the ImageNet ResNet-18 weights for torch (offline?)" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.current_stack
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_ernie45_finetune_keeps_frozen_bits_and_carries_over(backend, tmp_path):
+    out = example("ernie45_finetune.py", "--backend", backend, "--epochs", "2", "--examples", "80", cwd=tmp_path)
+    assert "GENERATED examples" in out
+    assert "frozen tensors unchanged: True" in out
+    other = "paddle" if backend == "torch" else "torch"
+    assert f"{backend} -> {other}: same answer on 100.0% of the test prompts" in out

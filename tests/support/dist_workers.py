@@ -172,14 +172,18 @@ def torch_staged_rewrap(rank: int) -> dict:
     }
 
 
-def torch_lightning_ddp(rank: int, root: str) -> dict:
+def torch_lightning_ddp(rank: int, root: str, package: str = "pytorch_lightning") -> dict:
     """Lightning's DDP strategy with xfreeze Finetuning: a stage unfreezes backbone blocks at epoch 2 (the callback
-    rebuilds the DDP wrapper); then two resumed fits from Lightning checkpoints before and after the boundary."""
+    rebuilds the DDP wrapper); then two resumed fits from Lightning checkpoints before and after the boundary.
+    ``package``: ``pytorch_lightning`` or ``lightning.pytorch`` (the Trainer, module and callbacks all of it)."""
     os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")  # processes launched here: Lightning launches none
-    import pytorch_lightning as pl
-    from test_integrations_lightning import STAGES, Rates, data, net
+    import importlib
+
+    from test_integrations_lightning import STAGES, data, kit, net
     from torch.nn.parallel import DistributedDataParallel as DDP
     from xfreeze.integrations.lightning import Finetuning
+
+    pl, Rates = importlib.import_module(package), kit(package).Rates
 
     class Wrappers(pl.Callback):  # the live DDP at every epoch start (after Finetuning ran: callbacks run in order)
         def __init__(self):
@@ -205,7 +209,7 @@ def torch_lightning_ddp(rank: int, root: str) -> dict:
             callbacks=callbacks,
             default_root_dir=os.path.join(root, name),
         )
-        model = net()
+        model = net(package=package)
         start = _torch_state(model)
         trainer.fit(model, data(), ckpt_path=None if ckpt is None else os.path.join(root, ckpt))
         live = [wrappers.seen[e] for e in sorted(wrappers.seen)]

@@ -171,6 +171,7 @@ def test_optimizer_trains_and_frozen_stays(fw):
     assert not np.array_equal(before["3.weight"], after["3.weight"])
 
 
+@pytest.mark.classic_stack("paddle")  # PaddleNLP ERNIE on the Paddle side
 def test_layer_decay_on_real_ernie(fw):
     """transformers (encoder.layer.N) and PaddleNLP (encoder.layers.N) ERNIE: the same rates per depth."""
     config = dict(

@@ -3,8 +3,8 @@
 Each integration lives in its own module and imports its framework there, so ``import xfreeze.integrations``
 imports no framework:
 
-* :mod:`xfreeze.integrations.lightning`: ``Finetuning``, a ``pytorch_lightning.Callback`` (replaces
-  ``BaseFinetuning`` / ``BackboneFinetuning``);
+* :mod:`xfreeze.integrations.lightning`: ``Finetuning``, a ``Callback`` of ``lightning`` and of
+  ``pytorch_lightning``, whichever are installed (replaces ``BaseFinetuning`` / ``BackboneFinetuning``);
 * :mod:`xfreeze.integrations.transformers`: ``Finetuning``, a ``transformers.TrainerCallback``, with an optimizer
   factory for ``Trainer(optimizers=...)``;
 * :mod:`xfreeze.integrations.hapi`: ``Finetuning``, a ``paddle.callbacks.Callback`` for ``paddle.Model.fit``;

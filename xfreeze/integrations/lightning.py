@@ -1,5 +1,10 @@
 """PyTorch Lightning: ``Finetuning``, a callback that replaces ``BaseFinetuning`` / ``BackboneFinetuning``.
 
+Both Lightning packages: the unified ``lightning`` (``lightning.pytorch.Trainer``) and the standalone
+``pytorch_lightning``, whose classes are distinct (neither subclasses the other). The callbacks here subclass the
+``Callback`` of each one installed (importing this module imports those, and needs neither in particular), and
+every strategy check accepts either package's classes: the one the running Trainer belongs to decides.
+
 Where it hooks in (Lightning 2.x ``Trainer._run``): ``setup`` runs before the checkpoint's callback states are
 restored and before ``configure_optimizers``; so stage 0 is applied in ``setup`` and the optimizer built in
 ``configure_optimizers`` holds only what trains. ``load_state_dict`` (callback state) comes next and is checked
@@ -11,21 +16,63 @@ Under the DDP strategy the module is wrapped between ``setup`` and ``on_fit_star
 A DDP registers the parameters that train when it is built, so at every later boundary that changes what trains
 the callback builds a new one the way the strategy built the first (``strategy._setup_model``: same device ids and
 DDP arguments) and makes it ``strategy.model``; optimizer state is kept and the ranks stay identical. A resumed fit
-re-applies the stages reached through the same rebuild. FSDP and DeepSpeed cannot be rebuilt: refused at ``setup``.
+re-applies the stages reached through the same rebuild. FSDP, DeepSpeed (a ``DDPStrategy`` subclass that builds its
+own engine), model-parallel and XLA strategies cannot be rebuilt: refused at ``setup``.
 """
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
+import importlib
+
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import XFreezeError
 from ..training.cache import FeatureCache
 from ._staging import Staging
 
+_PACKAGES = ("lightning.pytorch", "pytorch_lightning")  # the unified package first, then the standalone one
 
-class Finetuning(pl.Callback):
+
+def _installed() -> tuple:
+    """The Lightning packages installed, imported (a package that is present but fails to import raises)."""
+    found = []
+    for name in _PACKAGES:
+        try:
+            found.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name not in (name, name.split(".")[0]):  # installed, but something it needs is missing
+                raise
+    if not found:
+        raise ModuleNotFoundError(
+            "xfreeze.integrations.lightning needs Lightning: neither lightning nor pytorch_lightning is installed.\n"
+            "HINT: pip install lightning (or pip install pytorch-lightning)",
+            name="lightning",
+        )
+    return tuple(found)
+
+
+_LIGHTNING = _installed()
+
+
+def _classes(name: str) -> tuple:
+    """``strategies.<name>`` of every Lightning package installed: a Trainer's strategy is of its own package."""
+    return tuple(getattr(package.strategies, name) for package in _LIGHTNING)
+
+
+def lightning_callbacks() -> tuple:
+    """The ``Callback`` classes the callbacks here subclass: one of each Lightning package installed.
+
+    Returns:
+        ``(lightning.pytorch.Callback, pytorch_lightning.Callback)`` where both are installed, else the one that is.
+    """
+    return tuple(package.Callback for package in _LIGHTNING)
+
+
+class Finetuning(*lightning_callbacks()):  # type: ignore[misc]
     """Staged unfreezing, growing the optimizer and its LR scheduler, optional EMA, exact resume.
+
+    A ``Callback`` of each Lightning package installed: a ``lightning.pytorch.Trainer`` and a
+    ``pytorch_lightning.Trainer`` both take it.
 
     Args:
         stages: :class:`xfreeze.Stage` objects; patterns name parameters of the ``LightningModule``
@@ -33,13 +80,17 @@ class Finetuning(pl.Callback):
         unit: ``"epoch"`` (``trainer.current_epoch``) or ``"step"`` (``trainer.global_step``).
         ema: ``None`` or a decay in (0, 1): an :class:`xfreeze.EMA` of the module, updated after every optimizer
             step, saved in checkpoints, available as ``callback.ema``.
-        lr_mult, no_decay, layer_decay: as :func:`xfreeze.param_groups`, for the groups stages add when
-            ``configure_optimizers`` builds the optimizer by hand (``torch.optim.AdamW(filter(...), ...)``); an
-            optimizer from :func:`xfreeze.optimizer` takes them there instead (both: refused at fit start).
+        audit: ``False``, ``True`` (3 optimizer steps) or a number of steps: :func:`xfreeze.audit` watches the
+            first steps of the fit; its report is ``callback.staging.audit_report`` (a warning when it finds faults).
+        lr_mult, no_decay, layer_decay, no_decay_1d, model_no_decay: as :func:`xfreeze.param_groups`, for the
+            groups stages add when ``configure_optimizers`` builds the optimizer by hand
+            (``torch.optim.AdamW(filter(...), ...)``); an optimizer from :func:`xfreeze.optimizer` takes them there
+            instead (both: refused at fit start).
 
     Raises:
         XFreezeError: at ``setup``: a stage pattern that matches nothing, a stage after the first that freezes or
-            unfreezes under a sharding strategy (FSDP, DeepSpeed: see the HINT; DDP is supported); at
+            unfreezes under a strategy whose wrapper cannot be rebuilt (FSDP, DeepSpeed, model-parallel, XLA: see
+            the HINT; DDP is supported); at
             ``on_fit_start``: an optimizer built before stage 0 was applied (it holds parameters stage 0 froze),
             more than one optimizer or more than one LR scheduler for it, a scheduler that cannot drive the groups
             a stage adds, ranks that froze different tensors; on resume: a checkpoint from a different
@@ -53,8 +104,8 @@ class Finetuning(pl.Callback):
         'epoch'
     """
 
-    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, **groups):
-        self.staging = Staging(stages, unit=unit, ema=ema, backend="torch", **groups)
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, audit: bool | int = False, **groups):
+        self.staging = Staging(stages, unit=unit, ema=ema, audit=audit, backend="torch", **groups)
         self._step_seen = 0
 
     @property
@@ -70,7 +121,7 @@ class Finetuning(pl.Callback):
             return
         strategy = trainer.strategy
         later = [s for s in self.staging.stages[1:] if s.unfreeze or s.freeze]
-        if later and isinstance(strategy, pl.strategies.ParallelStrategy) and not _rebuilds_ddp(strategy):
+        if later and isinstance(strategy, _classes("ParallelStrategy")) and not _rebuilds_ddp(strategy):
             # FSDP / DeepSpeed fix at wrap time which parameters they shard, reduce and step: a parameter whose
             # trainability changes mid-run would train on each rank without averaged gradients, or not at all
             raise XFreezeError(
@@ -127,9 +178,13 @@ class Finetuning(pl.Callback):
 
 
 def _rebuilds_ddp(strategy) -> bool:
-    """Lightning's DDP strategies (ddp, ddp_spawn, ddp_fork, ddp_notebook: one class in Lightning 2.x) build their
-    wrapper in ``_setup_model``, which the callback calls again at a boundary."""
-    return isinstance(strategy, pl.strategies.DDPStrategy) and callable(getattr(strategy, "_setup_model", None))
+    """Lightning's DDP strategies (ddp, ddp_spawn, ddp_fork, ddp_notebook: one class in Lightning 2.x, in either
+    package) build their wrapper in ``_setup_model``, which the callback calls again at a boundary. Subclasses that
+    build something else there (DeepSpeed's engine, XLA) cannot be rebuilt so."""
+    return any(
+        isinstance(strategy, ddp) and getattr(type(strategy), "_setup_model", None) is ddp._setup_model
+        for ddp in _classes("DDPStrategy")
+    )
 
 
 def _ddp_builder(strategy):
@@ -145,7 +200,7 @@ def _ddp_builder(strategy):
     return build
 
 
-class CachedPrefix(pl.Callback):
+class CachedPrefix(*lightning_callbacks()):  # type: ignore[misc]
     """Train a LightningModule's head on a :class:`xfreeze.FeatureCache` of its frozen prefix.
 
     At ``on_train_start`` (after :class:`Finetuning` applied stage 0 and Lightning moved the module to its device)

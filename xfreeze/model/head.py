@@ -30,6 +30,7 @@ import fnmatch
 import numbers
 import warnings
 
+from .adapters import adapted
 from .view import invalidate, view_of
 from ..backends.kinds import replaceable_linear
 from ..core.errors import XFreezeError, check_choice
@@ -105,8 +106,9 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
 
     Raises:
         XFreezeError: bad ``num_classes`` (not an int, < 1, or a layer too large to build), ``init`` or ``head``
-            (the message lists the candidate layers and close names), or the head cannot be found. The model is
-            unchanged then.
+            (the message lists the candidate layers and close names), the head cannot be found, or the model holds
+            adapters (PEFT, PaddleFormers ``LoRAModel``: replace the head before wrapping). The model is unchanged
+            then.
 
     Example:
         >>> import torch, xfreeze
@@ -115,6 +117,11 @@ def replace_head(model, num_classes: int, *, head="auto", init: str = "xavier_un
         10
     """
     view = view_of(model, backend)
+    if adapted(view):  # PEFT / LoRAModel wrap layers at get_peft_model time: a new head after it is never trained
+        raise XFreezeError(
+            f"replace_head on {view.label}, a model with adapters: replace the head before get_peft_model / "
+            "LoRAModel, or list it in modules_to_save (PaddleFormers: trainable_modules); nothing was changed"
+        )
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise XFreezeError(f"num_classes must be an integer >= 1. Received: num_classes={num_classes!r}")
     check_choice("init", init, INITS)

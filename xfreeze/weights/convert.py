@@ -27,11 +27,13 @@ from functools import lru_cache
 import numpy as np
 
 from ..backends import ADAPTERS
+from ..backends.kinds import adapter_leaf, weight_layout
 from ..backends.naming import Naming, naming
 from ..core import tensors as _tensors
 from ..core.dispatch import adapter_named, installed
 from ..core.errors import XFreezeError, check_choice
 from ..model.view import view_of
+from . import fusion as _fusion
 from .statedict import StateDict, as_state_dict, guess_framework
 
 FRAMEWORKS = tuple(ADAPTERS)
@@ -57,8 +59,10 @@ def convert(
         arch: what ``state`` is, spelled as on the command line (``xfreeze convert --arch``): a model name of the
             target framework's zoo (``"resnet50"``: torchvision, or timm, for torch; paddle.vision for Paddle), built
             with random weights to decide the layouts, and the state must fit it (by names and shapes; refused
-            otherwise, unless ``allow_partial``); or a name map of :func:`convert_archs` (``"resnet"``, ``"llama"``,
-            ``"ernie"``), which only forces the renaming. Default: the name map that places most keys.
+            otherwise, unless ``allow_partial``); or a name map of :func:`convert_archs` (``"resnet"``, ``"llama"``:
+            PaddleNLP's, ``"paddleformers"``, ``"ernie4_5"``: PaddleFormers' fused layers, ``"ernie"``), which only
+            forces the renaming. Default: the name map that places most keys (fused layers split and joined; their
+            numbers of heads come from ``model``'s config).
         source: the framework ``state`` comes from, when neither its ``framework`` attribute nor its keys tell.
         allow_partial: with ``arch`` naming a model, convert a state that does not fit it (fewer than half of its
             tensors place, or fewer than half of the model's keys are filled) instead of refusing it.
@@ -89,8 +93,12 @@ def convert(
     src, dst = naming(origin), naming(to)
     targets = _target_info(model) if model is not None else None
     chosen = name_map or _best_arch(list(state), src, dst, targets)
+    heads = _fusion.heads_of(model)  # fused layers (one framework's qkv_proj, the other's q/k/v_proj): split first
+    state = _fusion.split(state, src, chosen, heads, lambda k: _fusion.out_axis(src, chosen, k))
+    placing = _fusion.with_parts(targets, dst, chosen) if targets is not None else None
     names = {key: rename(key, src, dst, chosen) for key in state}
-    if model is not None and name_map is None and not set(targets or ()) <= set(names.values()):
+    folded = {_fusion.fused_name(n, dst, chosen) for n in names.values() if n}
+    if model is not None and name_map is None and not set(targets or ()) <= folded:
         names, chosen = _aligned(state, names, src, dst, model) or (names, chosen)
     out = StateDict(framework=to, format=state.format, notes=list(state.notes))
     rules = (
@@ -110,8 +118,9 @@ def convert(
         if new != key:
             out.notes.append((key, f"renamed to {new}"))
         value = _tensors.to_backend(value, to, key) if keep_native else value
-        value = _convert_value(key, new, value, src, dst, targets, out.notes)
+        value = _convert_value(key, new, value, (src, dst, chosen), placing, out.notes)
         out[new] = _revalue(key, new, value, rules, out.notes)
+    _fusion.join(out, dst, chosen, heads, lambda k: _fusion.out_axis(dst, chosen, k, placing))
     out.arch = chosen
     out.unplaced = sorted(set(out) - set(targets)) if targets is not None else []
     for key in out.unplaced:
@@ -132,7 +141,7 @@ def convert_archs() -> tuple:
     Example:
         >>> import xfreeze
         >>> xfreeze.convert_archs()
-        ('ernie', 'llama', 'resnet')
+        ('ernie', 'ernie4_5', 'llama', 'paddleformers', 'resnet')
     """
     names = {"resnet"}
     for framework in FRAMEWORKS:
@@ -256,21 +265,39 @@ def _apply(rules, name: str) -> str:
 
 
 def _best_arch(keys: list, src: Naming, dst: Naming, targets) -> str:
-    """The map that places the most keys in the target model (without one: that renames the most), once per call."""
+    """The map that places the most keys in the target model (split and joined where a map fuses layers; without
+    one: that renames the most, fusing nothing), once per call; ties go to the map whose keys tell it (either side's
+    ``arch_signals``; of those, to one that fuses: it is the more specific), then to the plain one."""
     plain = {k: rename(k, src, dst, "resnet") for k in keys}
 
     def score(arch):
-        names = plain.values() if arch == "resnet" else (rename(k, src, dst, arch) for k in keys)
-        if targets is not None:
-            return sum(1 for n in names if n in targets)
-        return sum(1 for k, n in zip(keys, names) if n != plain[k])
+        if targets is None:
+            names = plain.values() if arch == "resnet" else (rename(k, src, dst, arch) for k in keys)
+            return sum(1 for k, n in zip(keys, names) if n != plain[k])
+        parts = (p for k in keys for p in _fusion.part_names(k, src, arch) or [k])
+        return sum(1 for p in parts if _fusion.fused_name(rename(p, src, dst, arch) or "", dst, arch) in targets)
 
-    return max(convert_archs(), key=lambda arch: (score(arch), arch == "resnet"))
+    def told(arch):
+        sides = ((src, keys), (dst, list(targets or ())))
+        return any(
+            side.arch_signals.get(arch) and any(re.search(side.arch_signals[arch], k) for k in ks) for side, ks in sides
+        )
+
+    def rank(arch):
+        said = told(arch)
+        return score(arch), said, said and bool(src.fusions.get(arch) or dst.fusions.get(arch)), arch == "resnet"
+
+    return max(convert_archs(), key=rank)
 
 
-def _convert_value(key, new, value, src: Naming, dst: Naming, targets, notes):
-    kind, padding_idx = targets.get(new, (None, None)) if targets is not None else (None, None)
-    if len(_tensors.shape_of(value)) == 2 and new.endswith("weight") and src.linear_layout != dst.linear_layout:
+def _convert_value(key, new, value, sides: tuple, targets, notes):
+    src, dst, arch = sides
+    kind, padding_idx = (targets.get(new) or (None, None))[:2] if targets is not None else (None, None)
+    if (
+        len(_tensors.shape_of(value)) == 2
+        and (new.endswith("weight") or adapter_leaf(new))  # LoRA lora_A / lora_B: laid out as their layer's Linear
+        and _fusion.layout(src, arch, key) != _fusion.layout(dst, arch, new, targets)
+    ):
         if targets is not None:
             transpose = kind == "linear"
             if transpose:
@@ -409,5 +436,7 @@ def _revalue(key, new, value, rules, notes):
 
 
 def _target_info(model) -> dict:
-    """Target key -> (module kind, embedding padding index), from the model's view."""
-    return view_of(model).key_info()
+    """Target key -> (module kind, embedding padding index, the module's own weight layout or None), from the view."""
+    view = view_of(model)
+    own = {name: weight_layout(type(view.modules[mi])) for name, mi in zip(view.names, view.owner)}
+    return {key: (*info, own.get(key)) for key, info in view.key_info().items()}

@@ -42,14 +42,17 @@ from ..backends.formats import FileFormat
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError, check_choice
 from ..core.table import escape, human_bytes, plain  # noqa: F401  (escape, plain: re-exported, the CLI uses them)
-from . import formats
+from . import folders, formats
+from .paths import as_path
+from .paths import errno_name as _errno_name
+from .paths import shown as _shown
 from .ranks import save_on_rank
+from .reading import read_file
 from .statedict import (  # StateDict, as_state_dict, describe: re-exported (their earlier home, the CLI's import)
     StateDict,
     as_state_dict,
     check_keys,
     describe,
-    guess_framework,
     values_framework,
 )
 
@@ -82,36 +85,9 @@ def load_checkpoint(path, *, framework: str | None = None) -> StateDict:
     if framework is not None:
         check_choice("framework", framework, tuple(ADAPTERS))
     path = as_path(path)
-    what = f"checkpoint {str(path)!r}"
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise XFreezeError(f"{what} does not exist") from None
-    except OSError as exc:  # a folder on the way is a file, no permission, a link loop
-        raise XFreezeError(f"cannot read {what}: {exc.strerror or exc} ({_errno_name(exc)})") from None
     if path.is_dir():
-        raise XFreezeError(f"{what} is a directory; pass the weights file inside it")
-    size = info.st_size
-    if size == 0:
-        raise XFreezeError(f"{what} is empty (0 bytes): an interrupted save or download?")
-    fmt = formats.detect(path, what)
-    kind = fmt.name
-    try:
-        data, meta = fmt.read(path, size, fmt)
-    except XFreezeError as exc:
-        raise XFreezeError(str(exc) if str(path) in str(exc) else f"{what}: {exc}") from None
-    except (MemoryError, RecursionError) as exc:
-        raise XFreezeError(
-            f"{what} ({kind} format) declares more than it can hold ({type(exc).__name__}); refused"
-        ) from None
-    except Exception as exc:  # every reader's own way of saying "truncated" or "corrupt"
-        raise XFreezeError(
-            f"{what} ({kind} format) is truncated or corrupt: {type(exc).__name__}: {str(exc)[:300]}"
-        ) from None
-    state = as_state_dict(data, format=kind, what=what)
-    state.framework = _decide_framework(state, framework, meta, fmt)
-    state.metadata = dict(meta) if isinstance(meta, dict) else {}
-    return state
+        return folders.read_folder(path, framework)
+    return read_file(path, framework)
 
 
 def save_checkpoint(obj, path, *, format: str | None = None, rank: int | None = None) -> Path:
@@ -228,76 +204,6 @@ def detect_format(path) -> FileFormat:
     return formats.detect(path, f"checkpoint {str(path)!r}")
 
 
-# --- paths --------------------------------------------------------------------------------------------------
-def as_path(path, argument: str = "path") -> Path:
-    """``path`` (a str, bytes or ``os.PathLike``) as a :class:`~pathlib.Path`, checked without touching the disk:
-    an :class:`XFreezeError` naming ``argument`` for another type, an empty path, a NUL character, or a path or name
-    longer than the system allows (PATH_MAX / NAME_MAX)."""
-    text = path
-    if isinstance(path, os.PathLike):
-        try:
-            text = os.fspath(path)
-        except TypeError:
-            text = None
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    if not isinstance(text, str):
-        raise XFreezeError(
-            f"{argument} must be a file path (str or os.PathLike), not {type(path).__name__}. "
-            f"Received: {argument}={_clipped(repr(path))}"
-        )
-    if not text:
-        raise XFreezeError(f"{argument} is empty; name a file. Received: {argument}=''")
-    if "\x00" in text:
-        raise XFreezeError(f"{argument} contains a NUL character. Received: {argument}={_clipped(repr(text))}")
-    _check_length(text, argument)
-    return Path(text)
-
-
-def _check_length(text: str, argument: str) -> None:
-    folder = _existing_folder(text)
-    size, path_max = len(os.fsencode(text)), _limit(folder, "PC_PATH_MAX", 4096)
-    if size >= path_max:
-        raise XFreezeError(
-            f"{argument} is too long: {size:,} bytes, and this system allows at most {path_max - 1:,} (PATH_MAX). "
-            f"Received: {argument}={_clipped(repr(text))}"
-        )
-    name_max = _name_max(folder)
-    for part in Path(text).parts:
-        if len(os.fsencode(part)) > name_max:
-            raise XFreezeError(
-                f"{argument} holds a name of {len(os.fsencode(part)):,} bytes, and this system allows at most "
-                f"{name_max} (NAME_MAX): {_clipped(repr(part))}. Received: {argument}={_clipped(repr(text))}"
-            )
-
-
-def _existing_folder(text: str) -> str:
-    """The nearest folder on the way to ``text`` that exists (for the file system's limits)."""
-    folder = os.path.dirname(os.path.abspath(text))
-    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-    return folder or os.sep
-
-
-def _limit(folder: str, name: str, default: int) -> int:
-    try:
-        return int(os.pathconf(folder, name))
-    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such limit
-        return default
-
-
-def _name_max(folder) -> int:
-    return _limit(str(folder), "PC_NAME_MAX", 255)
-
-
-def _clipped(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else f"{text[:70]}...{text[-40:]} ({len(text):,} characters)"
-
-
-def _shown(path) -> str:
-    return _clipped(repr(str(path)))
-
-
 def _space_left(target: Path, exc: OSError) -> str:
     """What the disk has left, for a write that ran out of room."""
     if exc.errno == errno.EFBIG:
@@ -404,28 +310,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-
-
 # --- helpers ------------------------------------------------------------------------------------------------
-def _decide_framework(state: StateDict, framework, meta: dict, fmt) -> str | None:
-    """``framework=`` first, then the key names (the file's own structure), then metadata, then the format.
-    Metadata that disagrees with the names, or names no framework, is reported in ``notes`` and not used."""
-    if framework is not None:
-        return framework
-    by_names = guess_framework(list(state))
-    said = meta.get("framework") if isinstance(meta, dict) else None
-    if said and said not in ADAPTERS:
-        state.notes.append(("", f"metadata framework={said!r} ignored: not one of {tuple(ADAPTERS)}"))
-        said = None
-    if said and by_names and said != by_names:
-        state.notes.append(
-            ("", f"metadata says framework={said!r} but the key names are {by_names}'s; using {by_names}")
-        )
-    return by_names or said or fmt.framework or state.framework
-
-
 def _model_state(model) -> dict:
     adapter = adapter_for(model)
     return StateDict(adapter.state_tensors(model), framework=adapter.name)
