@@ -20,14 +20,14 @@ import numpy as np
 
 from . import kinds
 from ..core.tensors import BIT_CARRIERS
-from .defaults import NamedModels, OptimizerExtras, OwnFiles, SingleProcess, missing
+from .defaults import GradHooks, NamedModels, OptimizerExtras, OwnFiles, RowSplits, SingleProcess, missing
 from .defaults import Module, Optimizer, Raw, Registries, Tensor, Walk, keep_eval, owners, relock_after
 
 __all__ = ["Adapter", "Module", "Optimizer", "Raw", "Registries", "Tensor", "Walk", "keep_eval", "owners"]
 __all__ += ["relock_after", "abstract_methods"]
 
 
-class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, abc.ABC):
+class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, GradHooks, abc.ABC):
     """Base of every adapter: each abstract method is one real framework difference; everything else is a default
     that an adapter overrides where its framework does better (a fused kernel, a distributed wrapper, a scheduler
     that grows)."""

@@ -233,3 +233,53 @@ class NamedModels:
     def build_named_model(self, name: str) -> Module | None:
         """A model of the framework's zoo by name, with random weights; None when unknown."""
         return None
+
+
+ROWS_ATTR = "_xfreeze_rows"  # on a module: {local name of a split parameter: RowSplit} (issue 21)
+
+
+class RowSplit(NamedTuple):
+    """A parameter of a module split by rows: the trainable rows live in the parameter ``rows_local`` beside it."""
+
+    rows_local: str  # e.g. "weight[32000:32064]"
+    index: Any  # the rows (a sorted numpy int64 array) on ``axis``
+    axis: int  # 0, or 1 for a Linear weight stored [in, out]
+    cache: dict  # device -> ``index`` as a tensor there
+
+
+class RowSplits:
+    """Part of a tensor trains (issue 21): the whole parameter stays registered and frozen, a new trainable
+    parameter holds its trainable rows, and forward reads the two joined. The record of the splits sits on the
+    module itself (``ROWS_ATTR``), so a deep copy or pickle of the model keeps them."""
+
+    def row_splits(self, module: Module) -> dict[str, RowSplit]:
+        """``{local name: RowSplit}`` of the module's split parameters."""
+        return module.__dict__.get(ROWS_ATTR) or {}
+
+    def split_rows(self, module: Module, local: str, rows_local: str, index: Any, axis: int, rows: Any = None) -> Any:
+        """Freeze parameter ``local`` and register ``rows`` (or a new trainable copy of its rows ``index`` on
+        ``axis``) as ``rows_local``; forward reads the two joined. Returns the rows parameter."""
+        missing(self, "split_rows", "training part of a tensor (a pattern ending in [rows])")
+
+    def join_rows(self, module: Module, local: str) -> None:
+        """Undo :meth:`split_rows`: the rows are written back into the whole parameter (bit for bit), their
+        parameter is dropped."""
+        missing(self, "join_rows", "training part of a tensor (a pattern ending in [rows])")
+
+    def sync_rows(self, module: Module) -> None:
+        """Write the trained rows of every split parameter of ``module`` into the whole one, in place."""
+        missing(self, "sync_rows", "training part of a tensor (a pattern ending in [rows])")
+
+    def reload_rows(self, module: Module) -> None:
+        """The other way: every split parameter's rows take the whole parameter's values (after a load into it)."""
+        missing(self, "reload_rows", "training part of a tensor (a pattern ending in [rows])")
+
+
+class GradHooks:
+    """Gradient hooks (xfreeze.audit: which trainable parameters received a gradient); torch and Paddle share the
+    tensor API."""
+
+    def grad_hook(self, param: Tensor, hook: Callable) -> Any:
+        """Call ``hook(grad)`` (returning None) whenever a gradient of ``param`` is computed; a handle with
+        ``remove()``."""
+        return param.register_hook(hook)

@@ -44,6 +44,8 @@ from .training.check import CheckReport, ParamRow, ParamTable, check, param_tabl
 from .training.staged import Stage, StagedUnfreeze
 from .training.cache import FeatureCache
 from .training.probe import ProbeSweep
+from .training.audit import Audit, AuditReport, audit
+from .model.bufferlock import BufferLockReport, lock_buffers, unlock_buffers
 from .model.select import compile_patterns as _compile_patterns
 from .model.select import select_mask as _select_mask
 from .model.view import view_of as _view_of
@@ -91,6 +93,12 @@ __all__ = [
     "check_freeze_agreement",
     "FeatureCache",
     "ProbeSweep",
+    "audit",
+    "Audit",
+    "AuditReport",
+    "lock_buffers",
+    "unlock_buffers",
+    "BufferLockReport",
 ]
 
 

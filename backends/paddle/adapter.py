@@ -13,10 +13,11 @@ from ..contract import Adapter, relock_after
 from .distributed import PaddleDistributed
 from .model import PaddleModel
 from .optim import PaddleOptim
+from .rows import PaddleRows
 from .tensors import PaddleTensors
 
 
-class PaddleAdapter(PaddleModel, PaddleTensors, PaddleOptim, PaddleDistributed, Adapter):
+class PaddleAdapter(PaddleModel, PaddleTensors, PaddleOptim, PaddleDistributed, PaddleRows, Adapter):
     name = "paddle"
 
 

@@ -13,10 +13,11 @@ from ..contract import Adapter, relock_after
 from .distributed import TorchDistributed
 from .model import TorchModel
 from .optim import TorchOptim
+from .rows import TorchRows
 from .tensors import TorchTensors
 
 
-class TorchAdapter(TorchModel, TorchTensors, TorchOptim, TorchDistributed, Adapter):
+class TorchAdapter(TorchModel, TorchTensors, TorchOptim, TorchDistributed, TorchRows, Adapter):
     name = "torch"
 
 

@@ -170,6 +170,7 @@ class _Kit:
 
 class TorchKit(_Kit):
     name = "torch"
+    cpu_train_dtypes = ("float32", "float64", "bfloat16")  # parameters its CPU optimizers step
     other_optimizers = ("RMSprop", "Adagrad", "NAdam")
     eps_option = "eps"
     linear_weight_axes = ("out", "in")
@@ -299,9 +300,15 @@ class TorchKit(_Kit):
         dense = self.t.from_numpy(np.ascontiguousarray(array))
         return {"sparse": dense.to_sparse(), "meta": self.t.empty(dense.shape, device="meta")}
 
+    def scale_(self, tensor, factor: float) -> None:
+        """Multiply in place, outside autograd (a hand-written decay over every parameter)."""
+        with self.t.no_grad():
+            tensor.mul_(factor)
+
 
 class PaddleKit(_Kit):
     name = "paddle"
+    cpu_train_dtypes = ("float32", "float64")  # Paddle 3.3: no CPU bfloat16 optimizer kernels
     other_optimizers = ("RMSProp", "Adagrad", "Lamb")  # Paddle spells it RMSProp and has no NAdam
     eps_option = "epsilon"  # Paddle's own keyword (and beta1 / beta2, use_nesterov)
     linear_weight_axes = ("in", "out")  # Paddle Linear computes x @ W: its weight is [in, out], torch's [out, in]
@@ -469,6 +476,11 @@ class PaddleKit(_Kit):
         coo = self.p.to_tensor(np.ascontiguousarray(array)).to_sparse_coo(2)
         return {"sparse": coo, "sparse CSR": coo.to_sparse_csr()}
 
+    def scale_(self, tensor, factor: float) -> None:
+        """Multiply in place, outside autograd (a hand-written decay over every parameter)."""
+        with self.p.no_grad():
+            tensor.set_value(tensor * factor)
+
 
 KITS = {"torch": TorchKit, "paddle": PaddleKit}  # adding a framework: its registry entry, one kit class, one entry
 
@@ -538,3 +550,19 @@ def tiny_text_config(config_class, **extra):
         attention_probs_dropout_prob=0.0,
         **extra,
     )
+
+
+def vocab_model(fw, vocab: int = 12, dim: int = 4):
+    """An Embedding and a Linear head over the vocabulary (``embed``, ``head``), the same names in every framework
+    (issue 21: rows of both train)."""
+
+    class Vocab(fw.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = fw.nn.Embedding(vocab, dim)
+            self.head = fw.linear(dim, vocab)
+
+        def forward(self, x):
+            return self.head(self.embed(x))
+
+    return Vocab()

@@ -151,13 +151,13 @@ def test_live_norm_statistics_travel_and_the_norm_plan_is_applied(fw, tmp_path):
 
 
 def test_fingerprint_hashed_on_threads_is_the_same_in_the_same_order(fw, monkeypatch):
-    from xfreeze.weights import delta_check as _delta
+    from xfreeze.core import hashing
 
     m = fw.build(CNN)
     fw.load(m, random_state(CNN, "float32", 1))
     xfreeze.freeze(m, "*", f"!{head_name(fw)}")
     one = xfreeze.frozen_fingerprint(m)
-    monkeypatch.setattr(_delta, "_PER_THREAD", 1)  # every tensor counts as large: the thread pool runs
+    monkeypatch.setattr(hashing, "PER_THREAD", 1)  # every tensor counts as large: the thread pool runs
     many = xfreeze.frozen_fingerprint(m)
     assert list(many["tensors"].items()) == list(one["tensors"].items()) and len(one["tensors"]) > 2
     fw.load(m, random_state(CNN, "float32", 2))  # every frozen tensor drifts: all are named, in model order

@@ -11,6 +11,7 @@ import numbers
 import warnings
 
 from ..training import rewrap as _distributed
+from ..training.audit import Audit, AuditReport
 from ..training.ema import EMA
 from ..core.errors import XFreezeError, check_choice
 from ..training.optim import check_group_options, no_decay_patterns, param_groups
@@ -19,6 +20,7 @@ from ..training.staged import UNITS, Stage, StagedUnfreeze
 STATE_FORMAT = "xfreeze.integrations.Staging"
 STATE_VERSION = 1
 STATE_KEY = "xfreeze"  # the key under which the staging state rides inside an optimizer's state dict
+AUDIT_STEPS = 3  # audit=True: the first optimizer steps watched by xfreeze.audit
 
 
 class Staging:
@@ -35,20 +37,43 @@ class Staging:
         unit: ``"epoch"`` or ``"step"`` (optimizer steps, the framework's global step).
         ema: ``None`` or an EMA decay in (0, 1).
         backend: force ``"torch"`` or ``"paddle"``.
-        groups: ``lr_mult`` / ``no_decay`` / ``layer_decay`` for the groups stages add to an optimizer xfreeze did
-            not build (one written by hand in ``configure_optimizers``, the Trainer's own); an optimizer built by
-            :func:`xfreeze.optimizer` carries its own, so giving them here too is refused.
+        groups: ``lr_mult`` / ``no_decay`` / ``layer_decay`` / ``no_decay_1d`` / ``model_no_decay`` for the groups
+            stages add to an optimizer xfreeze did not build (one written by hand in ``configure_optimizers``, the
+            Trainer's own); an optimizer built by :func:`xfreeze.optimizer` carries its own, so giving them here too
+            is refused.
+        audit: ``False``, ``True`` (3 steps) or a number of optimizer steps: :func:`xfreeze.audit` watches the
+            first steps of the fit (until a stage boundary at the latest); its report is ``audit_report``, and a
+            report with findings is also warned.
 
     Raises:
         XFreezeError: an unknown unit, a bad ``ema``, no/invalid stages, a stage with a ``batch_size`` (the
             framework owns the data loader); pattern checks come at :meth:`prepare`.
     """
 
-    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, backend: str | None = None, **groups):
+    def __init__(
+        self,
+        stages,
+        *,
+        unit: str = "epoch",
+        ema: float | None = None,
+        backend: str | None = None,
+        audit: bool | int = False,
+        **groups,
+    ):
         check_choice("unit", unit, UNITS)
-        unknown = sorted(set(groups) - {"lr_mult", "no_decay", "layer_decay"})
+        if isinstance(audit, bool):
+            audit = AUDIT_STEPS if audit else 0
+        if not isinstance(audit, int) or audit < 0:
+            raise XFreezeError(f"audit must be True, False or a number of optimizer steps. Received: audit={audit!r}")
+        self.audit_steps = audit
+        self.audit: Audit | None = None  # watching the first steps
+        self.audit_report: AuditReport | None = None
+        unknown = sorted(set(groups) - {"lr_mult", "no_decay", "layer_decay", "no_decay_1d", "model_no_decay"})
         if unknown:
             raise TypeError(f"unexpected keyword arguments {unknown}")
+        for flag in ("no_decay_1d", "model_no_decay"):
+            if flag in groups and not isinstance(groups[flag], bool):
+                raise XFreezeError(f"{flag} must be True or False. Received: {flag}={groups[flag]!r}")
         check_group_options(groups.get("lr_mult"), groups.get("no_decay"), groups.get("layer_decay"))
         stages = list(stages) if isinstance(stages, (list, tuple)) else stages
         if not isinstance(stages, list) or not stages or not all(isinstance(s, Stage) for s in stages):
@@ -120,6 +145,8 @@ class Staging:
         if self.pending is not None:
             pending, self.pending = self.pending, None
             self._restore(pending)
+        if self.audit_steps and self.audit_report is None and self.audit is None:
+            self.audit = Audit(staged.model, optimizer, backend=staged.adapter.name).start()
 
     def _config_options(self) -> dict:
         options = dict(self.groups)
@@ -154,6 +181,7 @@ class Staging:
         staged = self._need_prepared("step")
         if staged.position is None or position > staged.position:
             if any(s.at <= position for s in staged.stages[staged.applied :]):
+                self._finish_audit()  # the audit reads trainability at its start: it ends before a boundary
                 _distributed.follow_wrapper(staged)  # a wrapper built since (once; nothing without a process group)
             staged.step(position)
             if self.ema is not None:
@@ -162,6 +190,19 @@ class Staging:
     def after_optimizer_step(self) -> None:
         if self.ema is not None:
             self.ema.update()
+        if self.audit is not None:
+            self.audit.step()
+            if self.audit.steps >= self.audit_steps:
+                self._finish_audit()
+
+    def _finish_audit(self) -> None:
+        """End the audit: keep its report, and warn it when it has findings."""
+        if self.audit is None:
+            return
+        audit, self.audit = self.audit, None
+        self.audit_report = report = audit.finish()
+        if not report.ok:
+            warnings.warn(f"xfreeze audit of the first {report.steps} optimizer step(s):\n{report}", stacklevel=2)
 
     def state_dict(self) -> dict:
         """Progress of the stages (plan and version included) and the EMA; not the optimizer, which the

@@ -26,6 +26,8 @@ class Finetuning(paddle.callbacks.Callback):
         unit: ``"epoch"`` or ``"step"`` (optimizer steps, counted across ``fit`` calls).
         ema: ``None`` or a decay in (0, 1): an :class:`xfreeze.EMA` updated after every optimizer step
             (``callback.ema``; saved with the optimizer state).
+        audit: ``False``, ``True`` (3 optimizer steps) or a number of steps: :func:`xfreeze.audit` watches the
+            first steps of the fit; its report is ``callback.staging.audit_report`` (a warning when it finds faults).
 
     Raises:
         XFreezeError: in :meth:`optimizer` or when ``fit`` starts: a stage pattern that matches nothing, an
@@ -45,9 +47,9 @@ class Finetuning(paddle.callbacks.Callback):
         [True, True]
     """
 
-    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None):
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, audit: bool | int = False):
         super().__init__()
-        self.staging = Staging(stages, unit=unit, ema=ema, backend="paddle")
+        self.staging = Staging(stages, unit=unit, ema=ema, audit=audit, backend="paddle")
         self.epochs = 0  # epochs (or steps) trained so far, across fit calls and restores
         self.steps = 0
 

@@ -30,8 +30,10 @@ class Finetuning(TrainerEvents, TrainerCallback):
         unit: ``"epoch"`` or ``"step"`` (``state.global_step``, optimizer steps).
         ema: ``None`` or a decay in (0, 1): an :class:`xfreeze.EMA` updated after every optimizer step
             (``callback.ema``; it is saved with the optimizer state).
-        lr_mult, no_decay, layer_decay: as :func:`xfreeze.param_groups`, for the groups stages add to the
-            Trainer's own optimizer; with :meth:`optimizers` give them there.
+        audit: ``False``, ``True`` (3 optimizer steps) or a number of steps: :func:`xfreeze.audit` watches the
+            first steps of the fit; its report is ``callback.staging.audit_report`` (a warning when it finds faults).
+        lr_mult, no_decay, layer_decay, no_decay_1d, model_no_decay: as :func:`xfreeze.param_groups`, for the
+            groups stages add to the Trainer's own optimizer; with :meth:`optimizers` give them there.
 
     Raises:
         XFreezeError: when the Trainer is built: a stage pattern that matches nothing, an optimizer passed to the
@@ -51,8 +53,8 @@ class Finetuning(TrainerEvents, TrainerCallback):
 
     input_grads_for_checkpointing = True
 
-    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, **groups):
-        self.staging = Staging(stages, unit=unit, ema=ema, backend="torch", **groups)
+    def __init__(self, stages, *, unit: str = "epoch", ema: float | None = None, audit: bool | int = False, **groups):
+        self.staging = Staging(stages, unit=unit, ema=ema, audit=audit, backend="torch", **groups)
 
     @staticmethod
     def unwrap(optimizer):

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import provenance as _provenance
+from . import rowplan as _rowplan
 from . import select as _select
+from . import slices as _slices
 from .guard import guard_trainability_change
 from .live import warn_if_out_of_step
 from ..core.errors import XFreezeError, check_choice
-from ..core.table import Counts, counts, render
+from ..core.table import Counts, render
 from ..core.tensors import FLOAT_DTYPES
 from .view import view_of
 
@@ -85,9 +87,12 @@ def freeze(model, *patterns, norm: str = "freeze", backend: str | None = None) -
     BatchNorm layer whose parameters are all frozen also keeps its running statistics fixed (it runs in eval
     mode, even after ``model.train()``); ``norm="train"`` keeps norm layers in the region fully trainable.
 
+    A pattern ending in an index freezes rows of a tensor (``"embed.weight[0:32000]"``): the rest of it trains, in
+    a parameter of its own (``docs/guide/slices.md``).
+
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
-        *patterns: selector patterns (see :func:`select`).
+        *patterns: selector patterns (see :func:`select`), each optionally ending in rows (``[32000:]``, ``[1,5]``).
         norm: ``"freeze"`` (default) or ``"train"``.
         backend: force ``"torch"`` or ``"paddle"`` (it must agree with the model).
 
@@ -111,16 +116,23 @@ def freeze(model, *patterns, norm: str = "freeze", backend: str | None = None) -
 def unfreeze(model, *patterns, backend: str | None = None) -> FreezeReport:
     """Make the parameters the patterns select trainable, and release the statistics of their norm layers.
 
+    A pattern ending in an index makes rows of a tensor trainable (``"embed.weight[32000:]"``, ``"lm_head[1,5]"``,
+    ``"experts.gate_up_proj[6:8]"``; a Paddle Linear's rows are its columns): the rest stays frozen, bit for bit,
+    and gradients and optimizer state exist for those rows only (``docs/guide/slices.md``). Unfreezing the whole
+    tensor later joins it back.
+
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
-        *patterns: selector patterns (see :func:`select`).
+        *patterns: selector patterns (see :func:`select`), each optionally ending in rows (``[32000:]``, ``[1,5]``).
         backend: force ``"torch"`` or ``"paddle"``.
 
     Returns:
         FreezeReport
 
     Raises:
-        XFreezeError: as :func:`freeze`; nothing is changed then.
+        XFreezeError: as :func:`freeze`, and for rows outside a tensor, a 0-d tensor, rows named twice in one
+            call, a tied weight given other rows under its other name, or a model under FSDP / DeepSpeed; nothing
+            is changed then.
 
     Example:
         >>> import torch, xfreeze
@@ -146,6 +158,8 @@ def _set_trainable(model, patterns, trainable: bool, norm: str, backend) -> Free
 
 def _apply(model, compiled, trainable: bool, norm: str, backend) -> FreezeReport:
     view = view_of(model, backend)
+    if _rowplan.needed(view, compiled):  # a pattern ends in [rows], or a tensor is split already (issue 21)
+        return _apply_rows(model, view, compiled, trainable, norm, backend)
     adapter = view.adapter
     selected = np.flatnonzero(_select.select_mask(view, compiled))  # raises before anything changes
     before = view.trainable()
@@ -176,7 +190,29 @@ def _apply(model, compiled, trainable: bool, norm: str, backend) -> FreezeReport
     for mi in touched:
         adapter.sync_grads(view.modules[mi])
     _update_norm_locks(view, compiled, touched, report, lock=not trainable and norm == "freeze")
-    report.counts = counts(view)
+    report.counts = _slices.effective_counts(view)
+    return report
+
+
+def _apply_rows(model, view, compiled, trainable: bool, norm: str, backend) -> FreezeReport:
+    """``_apply`` by rows: split tensors, and patterns that end in ``[rows]``."""
+    plan = _rowplan.plan(view, compiled, trainable, norm)  # raises before anything changes
+    report = FreezeReport("unfreeze" if trainable else "freeze", view.label, not_trainable=plan.not_trainable)
+    changed = set(plan.changed())
+    for i in plan.selected:
+        before, after = plan.before[i], plan.after[i]
+        if i in changed:
+            report.changed.append(_rowplan.display(view, i, before != after))  # the rows whose state changed
+            report.sizes[report.changed[-1]] = int(view.numels[i] // len(after) * np.count_nonzero(before != after))
+        else:
+            report.unchanged.append(view.names[i])
+    touched = {int(view.owner[i]) for i in plan.selected}
+    _rowplan.apply(view, plan)
+    view = view_of(model, backend)  # a split or a join changed the parameters
+    for mi in touched:
+        view.adapter.sync_grads(view.modules[mi])
+    _update_norm_locks(view, compiled, touched, report, lock=not trainable and norm == "freeze")
+    report.counts = _slices.effective_counts(view)
     return report
 
 

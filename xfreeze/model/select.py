@@ -16,12 +16,14 @@ import difflib
 import fnmatch
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import re2
 
 from ..core.errors import XFreezeError
+from .slices import RowIndex, base_name, split_index
+from .adapters import tensor_kind_hits
 
 KINDS = ("norm", "linear", "conv", "embedding")
 MAX_NESTING = 100  # groups in a re: pattern; a name selector never needs more, and the limit keeps RE2's parse small
@@ -37,6 +39,7 @@ class Pattern:
     body: str
     regex: re.Pattern | None = None  # globs: a Python regex (fnmatch's translation backtracks boundedly)
     bounded: "re2.Set | None" = None  # re: patterns: an RE2 full-match set of this one pattern (linear time)
+    index: "RowIndex | None" = None  # a trailing [rows] (issue 21): the pattern selects rows of what it matches
 
     def name_hits(self, names: list, view=None) -> np.ndarray:
         """Which of ``names`` the pattern matches by name (always False for ``type:``); ``view``: the view that
@@ -44,11 +47,13 @@ class Pattern:
         if self.bounded is not None:
             match = getattr(self.bounded, "_set", self.bounded).Match  # the C++ set: one call per name
             texts = _utf8(view, names)
-            return np.fromiter(map(bool, map(match, texts)), dtype=bool, count=len(texts))
-        if self.regex is None:  # type: patterns match module classes, not names
-            return np.zeros(len(names), dtype=bool)
+            hits = np.fromiter(map(bool, map(match, texts)), dtype=bool, count=len(texts))
+            return _row_param_hits(self, hits, names)
+        if self.regex is None:  # type: patterns match module classes; tensor kinds (type:adapter) match here
+            return tensor_kind_hits(view, names, self.body)
         match = self.regex.match
-        return np.fromiter((match(n) is not None for n in names), dtype=bool, count=len(names))
+        hits = np.fromiter((match(n) is not None for n in names), dtype=bool, count=len(names))
+        return _row_param_hits(self, hits, names)
 
     def hits(self, view) -> np.ndarray:
         """Which of the view's parameters the pattern matches (its ``!`` aside): by name, or by a module holding
@@ -148,7 +153,9 @@ def _not_patterns(argument: str, value, inside: bool = False) -> XFreezeError:
 
 def _compile(text: str) -> Pattern:
     negate = text.startswith("!")
-    rest = text[1:] if negate else text
+    rest, index = split_index(text[1:] if negate else text)
+    if index is not None:
+        return replace(_compile(("!" if negate else "") + rest), text=text, index=index)
     kind, body = (
         ("re", rest[3:])
         if rest.startswith("re:")
@@ -165,6 +172,37 @@ def _compile(text: str) -> Pattern:
     if kind == "glob":
         return Pattern(text, negate, kind, body, regex=re.compile(fnmatch.translate(body)))
     return Pattern(text, negate, kind, body)
+
+
+def _row_param_hits(pattern: Pattern, hits: np.ndarray, names: list) -> np.ndarray:
+    """A split tensor's rows parameter (``w[0:4]``) is matched by the patterns that match its tensor (``w``,
+    ``*.weight``, ``w[32000:]``: an optimizer's ``lr_mult`` reaches the trainable rows), never by its own name alone."""
+    rows = _rows_names(names)
+    if not rows:
+        return hits
+    for i, base in rows:
+        hits[i] = bool(hits[i]) or _matches(pattern, base)
+    return hits
+
+
+def _matches(pattern: Pattern, name: str) -> bool:
+    if pattern.bounded is not None:
+        return bool(getattr(pattern.bounded, "_set", pattern.bounded).Match(name.encode("utf-8", "surrogatepass")))
+    return pattern.regex is not None and pattern.regex.match(name) is not None
+
+
+_rows_cache: dict = {}  # id(names list) -> (the list, [(position, its tensor's name)]): few lists, checked by identity
+
+
+def _rows_names(names: list) -> list:
+    """``[(position, tensor name)]`` of the rows parameters (names ending in ``[rows]``) among ``names``."""
+    entry = _rows_cache.get(id(names))
+    if entry is None or entry[0] is not names:
+        if len(_rows_cache) > 64:
+            _rows_cache.clear()
+        found = [(i, b) for i, n in enumerate(names) if n.endswith("]") and (b := base_name(n)) is not None]
+        entry = _rows_cache[id(names)] = (names, found)
+    return entry[1]
 
 
 def _options() -> re2.Options:

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .adapters import lora_mask
 from .params import param_table
-from ..core.table import Counts, counts, render
+from ..core.table import Counts, render
+from .slices import effective_counts, effective_numels
 from .view import view_of
 
 MAX_ROWS = 60  # longer tables collapse repeated blocks
@@ -34,6 +36,7 @@ class ModuleRow:
     kind: str = ""  # the framework-neutral kind xfreeze inferred: norm / linear / conv / embedding
     tied: tuple = ()  # names of parameters this module shares with an earlier one
     on_this_rank: int | None = None  # under FSDP: the parameters this rank holds (``parameters`` counts the whole)
+    adapter: int = 0  # of ``parameters``, those in adapter weights (LoRA ``lora_A`` / ``lora_B``: ``type:adapter``)
 
     @property
     def frozen(self) -> int:
@@ -50,19 +53,23 @@ class Summary:
     max_rows: int = MAX_ROWS
     params: object = None  # with summary(..., optimizer=opt): the per-parameter group / lr / decay table (issue 12)
     rank_note: str = ""  # under FSDP: what this rank holds of the whole
+    adapter_note: str = ""  # a model with adapters: how many adapter weights, and how many train
 
     def __str__(self) -> str:
         rows = self.rows if len(self.rows) <= self.max_rows else collapse(self.rows)
         sharded = any(r.on_this_rank is not None for r in rows)
+        adapters = bool(self.adapter_note)
         columns = ["module", "type", "kind", "parameters", "trainable", "norm"] + (["on this rank"] if sharded else [])
+        columns += ["adapter"] if adapters else []
         table = [
             [r.name or "(root)", r.type, r.kind, f"{r.parameters:,}", f"{r.trainable:,}", r.norm]
             + ([f"{r.on_this_rank:,}" if r.on_this_rank is not None else ""] if sharded else [])
+            + ([f"{r.adapter:,}" if r.adapter else ""] if adapters else [])
             for r in rows
         ]
         notes = [f"tied: {r.name} shares {', '.join(r.tied)}" for r in self.rows if r.tied][:5]
         shown = [] if rows is self.rows else [f"{len(self.rows)} modules, repeated blocks collapsed"]
-        footer = shown + notes + self.counts.lines() + ([self.rank_note] if self.rank_note else [])
+        footer = shown + notes + self.counts.lines() + [n for n in (self.rank_note, self.adapter_note) if n]
         return render(f"xfreeze.summary: {self.model}", columns, table, footer) + (
             f"\n{self.params}" if self.params else ""
         )
@@ -71,7 +78,8 @@ class Summary:
 
 
 def summary(model, *, print_table: bool = True, optimizer=None, backend: str | None = None) -> Summary:
-    """Show what will train: per module its type, kind, parameters, trainable parameters and norm state.
+    """Show what will train: per module its type, kind, parameters, trainable parameters and norm state (and, for a
+    PEFT or PaddleFormers LoRA model, the parameters in adapter weights).
 
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer`` (wrappers such as DDP or ``torch.compile`` are seen
@@ -82,7 +90,8 @@ def summary(model, *, print_table: bool = True, optimizer=None, backend: str | N
         backend: force ``"torch"`` or ``"paddle"``.
 
     Returns:
-        Summary: ``rows`` (one :class:`ModuleRow` per module owning parameters or statistics) and ``counts``.
+        Summary: ``rows`` (one :class:`ModuleRow` per module owning parameters or statistics, with ``adapter``: its
+        parameters in adapter weights) and ``counts``.
 
     Raises:
         XFreezeError: ``model`` is not a model of a supported framework.
@@ -96,13 +105,14 @@ def summary(model, *, print_table: bool = True, optimizer=None, backend: str | N
     view = view_of(model, backend)
     live = view.trainable()
     size = len(view.paths)
+    numels = effective_numels(view)  # a split tensor once: its trainable rows, and the rest frozen (issue 21)
     total = (
-        np.bincount(view.owner_array, weights=view.numels, minlength=size).astype(np.int64)
+        np.bincount(view.owner_array, weights=numels, minlength=size).astype(np.int64)
         if view.names
         else np.zeros(size, dtype=np.int64)
     )
     trained = (
-        np.bincount(view.owner_array[live], weights=view.numels[live], minlength=size).astype(np.int64)
+        np.bincount(view.owner_array[live], weights=numels[live], minlength=size).astype(np.int64)
         if view.names
         else total
     )
@@ -112,7 +122,8 @@ def summary(model, *, print_table: bool = True, optimizer=None, backend: str | N
             tied_at.setdefault(view.module_index.get(name.rpartition(".")[0], 0), []).append(f"{name} = {first}")
     owners = set(view.owner) | view.stat_modules | set(tied_at)
     rows = [_row(view, mi, int(total[mi]), int(trained[mi]), tuple(tied_at.get(mi, ()))) for mi in sorted(owners)]
-    result = Summary(view.label, rows, counts(view, live))
+    result = Summary(view.label, rows, effective_counts(view, live))
+    _adapter_column(view, live, result)
     if view.sharded:  # FSDP: the table counts whole tensors; this rank holds a part
         local = np.bincount(view.owner_array, weights=view.local_numels, minlength=size).astype(np.int64)
         result.rows = [replace(r, on_this_rank=int(local[view.module_index[r.name]])) for r in rows]
@@ -133,6 +144,19 @@ def _row(view, mi: int, total: int, trained: int, tied: tuple) -> ModuleRow:
     if mi in view.stat_modules:
         norm = "locked" if adapter.is_norm_locked(module) else ("train" if adapter.module_training(module) else "eval")
     return ModuleRow(view.paths[mi], type(module).__name__, total, trained, norm, view.kinds[mi] or "", tied)
+
+
+def _adapter_column(view, live: np.ndarray, result: Summary) -> None:
+    """Per row, the parameters in adapter weights; a footer line with the adapter totals (models with adapters)."""
+    mask = lora_mask(view)
+    if not mask.any():
+        return
+    per_module = np.bincount(view.owner_array[mask], weights=view.numels[mask], minlength=len(view.paths))
+    result.rows = [replace(r, adapter=int(per_module[view.module_index[r.name]])) for r in result.rows]
+    total, trained = int(view.numels[mask].sum()), int(view.numels[mask & live].sum())
+    result.adapter_note = (
+        f"adapter weights (type:adapter): {total:,} parameters in {int(mask.sum())} tensors, {trained:,} trainable"
+    )
 
 
 def collapse(rows: list[ModuleRow]) -> list[ModuleRow]:
@@ -179,6 +203,7 @@ def collapse_groups(rows: list[ModuleRow]) -> list[tuple[ModuleRow, list[ModuleR
             sum(r.trainable for r in members),
             "/".join(norms),
             "",
+            adapter=sum(r.adapter for r in members),
         )
         out.append((shown, members))
         i = j

@@ -4,19 +4,15 @@ options), and the fingerprint of the prefix: a hash per tensor."""
 from __future__ import annotations
 
 import difflib
-import hashlib
 import numbers
 import os
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 
 from ..core.errors import XFreezeError
-from ..core.tensors import Raw
+from ..core.hashing import digests as hash_raws
 from ..model.head import find_heads
 
 SHOWN = 3  # names listed in an error
-_PER_THREAD = 16 << 20  # bytes hashed per thread before a second thread pays
 
 
 def refuse_unfit(view, head: str, inside: list, trains: list, refuse: bool) -> None:
@@ -95,20 +91,8 @@ def check_every(every, size: int) -> int | None:
 
 
 def digests(adapter, names: list, tensors: list) -> dict:
-    """``{name: blake2b(dtype, shape, bits)}``; large prefixes hash on a few threads (hashlib releases the GIL)."""
-    raws = [adapter.to_raw(t) for t in tensors]
-    total = sum(r.bits.nbytes for r in raws)
-    workers = min(8, os.cpu_count() or 1, max(1, total // _PER_THREAD))
-    if workers <= 1:
-        return {n: _digest(r) for n, r in zip(names, raws)}
-    with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(names, pool.map(_digest, raws)))
-
-
-def _digest(raw: Raw) -> str:
-    digest = hashlib.blake2b(f"{raw.dtype}{list(raw.shape)}".encode(), digest_size=16)
-    digest.update(np.ascontiguousarray(raw.bits).reshape(-1).view(np.uint8).data if raw.bits.size else b"")
-    return digest.hexdigest()
+    """``{name: sha256(dtype, shape, bits)}`` (:func:`xfreeze.core.hashing.digests`)."""
+    return dict(zip(names, hash_raws([adapter.to_raw(t) for t in tensors])))
 
 
 def with_progress(batches, shown: bool):

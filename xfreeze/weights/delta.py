@@ -21,10 +21,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from . import delta_rows as _rows
 from . import ranks as _ranks
-from .delta_check import FrozenCheck, Placement, compare, hashes, in_delta_names, parts, place, uncovered
-from .delta_file import VERSION, check_fingerprint, read_delta
+from .delta_check import BUFFERS_HASHED, BUFFERS_KEY, buffers_hashed
+from .delta_check import FrozenCheck, Placement, compare, in_delta_names, parts, place, uncovered
+from .delta_file import VERSION, VERSION_ROWS, check_fingerprint, read_delta
 from .files import StateDict, _save
+from .lora import check_wrapped
 from ..backends import FRAMEWORKS
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError
@@ -78,6 +83,11 @@ def save_delta(model, path) -> Path:
     """Save only the trainable tensors and live norm statistics of ``model``, its freeze plan, and a fingerprint of
     every frozen tensor and locked statistic, as a safetensors file.
 
+    The fingerprint also hashes every buffer of a frozen module (QuantAct ranges, a router bias, an fp8 amax
+    history): they are frozen state, not carried in the file. A delta saved after such a buffer moved in training
+    does not load onto the untouched base (the error names them); :func:`xfreeze.lock_buffers` keeps them fixed.
+    Files written before (no ``frozen_buffers`` metadata) still load, their carried buffers with a warning.
+
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``, frozen as wanted (see :func:`xfreeze.freeze`).
         path: the file to write (safetensors, whatever the suffix; ``.safetensors`` recommended).
@@ -97,15 +107,21 @@ def save_delta(model, path) -> Path:
         ['1.bias', '1.weight']
     """
     adapter = adapter_for(model)
-    split = parts(adapter, model)
-    state = adapter.state_tensors(model)
+    state = adapter.state_tensors(model)  # first: a state dict writes the trained rows of split tensors in
+    view = view_of(model, adapter.name)
+    cut = _rows.sliced(adapter, model, view, state)  # split tensors: only their trainable rows are saved (issue 21)
+    split = _rows.adjust_parts(parts(adapter, model), cut)
     delta = StateDict({k: state[k] for k in split["delta"]}, framework=adapter.name)
+    delta.update(_rows.rows_values(view, state, cut))
     metadata = {
-        "xfreeze_delta": VERSION,
+        "xfreeze_delta": VERSION_ROWS if cut else VERSION,
         "trainable": json.dumps(split["trainable"]),
         "locked_norms": json.dumps(split["locked"]),
-        "fingerprint": json.dumps(hashes(state, split["frozen"])),
+        "fingerprint": json.dumps(_rows.frozen_hashes(state, split["frozen"], cut)),
+        BUFFERS_KEY: BUFFERS_HASHED,  # the fingerprint covers the buffers of frozen modules
     }
+    if cut:
+        metadata["slices"] = json.dumps(_rows.metadata(cut))
     return _save(delta, path, "safetensors", metadata)
 
 
@@ -146,7 +162,9 @@ def load_delta(model, path, *, allow_missing: bool = False) -> DeltaReport:
     if not isinstance(allow_missing, bool):
         raise XFreezeError(f"allow_missing must be True or False. Received: allow_missing={allow_missing!r}")
     delta, plan = read_delta(path)
-    placement = place(adapter, model, delta, plan, path, allow_missing)  # every check; raises before any write
+    check_wrapped(view_of(model, adapter.name), [*plan.trainable, *delta], f"delta file {str(path)!r}")
+    rows = _rows.RowsLoad(adapter, view_of(model, adapter.name), plan, f"delta {str(path)!r}") if plan.slices else None
+    placement = place(adapter, model, delta, plan, path, allow_missing, rows)  # every check; raises before any write
     _apply(adapter, model, placement)
     return DeltaReport(
         plan.framework,
@@ -192,16 +210,20 @@ def verify_frozen(model, path_or_fingerprint) -> FrozenCheck:
             )
         tensors = check_fingerprint(fp["tensors"], "the fingerprint's 'tensors'")
         state, _ = in_delta_names(adapter, model, fp["framework"])
-        return compare(tensors, state)
+        cut = {k: (np.asarray(r, dtype=np.int64), a) for k, (r, a) in fp.get("slices", {}).items()}
+        whole = {k: v for k, v in tensors.items() if k not in cut}
+        return _rows.compare_rows(compare(whole, state), tensors, cut, state)
     delta, plan = read_delta(path_or_fingerprint)
     state, names = in_delta_names(adapter, model, plan.framework)
-    check = compare(plan.fingerprint, state)
-    check.uncovered = uncovered(adapter, model, plan, names)
+    whole = {k: v for k, v in plan.fingerprint.items() if k not in plan.slices}
+    check = _rows.compare_rows(compare(whole, state), plan.fingerprint, plan.slices, state)
+    check.uncovered = uncovered(adapter, model, plan, names, buffers=buffers_hashed(delta.metadata))
     return check
 
 
 def frozen_fingerprint(model) -> dict:
-    """``{"framework": ..., "tensors": {name: sha256}}`` of every frozen parameter and locked statistic of ``model``.
+    """``{"framework": ..., "tensors": {name: sha256}}`` of every frozen parameter, locked statistic and buffer of a
+    frozen module (see :mod:`xfreeze.model.buffers`) of ``model``.
 
     Args:
         model: a ``torch.nn.Module`` or ``paddle.nn.Layer``.
@@ -221,16 +243,22 @@ def frozen_fingerprint(model) -> dict:
     """
     adapter = adapter_for(model)
     state = adapter.state_tensors(model)
-    return {"framework": adapter.name, "tensors": hashes(state, parts(adapter, model)["frozen"])}
+    cut = _rows.sliced(adapter, model, view_of(model, adapter.name), state)
+    tensors = _rows.frozen_hashes(state, _rows.adjust_parts(parts(adapter, model), cut)["frozen"], cut)
+    out = {"framework": adapter.name, "tensors": tensors}
+    if cut:  # split tensors: the hash covers their frozen rows (issue 21)
+        out["slices"] = {k: (rows.tolist(), axis) for k, (rows, axis) in cut.items()}
+    return out
 
 
 def _apply(adapter, model, placement: Placement) -> None:
     """Write a checked placement: tensors first (an FSDP1 model is refused there, before any write), then the
     trainability of every parameter, then the norm locks."""
+    _rows.join_all(view_of(model, adapter.name))  # split tensors join back first: what is loaded reaches them
     _ranks.load_tensors(adapter, model, adapter.state_tensors(model), placement.values)
     view = view_of(model, adapter.name)
     before = view.trainable()
-    train = set(placement.trainable)
+    train = set(placement.trainable) - set(placement.rows)
     wanted = [name in train for name in view.names]
     adapter.apply_trainable([p for p, t in zip(view.params, wanted) if t], True)
     adapter.apply_trainable([p for p, t in zip(view.params, wanted) if not t], False)
@@ -244,6 +272,7 @@ def _apply(adapter, model, placement: Placement) -> None:
             adapter.lock_norm(module)
         elif path not in locked and adapter.is_norm_locked(module):
             adapter.unlock_norm(module, training)
+    _rows.apply_rows(view, placement.rows)  # split tensors: split like the file's, rows from the file
     warn_if_out_of_step(model, [n for n, t, b in zip(view.names, wanted, before) if t and not b], adapter.name)
 
 

@@ -9,21 +9,20 @@ that does not cover every frozen tensor, and a base whose frozen tensors differ 
 
 from __future__ import annotations
 
-import hashlib
-import os
-from concurrent.futures import ThreadPoolExecutor
+import warnings
 from dataclasses import dataclass, field
 
 from .convert import convert
 from .statedict import StateDict
+from ..core import hashing as _hashing
 from ..core import tensors as _tensors
 from ..core.errors import XFreezeError
 from ..core.tensors import FLOAT_DTYPES
+from ..model.buffers import frozen_buffers
 from ..model.guard import guard_trainability_change
 from ..model.view import view_of
 
 SHOWN = 5  # names shown in an error
-_PER_THREAD = 16 << 20  # below this many bytes per thread a thread costs more than it saves
 # exact casts only: every value of the file's dtype is a value of the model's (nothing rounds, wraps or is dropped)
 WIDENS = {
     "float8_e4m3fn": ("float16", "bfloat16", "float32", "float64"),
@@ -38,6 +37,9 @@ WIDENS = {
     "complex64": ("complex128",),
 }
 _UNCHANGED = "Nothing was changed"
+# metadata key: the fingerprint hashes the buffers of frozen modules (files written before it carry them as values)
+BUFFERS_KEY = "frozen_buffers"
+BUFFERS_HASHED = "hashed"
 
 
 @dataclass
@@ -83,10 +85,12 @@ class Placement:
     cast: dict  # model key -> (file dtype, model dtype), exact widenings only
     missing: list  # trainable parameters the file lacks (allow_missing=True)
     verified: int  # frozen tensors whose hash matched
+    rows: dict = field(default_factory=dict)  # split tensors: model parameter name -> (rows, value of the rows)
 
 
-def place(adapter, model, delta: StateDict, plan, path, allow_missing: bool) -> Placement:
-    """Check the delta ``delta`` (with its plan) against ``model``; raise before anything changes."""
+def place(adapter, model, delta: StateDict, plan, path, allow_missing: bool, rows=None) -> Placement:
+    """Check the delta ``delta`` (with its plan) against ``model``; raise before anything changes. ``rows``
+    (``delta_rows.RowsLoad``) takes the split tensors of a file whose plan has ``slices`` (issue 21)."""
     where = f"delta {str(path)!r}"
     view = view_of(model, adapter.name)
     state = adapter.state_tensors(model)
@@ -94,22 +98,38 @@ def place(adapter, model, delta: StateDict, plan, path, allow_missing: bool) -> 
     groups = _Groups(view, state)
     trainable = list(dict.fromkeys(_trainable_param(groups, view, names, n, where) for n in plan.trainable))
     locked = sorted({_locked_norm(groups, view, names, n, where) for n in plan.locked_norms})
-    frozen = groups.frozen(set(trainable), set(locked))
-    _check_coverage(groups, frozen, names, plan.fingerprint, where)
+    hashed = buffers_hashed(delta.metadata)
+    frozen = groups.frozen(set(trainable), set(locked), buffers=hashed)
+    if not hashed:
+        _note_unhashed_buffers(groups, set(trainable), where)
+    whole = {k: v for k, v in plan.fingerprint.items() if k not in plan.slices}  # split tensors: see rows
+    _check_coverage(groups, frozen, names, whole, where)
     incoming = delta if plan.framework == adapter.name else convert(delta, to=adapter.name, model=model)
+    placed = rows.take(incoming, names) if rows is not None else {}
     values, cast = _values(adapter, groups, frozen, incoming, where)
-    missing = _missing(groups, trainable, values, where, allow_missing)
-    check = compare(plan.fingerprint, theirs)
+    missing = _missing(groups, trainable, {**values, **{names[n]: None for n in plan.slices}}, where, allow_missing)
+    check = compare(whole, theirs)
+    if rows is not None:
+        check = rows.compare(check, theirs)
     if not check.ok:
+        buffer_keys = set(groups.buffer_keys(set(trainable)))
+        moved = [n for n in check.drifted if names.get(n) in buffer_keys]
+        hint = (
+            f"; among them {len(moved)} buffers of frozen modules ({moved[:SHOWN]}), which move when a frozen module "
+            "writes them in forward: the delta was saved after they drifted in training. HINT: lock them before "
+            "training (xfreeze.lock_buffers(model)); xfreeze.audit names such buffers"
+            if moved
+            else ""
+        )
         raise XFreezeError(
             f"{where} does not fit this base: {check}; the delta was saved on another base (or the base's frozen "
-            f"tensors changed). {_UNCHANGED}"
+            f"tensors changed){hint}. {_UNCHANGED}"
         )
     live = dict(zip(view.names, view.trainable()))
     train = set(trainable)
     to_train = [n for n in view.names if n in train and not live[n]]
     guard_trainability_change(view, to_train, [n for n in view.names if n not in train and live[n]])
-    return Placement(values, trainable, locked, cast, missing, check.checked)
+    return Placement(values, trainable, locked, cast, missing, check.checked, placed)
 
 
 class _Groups:
@@ -127,14 +147,22 @@ class _Groups:
     def param_name(self, key: str) -> str | None:
         return self.param.get(id(self.state[key])) if key in self.state else None
 
-    def frozen(self, trainable: set, locked: set) -> set:
-        """First keys of the groups the plan freezes (parameters that do not train) or locks (their statistics)."""
+    def frozen(self, trainable: set, locked: set, buffers: bool = True) -> set:
+        """First keys of the groups the plan freezes (parameters that do not train), locks (their statistics) and,
+        with ``buffers``, of the buffers of the modules it freezes (:mod:`xfreeze.model.buffers`)."""
         out = set()
         for key, first in self.group.items():
             name = self.param_name(key)
             if (name is not None and name not in trainable) or self.stat_owner.get(key) in locked:
                 out.add(first)
+        if buffers:
+            out |= {self.group[k] for k in self.buffer_keys(trainable)}
         return out
+
+    def buffer_keys(self, trainable: set) -> list:
+        """State keys of the buffers (norm statistics aside) of the modules frozen when ``trainable`` train."""
+        live = [name in trainable for name in self.view.names]
+        return [name for name, _, _ in frozen_buffers(self.view, live, statistics=False) if name in self.state]
 
 
 def _trainable_param(groups: _Groups, view, names: dict, name: str, where: str) -> str:
@@ -294,13 +322,14 @@ def compare(fingerprint: dict, state) -> FrozenCheck:
     return check
 
 
-def uncovered(adapter, model, plan, names: dict) -> list:
-    """Tensors the plan leaves frozen on ``model`` (in the delta's names) that its fingerprint does not hash."""
+def uncovered(adapter, model, plan, names: dict, buffers: bool = True) -> list:
+    """Tensors the plan leaves frozen on ``model`` (in the delta's names) that its fingerprint does not hash
+    (``buffers``: the file's fingerprint covers the buffers of frozen modules, see :func:`buffers_hashed`)."""
     view = view_of(model, adapter.name)
     groups = _Groups(view, adapter.state_tensors(model))
     trainable = {groups.param_name(names[n]) for n in plan.trainable if n in names}
     locked = {groups.stat_owner.get(names[n]) for n in plan.locked_norms if n in names}
-    frozen = groups.frozen(trainable - {None}, locked - {None})
+    frozen = groups.frozen(trainable - {None}, locked - {None}, buffers=buffers)
     covered = {groups.group[names[n]] for n in plan.fingerprint if names.get(n) in groups.group}
     delta_name = {key: name for name, key in names.items()}
     return [delta_name.get(k, k) for k in groups.state if k in frozen and k not in covered]
@@ -331,25 +360,34 @@ def parts(adapter, model) -> dict:
             frozen += [k for k in stats if k is not None]
             locked.append(stats[0])
             taken |= set(stats)
+    for name, _, _ in frozen_buffers(view, live, statistics=False):  # any buffer of a frozen module is frozen
+        key = key_of.get(id(state[name])) if name in state else None
+        if key is not None and key not in taken:
+            frozen.append(key)
+            taken.add(key)
     rest = [k for k, t in state.items() if k not in taken and key_of[id(t)] == k]  # live buffers, once each
     return {"trainable": trainable, "frozen": frozen, "locked": locked, "delta": trainable + rest}
 
 
+def buffers_hashed(metadata: dict) -> bool:
+    """Whether a delta file's fingerprint covers the buffers of frozen modules (written so since the metadata key
+    ``frozen_buffers``); an older file carries them as values, loaded unverified (with a warning)."""
+    return (metadata or {}).get(BUFFERS_KEY) == BUFFERS_HASHED
+
+
+def _note_unhashed_buffers(groups: _Groups, trainable: set, where: str) -> None:
+    keys = groups.buffer_keys(trainable)
+    if keys:
+        warnings.warn(
+            f"{where} was written before xfreeze fingerprinted the buffers of frozen modules: {len(keys)} of them "
+            f"({keys[:SHOWN]}) are loaded from the file as it carries them, not checked against a hash.\nHINT: "
+            "save the delta again (xfreeze.save_delta) to have them fingerprinted",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def hashes(state, keys: list) -> dict:
-    """``{key: sha256}`` in ``keys`` order. The bits are taken in this thread (framework calls), the hashing runs on
-    up to 8 threads (hashlib releases the GIL on large buffers): the cost of a delta save is this hashing."""
-    raws = [_tensors.to_raw(state[k], k) for k in keys]
-    total = sum(r.bits.nbytes for r in raws)
-    workers = min(8, os.cpu_count() or 1, max(1, total // _PER_THREAD))
-    if workers <= 1:
-        return {k: digest(r) for k, r in zip(keys, raws)}
-    with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(keys, pool.map(digest, raws)))
-
-
-def digest(raw) -> str:
-    """``sha256(dtype, shape, little-endian bits)`` of one tensor's :class:`~xfreeze.core.tensors.Raw`."""
-    out = hashlib.sha256(f"{raw.dtype}{list(raw.shape)}".encode())
-    bits = raw.bits.astype(raw.bits.dtype.newbyteorder("<"), copy=False)
-    out.update(bits.reshape(-1).view("u1").data if bits.size else b"")
-    return out.hexdigest()
+    """``{key: sha256}`` in ``keys`` order (:func:`xfreeze.core.hashing.digests`): the cost of a delta save is this
+    hashing."""
+    return dict(zip(keys, _hashing.digests([_tensors.to_raw(state[k], k) for k in keys])))

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..backends import FRAMEWORKS
 from ..core.errors import XFreezeError
 from .files import StateDict, load_checkpoint
+from ..model.slices import parse_rows
 
 VERSION = "1"
+VERSION_ROWS = "2"  # a delta with split tensors (issue 21): its "slices" field says which rows it carries
 MAX_DEPTH = 4  # the plan's fields nest one level (a list or a map of strings); deeper text is refused unparsed
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OPEN, _CLOSE, _QUOTE, _BACKSLASH = (np.frombuffer(c, dtype=np.uint8) for c in (b"[{", b"]}", b'"', b"\\"))
@@ -32,6 +34,7 @@ class DeltaPlan:
     trainable: list
     locked_norms: list
     fingerprint: dict
+    slices: dict = field(default_factory=dict)  # name -> (rows, axis in the delta's layout): split tensors
 
 
 def read_delta(path) -> tuple[StateDict, DeltaPlan]:
@@ -48,9 +51,10 @@ def read_delta(path) -> tuple[StateDict, DeltaPlan]:
             f"{str(path)!r} is not an xfreeze delta (no xfreeze_delta metadata); write one with "
             "xfreeze.save_delta(model, path)"
         )
-    if meta["xfreeze_delta"] != VERSION:
+    if meta["xfreeze_delta"] not in (VERSION, VERSION_ROWS):
         raise XFreezeError(
-            f"{where} has format version {meta['xfreeze_delta']!r}; this xfreeze reads version {VERSION!r}"
+            f"{where} has format version {meta['xfreeze_delta']!r}; this xfreeze reads versions {VERSION!r} and "
+            f"{VERSION_ROWS!r}"
         )
     plan = DeltaPlan(
         framework=_framework(delta, meta, where),
@@ -58,8 +62,28 @@ def read_delta(path) -> tuple[StateDict, DeltaPlan]:
         locked_norms=_names(_field(meta, "locked_norms", where), "locked_norms", where),
         fingerprint=check_fingerprint(_field(meta, "fingerprint", where), f"{where} metadata field 'fingerprint'"),
     )
+    if meta["xfreeze_delta"] == VERSION_ROWS:
+        plan.slices = _slices(_field(meta, "slices", where), plan, where)
     delta.framework = plan.framework
     return delta, plan
+
+
+def _slices(value, plan: DeltaPlan, where: str) -> dict:
+    """``{name: (rows, axis)}`` of the field ``slices``: each a trainable name with a hash of its frozen rows."""
+    what = f"{where} metadata field 'slices'"
+    if not isinstance(value, dict):
+        raise XFreezeError(f"{what} must be a map {{tensor name: [rows, axis]}}; it holds a {_kind(value)}")
+    out = {}
+    for name, entry in value.items():
+        ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and entry[1] in (0, 1)
+        if not ok or name not in plan.trainable or name not in plan.fingerprint:
+            raise XFreezeError(
+                f"{what}: the entry for {name!r} ({entry!r}) is not [rows, axis] of a tensor the plan trains and the "
+                "fingerprint hashes. Nothing was changed (a damaged or edited file: write it again with "
+                "xfreeze.save_delta)"
+            )
+        out[name] = (parse_rows(entry[0]), int(entry[1]))
+    return out
 
 
 def check_fingerprint(value, what: str) -> dict:

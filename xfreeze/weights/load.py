@@ -6,16 +6,21 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from . import lora as _lora
 from . import partial as _partial
 from . import ranks as _distributed
 from .adapt import Adaptations
 from ..model import select as _select
 from ..core import tensors as _tensors
 from ..core.dispatch import adapter_for, adapter_named
+from . import shards as _shards
 from .files import load_checkpoint
+from .folders import Folder, is_folder, open_folder, read_all
+from .paths import as_path
 from .convert import alignment_difference, convert
 from .statedict import StateDict, as_state_dict
 from ..core.errors import XFreezeError, check_choice
@@ -146,30 +151,32 @@ def load_matched(
             raise XFreezeError(f"{argument} must be True or False. Received: {argument}={value!r}")
     view = view_of(model, backend)
     adapter = view.adapter
-    state = source_state = _source_state(source)
-    _check_readable(state, view.label)
-    origin = framework or state.framework
-    report = LoadReport(view.label, origin, notes=list(state.notes))
+    source_state = _source_state(source)  # a StateDict, or a checked checkpoint folder (shards read one at a time)
+    origin = framework or source_state.framework
+    report = LoadReport(view.label, origin, notes=list(source_state.notes))
     targets = adapter.state_tensors(model)
-    keys = _renamed_keys(list(state), set(targets), rename, report)
-    state = StateDict({keys[k]: v for k, v in state.items() if keys[k] is not None}, framework=origin)
     converting = origin if origin is not None and origin != adapter.name else None
-    if converting:
-        state = convert(state, to=adapter.name, model=model, source=origin)
-        for key, note in state.notes:
-            report.converted.setdefault(key, []).append(note)
-    skipped = _skipped(view, list(targets), skip)
+    context = _Context(view, model, targets, rename, origin, converting, Adaptations(view) if adapt else None)
+    context.skipped = _skipped(view, list(targets), skip)
+    context.lora = _lora.source_of(source, source_state, allow_partial)  # a LoRA adapter's ranks and scaling
     # keys the source's framework has no counterpart for (torch's num_batches_tracked) are kept, not "missing"
-    no_counterpart = _own_only(adapter.name, targets) if converting else set()
-    adaptations = Adaptations(view) if adapt else None
-    plan = _plan(view, targets, state, skipped, no_counterpart, report, adaptations)  # validates before any write
+    context.ignored = _own_only(adapter.name, targets) if converting else set()
+    folder = source_state if isinstance(source_state, Folder) and source_state.sharded else None
+    if folder is not None:  # every shard read and planned, one at a time, before the first write
+        plan, differences = _shards.check_all(folder, context, report, _prepared)
+        source_state = None
+    else:
+        plan, state = _prepared(source_state, context, report)  # validates before any write
+        differences = list(state.differences) if converting else []
     if strict and (report.mismatched or report.missing or report.unexpected):
         raise XFreezeError(f"strict load of {report.model} found differences; nothing was loaded:\n{report}")
     if converting or plan:
-        differences = list(state.differences) if converting else []
 
         def why() -> list:
-            return differences or [alignment_difference(source_state, model, origin) or "the module names did not map"]
+            return differences or [
+                (source_state is not None and alignment_difference(source_state, model, origin))
+                or "the module names did not map"
+            ]
 
         _partial.check_placed(report, allow=allow_partial or allow_empty, converting=converting, why=why)
     if not plan and not allow_empty:
@@ -178,13 +185,57 @@ def load_matched(
             f"model (pass allow_empty=True if that is intended); nothing was changed.\n{report}"
         )
     if converting:
-        _warn_differences(report, state.differences, origin)
+        _warn_differences(report, differences, origin)
     left = _partial.untouched(report, targets, plan)
     if not (allow_partial or allow_empty):
         _partial.warn_outside_head(view, report, left)
-    _distributed.load_tensors(adapter, model, targets, plan)  # FSDP2: set_model_state_dict; FSDP1: refused
+    if folder is not None:  # shard after shard: read, planned again (as checked) and placed
+        _shards.place_all(folder, context, report, plan, _prepared, _write)
+    else:
+        _write(context, plan)
     record_load(model, left)
     return report
+
+
+@dataclass
+class _Context:
+    """What every part of a load shares: the model and its keys, the options, and the decisions made once."""
+
+    view: Any
+    model: Any
+    targets: dict
+    rename: Any
+    origin: str | None
+    converting: str | None
+    adaptations: Any
+    skipped: set = field(default_factory=set)
+    ignored: set = field(default_factory=set)
+    lora: object = None  # lora.Source: a LoRA adapter's ranks and scaling (weights/lora.py)
+
+
+def _prepared(state, context: _Context, report: LoadReport) -> tuple:
+    """``(plan, state as converted)`` for one state (a whole source, or one shard of a folder): its values
+    checked, keys renamed and converted, matched against the model into ``report``. Writes nothing."""
+    _check_readable(state, context.view.label)
+    keys = _renamed_keys(list(state), set(context.targets), context.rename, report)
+    state = StateDict({keys[k]: v for k, v in state.items() if keys[k] is not None}, framework=context.origin)
+    if context.converting:
+        state = convert(state, to=context.view.adapter.name, model=context.model, source=context.origin)
+        for key, note in state.notes:
+            report.converted.setdefault(key, []).append(note)
+    view, targets = context.view, context.targets
+    state = _lora.fit(context, state, report)  # an adapter: its targets and ranks fit, alpha / r rescaled
+    plan = _plan(view, targets, state, context.skipped, context.ignored, report, context.adaptations)
+    return plan, state
+
+
+def _write(context: _Context, plan: dict) -> None:
+    view = context.view
+    _distributed.load_tensors(view.adapter, context.model, context.targets, plan)
+    for path, module in zip(view.paths, view.modules):  # a tensor training some rows: they take what was loaded
+        splits = view.adapter.row_splits(module)
+        if splits and any((f"{path}.{local}" if path else local) in plan for local in splits):
+            view.adapter.reload_rows(module)
 
 
 def _warn_differences(report, differences, origin) -> None:
@@ -234,7 +285,12 @@ def _check_options(rename, skip, strict, allow_empty, framework) -> None:
         check_choice("framework", framework, tuple(ADAPTERS))
 
 
-def _source_state(source) -> StateDict:
+def _source_state(source):
+    if _lora.is_adapter_folder(source):  # PEFT's save_pretrained: adapter_config.json + adapter_model.safetensors
+        return _lora.read_adapter_folder(source)
+    if is_folder(source):  # a sharded folder is read shard by shard, later
+        folder = open_folder(as_path(source, "source"))
+        return folder if folder.sharded else read_all(folder)
     if isinstance(source, (str, os.PathLike)):
         return load_checkpoint(source)
     if isinstance(source, StateDict):
