@@ -103,7 +103,7 @@ def _write(module: Any, local: str, record: RowSplit) -> None:
 def _combine(module: Any, args: Any) -> None:
     for local, record in (module.__dict__.get(ROWS_ATTR) or {}).items():
         base, rows = module._parameters[local], module._parameters[record.rows_local]
-        if hasattr(base, "device_mesh"):  # sharded after the split (fully_shard): its rows are not ours to join
+        if hasattr(base, "device_mesh") or _fully_sharded(module):  # sharded after the split: rows not ours to join
             raise XFreezeError(
                 f"{type(module).__name__}.{local} trains rows {record.rows_local} but was sharded by FSDP2 after they "
                 "were chosen: a split tensor cannot be sharded. Train the whole tensor under FSDP2, or use DDP"
@@ -112,6 +112,15 @@ def _combine(module: Any, args: Any) -> None:
         with torch.no_grad():  # the whole parameter follows the rows (what a user reading it directly sees)
             base.index_copy_(record.axis, index, rows.detach())
         module.__dict__[local] = base.detach().index_copy(record.axis, index, rows)
+
+
+def _fully_sharded(module: Any) -> bool:
+    """Whether FSDP2 manages the module's parameters: ``fully_shard`` registers a load-state-dict post hook (a lambda
+    of ``FSDPParam.__init__``) on every module whose parameters it shards; inside forward they are unsharded copies,
+    so the parameter's type no longer tells."""
+    return any(
+        getattr(h, "__qualname__", "").startswith("FSDPParam.") for h in module._load_state_dict_post_hooks.values()
+    )
 
 
 def _release(module: Any, args: Any, output: Any) -> None:

@@ -21,3 +21,4 @@ def test_rows_chosen_before_ddp_train_identically_on_every_rank(tmp_path):
     assert np.array_equal(start["head.weight"][keep], end["head.weight"][keep])
     assert "never registered them" in r0["after_wrap"] and "Nothing was changed" in r0["after_wrap"]
     assert "not supported under FSDP2" in r0["fsdp2"] and "'embed.weight[0:8]'" in r0["fsdp2"]
+    assert "sharded by FSDP2 after they were chosen" in r0["split_then_fsdp2"]

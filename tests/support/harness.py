@@ -291,6 +291,10 @@ class TorchKit(_Kit):
         """Whether two tensors share their storage (one is the other, or a view of it)."""
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
+    def autocast(self):
+        """Mixed precision on the CPU: matmuls in bfloat16, parameters and their updates in float32."""
+        return self.t.autocast("cpu", dtype=self.t.bfloat16)
+
     def scale_group_lr(self, opt, index: int, factor: float) -> None:
         """Change one optimizer group's rate by hand, as a training loop would (torch: the group's absolute lr)."""
         opt.param_groups[index]["lr"] *= factor
@@ -461,6 +465,11 @@ class PaddleKit(_Kit):
     def same_memory(self, a, b) -> bool:
         """Whether two tensors share their storage (one is the other, or a view of it)."""
         return a.data_ptr() == b.data_ptr()
+
+    def autocast(self):
+        """Paddle's O1 mixed precision; on the CPU it keeps float32 (no bfloat16 matmul kernel there), so this checks
+        the wiring, the GPU the arithmetic."""
+        return self.p.amp.auto_cast(level="O1", dtype="bfloat16")
 
     def scale_group_lr(self, opt, index: int, factor: float) -> None:
         """Change one optimizer group's rate by hand (Paddle: the group's multiplier of the global rate, which each

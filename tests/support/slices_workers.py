@@ -34,5 +34,9 @@ def torch_ddp_rows(rank: int) -> dict:
     sharded = vocab_model(fw, 12, 4)
     fully_shard(sharded)
     out["fsdp2"] = _error(lambda: xfreeze.freeze(sharded, "embed.weight[0:8]"))
+    split_first = vocab_model(fw, 12, 4)  # rows chosen first, then fully_shard: refused at the first forward
+    xfreeze.freeze(split_first, "*", "!embed.weight[8:]")
+    fully_shard(split_first)
+    out["split_then_fsdp2"] = _error(lambda: split_first(torch.randint(0, 12, (6,))))
     out["frozen_rows_fixed"] = bool(np.array_equal(start["embed.weight"][:8], end["embed.weight"][:8]))
     return out

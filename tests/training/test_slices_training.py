@@ -218,3 +218,24 @@ def test_experts_6_and_7_of_a_fused_moe_train_and_the_rest_stay_bitwise():
     assert moved == {f"model.layers.{i}.mlp.experts.{p}_proj" for i in (0, 1) for p in ("gate_up", "down")}
     for key in moved:
         assert torch.equal(after[key][:6], before[key][:6]) and not torch.equal(after[key][6:], before[key][6:])
+
+
+def test_mixed_precision_keeps_frozen_rows_bitwise(fw):
+    """Autocast (torch: bfloat16 matmuls on the CPU; Paddle's O1 keeps float32 there) over float32 parameters: the
+    joined weight is cast inside the autocast region, the frozen rows of the parameter never move."""
+    model = vocab_model(fw, V, D)
+    before = neutral(fw, model)
+    xfreeze.freeze(model, "*", "!embed.weight[8:]", "!head.weight[1,5]")
+    opt = xfreeze.optimizer(model, "adamw", lr=0.1, weight_decay=0.5)
+    for _ in range(2):
+        with fw.autocast():
+            out = model(fw.tensor(np.array([1, 8, 9], dtype=np.int64)))
+        (out * out).sum().backward()
+        opt.step()
+        fw.clear_grad(opt)
+    after = neutral(fw, model)
+    keep = [i for i in range(V) if i not in (1, 5)]
+    assert np.array_equal(after["embed.weight"][:8], before["embed.weight"][:8])
+    assert np.array_equal(after["head.weight"][keep], before["head.weight"][keep])
+    assert not np.array_equal(after["embed.weight"][8:], before["embed.weight"][8:])
+    assert not np.array_equal(after["head.weight"][[1, 5]], before["head.weight"][[1, 5]])
