@@ -185,10 +185,12 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
     def traverse(self, root: Module, paths: bool = True) -> Iterator[tuple[str, Module]]:
         """``(path, module)`` in the framework's named-modules order (pre-order, shared modules once), a wrapper
         replaced by its inner module under the wrapper's own path (its attribute never reaches a name)."""
-        seen, stack, wrappers, children = set(), [("", root)], self.WRAPPERS, self.children  # hot: every view check
+        # hot (every view check); plain: the classes that wrap nothing (by far most), one set lookup per module
+        seen, plain, stack, wrappers, children = set(), set(), [("", root)], self.WRAPPERS, self.children
         while stack:
             path, module = stack.pop()
-            attr = wrappers.get(type(module).__name__)
+            if (attr := None if type(module) in plain else wrappers.get(type(module).__name__)) is None:
+                plain.add(type(module))
             while attr is not None and getattr(module, attr, None) is not None:
                 module = getattr(module, attr)
                 attr = wrappers.get(type(module).__name__)

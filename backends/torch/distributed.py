@@ -129,8 +129,8 @@ class TorchDistributed(Adapter):
     def sharding(self, model: Module) -> str | None:
         """ "fsdp1" (FullyShardedDataParallel anywhere in the model), "fsdp2" (fully_shard), or None."""
         fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: no model can be sharded by it
-        if fsdp is None:
-            return None
+        if fsdp is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return None  # FSDP1 and fully_shard both need a process group: no walk of every module then
         if any(isinstance(m, fsdp.FullyShardedDataParallel) for m in model.modules()):
             return "fsdp1"
         fsdp2 = getattr(fsdp, "FSDPModule", None)

@@ -65,20 +65,20 @@ class TorchModel(Adapter):
 
     # --- structure ---------------------------------------------------------------------------------------------
     def registries(self, module: Module) -> Registries:
-        if _peft_role(type(module)):
+        if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
             params, buffers = self.tensor_dicts(module)
             return Registries(params, buffers, dict(self.children(module)), buffers, module._forward_pre_hooks)
         buffers = module._buffers
         return Registries(module._parameters, buffers, module._modules, buffers, module._forward_pre_hooks)
 
     def tensor_dicts(self, module: Module) -> tuple[dict, dict]:
-        if _peft_role(type(module)):
+        if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
             params, buffers = _peft_tensors(module)
             return {local: t for local, t, _ in params}, {local: t for local, t, _ in buffers}
         return module._parameters, module._buffers
 
     def children(self, module: Module) -> list[tuple[str, Module]]:
-        if _peft_role(type(module)):
+        if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
             module = _peft_base(module)[1]
         return [(name, child) for name, child in module._modules.items() if child is not None]  # hot: the walk
 
@@ -89,7 +89,7 @@ class TorchModel(Adapter):
         return inner, wrappers
 
     def module_tensors(self, module: Module) -> tuple[list[tuple[str, Tensor]], list[tuple[str, str, Tensor]]]:
-        if _peft_role(type(module)):
+        if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
             registered, buffers = self.tensor_dicts(module)
             return list(registered.items()), [(s, s, buffers[s]) for s in STATS if buffers.get(s) is not None]
         registered, buffers = module._parameters, module._buffers  # hot: once per module on the first call
@@ -107,7 +107,7 @@ class TorchModel(Adapter):
         ]
 
     def padding_idx(self, module: Module) -> int | None:
-        if _peft_role(type(module)):
+        if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
             module = _peft_base(module)[1]
         return module.padding_idx if isinstance(module, nn.Embedding) else None
 
@@ -133,7 +133,7 @@ class TorchModel(Adapter):
 
     # --- heads -------------------------------------------------------------------------------------------------
     def linear_features(self, module: Module) -> tuple[int, int, bool]:
-        if _peft_role(type(module)):
+        if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
             module = _peft_base(module)[1]
         return module.in_features, module.out_features, module.bias is not None
 
@@ -242,7 +242,7 @@ def peft_state(inner: Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
         return state
     rules = {}
     for path, module in inner.named_modules():
-        if _peft_role(type(module)):
+        if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
             rules[path] = (_peft_base(module)[0], {raw: local for local, _, raw in _peft_tensors(module)[0]})
     if not rules:
         return state

@@ -65,7 +65,7 @@ def test_index_patterns_parse_and_resolve(text, base, rows):
     assert index.resolve(12, text, "w").tolist() == rows
 
 
-@pytest.mark.parametrize("text", ["layer[1-3]", "w[]", "w[a]", "[0]", "w[1.5]"])
+@pytest.mark.parametrize("text", ["layer[1-3]", "w[]", "w[a]", "[0]", "w[1.5]", "layers.[01]"])
 def test_brackets_that_are_not_indices_stay_globs(text):
     assert split_index(text)[1] is None
 
@@ -239,3 +239,10 @@ def test_load_matched_into_a_split_tensor_refreshes_its_rows(fw):
     assert np.array_equal(fw.numpy(out), expected[[9, 2]])
     assert np.array_equal(whole(fw, model, "embed.weight"), expected)
     assert fw.trainable_names(model) == ["embed.weight[8:12]"]
+
+
+def test_a_re_pattern_s_brackets_are_its_own_classes(fw):
+    """``re:...[01]`` is a regex class, never rows (the ERNIE example selects layers 0 and 1 so)."""
+    model = fw.nn.Sequential(fw.linear(2, 2), fw.linear(2, 2), fw.linear(2, 2))
+    report = xfreeze.freeze(model, "re:[01]")
+    assert report.changed == ["0.weight", "0.bias", "1.weight", "1.bias"]

@@ -189,8 +189,10 @@ def _apply(model, compiled, trainable: bool, norm: str, backend) -> FreezeReport
     touched = set(view.owner_array[selected].tolist())
     for mi in touched:
         adapter.sync_grads(view.modules[mi])
-    _update_norm_locks(view, compiled, touched, report, lock=not trainable and norm == "freeze")
-    report.counts = _slices.effective_counts(view)
+    after = before.copy()  # what is trainable now, without reading every flag again
+    after[selected] = target
+    _update_norm_locks(view, compiled, touched, report, lock=not trainable and norm == "freeze", live=after)
+    report.counts = _slices.effective_counts(view, after)
     return report
 
 
@@ -273,12 +275,13 @@ def _warn_if_never_loaded(model, report: FreezeReport) -> None:
     )
 
 
-def _update_norm_locks(view, compiled, touched: set, report: FreezeReport, lock: bool) -> None:
-    """Lock (or release) the stat-keeping norm layers the call touched, by the state of their parameters."""
+def _update_norm_locks(view, compiled, touched: set, report: FreezeReport, lock: bool, live=None) -> None:
+    """Lock (or release) the stat-keeping norm layers the call touched, by the state of their parameters (``live``:
+    the trainable mask, read when not given)."""
     adapter = view.adapter
     covered = _select.module_mask(view, compiled)
     stat_only = {i for i in view.stat_modules if covered[i] and not view.direct(i)}
-    live = view.trainable()
+    live = view.trainable() if live is None else live
     training = adapter.module_training(view.inner)
     for mi in sorted((touched & view.stat_modules) | stat_only):
         module = view.modules[mi]

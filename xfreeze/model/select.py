@@ -51,6 +51,8 @@ class Pattern:
             return _row_param_hits(self, hits, names)
         if self.regex is None:  # type: patterns match module classes; tensor kinds (type:adapter) match here
             return tensor_kind_hits(view, names, self.body)
+        if self.body == "*" and self.index is None:  # everything (the first pattern of most calls): no matching
+            return np.ones(len(names), dtype=bool)
         match = self.regex.match
         hits = np.fromiter((match(n) is not None for n in names), dtype=bool, count=len(names))
         return _row_param_hits(self, hits, names)
@@ -66,7 +68,16 @@ class Pattern:
         return cache[self.text]
 
     def module_hits(self, view) -> np.ndarray:
-        """Modules covered by the pattern: matched themselves or inside a matched module."""
+        """Modules covered by the pattern: matched themselves or inside a matched module (made once per view and
+        pattern; read-only)."""
+        cache = view.pattern_modules
+        if self.text not in cache:
+            covered = self._module_hits(view)
+            covered.flags.writeable = False
+            cache[self.text] = covered
+        return cache[self.text]
+
+    def _module_hits(self, view) -> np.ndarray:
         if self.kind == "type":
             own = np.fromiter((self.body in t for t in view.type_names), dtype=bool, count=len(view.paths))
         else:
@@ -153,7 +164,9 @@ def _not_patterns(argument: str, value, inside: bool = False) -> XFreezeError:
 
 def _compile(text: str) -> Pattern:
     negate = text.startswith("!")
-    rest, index = split_index(text[1:] if negate else text)
+    rest = text[1:] if negate else text
+    # a trailing [rows] on a glob or a type: pattern; in a re: pattern brackets are the regex's own classes
+    rest, index = (rest, None) if rest.startswith("re:") else split_index(rest)
     if index is not None:
         return replace(_compile(("!" if negate else "") + rest), text=text, index=index)
     kind, body = (

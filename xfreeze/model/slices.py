@@ -24,7 +24,7 @@ from ..core.errors import XFreezeError
 from ..core.table import Counts, counts
 
 _INDEX = re.compile(r"^(?P<base>.*[^\s\[])\[(?P<index>[\s0-9,:+\-]*)\]$")
-_ITEM = re.compile(r"^\s*(-?\d+)\s*$")
+_ITEM = re.compile(r"^\s*(-?(?:0|[1-9]\d*))\s*$")  # no leading zero: layer[01] is a glob class (layer0, layer1)
 _RANGE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*(?::\s*(-?\d+)\s*)?$")
 
 
@@ -163,6 +163,9 @@ def splits(view) -> dict[int, Split]:
     cached = _splits.get(view)
     if cached is not None:
         return cached
+    if not any("[" in name for name in view.names):  # a split registers its rows as "weight[...]": none here
+        _splits[view] = {}
+        return _splits[view]
     adapter = view.adapter
     at = {id(p): i for i, p in enumerate(view.params)}
     found: dict[int, Split] = {}

@@ -34,7 +34,7 @@ class ModelView:
         self.paths = [p for p, _ in walk.modules]
         self.modules = _Modules([m for _, m in walk.modules])
         self.module_index = {p: i for i, p in enumerate(self.paths)}
-        self.registered = list(walk.params)  # every registration, tied ones too
+        self.registered = walk.params  # every registration, tied ones too (the walk is not kept: no copy)
         paths = self.paths
         names = [f"{paths[mi]}.{local}" if paths[mi] else local for mi, local, _ in walk.params]
         tensors = [t for _, _, t in walk.params]
@@ -59,6 +59,7 @@ class ModelView:
         self.stat_tensors = [t for _, _, t, _ in walk.stats]
         self.stat_owner = [mi for mi, _, _, _ in walk.stats]
         self.pattern_hits: dict = {}  # pattern text -> which parameters it matches (select.Pattern.hits)
+        self.pattern_modules: dict = {}  # pattern text -> which modules it covers (select.Pattern.module_hits)
 
     @property
     def model(self):
@@ -116,7 +117,7 @@ class ModelView:
     @cached_property
     def numels(self) -> np.ndarray:
         """Elements of each parameter: the whole (logical) tensor, also when it is sharded across ranks."""
-        own = [self.adapter.numel(p) for p in self.params]
+        own = list(map(self.adapter.numel, self.params))  # hot: once per view, on the first report
         if self.sharded:
             own = [self.sharded.get(n, (k, k))[0] for n, k in zip(self.names, own)]
         return np.asarray(own, dtype=np.int64)
@@ -131,7 +132,8 @@ class ModelView:
     @cached_property
     def nbytes(self) -> np.ndarray:
         """Bytes of each parameter, whole (logical) tensors."""
-        return self.numels * np.asarray([self.adapter.element_size(p) for p in self.params], dtype=np.int64)
+        sizes = np.fromiter(map(self.adapter.element_size, self.params), dtype=np.int64, count=len(self.params))
+        return self.numels * sizes
 
     @cached_property
     def shapes(self) -> list:
