@@ -6,28 +6,30 @@ The core (``xfreeze/``) talks to a framework only through :class:`Adapter`. A ne
 required part. Everything else has a default: the model walk, norm locks and tensor sizes here (written against the
 abstract methods and torch / Paddle's public module API: ``training``, ``register_forward_pre_hook``), and the
 optional groups in ``backends/defaults.py`` (distributed training as one process, growing optimizers and
-schedulers, the framework's own files, named models). ``docs/contract.md`` goes through every method.
+schedulers, the framework's own files, named models, row splits, gradient hooks, the cached frozen prefix).
+``docs/contract.md`` goes through every method.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
+import functools
 import math
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 
 from . import kinds
 from ..core.tensors import BIT_CARRIERS
-from .defaults import GradHooks, NamedModels, OptimizerExtras, OwnFiles, RowSplits, SingleProcess, missing
+from .defaults import FeaturePrefix, GradHooks, NamedModels, OptimizerExtras, OwnFiles, RowSplits, SingleProcess
+from .defaults import missing, tensors_of
 from .defaults import Module, Optimizer, Raw, Registries, Tensor, Walk, keep_eval, owners, relock_after
 
 __all__ = ["Adapter", "Module", "Optimizer", "Raw", "Registries", "Tensor", "Walk", "keep_eval", "owners"]
-__all__ += ["relock_after", "abstract_methods"]
+__all__ += ["relock_after", "abstract_methods", "tensors_of"]
 
 
-class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, GradHooks, abc.ABC):
+class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, GradHooks, FeaturePrefix, abc.ABC):
     """Base of every adapter: each abstract method is one real framework difference; everything else is a default
     that an adapter overrides where its framework does better (a fused kernel, a distributed wrapper, a scheduler
     that grows)."""
@@ -140,21 +142,25 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
         params: list = []
         stats: list = []
         token: list = []
-        module_tensors, tensor_dicts = self.module_tensors, self.tensor_dicts  # hot: once per module, on the first call
-        for index, (path, module) in enumerate(self.traverse(inner)):
-            modules.append((path, module))
-            own, statistics = module_tensors(module)
-            if own:
-                params += [(index, local, p) for local, p in own]
-            if statistics:
-                stats += [(index, neutral, t, native) for neutral, native, t in statistics]
-            token.append(id(module))  # the same identities, in the same order, as structure_token
-            registered, buffers = tensor_dicts(module)
-            if registered:
-                token += [id(p) for p in registered.values() if p is not None]
-            if buffers:
-                token += [id(b) for b in buffers.values() if b is not None]
-        return Walk(inner, wrappers, modules, params, stats, tuple(token))
+        expand = functools.partial(self.walk_module, modules, params, stats, token)  # records a module, gives children
+        paths = [path for path, _ in self.traverse(inner, expand=expand)]
+        return Walk(inner, wrappers, list(zip(paths, modules)), params, stats, tuple(token))
+
+    def walk_module(self, modules: list, params: list, stats: list, token: list, module: Module) -> Any:
+        """Add ``module`` to a walk being made and return its ``(name, child)`` pairs (None children allowed): the
+        module to ``modules``; ``(its index, local name, tensor)`` per parameter to ``params`` and ``(index, neutral
+        name, tensor, native name)`` per statistic to ``stats`` (as :meth:`module_tensors`); the ids of the module
+        and of every registered parameter and buffer to ``token`` (as :meth:`structure_token`). The view build's
+        inner loop (once per module): an adapter may answer it from its registries directly."""
+        index = len(modules)
+        modules.append(module)
+        own, statistics = self.module_tensors(module)
+        params.extend([(index, local, p) for local, p in own])
+        stats.extend([(index, neutral, t, native) for neutral, native, t in statistics])
+        registered, buffers = self.tensor_dicts(module)
+        token.append(id(module))
+        token.extend([id(t) for t in (*registered.values(), *buffers.values()) if t is not None])
+        return self.children(module)
 
     def structure_token(self, model: Module) -> tuple[int, ...]:
         """The identities of ``model``'s modules, parameters and buffers (equal to ``walk(model).token`` while
@@ -182,11 +188,13 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
             model, inner = inner, self._inner_of(inner)
         return model, wrappers
 
-    def traverse(self, root: Module, paths: bool = True) -> Iterator[tuple[str, Module]]:
+    def traverse(self, root: Module, paths: bool = True, expand: Any = None) -> Iterator[tuple[str, Module]]:
         """``(path, module)`` in the framework's named-modules order (pre-order, shared modules once), a wrapper
-        replaced by its inner module under the wrapper's own path (its attribute never reaches a name)."""
+        replaced by its inner module under the wrapper's own path (its attribute never reaches a name). ``expand``
+        gives a module's ``(name, child)`` pairs (default :meth:`children`; None children are skipped)."""
         # hot (every view check); plain: the classes that wrap nothing (by far most), one set lookup per module
-        seen, plain, stack, wrappers, children = set(), set(), [("", root)], self.WRAPPERS, self.children
+        seen, plain, stack, wrappers = set(), set(), [("", root)], self.WRAPPERS
+        expand = expand or self.children
         while stack:
             path, module = stack.pop()
             if (attr := None if type(module) in plain else wrappers.get(type(module).__name__)) is None:
@@ -198,10 +206,13 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
                 continue
             seen.add(id(module))
             yield path, module
-            if paths:
-                stack += [(f"{path}.{name}" if path else name, child) for name, child in reversed(children(module))]
+            if not (children := expand(module)):
+                continue
+            if paths and path:
+                prefix = path + "."
+                stack += [(prefix + name, child) for name, child in reversed(children) if child is not None]
             else:
-                stack += [("", child) for _, child in reversed(children(module))]
+                stack += [(name if paths else "", child) for name, child in reversed(children) if child is not None]
 
     def _inner_of(self, module: Module) -> Module | None:
         attr = self.WRAPPERS.get(type(module).__name__)
@@ -259,8 +270,9 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
             if not trainable:
                 self.drop_grad(p)
 
-    def sync_grads(self, module: Module) -> None:
-        """Called after the trainability of ``module``'s own parameters changed (most frameworks: nothing)."""
+    def sync_grads(self, modules: Iterable[Module]) -> None:
+        """Called after the trainability of these modules' own parameters changed (most frameworks: nothing; the
+        modules come lazily, so a framework that needs nothing costs nothing on 100k tensors)."""
 
     def lock_norm(self, module: Module) -> None:
         """Keep a norm layer's statistics fixed: it runs in eval mode on every forward, even after train()."""
@@ -359,71 +371,6 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
         """The whole state dict of a (possibly sharded) model, gathered (every rank calls it)."""
         return dict(self.state_tensors(model))
 
-    # --- cached frozen prefix (FeatureCache, issue 20) ------------------------------------------------------------
-    def no_grad(self) -> Any:
-        """A context manager in which the framework records no autograd graph."""
-        missing(self, "no_grad", "FeatureCache (it fills without autograd)")
-
-    def forward_post_hook(self, module: Module, hook: Any) -> Any:
-        """Register ``hook(module, args, output)`` to run after ``module``'s forward; returns a handle with
-        ``remove()``."""
-        return module.register_forward_hook(hook)
-
-    def inputs_of(self, model: Module, module: Module, inputs: tuple, grad: bool = False) -> tuple | None:
-        """Run ``model(*inputs)`` (without autograd unless ``grad``) until ``module`` is called, and return the
-        positional arguments it got; the rest of the forward is skipped. None when ``module`` was never called."""
-        seen: list = []
-
-        def stop(_module, args):
-            seen.append(tuple(args))
-            raise _Reached
-
-        handle = module.register_forward_pre_hook(stop)
-        try:
-            with contextlib.nullcontext() if grad else self.no_grad():
-                model(*inputs)
-        except _Reached:
-            pass
-        finally:
-            handle.remove()
-        return seen[0] if seen else None
-
-    def outputs_of(self, model: Module, module: Module, inputs: tuple) -> tuple:
-        """``(module's positional arguments, module's output, model's output)`` of one whole ``model(*inputs)``
-        without autograd (``(None, None, output)`` when ``module`` was never called)."""
-        seen: list = []
-
-        def record(_module, args, out) -> None:
-            seen.append((tuple(args), out))
-
-        handle = self.forward_post_hook(module, record)
-        try:
-            with self.no_grad():
-                output = model(*inputs)
-        finally:
-            handle.remove()
-        return (*(seen[0] if seen else (None, None)), output)
-
-    def change_tokens(self, tensors: list[Tensor]) -> list:
-        """Per tensor, a cheap token that changes when it is written in place (version counter, data pointer):
-        the per-call staleness check of a FeatureCache; a full hash still runs at each pass over the data."""
-        return [id(t) for t in tensors]
-
-    def stochastic_rate(self, module: Module) -> float:
-        """The drop rate of a stochastic layer (Dropout, DropPath, StochasticDepth, DropBlock, attention dropout),
-        0.0 for a deterministic one (by class name and the rate attribute both frameworks' layers use)."""
-        names = " ".join(self.class_names(module))
-        attrs = _RATE_ATTRS if any(word in names for word in _STOCHASTIC) else ("dropout",)
-        for attr in attrs:
-            rate = getattr(module, attr, None)
-            if isinstance(rate, (int, float)) and not isinstance(rate, bool):
-                return float(rate)
-        return 0.0
-
-    def zero_grads(self, opt: Optimizer) -> None:
-        """Release the gradients of every parameter ``opt`` steps (set them to None)."""
-        missing(self, "zero_grads", "ProbeSweep")
-
     def unreadable(self, tensor: Tensor) -> str | None:
         """Why a source tensor's values cannot be loaded (sparse, on the meta device: no data), else None."""
         return None
@@ -435,14 +382,6 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
     def group_nominal_lrs(self, opt: Optimizer) -> list[float]:
         """Per group, the rate a schedule scales (the plan's rate, not today's point on the schedule)."""
         return self.group_lrs(opt)
-
-
-class _Reached(Exception):
-    """Raised by the pre-hook of :meth:`Adapter.inputs_of` to end a forward at the module."""
-
-
-_STOCHASTIC = ("Dropout", "DropPath", "DropBlock", "StochasticDepth")
-_RATE_ATTRS = ("p", "drop_prob", "drop_rate", "rate", "dropout")
 
 
 def abstract_methods(cls: type = Adapter) -> list[str]:

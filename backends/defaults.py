@@ -10,6 +10,7 @@ naming itself and the feature that needs it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, NamedTuple, NoReturn
@@ -79,6 +80,15 @@ def owners(child: Any) -> list:
         out += [r for r in refs if not isinstance(r, (dict, list, tuple))]
         level = [r for r in refs if isinstance(r, dict)]
     return out
+
+
+def tensors_of(adapter: Any, module: Module) -> tuple[list[tuple[str, Tensor]], list[tuple[str, str, Tensor]]]:
+    """``module_tensors(module)`` read through an adapter's ``walk_module`` (an adapter whose walk reads the
+    registries directly answers both from the one place)."""
+    params: list = []
+    stats: list = []
+    adapter.walk_module([], params, stats, [], module)
+    return [(local, p) for _, local, p in params], [(neutral, native, t) for _, neutral, t, native in stats]
 
 
 def missing(adapter: object, method: str, feature: str) -> NoReturn:
@@ -283,3 +293,82 @@ class GradHooks:
         """Call ``hook(grad)`` (returning None) whenever a gradient of ``param`` is computed; a handle with
         ``remove()``."""
         return param.register_hook(hook)
+
+
+class FeaturePrefix:
+    """What a cached frozen prefix (FeatureCache, ProbeSweep; issue 20) needs of a framework: forwards without
+    autograd, stopped or observed at one module, and cheap change tokens."""
+
+    class_names: Callable[[Module], list[str]]  # the Adapter's (type: patterns), read by stochastic_rate
+
+    def no_grad(self) -> Any:
+        """A context manager in which the framework records no autograd graph."""
+        missing(self, "no_grad", "FeatureCache (it fills without autograd)")
+
+    def forward_post_hook(self, module: Module, hook: Any) -> Any:
+        """Register ``hook(module, args, output)`` to run after ``module``'s forward; returns a handle with
+        ``remove()``."""
+        return module.register_forward_hook(hook)
+
+    def inputs_of(self, model: Module, module: Module, inputs: tuple, grad: bool = False) -> tuple | None:
+        """Run ``model(*inputs)`` (without autograd unless ``grad``) until ``module`` is called, and return the
+        positional arguments it got; the rest of the forward is skipped. None when ``module`` was never called."""
+        seen: list = []
+
+        def stop(_module, args):
+            seen.append(tuple(args))
+            raise _Reached
+
+        handle = module.register_forward_pre_hook(stop)
+        try:
+            with contextlib.nullcontext() if grad else self.no_grad():
+                model(*inputs)
+        except _Reached:
+            pass
+        finally:
+            handle.remove()
+        return seen[0] if seen else None
+
+    def outputs_of(self, model: Module, module: Module, inputs: tuple) -> tuple:
+        """``(module's positional arguments, module's output, model's output)`` of one whole ``model(*inputs)``
+        without autograd (``(None, None, output)`` when ``module`` was never called)."""
+        seen: list = []
+
+        def record(_module, args, out) -> None:
+            seen.append((tuple(args), out))
+
+        handle = self.forward_post_hook(module, record)
+        try:
+            with self.no_grad():
+                output = model(*inputs)
+        finally:
+            handle.remove()
+        return (*(seen[0] if seen else (None, None)), output)
+
+    def change_tokens(self, tensors: list[Tensor]) -> list:
+        """Per tensor, a cheap token that changes when it is written in place (version counter, data pointer):
+        the per-call staleness check of a FeatureCache; a full hash still runs at each pass over the data."""
+        return [id(t) for t in tensors]
+
+    def stochastic_rate(self, module: Module) -> float:
+        """The drop rate of a stochastic layer (Dropout, DropPath, StochasticDepth, DropBlock, attention dropout),
+        0.0 for a deterministic one (by class name and the rate attribute both frameworks' layers use)."""
+        names = " ".join(self.class_names(module))
+        attrs = _RATE_ATTRS if any(word in names for word in _STOCHASTIC) else ("dropout",)
+        for attr in attrs:
+            rate = getattr(module, attr, None)
+            if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+                return float(rate)
+        return 0.0
+
+    def zero_grads(self, opt: Optimizer) -> None:
+        """Release the gradients of every parameter ``opt`` steps (set them to None)."""
+        missing(self, "zero_grads", "ProbeSweep")
+
+
+class _Reached(Exception):
+    """Raised by the pre-hook of :meth:`Adapter.inputs_of` to end a forward at the module."""
+
+
+_STOCHASTIC = ("Dropout", "DropPath", "DropBlock", "StochasticDepth")
+_RATE_ATTRS = ("p", "drop_prob", "drop_rate", "rate", "dropout")

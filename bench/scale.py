@@ -1,14 +1,14 @@
 """select / freeze / unfreeze / optimizer groups (with layer decay) / check / summary on models of 1k, 10k and 100k
 tensors, against hand-written loops.
 
-The models are built on torch's meta device (no memory for weights): ``blocks.N`` of (Linear, LayerNorm, Linear),
-5 tensors a block, plus a head. The reference is what users write by hand: a ``named_parameters()`` loop with
-``fnmatch`` that does the same thing (freeze everything but the head; select the norm weights; unfreeze the last
-block). Ratios are measured side by side in one run (best of N); the target is <= 2x for select/freeze/unfreeze, for
-the first freeze / select on a model (the view build included), and a summary of the 100k-tensor model built in < 1 s
-with a bounded table.
+The torch models are built on the meta device (no memory for weights), the Paddle ones (``--backend paddle``) with
+width-8 weights: ``blocks.N`` of (Linear, LayerNorm, Linear), 5 tensors a block, plus a head. The reference is what
+users write by hand: a ``named_parameters()`` loop with ``fnmatch`` that does the same thing (freeze everything but
+the head, dropping the frozen gradients; select the norm weights; unfreeze the last block). Ratios are measured side
+by side in one run (best of N); the target is <= 2x for select/freeze/unfreeze, for the first freeze / select on a
+model (the view build included), and a summary of the 100k-tensor model built in < 1 s with a bounded table.
 
-    .venv/bin/python bench/scale.py [--sizes 1000 10000 100000]
+    .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--backend torch|paddle]
 """
 
 from __future__ import annotations
@@ -44,6 +44,77 @@ def build(tensors: int, width: int = 8):
     return model
 
 
+def build_paddle(tensors: int, width: int = 8):
+    from paddle import nn as pnn
+
+    def block():
+        layer = pnn.Layer()
+        layer.fc1, layer.norm = pnn.Linear(width, width), pnn.LayerNorm(width)
+        layer.fc2 = pnn.Linear(width, width, bias_attr=False)
+        return layer
+
+    model = pnn.Layer()
+    model.blocks = pnn.LayerList([block() for _ in range(tensors // 5)])
+    model.head = pnn.Linear(width, 10)
+    return model
+
+
+class Torch:
+    """What a torch training script writes by hand."""
+
+    build = staticmethod(build)
+
+    @staticmethod
+    def trainable(p):
+        return p.requires_grad
+
+    @staticmethod
+    def set_trainable(p, trainable):
+        p.requires_grad_(trainable)
+        if not trainable:
+            p.grad = None
+
+    @staticmethod
+    def optimizer(groups):
+        return torch.optim.SGD(groups, lr=0.1)
+
+    @staticmethod
+    def held(opt):
+        return {id(p) for g in opt.param_groups for p in g["params"]}
+
+
+class Paddle:
+    """What a Paddle training script writes by hand."""
+
+    build = staticmethod(build_paddle)
+
+    @staticmethod
+    def trainable(p):
+        return not p.stop_gradient
+
+    @staticmethod
+    def set_trainable(p, trainable):
+        p.stop_gradient = not trainable
+        if not trainable:
+            p.clear_gradient(False)
+
+    @staticmethod
+    def optimizer(groups):
+        import paddle
+
+        rows = [
+            {"params": g["params"], "weight_decay": g["weight_decay"], "learning_rate": g["lr"] / 0.1} for g in groups
+        ]
+        return paddle.optimizer.SGD(learning_rate=0.1, parameters=rows)
+
+    @staticmethod
+    def held(opt):
+        return {id(p) for g in opt._param_groups for p in g["params"]}
+
+
+FW = Torch
+
+
 def best(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -69,9 +140,7 @@ def first_call(model, fn, repeat: int) -> float:
 def hand_freeze(model):
     for name, p in model.named_parameters():
         frozen = fnmatch.fnmatchcase(name, "*") and not fnmatch.fnmatchcase(name, "head.*")
-        p.requires_grad_(not frozen)
-        if frozen:
-            p.grad = None
+        FW.set_trainable(p, not frozen)
 
 
 def hand_select(model):
@@ -81,7 +150,7 @@ def hand_select(model):
 def hand_unfreeze(model, last):
     for name, p in model.named_parameters():
         if fnmatch.fnmatchcase(name, f"blocks.{last}.*"):
-            p.requires_grad_(True)
+            FW.set_trainable(p, True)
 
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -92,7 +161,7 @@ def hand_groups(model, layer_decay=None):
     n = len(model.blocks)
     groups: dict = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not FW.trainable(p):
             continue
         no_decay = name.endswith("bias") or ".norm." in name
         scale = 1.0
@@ -107,17 +176,21 @@ def hand_groups(model, layer_decay=None):
 
 
 def hand_check(model, opt):
-    held = {id(p) for g in opt.param_groups for p in g["params"]}
-    return [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    held = FW.held(opt)
+    return [n for n, p in model.named_parameters() if FW.trainable(p) and id(p) not in held]
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--backend", choices=["torch", "paddle"], default="torch")
     args = parser.parse_args()
+    global FW
+    FW = Paddle if args.backend == "paddle" else Torch
+    print(f"backend: {args.backend}")
     print(f"{'tensors':>8} {'op':>9} {'hand s':>9} {'xfreeze s':>10} {'ratio':>6}")
     for size in args.sizes:
-        model = build(size)
+        model = FW.build(size)
         repeat = 5 if size <= 10000 else 3
         last = size // 5 - 1
         xfreeze.select(model, "head")  # the first call builds the view (timed separately below)
@@ -130,7 +203,7 @@ def main():
             h, x = best(hand, repeat), best(ours, repeat)
             print(f"{size:>8} {op:>9} {h:>9.4f} {x:>10.4f} {x / h:>6.2f}")
         xfreeze.unfreeze(model, "*")  # optimizer groups over every tensor: the largest case
-        opt = torch.optim.SGD(hand_groups(model), lr=0.1)
+        opt = FW.optimizer(hand_groups(model))
         cases = [
             ("groups", lambda: hand_groups(model), lambda: xfreeze.param_groups(model, lr=0.1, weight_decay=0.01)),
             (

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..contract import Adapter, Module, Registries, Tensor
+from ..contract import Adapter, Module, Registries, Tensor, tensors_of
 
 _NORMS = tuple(
     c
@@ -89,14 +89,30 @@ class TorchModel(Adapter):
         return inner, wrappers
 
     def module_tensors(self, module: Module) -> tuple[list[tuple[str, Tensor]], list[tuple[str, str, Tensor]]]:
+        return tensors_of(self, module)
+
+    def walk_module(self, modules: list, params: list, stats: list, token: list, module: Module) -> Any:
         if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
+            index = len(modules)
+            modules.append(module)
             registered, buffers = self.tensor_dicts(module)
-            return list(registered.items()), [(s, s, buffers[s]) for s in STATS if buffers.get(s) is not None]
-        registered, buffers = module._parameters, module._buffers  # hot: once per module on the first call
-        params = [(local, p) for local, p in registered.items() if p is not None] if registered else []
-        if not buffers:
-            return params, []
-        return params, [(local, local, buffers[local]) for local in STATS if buffers.get(local) is not None]
+            params.extend([(index, local, p) for local, p in registered.items()])
+            stats.extend([(index, s, buffers[s], s) for s in STATS if buffers.get(s) is not None])
+            token.append(id(module))
+            token.extend([id(t) for t in (*registered.values(), *buffers.values()) if t is not None])
+            return self.children(module)
+        index = len(modules)  # the view build's inner loop: straight from the registries
+        modules.append(module)
+        token.append(id(module))
+        registered, buffers = module._parameters, module._buffers
+        if registered:
+            own = [(index, local, p) for local, p in registered.items() if p is not None]
+            params.extend(own)
+            token.extend([id(p) for _, _, p in own])
+        if buffers:
+            token.extend([id(b) for b in buffers.values() if b is not None])
+            stats.extend([(index, local, buffers[local], local) for local in STATS if buffers.get(local) is not None])
+        return module._modules.items()
 
     def state_keys(self, view: Any) -> list[str]:
         return [

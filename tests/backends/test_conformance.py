@@ -155,6 +155,26 @@ def test_walk_names_modules_parameters_and_statistics_alike(name):
     assert walk.token == adapter_named(name).structure_token(model) and walk.wrappers == []
 
 
+def test_the_walk_reads_every_registration_once(name):
+    """The walk (each adapter reads its registries directly: the view build's inner loop) against the framework's
+    own ``named_parameters``, on a model with a buffer that is not a statistic, a None registration and a module
+    registered twice."""
+    adapter, model = adapter_named(name), kit(name).build(CNN)
+    model[1].register_buffer("extra", kit(name).tensor(np.ones(2, dtype=np.float32)))
+    adapter.registries(model[3]).parameters["unset"] = None
+    model.shared = model[0]  # registered twice: walked once, under its first path
+    walk = adapter.walk(model)
+    stat_keys = [f"{walk.modules[mi][0]}.{native}" for mi, _, _, native in walk.stats]
+    names = [f"{walk.modules[mi][0]}.{local}" for mi, local, _ in walk.params]
+    native = [n for n, _ in model.named_parameters()]  # Paddle lists its BatchNorm statistics among them
+    assert names == [n for n in native if n not in stat_keys] and "shared.weight" not in names
+    assert [walk.modules[mi][0] for mi, *_ in walk.stats] == ["1", "1", "4", "4"]
+    assert walk.token == adapter.structure_token(model)
+    assert id(model[1].extra) in walk.token and [p for p, _ in walk.modules].count("shared") == 0
+    first = [(local, t) for mi, local, t in walk.params if walk.modules[mi][0] == "0"]
+    assert first == adapter.module_tensors(model[0])[0] and adapter.module_tensors(model[1])[1]
+
+
 def test_trainability_flags_and_plans(name):
     adapter, model = adapter_named(name), kit(name).build(CNN)
     view = view_of(model)

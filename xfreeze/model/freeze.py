@@ -180,15 +180,15 @@ def _apply(model, compiled, trainable: bool, norm: str, backend) -> FreezeReport
     guard_trainability_change(
         view, [view.names[i] for i in changed if not before[i]], [view.names[i] for i in changed if before[i]]
     )
-    adapter.apply_trainable([view.params[i] for i, t in zip(selected, target) if t], True)
-    adapter.apply_trainable([view.params[i] for i, t in zip(selected, target) if not t], False)
+    params, names, chosen, wanted = view.params, view.names, selected.tolist(), target.tolist()
+    adapter.apply_trainable([params[i] for i, t in zip(chosen, wanted) if t], True)
+    adapter.apply_trainable([params[i] for i, t in zip(chosen, wanted) if not t], False)
     changed_set = set(changed.tolist())
-    for i in selected:
-        (report.changed if i in changed_set else report.unchanged).append(view.names[i])
-    report.sizes = {view.names[i]: int(view.numels[i]) for i in changed}
+    for i in chosen:
+        (report.changed if i in changed_set else report.unchanged).append(names[i])
+    report.sizes = dict(zip([names[i] for i in changed.tolist()], view.numels[changed].tolist()))
     touched = set(view.owner_array[selected].tolist())
-    for mi in touched:
-        adapter.sync_grads(view.modules[mi])
+    adapter.sync_grads(view.modules[mi] for mi in touched)  # lazily: most frameworks need nothing
     after = before.copy()  # what is trainable now, without reading every flag again
     after[selected] = target
     _update_norm_locks(view, compiled, touched, report, lock=not trainable and norm == "freeze", live=after)
@@ -211,8 +211,7 @@ def _apply_rows(model, view, compiled, trainable: bool, norm: str, backend) -> F
     touched = {int(view.owner[i]) for i in plan.selected}
     _rowplan.apply(view, plan)
     view = view_of(model, backend)  # a split or a join changed the parameters
-    for mi in touched:
-        view.adapter.sync_grads(view.modules[mi])
+    view.adapter.sync_grads(view.modules[mi] for mi in touched)
     _update_norm_locks(view, compiled, touched, report, lock=not trainable and norm == "freeze")
     report.counts = _slices.effective_counts(view)
     return report

@@ -53,8 +53,7 @@ class Pattern:
             return tensor_kind_hits(view, names, self.body)
         if self.body == "*" and self.index is None:  # everything (the first pattern of most calls): no matching
             return np.ones(len(names), dtype=bool)
-        match = self.regex.match
-        hits = np.fromiter((match(n) is not None for n in names), dtype=bool, count=len(names))
+        hits = np.fromiter(map(bool, map(self.regex.match, names)), dtype=bool, count=len(names))
         return _row_param_hits(self, hits, names)
 
     def hits(self, view) -> np.ndarray:
@@ -83,11 +82,11 @@ class Pattern:
         else:
             own = self.name_hits(view.paths, view)
             own[0] = own[0] and view.paths[0] != ""  # the root has no name to match
-        covered = own.copy()
-        parent = view.parent
-        for i in range(len(covered)):  # parents come before children
-            if not covered[i] and parent[i] >= 0 and covered[parent[i]]:
-                covered[i] = True
+        covered, parent = own.copy(), view.parent
+        above = parent
+        while (up := above >= 0).any():  # one step up the tree per round, every module at once: rounds = depth
+            covered[up] |= own[above[up]]
+            above = np.where(up, parent[np.maximum(above, 0)], -1)
         return covered
 
 
@@ -213,7 +212,9 @@ def _rows_names(names: list) -> list:
     if entry is None or entry[0] is not names:
         if len(_rows_cache) > 64:
             _rows_cache.clear()
-        found = [(i, b) for i, n in enumerate(names) if n.endswith("]") and (b := base_name(n)) is not None]
+        found = []
+        if "]" in "\0".join(names):  # one scan of one string (most models have no rows parameter)
+            found = [(i, b) for i, n in enumerate(names) if n.endswith("]") and (b := base_name(n)) is not None]
         entry = _rows_cache[id(names)] = (names, found)
     return entry[1]
 

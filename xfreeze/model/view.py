@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import gc
+import itertools
 import weakref
 from contextlib import contextmanager
 from functools import cached_property
@@ -33,13 +34,12 @@ class ModelView:
         self.wrappers, self.token = tuple(walk.wrappers), walk.token
         self.paths = [p for p, _ in walk.modules]
         self.modules = _Modules([m for _, m in walk.modules])
-        self.module_index = {p: i for i, p in enumerate(self.paths)}
         self.registered = walk.params  # every registration, tied ones too (the walk is not kept: no copy)
         paths = self.paths
         names = [f"{paths[mi]}.{local}" if paths[mi] else local for mi, local, _ in walk.params]
         tensors = [t for _, _, t in walk.params]
         self.tied: dict[str, list[str]] = {}
-        if len({id(t) for t in tensors}) == len(tensors):  # nothing tied: the common case, in three list copies
+        if len(set(map(id, tensors))) == len(tensors):  # nothing tied: the common case, in three list copies
             self.params, self.names, self.owner = tensors, names, [mi for mi, _, _ in walk.params]
         else:
             self.params, self.names, self.owner = [], [], []
@@ -53,7 +53,6 @@ class ModelView:
                 self.params.append(tensor)
                 self.names.append(name)
                 self.owner.append(mi)
-        self.index = {n: i for i, n in enumerate(self.names)}
         self.stat_names = [_join(self.paths[mi], local) for mi, local, _, _ in walk.stats]  # neutral names
         self.stat_keys = [_join(self.paths[mi], native) for mi, _, _, native in walk.stats]  # state-dict keys
         self.stat_tensors = [t for _, _, t, _ in walk.stats]
@@ -78,15 +77,25 @@ class ModelView:
         return f"{type(self.inner).__name__}{inside} ({self.adapter.name})"
 
     @cached_property
+    def index(self) -> dict[str, int]:
+        """Parameter name -> its position in ``params`` / ``names``."""
+        return {n: i for i, n in enumerate(self.names)}
+
+    @cached_property
+    def module_index(self) -> dict[str, int]:
+        """Module path -> its position in ``paths`` / ``modules``."""
+        return {p: i for i, p in enumerate(self.paths)}
+
+    @cached_property
     def parent(self) -> np.ndarray:
-        out = np.full(len(self.paths), -1, dtype=np.int64)
-        for i, path in enumerate(self.paths):
-            while path:
+        """Each module's parent (its position in ``modules``), -1 for the root."""
+        index, paths = self.module_index, self.paths
+        out = np.asarray([index.get(p.rpartition(".")[0], -1) if p else -1 for p in paths], dtype=np.int64)
+        for i in np.flatnonzero(out < 0).tolist():  # the root, and paths whose direct parent is not a module
+            path = paths[i]
+            while path and out[i] < 0:
                 path = path.rpartition(".")[0]
-                j = self.module_index.get(path)
-                if j is not None:
-                    out[i] = j
-                    break
+                out[i] = index.get(path, -1)
         return out
 
     @cached_property
@@ -215,10 +224,10 @@ class _Modules(list):
 
     def __iter__(self):
         items = list.__iter__(self)
-        if self._root is not None:
-            next(items)
-            yield self._root()
-        yield from items
+        if self._root is None:
+            return items
+        next(items)
+        return itertools.chain((self._root(),), items)
 
 
 def _group_by(owners: list) -> dict:

@@ -26,7 +26,12 @@ def decay_exclusions(view) -> np.ndarray:
         XFreezeError: such a method raises or returns something other than names.
     """
     excluded = np.zeros(len(view.names), dtype=bool)
+    lists: dict = {}  # class -> whether it defines either method (looked up once per class, not per module)
     for path, module in zip(view.paths, view.modules):
+        if (listing := lists.get(type(module))) is None:
+            listing = lists[type(module)] = any(callable(getattr(type(module), m, None)) for m in METHODS)
+        if not listing:
+            continue
         names, keywords = (_listed(view, path, module, method) for method in METHODS)
         if not names and not keywords:
             continue

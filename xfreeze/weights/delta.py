@@ -262,8 +262,7 @@ def _apply(adapter, model, placement: Placement) -> None:
     wanted = [name in train for name in view.names]
     adapter.apply_trainable([p for p, t in zip(view.params, wanted) if t], True)
     adapter.apply_trainable([p for p, t in zip(view.params, wanted) if not t], False)
-    for mi in sorted(set(view.owner)):
-        adapter.sync_grads(view.modules[mi])
+    adapter.sync_grads(view.modules[mi] for mi in sorted(set(view.owner)))
     training = adapter.module_training(view.inner)
     locked = set(placement.locked)
     for mi in sorted(view.stat_modules):
