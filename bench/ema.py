@@ -10,6 +10,8 @@ Paddle is installed), both models built from config:
 * **memory**: the bytes the EMA holds beyond the model's own tensors (shadows that share no memory with a model
   tensor, measured from the tensors themselves) against the head's bytes + the live (unlocked) statistics' bytes;
   goal: extra <= head + live statistics.
+* **paddle / torch**: with both frameworks installed, the all-trainable (and frozen-backbone) update of Paddle over
+  torch's, timed in the same interleaved rounds (goal: close to 1x).
 
 Interleaved rounds, median; CPU by default, ``--device cuda`` on a GPU machine (Paddle then uses ``gpu``).
 
@@ -113,7 +115,8 @@ def expected_bytes(model) -> tuple[int, int]:
     return head, live
 
 
-def bench(framework, args) -> None:
+def setup(framework, args) -> dict:
+    """Both ResNet-50s of one framework (all trainable, frozen backbone) and the EMAs to time over them."""
     build, sync, pointer, version = (torch_setup if framework == "torch" else paddle_setup)(args.device)
     everything, frozen = build(), build()
     xfreeze.freeze(frozen, "*", "!fc")
@@ -123,17 +126,17 @@ def bench(framework, args) -> None:
         timm = timm_ema(everything, 0.999)
         if timm is not None:
             emas["timm ModelEmaV3 (all)"] = timm
-    times: dict[str, list[float]] = {name: [] for name in emas}
-    for _ in range(args.rounds):
-        for name, ema in emas.items():
-            times[name].append(timed(ema, args.updates, sync))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    return {"version": version, "sync": sync, "pointer": pointer, "models": (everything, frozen), "emas": emas}
+
+
+def report(run, median, args) -> None:
     base = median["all trainable"]
-    print(f"\n{version}, ResNet-50, device {args.device}: ms per update, median of {args.rounds} rounds")
+    print(f"\n{run['version']}, ResNet-50, device {args.device}: ms per update, median of {args.rounds} rounds")
     for name, value in median.items():
         print(f"  {name:>24}: {value * 1e3:8.3f} ms   {value / base:5.2f}x xfreeze all-trainable")
     ratio = median["frozen backbone"] / base
     print(f"  frozen / all-trainable update: {ratio:.3f}x (goal <= 0.15x)")
+    (everything, frozen), emas, pointer = run["models"], run["emas"], run["pointer"]
     held = extra_bytes(emas["frozen backbone"], frozen, pointer)
     head, live = expected_bytes(frozen)
     everything_held = extra_bytes(emas["all trainable"], everything, pointer)
@@ -143,6 +146,27 @@ def bench(framework, args) -> None:
     )
 
 
+def bench(frameworks, args) -> None:
+    """Every framework's EMAs timed in the same interleaved rounds, so the Paddle / torch ratio compares like
+    with like on a machine whose load changes."""
+    runs = {fw: setup(fw, args) for fw in frameworks}
+    times: dict = {(fw, name): [] for fw, run in runs.items() for name in run["emas"]}
+    for _ in range(args.rounds):
+        for (fw, name), values in times.items():
+            values.append(timed(runs[fw]["emas"][name], args.updates, runs[fw]["sync"]))
+    medians = {fw: {name: statistics.median(times[fw, name]) for name in run["emas"]} for fw, run in runs.items()}
+    for fw, run in runs.items():
+        report(run, medians[fw], args)
+    if len(runs) == 2:
+        print("\npaddle / torch, measured side by side:")
+        for name in ("all trainable", "frozen backbone"):
+            ratio = medians["paddle"][name] / medians["torch"][name]
+            print(
+                f"  {name:>24}: {ratio:5.2f}x (paddle {medians['paddle'][name] * 1e3:.3f} ms, torch "
+                f"{medians['torch'][name] * 1e3:.3f} ms)"
+            )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
@@ -150,9 +174,10 @@ def main():
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--framework", choices=("torch", "paddle", "both"), default="both")
     args = parser.parse_args()
-    for framework in ("torch", "paddle"):
-        if args.framework in (framework, "both") and importlib.util.find_spec(framework) is not None:
-            bench(framework, args)
+    frameworks = [
+        fw for fw in ("torch", "paddle") if args.framework in (fw, "both") and importlib.util.find_spec(fw) is not None
+    ]
+    bench(frameworks, args)
 
 
 if __name__ == "__main__":

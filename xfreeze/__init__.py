@@ -35,6 +35,7 @@ from .model.freeze import FreezeReport, freeze, unfreeze
 from .model.head import replace_head
 from .weights.files import StateDict, load_checkpoint, save_checkpoint
 from .weights.convert import convert, convert_archs
+from .weights.folderconvert import convert_folder
 from .model.guard import check_freeze_agreement
 from .weights.delta import DeltaReport, FrozenCheck, frozen_fingerprint, load_delta, save_delta, verify_frozen
 from .training.ema import EMA
@@ -79,6 +80,7 @@ __all__ = [
     "StateDict",
     "convert",
     "convert_archs",
+    "convert_folder",
     "save_delta",
     "load_delta",
     "verify_frozen",

@@ -14,7 +14,7 @@ import sys
 from .backends import FRAMEWORKS
 from .core.dispatch import adapter_for, adapter_named, installed
 from .core.errors import XFreezeError
-from .core.table import human_bytes, plain, render, terminal_width
+from .core.table import fit_columns, fold, human_bytes, needed_width, plain, render, terminal_width
 from .model.freeze import freeze
 from .model.head import replace_head
 from .model.params import param_table
@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         "plan",
         help="show what would train, with exact bytes, before any training",
         description="Build a named model and print, per module, what would train and the exact "
-        "bytes of parameters, gradients and optimizer state, frozen vs trainable.",
+        "bytes of parameters, gradients and optimizer state, frozen vs trainable. The table fits the terminal "
+        "(COLUMNS; 170 columns in a pipe), one line per module: long module paths lose middle names "
+        "(layer4.….conv2); where that is not enough, it leaves out, in turn, the optimizer state bytes "
+        "(1 or 2 x trainable bytes), type and frozen bytes ((params - trainable) x bytes per element) columns "
+        "and says so under the table. The totals under the table always show every figure.",
     )
     plan.add_argument(
         "model",
@@ -235,14 +239,37 @@ def _plan(args) -> None:
         f"gradients {trainable:,}; {args.optimizer} state {state:,}; "
         f"training total {2 * trainable + state:,} ({human_bytes(2 * trainable + state)})",
     ]
-    columns = ["module", "type", "params", "trainable", "frozen bytes", "trainable bytes (= grad bytes)"]
+    columns = ["module", "type", "params", "trainable", "frozen bytes", "trainable = grad bytes"]
     columns += [f"{args.optimizer} state bytes", "norm"]
-    print(render(f"xfreeze plan: {args.model} ({adapter.name})", columns, rows, footer, width=terminal_width(170)))
+    width = terminal_width(170)
+    print(_fitted(f"xfreeze plan: {args.model} ({adapter.name})", columns, rows, footer, width, states))
     if args.params:
         lr = 1e-3 if args.lr is None else args.lr
         decay = 0.0 if args.weight_decay is None else args.weight_decay
         opt = optimizer(model, args.optimizer, lr=lr, weight_decay=decay, layer_decay=args.layer_decay)
-        print(param_table(model, opt))
+        print(param_table(model, opt).render(width))
+
+
+def _fitted(title: str, columns: list, rows: list, footer: list, width: int, states: int) -> str:
+    """The plan's table at most ``width`` wide, one line per module: module paths elided in their middle and, when
+    that is not enough, the columns that other figures give left out in turn (the footer says which, and how)."""
+    state, why = (
+        columns[6],
+        {
+            columns[6]: f"{columns[6]} (= {states} x trainable bytes)",
+            "type": "type",
+            "frozen bytes": "frozen bytes (= (params - trainable) x bytes per element)",
+        },
+    )
+    shown = fit_columns(columns, rows, width, optional=[state, "type", "frozen bytes"])
+    left_out = [why[c] for i, c in enumerate(columns) if i not in shown]
+    if left_out:
+        footer = footer + [
+            f"not shown at {width} columns: {'; '.join(left_out)}; "
+            f"COLUMNS={needed_width(columns, rows)} shows every column"
+        ]
+    lines = [line for text in footer for line in fold(text, width, 7 if text.startswith("bytes: ") else 2)]
+    return render(title, [columns[i] for i in shown], [[r[i] for i in shown] for r in rows], lines, width, elide=1)
 
 
 def _element_size(view, path: str) -> int:

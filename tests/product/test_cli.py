@@ -263,3 +263,99 @@ def test_paths_too_long_or_not_paths_are_one_line_errors(capsys, tmp_path):
     ):
         code, out, err = run(capsys, *argv)
         assert code == 2 and message in err and err.count("\n") == 1 and len(err) < 600, err
+
+
+# `xfreeze plan` fits the width it is given (round 3): one line per module, paths elided in their middle, columns that
+# other figures give left out (and named) where the width asks for it, every total kept.
+def table_rows(out: str) -> list:
+    """The cells of each body row of every table in ``out`` (a row of the module table or the parameter table)."""
+    return [[c.strip() for c in line.strip("│").split("│")] for line in out.splitlines() if line.startswith("│ ")]
+
+
+def footer(out: str) -> str:
+    """The lines under the module table, joined into one line (a folded line reads the same as a whole one)."""
+    return " ".join(out.split("┘", 1)[1].split("xfreeze.param_table")[0].split())
+
+
+def same_path(short: str, full: str) -> bool:
+    """``short`` is ``full`` or ``full`` with middle names elided: its pieces appear in order and the end is kept."""
+    pieces, at = [p for p in short.split("…") if p], 0
+    for piece in pieces:
+        at = full.find(piece.strip("."), at)
+        if at < 0:
+            return False
+    return short == full or (short.startswith("…") or full.startswith(pieces[0])) and full.endswith(pieces[-1])
+
+
+def in_order(some: list, cells: list) -> bool:
+    """``some`` are cells of ``cells``, in the same order."""
+    rest = iter(cells)
+    return all(cell in rest for cell in some)
+
+
+@pytest.fixture
+def tiny_bert(monkeypatch, fw):
+    """``plan_models:bert`` for the command line: a 2-layer BERT of ``fw``'s transformers library."""
+    import types
+
+    text = fw.zoo.text
+    builder = types.SimpleNamespace(
+        bert=lambda: text.BertForSequenceClassification(text.BertConfig(num_hidden_layers=2))
+    )
+    monkeypatch.setitem(sys.modules, "plan_models", builder)
+    return ["plan_models:bert", "--freeze", "*", "!classifier", f"!bert.{fw.zoo.encoder_layers}.1", "--params"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet50", "bert"])
+def test_plan_fits_the_width_it_is_given(capsys, monkeypatch, fw, tiny_bert, model):
+    argv = tiny_bert if model == "bert" else ["resnet50", "--backend", fw.name, "--freeze", "*", "!layer4", "!fc"]
+    monkeypatch.setenv("COLUMNS", "1000")
+    code, whole, err = run(capsys, "plan", *argv, "--optimizer", "adamw")
+    assert code == 0 and "not shown" not in whole, err
+    for columns in (80, 100, 120, 170):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        code, out, err = run(capsys, "plan", *argv, "--optimizer", "adamw")
+        assert code == 0, err
+        assert max(map(len, out.splitlines())) <= columns, out
+        rows, full = table_rows(out), table_rows(whole)
+        assert len(rows) == len(full), out  # one line per module and per parameter: no wrapped cell
+        for row, ref in zip(rows, full):
+            assert same_path(row[0], ref[0]), (row[0], ref[0])
+            assert in_order([c for c in row[1:] if c[:1].isdigit()], ref[1:]), (row, ref)  # the figures, as they are
+            if len(ref) == 8:  # a module row: params, trainable and trainable (= gradient) bytes always shown
+                assert in_order([ref[2], ref[3], ref[5]], row[1:]), (row, ref)
+        assert footer(whole) in footer(out)  # every total, word for word
+        assert ("not shown at" in out) == (len(out.split("┏")[1].split("┳")) < 8)
+    assert "type" in out.split("┡")[0] and "adamw state bytes" in out.split("┡")[0]  # 170 columns: every column
+
+
+@pytest.mark.parametrize("width", [12, 18, 24, 30, 40])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "encoder.layers.encoder_layer_10.self_attention.out_proj",
+        "layer1.0.downsample.0",
+        "bert.encoder.layer.0.attention.self.query",
+        "model.layers.31.mlp.experts.17.down_proj",
+        "encoder.layers.encoder_layer_1-10 (x10)",
+    ],
+)
+def test_long_paths_lose_their_middle_never_their_end_or_half_a_number(path, width):
+    from xfreeze.core.table import elide_path
+
+    short = elide_path(path, width)
+    assert len(short) <= width and same_path(short, path), short
+    assert short.endswith(path.rsplit(".", 1)[-1][-(width - 1) :])  # the last name, or as much of it as fits
+    for number in {n for n in __import__("re").findall(r"\d+", short)}:  # a number shown is a whole number of path
+        assert number in __import__("re").findall(r"\d+", path), (short, number)
+
+
+def test_footer_lines_fold_after_semicolons_within_the_width():
+    from xfreeze.core.table import fold
+
+    line = "bytes: frozen parameters 314,843,136 (300.3 MiB); trainable parameters 31,427,488; sgd state 31,427,488"
+    assert fold(line, 200) == [line]
+    lines = fold(line, 60, indent=7)
+    assert len(lines) == 2 and lines[0].endswith("(300.3 MiB);") and lines[1].startswith(" " * 7 + "trainable")
+    assert all(len(out) <= 60 for out in lines) and " ".join(" ".join(lines).split()) == line

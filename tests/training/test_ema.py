@@ -7,6 +7,8 @@ import pytest
 
 import xfreeze
 from xfreeze import EMA, XFreezeError
+from xfreeze.core.dispatch import adapter_named
+from xfreeze.core.tensors import Raw
 from xfreeze.model.view import view_of
 from harness import BACKENDS, Spec, batch, kit, random_state
 from statehash import state_hash
@@ -234,3 +236,56 @@ def test_an_old_state_with_copies_of_frozen_tensors_loads(fw):
     assert all(resumed.shadow[n] is t for n, t in tensors_of(again).items() if n in FROZEN)
     assert resumed.held_bytes == ema.held_bytes and resumed.num_updates == ema.num_updates
     assert all(np.array_equal(v, shadow(fw, ema)[k]) for k, v in shadow(fw, resumed).items())
+
+
+# --- the adapters' EMA kernel at every rank and dtype (Paddle lerps each pair as flat views) -----------------------
+LERP_SHAPES = [(), (0, 3), (7,), (5, 3), (4, 3, 3, 3), (2, 2, 3, 2, 2)]  # 0-D, empty, then ranks 1 to 5
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+
+
+def native(adapter, array, dtype):
+    return adapter.cast(adapter.from_raw(Raw(np.asarray(array, dtype="float32"), "float32")), dtype)
+
+
+def wide(adapter, tensor):
+    return adapter.to_raw(adapter.cast(tensor, "float64")).bits.copy()  # a copy: float64 bits may share memory
+
+
+def assert_lerped(adapter, dtype, got, a, v, weight):
+    """``got`` is a + (v - a) * w within a few roundings of its dtype (computed in float32 or wider, rounded once),
+    in a's shape and dtype, and moved off ``a``."""
+    assert adapter.tensor_dtype(got) == dtype and wide(adapter, got).shape == a.shape
+    bound = 4 * UNIT_ROUNDOFF[dtype] * (np.abs(a) + np.abs(v))
+    assert np.all(np.abs(wide(adapter, got) - (a + (v - a) * weight)) <= bound), a.shape
+    assert a.size == 0 or not np.array_equal(wide(adapter, got), a), "the update moved: the check can fail"
+
+
+@pytest.mark.parametrize("dtype", list(UNIT_ROUNDOFF))
+def test_ema_update_is_the_lerp_at_every_rank_and_dtype(fw, dtype):
+    """Each average becomes the lerp at every rank (0-D and empty included), and stays bit for bit itself where
+    v == a."""
+    adapter, rng, weight = adapter_named(fw.name), np.random.default_rng(7), 0.375
+    averages, values, steady = ([native(adapter, rng.normal(size=s), dtype) for s in LERP_SHAPES] for _ in range(3))
+    a, v = [wide(adapter, t) for t in averages], [wide(adapter, t) for t in values]
+    kept = [adapter.to_raw(t).bits.copy() for t in steady]
+    adapter.ema_update(averages + steady, values + [adapter.clone(t) for t in steady], weight)
+    for got, a0, v0 in zip(averages, a, v):
+        assert_lerped(adapter, dtype, got, a0, v0, weight)
+    assert all(np.array_equal(adapter.to_raw(t).bits, k) for t, k in zip(steady, kept)), "v == a keeps a exactly"
+
+
+def test_a_large_update_is_the_lerp_of_each_pair(fw):
+    """A large update of mixed ranks and dtypes (a 0-D one among them; Paddle lerps flat views, bf16 through
+    float32) lerps every average, and gives each the bits it gets when updated alone."""
+    adapter, rng, weight = adapter_named(fw.name), np.random.default_rng(11), 0.125
+    shapes = [(2048, 1024), (64, 64, 3, 3), (4096,), (), (300, 7, 5), (512, 1024), (1000,), (3, 3)]  # 2.7M elements
+    dtypes = ["float32", "float64", "bfloat16", "float32", "float64", "bfloat16", "float32", "float64"]
+    averages, values = ([native(adapter, rng.normal(size=s), d) for s, d in zip(shapes, dtypes)] for _ in range(2))
+    a, v = [wide(adapter, t) for t in averages], [wide(adapter, t) for t in values]
+    alone = [adapter.clone(t) for t in averages]
+    adapter.ema_update(averages, values, weight)
+    for average, value in zip(alone, values):
+        adapter.ema_update([average], [value], weight)
+    for dtype, got, expected, a0, v0 in zip(dtypes, averages, alone, a, v):
+        assert_lerped(adapter, dtype, got, a0, v0, weight)
+        assert np.array_equal(adapter.to_raw(got).bits, adapter.to_raw(expected).bits)

@@ -4,6 +4,8 @@ Linear transposed but PaddleFormers' ``LMHead``, which keeps torch's [vocab, hid
 into ``up_gate_proj``). Same logits on tiny configs (float32), bf16 carried bit for bit (a conversion is a permutation),
 and the head interleaving checked against a reference written here from PaddleFormers' ``fused_qkv`` rule."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ import transformers as T  # noqa: E402
 import xfreeze  # noqa: E402
 from xfreeze import XFreezeError  # noqa: E402
 from xfreeze.core.tensors import to_raw  # noqa: E402
+from xfreeze.weights.folderconvert import convert_folder  # noqa: E402
 
 # vocab != hidden != intermediate: a Linear transposed when it should not be (or the reverse) cannot place
 BASE = dict(
@@ -194,3 +197,163 @@ def test_a_state_no_paddleformers_key_tells_keeps_the_plain_map():
     state = {"transformer.h.0.attn.c_proj.weight": torch.zeros(4, 4), "lm_head.weight": torch.zeros(10, 4)}
     out = xfreeze.convert(state, to="paddle")
     assert out.arch == "resnet" and tuple(out["lm_head.weight"].shape) == (4, 10)
+
+
+# --- checkpoint folders: heads from config.json (no model=), fused layers whose parts lie in different shards ------
+def save_split(hf, folder, cut_after=("q_proj.weight", "gate_proj.weight")):
+    """``hf`` saved as a transformers folder whose shards end after every key ending in ``cut_after``: q_proj apart
+    from k_proj / v_proj, gate_proj apart from up_proj (transformers' max_shard_size keeps them together here)."""
+    import safetensors.torch
+
+    hf.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    state, groups = hf.state_dict(), [[]]
+    for key in state:
+        groups[-1].append(key)
+        if key.endswith(cut_after):
+            groups.append([])
+    weight_map = {}
+    for i, keys in enumerate(groups, 1):
+        name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {k: state[k].contiguous() for k in keys}
+        safetensors.torch.save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(keys, name))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def shard_of(folder, key):
+    return json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"][key]
+
+
+def paddleformers_from(folder, arch):
+    config = ARCHS[arch][3].from_pretrained(str(folder))
+    config.fuse_rms_norm = False
+    model = ARCHS[arch][2].from_pretrained(str(folder), config=config, load_checkpoint_format="", convert_from_hf=False)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["ernie4_5", "gemma3"])
+def test_a_fused_folder_converts_without_a_model_both_ways(arch, tmp_path):
+    """config.json gives the heads and the name map; q and k (gate and up) in different shards are joined."""
+    hf = hf_model(arch)
+    source = save_split(hf, tmp_path / "hf")
+    layer = "model.layers.0."
+    assert shard_of(source, layer + "self_attn.q_proj.weight") != shard_of(source, layer + "self_attn.k_proj.weight")
+    result = convert_folder(source, tmp_path / "pd", to="paddle")
+    assert ("", f"name map 'ernie4_5': config.json says model_type {hf.config.model_type!r}") in result["notes"]
+    pd = paddleformers_from(tmp_path / "pd", arch)
+    assert layer + "self_attn.qkv_proj.weight" in pd.state_dict()
+    assert relative_difference(hf, pd) <= 1e-5
+    convert_folder(tmp_path / "pd", tmp_path / "back", to="torch")
+    back = ARCHS[arch][0].from_pretrained(tmp_path / "back")
+    original = hf.state_dict()
+    assert all(np.array_equal(original[k].numpy(), v.numpy()) for k, v in back.state_dict().items())
+
+
+def test_a_state_read_from_a_folder_converts_its_fused_layers_without_a_model(tmp_path):
+    """load_checkpoint(folder) keeps the folder's config.json: convert() splits the fused layers by its heads."""
+    hf = hf_model("ernie4_5", num_key_value_heads=1)  # MQA: a wrong number of heads would permute the rows
+    source = save_split(hf, tmp_path / "hf")
+    state = xfreeze.load_checkpoint(source)
+    assert state.config["num_key_value_heads"] == 1
+    pd_state = xfreeze.convert(state, to="paddle", arch="ernie4_5")
+    convert_folder(source, tmp_path / "pd", to="paddle")
+    by_folder = xfreeze.load_checkpoint(tmp_path / "pd")
+    assert set(pd_state) == set(by_folder)
+    assert all(np.array_equal(np.asarray(pd_state[k]), np.asarray(by_folder[k])) for k in by_folder)
+    state.config = {}  # the same tensors without their config: refused, naming the fix
+    with pytest.raises(xfreeze.XFreezeError, match="numbers of heads"):
+        xfreeze.convert(state, to="paddle", arch="ernie4_5")
+
+
+def test_the_command_line_converts_an_ernie45_folder_without_arch(tmp_path, capsys):
+    from xfreeze.cli import main
+
+    hf = hf_model("ernie4_5", num_key_value_heads=1)  # MQA: a wrong number of heads would permute the rows
+    source = save_split(hf, tmp_path / "hf")
+    assert main(["convert", str(source), str(tmp_path / "pd"), "--to", "paddle"]) == 0, capsys.readouterr().err
+    assert relative_difference(hf, paddleformers_from(tmp_path / "pd", "ernie4_5")) <= 1e-5
+
+
+def test_a_streamed_load_joins_parts_from_different_shards(tmp_path, monkeypatch):
+    """load_matched from the sharded folder: q/k/v and gate/up joined although q and gate wait for the next shard,
+    and the placing pass reads again the shard an earlier part came from."""
+    from xfreeze.weights import shards
+
+    hf = hf_model("ernie4_5")
+    folder = save_split(hf, tmp_path / "hf")
+    held, real = [], shards.read_shard
+    monkeypatch.setattr(shards, "read_shard", lambda f, s: held.append(s.name) or real(f, s))
+    pd = pf_model("ernie4_5", seed=1)
+    report = xfreeze.load_matched(pd, folder)
+    assert not report.missing and not report.unexpected and len(report.loaded) == len(pd.state_dict())
+    assert relative_difference(hf, pd) <= 1e-5
+    count = len(set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    assert len(held) == 2 * count and held[:count] == held[count:]
+
+
+def drop_from_folder(folder, key):
+    """``key`` removed from its shard and the index (a folder whose fused layer lacks a part)."""
+    import safetensors.torch
+
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard = folder / index["weight_map"].pop(key)
+    state = safetensors.torch.load_file(str(shard))
+    del state[key]
+    safetensors.torch.save_file(state, str(shard), metadata={"format": "pt"})
+    index_path.write_text(json.dumps(index))
+
+
+def test_a_part_whose_partner_no_shard_holds_is_refused(tmp_path):
+    from statehash import state_hash
+
+    folder = save_split(hf_model("ernie4_5"), tmp_path / "hf")
+    drop_from_folder(folder, "model.layers.1.self_attn.k_proj.weight")
+    pd = pf_model("ernie4_5", seed=1)
+    before = state_hash(pd)
+    pattern = r"'model\.layers\.1\.self_attn\.q_proj\.weight'.*partner 'model\.layers\.1\.self_attn\.k_proj\.weight'"
+    with pytest.raises(XFreezeError, match=pattern):
+        xfreeze.load_matched(pd, folder)
+    assert state_hash(pd) == before
+    with pytest.raises(XFreezeError, match=pattern):
+        convert_folder(folder, tmp_path / "pd", to="paddle")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("no config", r"has no config\.json \(which would give num_attention_heads and num_key_value_heads\)"),
+        ("no heads", r"config\.json of .* lacks num_attention_heads and num_key_value_heads"),
+    ],
+)
+def test_a_fused_folder_without_its_heads_is_refused_and_nothing_written(tmp_path, damage, match):
+    pd = pf_model("ernie4_5")
+    folder = tmp_path / "pd"
+    pd.save_pretrained(str(folder), save_to_hf=False, save_checkpoint_format="")
+    config = json.loads((folder / "config.json").read_text())
+    if damage == "no config":
+        (folder / "config.json").unlink()
+    else:
+        for key in ("num_attention_heads", "num_key_value_heads"):
+            config.pop(key)
+        (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(XFreezeError, match=match + r"(.|\n)*pass model="):
+        convert_folder(folder, tmp_path / "hf", to="torch", arch="ernie4_5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pd"]
+
+
+def test_a_model_whose_heads_differ_from_config_json_is_refused(tmp_path):
+    folder = save_split(hf_model("ernie4_5"), tmp_path / "hf")
+    other = pf_model("ernie4_5", num_key_value_heads=4)
+    with pytest.raises(
+        XFreezeError,
+        match=r"model= has num_attention_heads=4, num_key_value_heads=4.*says "
+        r"num_attention_heads=4, num_key_value_heads=2",
+    ):
+        convert_folder(folder, tmp_path / "pd", to="paddle", model=other)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    convert_folder(folder, tmp_path / "pd", to="paddle", model=pf_model("ernie4_5"))  # the same heads: converts
+    assert relative_difference(hf_model("ernie4_5"), paddleformers_from(tmp_path / "pd", "ernie4_5")) <= 1e-5

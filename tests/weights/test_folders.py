@@ -14,7 +14,7 @@ import xfreeze
 from xfreeze import XFreezeError
 from xfreeze.cli import main
 from xfreeze.core.dispatch import adapter_for
-from xfreeze.weights import folders, shards
+from xfreeze.weights import folders, fusedshards, shards
 from harness import Spec, kit, random_state
 from statehash import state_hash
 
@@ -392,3 +392,37 @@ def test_a_paddleformers_llama_folder_becomes_one_transformers_loads(capsys, tmp
     assert code == 0, err
     hf = T.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     np.testing.assert_allclose(torch_logits(hf), paddle_logits(pd), atol=1e-5)
+
+
+# --- fused layers whose parts lie in different shards (names only: both stacks) ---------------------------------
+Q, K, V = (f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv")
+GATE, UP = "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"
+
+
+def test_fused_parts_wait_for_their_partners_one_layer_at_a_time():
+    """transformers -> PaddleFormers ERNIE 4.5: q waits for k and v, gate for up; only the waiting parts are held,
+    and each completed set comes with the shard that completes it, naming the shards it draws from."""
+    parts = fusedshards.waiting("torch", "paddle", "ernie4_5")
+    shards_keys = [[Q], [K, V, GATE], [UP, "model.norm.weight"]]
+    seen = []
+    for i, keys in enumerate(shards_keys):
+        chunk, drawn = parts.chunk(f"s{i}", dict.fromkeys(keys, np.zeros(2)))
+        seen.append((sorted(chunk), drawn, sum(map(len, parts.held.values()))))
+    assert seen == [
+        ([], ["s0"], 1),
+        (sorted([Q, K, V]), ["s1", "s0"], 1),
+        (sorted([GATE, UP, "model.norm.weight"]), ["s2", "s1"], 0),
+    ]
+    parts.finish(str)
+
+
+def test_a_fused_part_without_its_partner_is_named_with_it():
+    parts = fusedshards.waiting("torch", "paddle", "ernie4_5")
+    parts.chunk("s0", {Q: np.zeros(2), V: np.zeros(2)})
+    with pytest.raises(XFreezeError, match=rf"s0 holds '{Q}'.*partner '{K}'.*cannot be joined"):
+        parts.finish(str)
+
+
+def test_nothing_waits_when_the_target_does_not_fuse():
+    for parts in (fusedshards.waiting(None, "paddle"), fusedshards.waiting("torch", "paddle", "paddleformers")):
+        assert sorted(parts.chunk("s0", {Q: 1, GATE: 2})[0]) == sorted([Q, GATE]) and not parts.held

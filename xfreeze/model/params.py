@@ -27,23 +27,23 @@ class ParamTable:
     model: str
     rows: list[ParamRow] = field(default_factory=list)
 
-    def __str__(self) -> str:
+    def render(self, width: int | None = None) -> str:
+        """The table, at most ``width`` wide (default: the terminal's), one line per parameter: a long name loses
+        middle segments, never its module and tensor names (``encoder.….attention.query.weight``)."""
+
         def fmt(value):
             return "-" if value is None else f"{value:.6g}"
 
         rows = [
-            [
-                r.name,
-                "yes" if r.trainable else "no",
-                "-" if r.group is None else r.group,
-                fmt(r.lr),
-                fmt(r.weight_decay),
-            ]
+            [r.name, "yes" if r.trainable else "no", "-" if r.group is None else r.group, fmt(r.lr)]
+            + [fmt(r.weight_decay)]
             for r in self.rows
         ]
-        return render(
-            f"xfreeze.param_table: {self.model}", ["parameter", "trains", "group", "lr", "weight decay"], rows
-        )
+        columns = ["parameter", "trains", "group", "lr", "weight decay"]
+        return render(f"xfreeze.param_table: {self.model}", columns, rows, width=width, elide=2)
+
+    def __str__(self) -> str:
+        return self.render()
 
     __repr__ = __str__
 

@@ -62,7 +62,8 @@ def convert(
             otherwise, unless ``allow_partial``); or a name map of :func:`convert_archs` (``"resnet"``, ``"llama"``:
             PaddleNLP's, ``"paddleformers"``, ``"ernie4_5"``: PaddleFormers' fused layers, ``"ernie"``), which only
             forces the renaming. Default: the name map that places most keys (fused layers split and joined; their
-            numbers of heads come from ``model``'s config).
+            numbers of heads come from ``model``'s config, or from the ``config.json`` of the folder ``state`` was
+            read from).
         source: the framework ``state`` comes from, when neither its ``framework`` attribute nor its keys tell.
         allow_partial: with ``arch`` naming a model, convert a state that does not fit it (fewer than half of its
             tensors place, or fewer than half of the model's keys are filled) instead of refusing it.
@@ -93,7 +94,9 @@ def convert(
     src, dst = naming(origin), naming(to)
     targets = _target_info(model) if model is not None else None
     chosen = name_map or _best_arch(list(state), src, dst, targets)
-    heads = _fusion.heads_of(model)  # fused layers (one framework's qkv_proj, the other's q/k/v_proj): split first
+    # fused layers (one framework's qkv_proj, the other's q/k/v_proj) split first: their numbers of heads come from the
+    # model's config, else the config.json of the folder the state was read from
+    heads = _fusion.heads_of(model) or (_fusion.heads_in_config(state.config) if model is None else None)
     state = _fusion.split(state, src, chosen, heads, lambda k: _fusion.out_axis(src, chosen, k))
     placing = _fusion.with_parts(targets, dst, chosen) if targets is not None else None
     names = {key: rename(key, src, dst, chosen) for key in state}

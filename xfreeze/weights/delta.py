@@ -34,6 +34,7 @@ from ..backends import FRAMEWORKS
 from ..core.dispatch import adapter_for
 from ..core.errors import XFreezeError
 from ..core.table import render
+from ..model.freeze import model_lock
 from ..model.live import warn_if_out_of_step
 from ..model.view import view_of
 
@@ -131,7 +132,9 @@ def load_delta(model, path, *, allow_missing: bool = False) -> DeltaReport:
     Checked before anything changes: the file's metadata (types, nesting), that its plan fits the model (it trains
     parameters, it locks norm layers), that the file carries no tensor the plan freezes or locks, that every
     frozen tensor has a hash and the base's tensors match them, that no value would change in a cast (only exact
-    widenings such as float16 -> float32 are made), and that every tensor the plan trains is in the file.
+    widenings such as float16 -> float32 are made), and that every tensor the plan trains is in the file. From the
+    first check to the last write it holds the model's lock, the one ``freeze`` / ``unfreeze`` take (reentrant):
+    another thread's change of the model waits, and cannot slip between the checks and the writes.
 
     Args:
         model: the base model (either framework; of another framework than the delta's, it is matched through
@@ -162,10 +165,12 @@ def load_delta(model, path, *, allow_missing: bool = False) -> DeltaReport:
     if not isinstance(allow_missing, bool):
         raise XFreezeError(f"allow_missing must be True or False. Received: allow_missing={allow_missing!r}")
     delta, plan = read_delta(path)
-    check_wrapped(view_of(model, adapter.name), [*plan.trainable, *delta], f"delta file {str(path)!r}")
-    rows = _rows.RowsLoad(adapter, view_of(model, adapter.name), plan, f"delta {str(path)!r}") if plan.slices else None
-    placement = place(adapter, model, delta, plan, path, allow_missing, rows)  # every check; raises before any write
-    _apply(adapter, model, placement)
+    with model_lock(model):  # as freeze / unfreeze: another thread's change waits until checked and written
+        check_wrapped(view_of(model, adapter.name), [*plan.trainable, *delta], f"delta file {str(path)!r}")
+        view = view_of(model, adapter.name)
+        rows = _rows.RowsLoad(adapter, view, plan, f"delta {str(path)!r}") if plan.slices else None
+        placement = place(adapter, model, delta, plan, path, allow_missing, rows)  # every check, before any write
+        _apply(adapter, model, placement)
     return DeltaReport(
         plan.framework,
         loaded=list(placement.values),

@@ -8,12 +8,15 @@ A :class:`~xfreeze.backends.naming.Fusion` of a framework's naming says which ne
 (PaddleFormers ERNIE 4.5 / Gemma3: ``qkv_proj``, interleaved per key-value head, and ``up_gate_proj``). Converting,
 a fused source tensor is split into its parts (named as the source names them, in the source's layout) before the
 names and layouts are converted key by key, and the target's parts are joined after. Both are permutations of the
-tensor's bits (numpy views of the raw bits, so bf16 and fp8 stay exact); the numbers of heads come from the model.
+tensor's bits (numpy views of the raw bits, so bf16 and fp8 stay exact); the numbers of heads come from the model,
+or, without one, from the ``config.json`` of the checkpoint folder being converted (:func:`heads_from`).
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -26,6 +29,9 @@ from .statedict import StateDict
 
 
 _OTHER = {"out_in": "in_out", "in_out": "out_in"}
+HEAD_KEYS = ("num_attention_heads", "num_key_value_heads")
+# (heads, why there are none) of the checkpoint being converted without a model: set by heads_from
+_CHECKPOINT: ContextVar = ContextVar("xfreeze_checkpoint_heads", default=(None, ""))
 
 
 def layout(side: Naming, arch: str, key: str, targets=None) -> str:
@@ -43,15 +49,59 @@ def out_axis(side: Naming, arch: str, key: str, targets=None) -> int:
 
 
 def heads_of(model) -> tuple | None:
-    """``(num_attention_heads, num_key_value_heads)`` from the model's ``config`` (None without one)."""
+    """``(num_attention_heads, num_key_value_heads, head_dim or None)`` from the model's ``config``; without a model,
+    from the checkpoint's ``config.json`` inside :func:`heads_from` (None when neither gives them)."""
     if model is None:
-        return None
+        return _CHECKPOINT.get()[0]
     config = getattr(view_of(model).inner, "config", None)
-    heads = getattr(config, "num_attention_heads", None)
-    if not isinstance(heads, int) or heads < 1:
+    return _heads(lambda key: getattr(config, key, None))
+
+
+def heads_in_config(config: dict) -> tuple | None:
+    """The numbers of heads of a ``config.json`` (its ``text_config`` when it has none itself), as
+    :func:`heads_of` gives them; key-value heads default to the attention heads, as transformers does."""
+    for where in (config, config.get("text_config")):
+        if isinstance(where, dict) and where.get("num_attention_heads") is not None:
+            return _heads(where.get)
+    return None
+
+
+@contextmanager
+def heads_from(config: dict | None, where: str):
+    """Within it, fused query/key/value tensors converted without a model take their numbers of heads from
+    ``config`` (a checkpoint folder's ``config.json``, None when it has none); ``where`` names that folder."""
+    heads = heads_in_config(config) if config else None
+    if heads is not None:
+        why = ""
+    elif config:
+        why = f"config.json of {where} lacks {' and '.join(HEAD_KEYS)} (nor in its text_config)"
+    else:
+        why = f"{where} has no config.json (which would give {' and '.join(HEAD_KEYS)})"
+    token = _CHECKPOINT.set((heads, why))
+    try:
+        yield heads
+    finally:
+        _CHECKPOINT.reset(token)
+
+
+def same_heads(a: tuple | None, b: tuple | None) -> bool:
+    """Whether two :func:`heads_of` answers agree where both say something."""
+    if a is None or b is None:
+        return True
+    return a[:2] == b[:2] and (a[2] is None or b[2] is None or a[2] == b[2])
+
+
+def _heads(get) -> tuple | None:
+    heads, kv, dim, hidden = (get(k) for k in (*HEAD_KEYS, "head_dim", "hidden_size"))
+    if not _count(heads):
         return None
-    kv = getattr(config, "num_key_value_heads", None)
-    return heads, kv if isinstance(kv, int) and kv >= 1 else heads
+    kv = kv if _count(kv) else heads
+    dim = dim if _count(dim) else hidden // heads if _count(hidden) and hidden % heads == 0 else None
+    return heads, kv, dim
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _split_key(key: str, fusion: Fusion) -> tuple | None:
@@ -141,22 +191,37 @@ def _counts(key: str, size: int, fusion: Fusion, heads, n: int) -> list:
     """Rows of each part along the output axis (per key-value group when ``by_heads``)."""
     if fusion.by_heads:
         if heads is None:
-            raise XFreezeError(
-                f"{key!r} holds query, key and value interleaved per key-value head: splitting it needs the numbers "
-                "of heads. Pass model= (a model built from the checkpoint's config: its config gives "
-                "num_attention_heads and num_key_value_heads)"
-            )
-        q, kv = heads
+            raise XFreezeError(_no_heads(key))
+        q, kv, want = heads
         if q % kv or size % (q + 2 * kv):
             raise XFreezeError(
                 f"{key!r} has {size} outputs, which do not split into {q} query and 2 x {kv} key/value heads of one "
                 "size: is the model's config (num_attention_heads, num_key_value_heads) the checkpoint's?"
             )
         dim = size // (q + 2 * kv)
+        if want is not None and dim != want:
+            raise XFreezeError(
+                f"{key!r} has {size} outputs: {q} query and 2 x {kv} key/value heads of {dim}, where the config says "
+                f"head_dim {want}: are num_attention_heads, num_key_value_heads and head_dim the checkpoint's?"
+            )
         return [q // kv * dim, dim, dim]
     if size % n:
         raise XFreezeError(f"{key!r} has {size} outputs, which do not split into {n} equal parts")
     return [size // n] * n
+
+
+def _no_heads(key: str) -> str:
+    why = _CHECKPOINT.get()[1]
+    fix = (
+        f"the {why}: add them there, or pass model="
+        if why
+        else "Pass model= (a model built from the checkpoint's config: its config gives num_attention_heads and "
+        "num_key_value_heads), or convert the checkpoint folder with its config.json (xfreeze convert <folder>)"
+    )
+    return (
+        f"{key!r} holds query, key and value interleaved per key-value head: splitting or joining it needs the "
+        f"numbers of heads. {fix[0].upper()}{fix[1:]}"
+    )
 
 
 def _unjoin(bits: np.ndarray, axis: int, counts: list, by_heads: bool, heads) -> list:
@@ -181,7 +246,7 @@ def _check_joinable(fused: str, names: list, raws: list, axis: int, fusion: Fusi
     if others:
         raise XFreezeError(f"{names[others[0]]!r} and {names[0]!r} differ in dtype or rank: cannot join {fused!r}")
     if fusion.by_heads:
-        q, kv = heads if heads is not None else (None, None)
+        q, kv = heads[:2] if heads is not None else (None, None)
         _counts(fused, sum(r.shape[axis] for r in raws), fusion, heads, len(raws))
         if raws[1].shape[axis] * q != raws[0].shape[axis] * kv or raws[1].shape != raws[2].shape:
             raise XFreezeError(

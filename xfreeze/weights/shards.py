@@ -11,11 +11,17 @@ Before either pass, :func:`~xfreeze.weights.folders.open_folder` has checked the
 and inside the folder, and every safetensors header against its file's size (a truncated safetensors shard is
 refused without reading data). A shard that changes on disk between the two passes (another process rewriting the
 folder) is the one case that can stop a load midway: the error says which shards were already placed.
+
+A layer the model keeps fused whose parts lie in different shards (transformers' ``q_proj`` in one shard, ``k_proj``
+in the next, loaded into PaddleFormers' ``qkv_proj``) is planned with the shard that completes it: its earlier parts
+wait for it (:mod:`~xfreeze.weights.fusedshards`), and the placing pass reads again every shard a placed part came
+from.
 """
 
 from __future__ import annotations
 
 from ..core.errors import XFreezeError
+from . import fusedshards as _fusedshards
 from .folders import Folder, read_shard
 
 
@@ -27,9 +33,10 @@ def check_all(folder: Folder, context, report, prepared) -> tuple:
     planned: dict = {}  # model key -> the shard whose plan places it
     differences: list = []
     arches: dict = {}
+    parts = _waiting(context)
     for shard in folder.shards:
         fragment = type(report)(report.model, report.source_framework)
-        plan, state = prepared(read_shard(folder, shard), context, fragment)
+        plan, state = prepared(parts.chunk(shard, read_shard(folder, shard))[0], context, fragment)
         twice = next((k for k in state if k in owner), None)
         if twice is not None:
             raise XFreezeError(
@@ -43,6 +50,7 @@ def check_all(folder: Folder, context, report, prepared) -> tuple:
         if getattr(state, "arch", None):
             arches.setdefault(state.arch, []).append(shard.name)
         del plan, state
+    parts.finish(folder.what)
     if len(arches) > 1:
         report.notes.append(("", "shards converted with different name maps: " + "; ".join(map(str, arches.items()))))
     _settle(report, context, owner)
@@ -50,11 +58,20 @@ def check_all(folder: Folder, context, report, prepared) -> tuple:
 
 
 def place_all(folder: Folder, context, report, plan: dict, prepared, write) -> None:
-    """Read, plan and place every shard that :func:`check_all` found something in; ``write(context, plan)``."""
+    """Read, plan and place every shard that :func:`check_all` found something in (and the shards holding parts of
+    a fused layer that one completes); ``write(context, plan)``."""
     done: list = []
-    for shard in dict.fromkeys(plan.values()):
+    placing = set(plan.values())
+    drawn = _fusedshards.draws(folder, lambda: _waiting(context))
+    needed = {source for shard in placing for source in drawn[shard]}
+    parts = _waiting(context)
+    for shard in (s for s in folder.shards if s in needed):
         try:
-            fragment_plan, state = prepared(read_shard(folder, shard), context, type(report)(report.model))
+            chunk = parts.chunk(shard, read_shard(folder, shard))[0]
+            if shard not in placing:  # read only for the parts that wait in it
+                del chunk
+                continue
+            fragment_plan, state = prepared(chunk, context, type(report)(report.model))
         except XFreezeError as exc:
             raise XFreezeError(_changed(folder, shard, done, str(exc))) from None
         expected = {key for key, source in plan.items() if source == shard}
@@ -62,7 +79,14 @@ def place_all(folder: Folder, context, report, plan: dict, prepared, write) -> N
             raise XFreezeError(_changed(folder, shard, done, "its tensors differ from those checked"))
         write(context, fragment_plan)
         done.append(shard.name)
-        del fragment_plan, state  # before the next shard is read
+        del fragment_plan, state, chunk  # before the next shard is read
+
+
+def _waiting(context):
+    """Parts of fused layers waiting for their partners in later shards (when the load converts)."""
+    return _fusedshards.waiting(
+        context.origin if context.converting else None, context.view.adapter.name, targets=context.targets
+    )
 
 
 def _changed(folder: Folder, shard, done: list, why: str) -> str:
