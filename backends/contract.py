@@ -194,17 +194,18 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
         gives a module's ``(name, child)`` pairs (default :meth:`children`; None children are skipped)."""
         # hot (every view check); plain: the classes that wrap nothing (by far most), one set lookup per module
         seen, plain, stack, wrappers = set(), set(), [("", root)], self.WRAPPERS
-        expand = expand or self.children
+        expand, mark, pop = expand or self.children, seen.add, stack.pop
         while stack:
-            path, module = stack.pop()
-            if (attr := None if type(module) in plain else wrappers.get(type(module).__name__)) is None:
-                plain.add(type(module))
-            while attr is not None and getattr(module, attr, None) is not None:
-                module = getattr(module, attr)
-                attr = wrappers.get(type(module).__name__)
-            if id(module) in seen:
+            path, module = pop()
+            if type(module) not in plain:
+                if (attr := wrappers.get(type(module).__name__)) is None:
+                    plain.add(type(module))
+                while attr is not None and getattr(module, attr, None) is not None:
+                    module = getattr(module, attr)
+                    attr = wrappers.get(type(module).__name__)
+            if (key := id(module)) in seen:
                 continue
-            seen.add(id(module))
+            mark(key)
             yield path, module
             if not (children := expand(module)):
                 continue
