@@ -193,7 +193,8 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
         replaced by its inner module under the wrapper's own path (its attribute never reaches a name). ``expand``
         gives a module's ``(name, child)`` pairs (default :meth:`children`; None children are skipped)."""
         # hot (every view check); plain: the classes that wrap nothing (by far most), one set lookup per module
-        seen, plain, stack, wrappers = set(), set(), [("", root)], self.WRAPPERS
+        seen: set[int] = set()
+        plain, stack, wrappers = set(), [("", root)], self.WRAPPERS
         expand, mark, pop = expand or self.children, seen.add, stack.pop
         while stack:
             path, module = pop()
