@@ -1,5 +1,6 @@
 import xfreeze
 from harness import Spec
+from xfreeze.model.summary import collapse
 
 CNN = Spec("cnn", (4, 3))
 
@@ -29,3 +30,18 @@ def test_eval_mode_is_shown(fw):
     model = fw.build(CNN)
     model.eval()
     assert xfreeze.summary(model, print_table=False).rows[1].norm == "eval"
+
+
+def test_blocks_named_with_a_number_suffix_collapse_like_numbered_ones(fw):
+    """torchvision's ViT names its blocks ``encoder_layer_0``, ``encoder_layer_1``, ...: identical ones fold into one
+    row as ``blocks.0``, ``blocks.1`` do; a name with a leading zero reads back from no number and is left alone."""
+    blocks = fw.build(Spec("blocks", (4, 4, 4, 4, 4)))
+    model = type(blocks)()
+    for i in range(3):
+        setattr(model, f"encoder_layer_{i}", blocks[i])
+    model.layer_01, model.head = blocks[3], blocks[4]
+    xfreeze.freeze(model, "encoder_layer_0")
+    rows = [(r.name, r.parameters, r.trainable) for r in collapse(xfreeze.summary(model, print_table=False).rows)]
+    assert rows[0] == ("encoder_layer_0.0", 20, 0)
+    assert rows[1] == ("encoder_layer_1-2 (x2)", 40, 40)
+    assert [name for name, _, _ in rows[2:]] == ["layer_01.0", "head"]

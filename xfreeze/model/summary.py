@@ -7,6 +7,8 @@ under a second. When the table would be long, repeated blocks with identical row
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -211,12 +213,18 @@ def collapse_groups(rows: list[ModuleRow]) -> list[tuple[ModuleRow, list[ModuleR
 
 
 def _block_of(name: str):
-    """(``"blocks."``, 7) for ``blocks.7.attn.qkv``: the outermost numbered segment, else None."""
+    """(``"blocks."``, 7) for ``blocks.7.attn.qkv``, (``"encoder.layers.encoder_layer_"``, 7) for torchvision's
+    ``encoder.layers.encoder_layer_7.mlp``: the outermost numbered segment (a number, or a name ending in ``_<n>``;
+    no leading zeros, so the name reads back from the number), else None."""
     parts = name.split(".")
     for k, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[:k]) + ("." if k else ""), int(part)
+        found = _NUMBERED.fullmatch(part)
+        if found:
+            return ".".join(parts[:k]) + ("." if k else "") + found.group(1), int(found.group(2))
     return None
+
+
+_NUMBERED = re.compile(r"(|.*_)(0|[1-9][0-9]*)")  # "7", or "encoder_layer_7"
 
 
 def _block_rows(rows: list, start: int, prefix: str):
