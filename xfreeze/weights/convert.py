@@ -96,8 +96,8 @@ def convert(
     chosen = name_map or _best_arch(list(state), src, dst, targets)
     # fused layers (one framework's qkv_proj, the other's q/k/v_proj) split first: their numbers of heads come from the
     # model's config, else the config.json of the folder the state was read from
-    heads = _fusion.heads_of(model) or (_fusion.heads_in_config(state.config) if model is None else None)
-    state = _fusion.split(state, src, chosen, heads, lambda k: _fusion.out_axis(src, chosen, k))
+    heads, why = _fusion.heads_for(model, state.config, state.config_from)
+    state = _fusion.split(state, src, chosen, heads, lambda k: _fusion.out_axis(src, chosen, k), why)
     placing = _fusion.with_parts(targets, dst, chosen) if targets is not None else None
     names = {key: rename(key, src, dst, chosen) for key in state}
     folded = {_fusion.fused_name(n, dst, chosen) for n in names.values() if n}
@@ -123,7 +123,7 @@ def convert(
         value = _tensors.to_backend(value, to, key) if keep_native else value
         value = _convert_value(key, new, value, (src, dst, chosen), placing, out.notes)
         out[new] = _revalue(key, new, value, rules, out.notes)
-    _fusion.join(out, dst, chosen, heads, lambda k: _fusion.out_axis(dst, chosen, k, placing))
+    _fusion.join(out, dst, chosen, heads, lambda k: _fusion.out_axis(dst, chosen, k, placing), why)
     out.arch = chosen
     out.unplaced = sorted(set(out) - set(targets)) if targets is not None else []
     for key in out.unplaced:

@@ -133,8 +133,7 @@ def convert_folder(source, output, *, to: str, arch: str | None = None, model=No
     staging = output.parent / f".{output.name}.xfreeze-{os.getpid()}-{os.urandom(4).hex()}.tmp"
     staging.mkdir()
     try:
-        with _fusion.heads_from(folder.config, folder.what()):
-            result = _write_shards(folder, staging, to, arch or told, model)
+        result = _write_shards(folder, staging, to, arch or told, model)
         if told:
             result["notes"].insert(
                 0, ("", f"name map {told!r}: config.json says model_type {folder.config['model_type']!r}")
@@ -174,6 +173,7 @@ def _write_shards(folder: Folder, staging: Path, to: str, arch, model) -> dict:
         chunk = parts.chunk(shard, read_shard(folder, shard))[0]
         if not chunk:
             continue
+        chunk.config, chunk.config_from = folder.config, folder.what()  # without a model: the heads come from there
         out = convert(chunk, to=to, model=model, arch=arch, source=folder.framework)
         written.append(staging / f"part-{len(written):05d}{suffix}")
         _save(out, written[-1], None, SAFETENSORS_METADATA[to] if suffix == ".safetensors" else None)

@@ -139,7 +139,7 @@ def read_folder(path: Path, framework: str | None = None) -> StateDict:
 def read_all(folder: Folder) -> StateDict:
     """Every tensor of a checked folder, merged shard after shard."""
     out = StateDict(framework=folder.framework, notes=list(folder.notes))
-    out.config = dict(folder.config)  # convert() reads fused layers' numbers of heads there
+    out.config, out.config_from = dict(folder.config), folder.what()  # convert() reads fused layers' heads there
     owner: dict = {}
     for shard in folder.shards:
         state = read_shard(folder, shard)

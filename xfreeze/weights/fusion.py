@@ -9,14 +9,12 @@ A :class:`~xfreeze.backends.naming.Fusion` of a framework's naming says which ne
 a fused source tensor is split into its parts (named as the source names them, in the source's layout) before the
 names and layouts are converted key by key, and the target's parts are joined after. Both are permutations of the
 tensor's bits (numpy views of the raw bits, so bf16 and fp8 stay exact); the numbers of heads come from the model,
-or, without one, from the ``config.json`` of the checkpoint folder being converted (:func:`heads_from`).
+or, without one, from the ``config.json`` of the checkpoint folder the state was read from (:func:`heads_for`).
 """
 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 import numpy as np
 
@@ -30,8 +28,6 @@ from .statedict import StateDict
 
 _OTHER = {"out_in": "in_out", "in_out": "out_in"}
 HEAD_KEYS = ("num_attention_heads", "num_key_value_heads")
-# (heads, why there are none) of the checkpoint being converted without a model: set by heads_from
-_CHECKPOINT: ContextVar = ContextVar("xfreeze_checkpoint_heads", default=(None, ""))
 
 
 def layout(side: Naming, arch: str, key: str, targets=None) -> str:
@@ -49,10 +45,10 @@ def out_axis(side: Naming, arch: str, key: str, targets=None) -> int:
 
 
 def heads_of(model) -> tuple | None:
-    """``(num_attention_heads, num_key_value_heads, head_dim or None)`` from the model's ``config``; without a model,
-    from the checkpoint's ``config.json`` inside :func:`heads_from` (None when neither gives them)."""
+    """``(num_attention_heads, num_key_value_heads, head_dim or None)`` from the model's ``config`` (None when it
+    gives none, or no model)."""
     if model is None:
-        return _CHECKPOINT.get()[0]
+        return None
     config = getattr(view_of(model).inner, "config", None)
     return _heads(lambda key: getattr(config, key, None))
 
@@ -66,22 +62,18 @@ def heads_in_config(config: dict) -> tuple | None:
     return None
 
 
-@contextmanager
-def heads_from(config: dict | None, where: str):
-    """Within it, fused query/key/value tensors converted without a model take their numbers of heads from
-    ``config`` (a checkpoint folder's ``config.json``, None when it has none); ``where`` names that folder."""
+def heads_for(model, config: dict, where: str) -> tuple:
+    """``(heads, why there are none)`` for fused query/key/value tensors: from ``model``'s config when a model is
+    given, else from ``config`` (the ``config.json`` of the folder ``where`` the state was read from; ``where``
+    empty: the state was not read from a folder)."""
+    if model is not None:
+        return heads_of(model), ""
     heads = heads_in_config(config) if config else None
-    if heads is not None:
-        why = ""
-    elif config:
-        why = f"config.json of {where} lacks {' and '.join(HEAD_KEYS)} (nor in its text_config)"
-    else:
-        why = f"{where} has no config.json (which would give {' and '.join(HEAD_KEYS)})"
-    token = _CHECKPOINT.set((heads, why))
-    try:
-        yield heads
-    finally:
-        _CHECKPOINT.reset(token)
+    if heads is not None or not where:
+        return heads, ""
+    if config:
+        return None, f"config.json of {where} lacks {' and '.join(HEAD_KEYS)} (nor in its text_config)"
+    return None, f"{where} has no config.json (which would give {' and '.join(HEAD_KEYS)})"
 
 
 def same_heads(a: tuple | None, b: tuple | None) -> bool:
@@ -140,9 +132,9 @@ def with_parts(targets: dict, side: Naming, arch: str) -> dict:
     return out
 
 
-def split(state: StateDict, side: Naming, arch: str, heads, axis_of) -> StateDict:
+def split(state: StateDict, side: Naming, arch: str, heads, axis_of, why: str = "") -> StateDict:
     """``state`` with every fused tensor replaced by its parts (in place of it, in order); ``axis_of(key)`` is the
-    output axis of a 2-D weight in the source layout."""
+    output axis of a 2-D weight in the source layout; ``why``: why ``heads`` is None, for the error."""
     if not side.fusions.get(arch):
         return state
     out = StateDict(framework=state.framework, format=state.format, notes=list(state.notes))
@@ -153,14 +145,14 @@ def split(state: StateDict, side: Naming, arch: str, heads, axis_of) -> StateDic
             out[key] = value
             continue
         raw, axis = _tensors.to_raw(value, key), _axis(value, key, axis_of)
-        counts = _counts(key, raw.shape[axis], fusion, heads, len(names))
+        counts = _counts(key, raw.shape[axis], fusion, heads, len(names), why)
         for name, bits in zip(names, _unjoin(raw.bits, axis, counts, fusion.by_heads, heads)):
             out[name] = _native(bits, raw.dtype, value)
         out.notes.append((key, f"split into {', '.join(n.rpartition('.')[0].rpartition('.')[2] for n in names)}"))
     return out
 
 
-def join(out: StateDict, side: Naming, arch: str, heads, axis_of) -> None:
+def join(out: StateDict, side: Naming, arch: str, heads, axis_of, why: str = "") -> None:
     """Join, in ``out``, each complete set of a fusion's parts into the fused tensor (parts removed)."""
     for key in list(out):
         fused = fused_name(key, side, arch)
@@ -172,7 +164,7 @@ def join(out: StateDict, side: Naming, arch: str, heads, axis_of) -> None:
         values = [out[n] for n in names]
         raws = [_tensors.to_raw(v, n) for v, n in zip(values, names)]
         axis = _axis(values[0], fused, axis_of)
-        _check_joinable(fused, names, raws, axis, fusion, heads)
+        _check_joinable(fused, names, raws, axis, fusion, heads, why)
         bits = _rejoin([r.bits for r in raws], axis, fusion.by_heads, heads)
         parts = {n: out.pop(n) for n in names}
         out[fused] = _native(bits, raws[0].dtype, parts[names[0]])
@@ -187,11 +179,11 @@ def _axis(value, key: str, axis_of) -> int:
     return axis_of(key) if len(_tensors.shape_of(value)) == 2 else 0
 
 
-def _counts(key: str, size: int, fusion: Fusion, heads, n: int) -> list:
+def _counts(key: str, size: int, fusion: Fusion, heads, n: int, why: str = "") -> list:
     """Rows of each part along the output axis (per key-value group when ``by_heads``)."""
     if fusion.by_heads:
         if heads is None:
-            raise XFreezeError(_no_heads(key))
+            raise XFreezeError(_no_heads(key, why))
         q, kv, want = heads
         if q % kv or size % (q + 2 * kv):
             raise XFreezeError(
@@ -210,8 +202,7 @@ def _counts(key: str, size: int, fusion: Fusion, heads, n: int) -> list:
     return [size // n] * n
 
 
-def _no_heads(key: str) -> str:
-    why = _CHECKPOINT.get()[1]
+def _no_heads(key: str, why: str) -> str:
     fix = (
         f"the {why}: add them there, or pass model="
         if why
@@ -241,13 +232,13 @@ def _rejoin(parts: list, axis: int, by_heads: bool, heads) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(joined, 0, axis))
 
 
-def _check_joinable(fused: str, names: list, raws: list, axis: int, fusion: Fusion, heads) -> None:
+def _check_joinable(fused: str, names: list, raws: list, axis: int, fusion: Fusion, heads, why: str) -> None:
     others = [i for i, r in enumerate(raws) if r.dtype != raws[0].dtype or len(r.shape) != len(raws[0].shape)]
     if others:
         raise XFreezeError(f"{names[others[0]]!r} and {names[0]!r} differ in dtype or rank: cannot join {fused!r}")
     if fusion.by_heads:
         q, kv = heads[:2] if heads is not None else (None, None)
-        _counts(fused, sum(r.shape[axis] for r in raws), fusion, heads, len(raws))
+        _counts(fused, sum(r.shape[axis] for r in raws), fusion, heads, len(raws), why)
         if raws[1].shape[axis] * q != raws[0].shape[axis] * kv or raws[1].shape != raws[2].shape:
             raise XFreezeError(
                 f"{', '.join(names)} do not hold {q} query and {kv} key/value heads of one size: cannot join {fused!r}"

@@ -31,8 +31,9 @@ class StateDict(dict):
             notes about the whole file have the key ``""``.
         metadata: what a safetensors file says of itself (its ``__metadata__``, verbatim; never trusted over the
             file's structure); empty for other formats.
-        config: the ``config.json`` beside the checkpoint when it was read from a folder (``save_pretrained``),
-            else empty: :func:`xfreeze.convert` takes fused layers' numbers of heads from it when given no model.
+        config, config_from: the ``config.json`` beside the checkpoint and the folder it was read from, when it was
+            read from a folder (``save_pretrained``), else empty: :func:`xfreeze.convert` takes fused layers'
+            numbers of heads from it when given no model.
         arch, unplaced, differences: set by :func:`xfreeze.convert`: the architecture map used, the keys the
             target model has no place for, and the known architecture differences it found.
     """
@@ -42,6 +43,7 @@ class StateDict(dict):
         self.framework, self.format, self.notes = framework, format, list(notes or [])
         self.metadata: dict = {}  # what a safetensors file says of itself (``__metadata__``), verbatim
         self.config: dict = {}  # the folder's config.json, when it was read from a checkpoint folder
+        self.config_from = ""  # that folder, as errors name it
         self.arch: str | None = None
         self.unplaced: list = []
         self.differences: list = []
