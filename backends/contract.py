@@ -22,11 +22,11 @@ import numpy as np
 from . import kinds
 from ..core.tensors import BIT_CARRIERS
 from .defaults import FeaturePrefix, GradHooks, NamedModels, OptimizerExtras, OwnFiles, RowSplits, SingleProcess
-from .defaults import missing, tensors_of
+from .defaults import missing, record, tensors_of
 from .defaults import Module, Optimizer, Raw, Registries, Tensor, Walk, keep_eval, owners, relock_after
 
 __all__ = ["Adapter", "Module", "Optimizer", "Raw", "Registries", "Tensor", "Walk", "keep_eval", "owners"]
-__all__ += ["relock_after", "abstract_methods", "tensors_of"]
+__all__ += ["relock_after", "abstract_methods", "record", "tensors_of"]
 
 
 class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, GradHooks, FeaturePrefix, abc.ABC):
@@ -152,14 +152,9 @@ class Adapter(SingleProcess, OptimizerExtras, OwnFiles, NamedModels, RowSplits, 
         name, tensor, native name)`` per statistic to ``stats`` (as :meth:`module_tensors`); the ids of the module
         and of every registered parameter and buffer to ``token`` (as :meth:`structure_token`). The view build's
         inner loop (once per module): an adapter may answer it from its registries directly."""
-        index = len(modules)
-        modules.append(module)
-        own, statistics = self.module_tensors(module)
-        params.extend([(index, local, p) for local, p in own])
-        stats.extend([(index, neutral, t, native) for neutral, native, t in statistics])
         registered, buffers = self.tensor_dicts(module)
-        token.append(id(module))
-        token.extend([id(t) for t in (*registered.values(), *buffers.values()) if t is not None])
+        tensors = [*registered.values(), *buffers.values()]
+        record((modules, params, stats, token), module, *self.module_tensors(module), tensors)
         return self.children(module)
 
     def structure_token(self, model: Module) -> tuple[int, ...]:

@@ -82,6 +82,19 @@ def owners(child: Any) -> list:
     return out
 
 
+def record(walk: tuple, module: Module, own: list, statistics: list, registered: list) -> None:
+    """A ``walk_module``'s bookkeeping: ``module`` and its parameters ``own`` / ``statistics`` (as
+    ``module_tensors`` gives them) into ``walk`` = ``(modules, params, stats, token)``, its id and the ids of every
+    registered tensor (None skipped) into the token."""
+    modules, params, stats, token = walk
+    index = len(modules)
+    modules.append(module)
+    params.extend([(index, local, p) for local, p in own])
+    stats.extend([(index, neutral, t, native) for neutral, native, t in statistics])
+    token.append(id(module))
+    token.extend([id(t) for t in registered if t is not None])
+
+
 def tensors_of(adapter: Any, module: Module) -> tuple[list[tuple[str, Tensor]], list[tuple[str, str, Tensor]]]:
     """``module_tensors(module)`` read through an adapter's ``walk_module`` (an adapter whose walk reads the
     registries directly answers both from the one place)."""

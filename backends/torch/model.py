@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..contract import Adapter, Module, Registries, Tensor, tensors_of
+from ..contract import Adapter, Module, Registries, Tensor, record, tensors_of
 
 _NORMS = tuple(
     c
@@ -93,13 +93,10 @@ class TorchModel(Adapter):
 
     def walk_module(self, modules: list, params: list, stats: list, token: list, module: Module) -> Any:
         if "peft" in sys.modules and _peft_role(type(module)):  # hot: no PEFT layer without peft
-            index = len(modules)
-            modules.append(module)
             registered, buffers = self.tensor_dicts(module)
-            params.extend([(index, local, p) for local, p in registered.items()])
-            stats.extend([(index, s, buffers[s], s) for s in STATS if buffers.get(s) is not None])
-            token.append(id(module))
-            token.extend([id(t) for t in (*registered.values(), *buffers.values()) if t is not None])
+            statistics = [(s, s, buffers[s]) for s in STATS if buffers.get(s) is not None]
+            tensors = [*registered.values(), *buffers.values()]
+            record((modules, params, stats, token), module, list(registered.items()), statistics, tensors)
             return self.children(module)
         index = len(modules)  # the view build's inner loop: straight from the registries
         modules.append(module)
